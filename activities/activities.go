@@ -1,0 +1,176 @@
+// Package activities is the contract between Holdfast's workflows and the side effects they order: the
+// names, inputs and outputs of the activities that run on a hypervisor's task queue
+// ("hypervisor/<hypervisor_id>"), and the error types they fail with.
+//
+// This package holds types only, so that workflows (deterministic code) can name activities without linking
+// volume drivers (cgo: libvirt, Ceph) or backup stores. Implementations live in subpackages and in the
+// hypervisor agent; they must never be imported by workflows/.
+//
+// Every activity is idempotent: Temporal retries are normal, so creating what exists, deleting what is gone
+// and uploading what is present all succeed.
+package activities
+
+import "context"
+
+// TaskQueue returns the task queue of one hypervisor's agent: activities run where the disk is.
+func TaskQueue(hypervisorID string) string { return "hypervisor/" + hypervisorID }
+
+// Error types of non-retryable activity failures (temporal.ApplicationError.Type()). Workflows list them in
+// their retry policies and map them onto user-facing errors.
+const (
+	// ErrAttachedRunning: the volume is attached to a running instance and cannot be overwritten.
+	ErrAttachedRunning = "AttachedRunning"
+	// ErrNotFound: the volume, snapshot or backup does not exist.
+	ErrNotFound = "NotFound"
+	// ErrInvalidArgument: the request can never succeed as given.
+	ErrInvalidArgument = "InvalidArgument"
+	// ErrCorrupt: stored backup data failed verification.
+	ErrCorrupt = "Corrupt"
+	// ErrNoBackupStorage: the hypervisor has no backup storage configured (or not the one named).
+	ErrNoBackupStorage = "NoBackupStorage"
+)
+
+// NonRetryable lists the error types a retry can never fix.
+var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage}
+
+// VolumeRef says where a volume's bytes live. Type is "file" (qcow2 or raw, detected) or "rbd".
+type VolumeRef struct {
+	Type  string `json:"type"`
+	Path  string `json:"path,omitempty"`
+	Pool  string `json:"pool,omitempty"`
+	Image string `json:"image,omitempty"`
+}
+
+// Progress is what long activities heartbeat: it is shown to users (phase, rate, ETA) and it is the resume
+// checkpoint a retried activity starts from (NextOffset).
+type Progress struct {
+	Phase          string  `json:"phase"`
+	BytesDone      int64   `json:"bytes_done"`
+	BytesTotal     int64   `json:"bytes_total"`
+	NextOffset     int64   `json:"next_offset"`
+	BytesPerSecond float64 `json:"bytes_per_second"`
+}
+
+// Consistency of a snapshot: "application" when the guest's filesystems were frozen through the QEMU guest
+// agent, "crash" otherwise (never silently claimed consistent).
+const (
+	ConsistencyApplication = "application"
+	ConsistencyCrash       = "crash"
+)
+
+// AttachmentInput names the volume whose attachment state is wanted.
+type AttachmentInput struct {
+	VolumeID string    `json:"volume_id"`
+	Volume   VolumeRef `json:"volume"`
+}
+
+// AttachmentResult is the live attachment state of a volume.
+type AttachmentResult struct {
+	Attached bool   `json:"attached"`
+	Domain   string `json:"domain,omitempty"`
+	Running  bool   `json:"running"`
+}
+
+// SnapshotInput creates snapshot SnapshotID of a volume (Freeze: try guest fsfreeze first).
+type SnapshotInput struct {
+	VolumeID   string    `json:"volume_id"`
+	Volume     VolumeRef `json:"volume"`
+	SnapshotID string    `json:"snapshot_id"`
+	Freeze     bool      `json:"freeze"`
+}
+
+// SnapshotResult describes a created snapshot.
+type SnapshotResult struct {
+	SnapshotID  string `json:"snapshot_id"`
+	SizeBytes   int64  `json:"size_bytes"`
+	Consistency string `json:"consistency"`
+	FreezeError string `json:"freeze_error,omitempty"`
+}
+
+// SnapshotRef names one snapshot of a volume (delete, rollback).
+type SnapshotRef struct {
+	VolumeID   string    `json:"volume_id"`
+	Volume     VolumeRef `json:"volume"`
+	SnapshotID string    `json:"snapshot_id"`
+}
+
+// UploadBackupInput streams snapshot SnapshotID of a volume into backup storage Storage as backup BackupID.
+// ParentBackupID (optional) is the volume's previous backup: chunks it has are not uploaded again.
+type UploadBackupInput struct {
+	VolumeID       string            `json:"volume_id"`
+	Volume         VolumeRef         `json:"volume"`
+	SnapshotID     string            `json:"snapshot_id"`
+	BackupID       string            `json:"backup_id"`
+	ParentBackupID string            `json:"parent_backup_id,omitempty"`
+	Storage        string            `json:"storage"`
+	Labels         map[string]string `json:"labels,omitempty"`
+}
+
+// UploadBackupResult describes a stored backup.
+type UploadBackupResult struct {
+	SizeBytes   int64 `json:"size_bytes"`
+	StoredBytes int64 `json:"stored_bytes"`
+}
+
+// BackupRef names one backup in a backup storage (delete, verify).
+type BackupRef struct {
+	VolumeID string `json:"volume_id"`
+	BackupID string `json:"backup_id"`
+	Storage  string `json:"storage"`
+}
+
+// RestoreBackupInput writes backup BackupID (of volume SourceVolumeID, in Storage) onto Target. Create makes
+// Target as a new volume of the backup's size first; otherwise Target is overwritten in place (refused with
+// ErrAttachedRunning while a running instance uses it).
+type RestoreBackupInput struct {
+	SourceVolumeID string    `json:"source_volume_id"`
+	BackupID       string    `json:"backup_id"`
+	Storage        string    `json:"storage"`
+	TargetVolumeID string    `json:"target_volume_id"`
+	Target         VolumeRef `json:"target"`
+	Create         bool      `json:"create"`
+}
+
+// RestoreResult describes a restored volume.
+type RestoreResult struct {
+	SizeBytes    int64 `json:"size_bytes"`
+	BytesWritten int64 `json:"bytes_written"`
+}
+
+// CloneSnapshotInput creates Target as a new volume holding snapshot SnapshotID of Source.
+type CloneSnapshotInput struct {
+	SourceVolumeID string    `json:"source_volume_id"`
+	Source         VolumeRef `json:"source"`
+	SnapshotID     string    `json:"snapshot_id"`
+	TargetVolumeID string    `json:"target_volume_id"`
+	Target         VolumeRef `json:"target"`
+}
+
+// DeleteVolumeInput removes a volume Holdfast created (compensation of a failed restore to a new volume).
+type DeleteVolumeInput struct {
+	VolumeID string    `json:"volume_id"`
+	Volume   VolumeRef `json:"volume"`
+}
+
+// Hypervisor is the set of activities one hypervisor agent serves on TaskQueue(hypervisor_id). A worker
+// registers an implementation with worker.RegisterActivity, so activity names are these method names.
+type Hypervisor interface {
+	// Attachment reports whether a running instance uses the volume, checked live.
+	Attachment(ctx context.Context, in AttachmentInput) (AttachmentResult, error)
+	// CreateSnapshot creates a snapshot (idempotent: an existing one with the same id is success).
+	CreateSnapshot(ctx context.Context, in SnapshotInput) (SnapshotResult, error)
+	// DeleteSnapshot removes a snapshot (idempotent: a missing one is success).
+	DeleteSnapshot(ctx context.Context, in SnapshotRef) error
+	// RollbackSnapshot overwrites the volume with the snapshot, refusing while attached to a running instance.
+	RollbackSnapshot(ctx context.Context, in SnapshotRef) error
+	// UploadBackup streams a snapshot into backup storage; it heartbeats Progress and resumes from it.
+	UploadBackup(ctx context.Context, in UploadBackupInput) (UploadBackupResult, error)
+	// DeleteBackup removes a backup's manifest (its chunks go at garbage collection; idempotent).
+	DeleteBackup(ctx context.Context, in BackupRef) error
+	// RestoreBackup writes a backup onto a volume; it heartbeats Progress.
+	RestoreBackup(ctx context.Context, in RestoreBackupInput) (RestoreResult, error)
+	// CloneSnapshot creates a new volume from a snapshot.
+	CloneSnapshot(ctx context.Context, in CloneSnapshotInput) (RestoreResult, error)
+	// DeleteVolume removes a volume (idempotent).
+	DeleteVolume(ctx context.Context, in DeleteVolumeInput) error
+}

@@ -1,0 +1,332 @@
+// Package config loads Holdfast's one YAML configuration file: hypervisors, the hypervisor groups that own
+// a backup storage, backup storages, plans and the guard-rail limits. Load validates everything up front and
+// names the offending field in its errors; every option has a safe default. Secrets are never read from the
+// file into logs: storages name environment variables or files that hold them.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Defaults of the v1 spec.
+const (
+	DefaultMaxSnapshots = 5
+	DefaultMaxBackups   = 10
+	DefaultOwnerLimit   = 3
+	DefaultCooldown     = 5 * time.Minute
+	DefaultDeadline     = 2 * time.Hour
+	DefaultPlan         = "standard"
+)
+
+// IDPattern is what every identifier (volume, snapshot, backup, owner, hypervisor, plan, storage) matches.
+var IDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Config is the whole file.
+type Config struct {
+	Temporal    Temporal               `yaml:"temporal"`
+	Limits      Limits                 `yaml:"limits"`
+	Plans       map[string]*Plan       `yaml:"plans"`
+	Groups      map[string]*Group      `yaml:"hypervisor_groups"`
+	Hypervisors map[string]*Hypervisor `yaml:"hypervisors"`
+	Storages    map[string]*Storage    `yaml:"backup_storages"`
+}
+
+// Temporal says how to reach the Temporal frontend.
+type Temporal struct {
+	Address   string `yaml:"address"`
+	Namespace string `yaml:"namespace"`
+	// TLS, when set, connects with TLS (CA and client certificate files for mTLS are optional).
+	TLS *TLS `yaml:"tls"`
+}
+
+// TLS options of the Temporal connection.
+type TLS struct {
+	CAFile     string `yaml:"ca_file"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+// Limits are the guard rails shared by every volume.
+type Limits struct {
+	// OwnerInFlight bounds the operations in flight per owner across all volumes (spec: 3).
+	OwnerInFlight int `yaml:"owner_in_flight"`
+	// Cooldown is the pause after an operation ends before the volume takes another (spec: 5m).
+	Cooldown time.Duration `yaml:"cooldown"`
+	// Deadline is how long an operation may run before it is failed and cleaned up (spec: 2h).
+	Deadline time.Duration `yaml:"deadline"`
+}
+
+// Plan caps what a volume retains and prices it.
+type Plan struct {
+	MaxSnapshots int `yaml:"max_snapshots"`
+	MaxBackups   int `yaml:"max_backups"`
+	// Credit values are credits per GB of retained available items per month (0: free within the caps).
+	SnapshotCreditValue float64 `yaml:"snapshot_credit_value"`
+	BackupCreditValue   float64 `yaml:"backup_credit_value"`
+}
+
+// Group is a set of hypervisors sharing one backup storage ("" or absent: none configured).
+type Group struct {
+	BackupStorage string `yaml:"backup_storage"`
+}
+
+// Hypervisor is one host whose agent serves task queue hypervisor/<hypervisor_id>.
+type Hypervisor struct {
+	Group string `yaml:"group"`
+	// Concurrency bounds the activities the agent runs at once (default 2).
+	Concurrency int `yaml:"concurrency"`
+	// BandwidthBytesPerSecond bounds the agent's backup/restore I/O, shared by all its activities (0: no limit).
+	BandwidthBytesPerSecond int64 `yaml:"bandwidth_bytes_per_second"`
+	// LibvirtURI is where domains are looked up (default qemu:///system; "none": no libvirt, volumes detached).
+	LibvirtURI string `yaml:"libvirt_uri"`
+	// CephConf is the ceph.conf used by the rbd driver (default /etc/ceph/ceph.conf).
+	CephConf string `yaml:"ceph_conf"`
+}
+
+// Storage is a backup storage: "fs" (local directory or NFS mount) or "s3".
+type Storage struct {
+	Type string `yaml:"type"`
+	// Path of an fs storage.
+	Path string `yaml:"path"`
+	// S3 settings.
+	Endpoint  string `yaml:"endpoint"`
+	Region    string `yaml:"region"`
+	Bucket    string `yaml:"bucket"`
+	Prefix    string `yaml:"prefix"`
+	PathStyle bool   `yaml:"path_style"`
+	// AccessKeyEnv / SecretKeyEnv name environment variables holding the credentials (empty: the SDK's
+	// default chain). Credentials never appear in the file itself.
+	AccessKeyEnv string `yaml:"access_key_env"`
+	SecretKeyEnv string `yaml:"secret_key_env"`
+	// EncryptionKeyFile, when set, holds a 32-byte key (raw or hex) for client-side AES-256-GCM encryption.
+	EncryptionKeyFile string `yaml:"encryption_key_file"`
+}
+
+// Load reads and validates a configuration file.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	c, err := Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes (unknown fields are errors), applies defaults and validates.
+func Parse(r io.Reader) (*Config, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Temporal.Address == "" {
+		c.Temporal.Address = "127.0.0.1:7233"
+	}
+	if c.Temporal.Namespace == "" {
+		c.Temporal.Namespace = "default"
+	}
+	if c.Limits.OwnerInFlight == 0 {
+		c.Limits.OwnerInFlight = DefaultOwnerLimit
+	}
+	if c.Limits.Cooldown == 0 {
+		c.Limits.Cooldown = DefaultCooldown
+	}
+	if c.Limits.Deadline == 0 {
+		c.Limits.Deadline = DefaultDeadline
+	}
+	if c.Plans == nil {
+		c.Plans = map[string]*Plan{}
+	}
+	if len(c.Plans) == 0 {
+		c.Plans[DefaultPlan] = &Plan{}
+	}
+	for _, p := range c.Plans {
+		if p == nil {
+			continue
+		}
+		if p.MaxSnapshots == 0 {
+			p.MaxSnapshots = DefaultMaxSnapshots
+		}
+		if p.MaxBackups == 0 {
+			p.MaxBackups = DefaultMaxBackups
+		}
+	}
+	for _, h := range c.Hypervisors {
+		if h == nil {
+			continue
+		}
+		if h.Concurrency == 0 {
+			h.Concurrency = 2
+		}
+		if h.LibvirtURI == "" {
+			h.LibvirtURI = "qemu:///system"
+		}
+		if h.CephConf == "" {
+			h.CephConf = "/etc/ceph/ceph.conf"
+		}
+	}
+	for _, s := range c.Storages {
+		if s != nil && s.Type == "s3" && s.Region == "" {
+			s.Region = "us-east-1"
+		}
+	}
+}
+
+// Validate checks every field; the error names each offending field by its path in the file.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Limits.OwnerInFlight < 1 {
+		bad("limits.owner_in_flight", "must be at least 1, got %d", c.Limits.OwnerInFlight)
+	}
+	if c.Limits.Cooldown < 0 {
+		bad("limits.cooldown", "must not be negative, got %s", c.Limits.Cooldown)
+	}
+	if c.Limits.Deadline < time.Minute {
+		bad("limits.deadline", "must be at least 1m, got %s", c.Limits.Deadline)
+	}
+	for _, id := range sortedKeys(c.Plans) {
+		p, f := c.Plans[id], "plans."+id
+		checkID(bad, f, id)
+		if p == nil {
+			bad(f, "is empty")
+			continue
+		}
+		if p.MaxSnapshots < 0 {
+			bad(f+".max_snapshots", "must not be negative, got %d", p.MaxSnapshots)
+		}
+		if p.MaxBackups < 0 {
+			bad(f+".max_backups", "must not be negative, got %d", p.MaxBackups)
+		}
+		if p.SnapshotCreditValue < 0 {
+			bad(f+".snapshot_credit_value", "must not be negative, got %g", p.SnapshotCreditValue)
+		}
+		if p.BackupCreditValue < 0 {
+			bad(f+".backup_credit_value", "must not be negative, got %g", p.BackupCreditValue)
+		}
+	}
+	for _, id := range sortedKeys(c.Storages) {
+		s, f := c.Storages[id], "backup_storages."+id
+		checkID(bad, f, id)
+		if s == nil {
+			bad(f, "is empty")
+			continue
+		}
+		switch s.Type {
+		case "fs":
+			if s.Path == "" {
+				bad(f+".path", "is required for type fs")
+			}
+		case "s3":
+			if s.Bucket == "" {
+				bad(f+".bucket", "is required for type s3")
+			}
+			if (s.AccessKeyEnv == "") != (s.SecretKeyEnv == "") {
+				bad(f+".access_key_env", "access_key_env and secret_key_env go together")
+			}
+		default:
+			bad(f+".type", "must be fs or s3, got %q", s.Type)
+		}
+	}
+	for _, id := range sortedKeys(c.Groups) {
+		g, f := c.Groups[id], "hypervisor_groups."+id
+		checkID(bad, f, id)
+		if g == nil || g.BackupStorage == "" {
+			continue
+		}
+		if _, ok := c.Storages[g.BackupStorage]; !ok {
+			bad(f+".backup_storage", "unknown backup storage %q", g.BackupStorage)
+		}
+	}
+	for _, id := range sortedKeys(c.Hypervisors) {
+		h, f := c.Hypervisors[id], "hypervisors."+id
+		checkID(bad, f, id)
+		if h == nil {
+			bad(f, "is empty")
+			continue
+		}
+		if h.Group != "" {
+			if _, ok := c.Groups[h.Group]; !ok {
+				bad(f+".group", "unknown hypervisor group %q", h.Group)
+			}
+		}
+		if h.Concurrency < 1 {
+			bad(f+".concurrency", "must be at least 1, got %d", h.Concurrency)
+		}
+		if h.BandwidthBytesPerSecond < 0 {
+			bad(f+".bandwidth_bytes_per_second", "must not be negative, got %d", h.BandwidthBytesPerSecond)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkID(bad func(string, string, ...any), field, id string) {
+	if !IDPattern.MatchString(id) {
+		bad(field, "id %q must match %s", id, IDPattern)
+	}
+}
+
+// BackupStorage returns the name of the backup storage of a hypervisor's group ("" when none).
+func (c *Config) BackupStorage(hypervisorID string) string {
+	h := c.Hypervisors[hypervisorID]
+	if h == nil || h.Group == "" {
+		return ""
+	}
+	if g := c.Groups[h.Group]; g != nil {
+		return g.BackupStorage
+	}
+	return ""
+}
+
+// HypervisorIDs returns the configured hypervisors, sorted.
+func (c *Config) HypervisorIDs() []string { return sortedKeys(c.Hypervisors) }
+
+// PlanIDs returns the configured plans, sorted.
+func (c *Config) PlanIDs() []string { return sortedKeys(c.Plans) }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// String renders the config for logs without secrets (the file holds none: only env/file names).
+func (c *Config) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "temporal=%s/%s plans=%v hypervisors=%v storages=%v", c.Temporal.Address,
+		c.Temporal.Namespace, c.PlanIDs(), c.HypervisorIDs(), sortedKeys(c.Storages))
+	return b.String()
+}

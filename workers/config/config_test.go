@@ -1,0 +1,85 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const full = `
+temporal: {address: "temporal:7233", namespace: prod}
+limits: {owner_in_flight: 4, cooldown: 2m, deadline: 90m}
+plans:
+  standard: {}
+  pro: {max_snapshots: 20, max_backups: 30, snapshot_credit_value: 0.5, backup_credit_value: 0.25}
+backup_storages:
+  s3-eu: {type: s3, endpoint: "http://127.0.0.1:9000", bucket: holdfast, path_style: true,
+          access_key_env: S3_KEY, secret_key_env: S3_SECRET}
+  local: {type: fs, path: /var/lib/holdfast/backups}
+hypervisor_groups:
+  eu-1: {backup_storage: s3-eu}
+  lab: {}
+hypervisors:
+  hv1: {group: eu-1, bandwidth_bytes_per_second: 100000000}
+  hv2: {group: lab, concurrency: 4}
+`
+
+func TestParseAppliesDefaultsAndResolvesStorage(t *testing.T) {
+	c, err := Parse(strings.NewReader(full))
+	require.NoError(t, err)
+	assert.Equal(t, "temporal:7233", c.Temporal.Address)
+	assert.Equal(t, 4, c.Limits.OwnerInFlight)
+	assert.Equal(t, 2*time.Minute, c.Limits.Cooldown)
+	assert.Equal(t, 90*time.Minute, c.Limits.Deadline)
+	assert.Equal(t, DefaultMaxSnapshots, c.Plans["standard"].MaxSnapshots)
+	assert.Equal(t, DefaultMaxBackups, c.Plans["standard"].MaxBackups)
+	assert.Equal(t, 20, c.Plans["pro"].MaxSnapshots)
+	assert.Equal(t, 0.25, c.Plans["pro"].BackupCreditValue)
+	assert.Equal(t, "s3-eu", c.BackupStorage("hv1"))
+	assert.Equal(t, "", c.BackupStorage("hv2"), "a group without storage has none")
+	assert.Equal(t, "", c.BackupStorage("nope"))
+	assert.Equal(t, 2, c.Hypervisors["hv1"].Concurrency)
+	assert.Equal(t, "us-east-1", c.Storages["s3-eu"].Region)
+	assert.NotContains(t, c.String(), "S3_SECRET")
+}
+
+func TestEmptyConfigGetsSpecDefaults(t *testing.T) {
+	c, err := Parse(strings.NewReader(""))
+	require.NoError(t, err)
+	assert.Equal(t, DefaultOwnerLimit, c.Limits.OwnerInFlight)
+	assert.Equal(t, DefaultCooldown, c.Limits.Cooldown)
+	assert.Equal(t, DefaultDeadline, c.Limits.Deadline)
+	require.Contains(t, c.Plans, DefaultPlan)
+	assert.Equal(t, 5, c.Plans[DefaultPlan].MaxSnapshots)
+	assert.Equal(t, 10, c.Plans[DefaultPlan].MaxBackups)
+}
+
+func TestValidationNamesTheField(t *testing.T) {
+	cases := map[string]string{
+		"hypervisors: {hv1: {group: nowhere}}":                           "hypervisors.hv1.group: unknown hypervisor group \"nowhere\"",
+		"hypervisor_groups: {g: {backup_storage: missing}}":              "hypervisor_groups.g.backup_storage: unknown backup storage \"missing\"",
+		"backup_storages: {x: {type: ftp}}":                              "backup_storages.x.type: must be fs or s3",
+		"backup_storages: {x: {type: fs}}":                               "backup_storages.x.path: is required",
+		"backup_storages: {x: {type: s3}}":                               "backup_storages.x.bucket: is required",
+		"plans: {p: {max_backups: -1}}":                                  "plans.p.max_backups: must not be negative",
+		"limits: {deadline: 10s}":                                        "limits.deadline: must be at least 1m",
+		"hypervisors: {\"bad id!\": {}}":                                 "hypervisors.bad id!: id",
+		"hypervisors: {hv1: {concurrency: -2}}":                          "hypervisors.hv1.concurrency: must be at least 1",
+		"backup_storages: {x: {type: s3, bucket: b, access_key_env: K}}": "backup_storages.x.access_key_env",
+	}
+	for in, want := range cases {
+		_, err := Parse(strings.NewReader(in))
+		if assert.Error(t, err, in) {
+			assert.Contains(t, err.Error(), want, in)
+		}
+	}
+}
+
+func TestUnknownFieldsAreRejected(t *testing.T) {
+	_, err := Parse(strings.NewReader("plans: {standard: {max_snapshot: 3}}"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "max_snapshot")
+}
