@@ -1,0 +1,420 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// BackupRequest is one backup of one volume image.
+type BackupRequest struct {
+	VolumeID string
+	BackupID string
+	// Source is a point-in-time image of the volume (the volume driver's snapshot reader), Size bytes long.
+	Source io.ReaderAt
+	Size   int64
+	// Parent is an earlier backup of the same volume. Its chunks are known to be stored (no Stat needed),
+	// and with Changed it lets unchanged ranges be taken from it without reading them.
+	Parent string
+	// Changed, if non-nil, lists every range that may differ from Parent (RBD diff, libvirt checkpoint
+	// dirty bitmap). Chunks outside it are copied from Parent's manifest. nil = no hint: read everything.
+	Changed    []Extent
+	Labels     map[string]string
+	SourceType string // e.g. "rbd", "qcow2"; recorded for the catalog
+	// Resume continues a backup that crashed, from the checkpoint of its last progress report. The same
+	// request must be given again; the result is the manifest an uninterrupted run would have written.
+	Resume   *Checkpoint
+	Progress func(Progress)
+}
+
+// journalSegment is one durable step of a running backup: the chunks and zero ranges of [From, To).
+// Segments chain From == previous To; resume replays them and continues from the last To.
+type journalSegment struct {
+	FormatVersion int        `json:"format_version"`
+	Seq           int        `json:"seq"`
+	Size          int64      `json:"size"`
+	ChunkSize     int64      `json:"chunk_size"`
+	Parent        string     `json:"parent,omitempty"`
+	KeyID         string     `json:"key_id,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	From          int64      `json:"from"`
+	To            int64      `json:"to"`
+	Chunks        []ChunkRef `json:"chunks"`
+	ZeroRanges    []Extent   `json:"zero_ranges"`
+}
+
+// chunkResult is what a worker learned about one chunk.
+type chunkResult struct {
+	off, length int64
+	zero        bool
+	ref         ChunkRef
+}
+
+// Backup streams req.Source into the store and writes the manifest last; the backup exists once Backup
+// returns without error. Chunks already stored (by the parent or any earlier backup of the volume) are not
+// uploaded again. Memory stays bounded by Concurrency chunks; a cancelled ctx stops within one chunk and
+// leaves no manifest. Idempotent: a retry with the same ids writes the same backup again.
+func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, error) {
+	if err := checkIDs(req.VolumeID, req.BackupID); err != nil {
+		return nil, err
+	}
+	if req.Source == nil || req.Size < 0 {
+		return nil, errors.New("backup: a source and a non-negative size are required")
+	}
+	cs := e.opts.ChunkSize
+	rep := newReporter(req.Progress, e.opts, 0)
+	rep.report(Progress{Phase: PhasePrepare, BytesTotal: req.Size}, true)
+
+	// Known chunks: those of the parent need no Stat. Every backup still restores alone, because a chunk is
+	// only deleted by GC once no manifest references it.
+	known := &knownSet{m: map[string]int64{}}
+	var parent *Manifest
+	if req.Parent != "" {
+		p, err := e.Manifest(ctx, req.VolumeID, req.Parent)
+		if err != nil {
+			return nil, fmt.Errorf("parent: %w", err)
+		}
+		if p.Hash == e.codec.hashName() && p.KeyID == e.codec.keyID {
+			for _, c := range p.Chunks {
+				known.m[c.ID] = c.StoredSize
+			}
+			if p.ChunkSize == cs {
+				parent = p
+			}
+		}
+	}
+	var changed []Extent
+	if req.Changed != nil && parent != nil {
+		changed = append([]Extent(nil), req.Changed...)
+		sort.Slice(changed, func(i, j int) bool { return changed[i].Offset < changed[j].Offset })
+	}
+
+	// Resume: replay the journal of the crashed run, or start clean.
+	st := &backupState{createdAt: e.opts.Now().UTC()}
+	if req.Resume != nil && req.Resume.NextOffset > 0 {
+		if err := e.loadJournal(ctx, req, st); err != nil {
+			return nil, err
+		}
+	} else if err := e.deleteJournal(ctx, req.VolumeID, req.BackupID); err != nil {
+		return nil, err
+	}
+	for _, c := range st.chunks {
+		known.put(c.ID, c.StoredSize)
+	}
+	start := st.next
+	rep.base = start
+
+	// The pipeline: a feeder hands chunk offsets to Concurrency workers; each reads, zero-checks, hashes,
+	// dedups, compresses, encrypts and uploads its chunk; the collector (this goroutine) puts results back
+	// in offset order, journals them every CheckpointEvery chunks and reports progress.
+	nChunks := 0
+	if req.Size > start {
+		nChunks = int((req.Size - start + cs - 1) / cs)
+	}
+	results := make(chan chunkResult, e.opts.Concurrency)
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		type buffers struct {
+			plain []byte
+			seal  sealBufs
+		}
+		bufs := make([]buffers, e.opts.Concurrency)
+		err := parallel(wctx, e.opts.Concurrency, nChunks, func(ctx context.Context, w, i int) error {
+			b := &bufs[w]
+			if b.plain == nil {
+				b.plain = make([]byte, cs)
+			}
+			off := start + int64(i)*cs
+			r, err := e.backupChunk(ctx, req, parent, changed, known, off, min(cs, req.Size-off), b.plain, &b.seal)
+			if err != nil {
+				return err
+			}
+			select {
+			case results <- r:
+				return nil
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		})
+		if err != nil {
+			cancel(err)
+		}
+		close(results)
+	}()
+
+	pending := map[int64]chunkResult{}
+	var collectErr error
+	for r := range results {
+		if collectErr != nil {
+			continue // drain
+		}
+		pending[r.off] = r
+		for {
+			r, ok := pending[st.next]
+			if !ok {
+				break
+			}
+			delete(pending, st.next)
+			st.add(r)
+		}
+		if st.unjournalled >= e.opts.CheckpointEvery {
+			if err := e.writeJournal(wctx, req, st); err != nil {
+				collectErr = err
+				cancel(err)
+				continue
+			}
+		}
+		rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, false)
+	}
+	wg.Wait()
+	if err := context.Cause(wctx); err != nil || collectErr != nil {
+		if collectErr == nil {
+			collectErr = err
+		}
+		// Keep what is done resumable: everything below st.next is uploaded. Best effort, off the dead ctx.
+		if st.unjournalled > 0 {
+			jctx, jcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_ = e.writeJournal(jctx, req, st)
+			jcancel()
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, collectErr)
+	}
+	if st.next != req.Size {
+		return nil, fmt.Errorf("backup %s: internal error: covered %d of %d bytes", req.BackupID, st.next, req.Size)
+	}
+
+	rep.report(Progress{Phase: PhaseCommit, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: st.journalled}, true)
+	m := &Manifest{
+		FormatVersion: FormatVersion,
+		VolumeID:      req.VolumeID,
+		BackupID:      req.BackupID,
+		Parent:        req.Parent,
+		Size:          req.Size,
+		ChunkSize:     cs,
+		Hash:          e.codec.hashName(),
+		Compression:   CompressionZstd,
+		KeyID:         e.codec.keyID,
+		SourceType:    req.SourceType,
+		CreatedAt:     st.createdAt,
+		CompletedAt:   e.opts.Now().UTC(),
+		Labels:        req.Labels,
+		Chunks:        st.chunks,
+		ZeroRanges:    st.zeros,
+		StoredBytes:   storedBytes(st.chunks),
+	}
+	if e.codec.aead != nil {
+		m.Encryption = EncryptionAES
+	}
+	data, err := EncodeManifest(m)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", req.BackupID, err)
+	}
+	// The commit point: the backup exists from here on.
+	if err := PutBytes(ctx, e.store, manifestName(req.VolumeID, req.BackupID), data); err != nil {
+		return nil, fmt.Errorf("backup %s: write manifest: %w", req.BackupID, err)
+	}
+	if err := e.deleteJournal(ctx, req.VolumeID, req.BackupID); err != nil {
+		e.opts.Logger.Warn("backup: journal cleanup failed; GC will remove it", "volume_id", req.VolumeID,
+			"backup_id", req.BackupID, "err", err)
+	}
+	rep.report(Progress{Phase: PhaseDone, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: req.Size}, true)
+	e.opts.Logger.Info("backup done", "volume_id", req.VolumeID, "backup_id", req.BackupID,
+		"size", req.Size, "chunks", len(m.Chunks), "stored_bytes", m.StoredBytes)
+	return m, nil
+}
+
+// backupChunk handles the chunk [off, off+length).
+func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, parent *Manifest, changed []Extent,
+	known *knownSet, off, length int64, plain []byte, sb *sealBufs) (chunkResult, error) {
+	res := chunkResult{off: off, length: length}
+	if parent != nil && changed != nil && !intersects(changed, off, length) {
+		if ref, zero, ok := parent.chunkAt(off, length); ok {
+			res.zero, res.ref = zero, ref
+			return res, nil
+		}
+	}
+	if err := e.throttle(ctx, length); err != nil {
+		return res, err
+	}
+	buf := plain[:length]
+	if err := readFull(req.Source, buf, off); err != nil {
+		return res, err
+	}
+	if isZero(buf) {
+		res.zero = true
+		return res, nil
+	}
+	id, err := e.codec.id(e.codec.hashName(), buf)
+	if err != nil {
+		return res, err
+	}
+	res.ref = ChunkRef{Offset: off, Length: length, ID: id}
+	if size, ok := known.get(id); ok {
+		res.ref.StoredSize = size
+		return res, nil
+	}
+	name := chunkName(req.VolumeID, id)
+	if info, err := e.store.Stat(ctx, name); err == nil {
+		res.ref.StoredSize = info.Size
+		known.put(id, info.Size)
+		return res, nil
+	} else if !errors.Is(err, ErrNotExist) {
+		return res, err
+	}
+	obj := e.codec.seal(id, buf, sb)
+	if err := PutBytes(ctx, e.store, name, obj); err != nil {
+		return res, err
+	}
+	res.ref.StoredSize = int64(len(obj))
+	known.put(id, res.ref.StoredSize)
+	return res, nil
+}
+
+// intersects reports whether any of the sorted extents overlaps [off, off+length).
+func intersects(sorted []Extent, off, length int64) bool {
+	i := sort.Search(len(sorted), func(i int) bool { return sorted[i].End() > off })
+	for ; i < len(sorted) && sorted[i].Offset < off+length; i++ {
+		if sorted[i].Length > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+type knownSet struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (k *knownSet) get(id string) (int64, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	v, ok := k.m[id]
+	return v, ok
+}
+
+func (k *knownSet) put(id string, size int64) {
+	k.mu.Lock()
+	k.m[id] = size
+	k.mu.Unlock()
+}
+
+// backupState is the in-order result of a backup so far.
+type backupState struct {
+	createdAt    time.Time
+	next         int64 // everything below is done (uploaded or zero), in order
+	journalled   int64 // everything below is in the journal
+	seq          int   // next journal segment number
+	unjournalled int   // chunks done since the last segment
+	chunks       []ChunkRef
+	zeros        []Extent
+	segChunks    int // index into chunks where the current segment starts
+	segZeros     []Extent
+}
+
+func (s *backupState) add(r chunkResult) {
+	if r.zero {
+		s.zeros = mergeZero(s.zeros, Extent{Offset: r.off, Length: r.length})
+		s.segZeros = mergeZero(s.segZeros, Extent{Offset: r.off, Length: r.length})
+	} else {
+		ref := r.ref
+		ref.Offset, ref.Length = r.off, r.length // a chunk taken from the parent keeps its geometry
+		s.chunks = append(s.chunks, ref)
+	}
+	s.next += r.length
+	s.unjournalled++
+}
+
+func (e *Engine) writeJournal(ctx context.Context, req BackupRequest, st *backupState) error {
+	seg := journalSegment{
+		FormatVersion: FormatVersion, Seq: st.seq, Size: req.Size, ChunkSize: e.opts.ChunkSize,
+		Parent: req.Parent, KeyID: e.codec.keyID, CreatedAt: st.createdAt,
+		From: st.journalled, To: st.next, Chunks: st.chunks[st.segChunks:], ZeroRanges: st.segZeros,
+	}
+	data, err := json.Marshal(&seg)
+	if err != nil {
+		return err
+	}
+	if err := PutBytes(ctx, e.store, journalName(req.VolumeID, req.BackupID, st.seq), data); err != nil {
+		return fmt.Errorf("write resume journal: %w", err)
+	}
+	st.seq++
+	st.journalled = st.next
+	st.segChunks = len(st.chunks)
+	st.segZeros = nil
+	st.unjournalled = 0
+	return nil
+}
+
+// loadJournal replays the journal of an earlier run of req. Segments that do not chain or that were
+// written for different parameters are ignored from there on: resuming from less is always correct.
+func (e *Engine) loadJournal(ctx context.Context, req BackupRequest, st *backupState) error {
+	var names []string
+	err := e.store.List(ctx, journalPrefix(req.VolumeID, req.BackupID), func(oi ObjectInfo) error {
+		if strings.HasSuffix(oi.Name, ".json") {
+			names = append(names, oi.Name)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read resume journal: %w", err)
+	}
+	sort.Strings(names) // zero-padded sequence numbers
+	for i, n := range names {
+		data, err := ReadAll(ctx, e.store, n, maxManifestSize)
+		if err != nil {
+			return fmt.Errorf("read resume journal: %w", err)
+		}
+		var seg journalSegment
+		if err := json.Unmarshal(data, &seg); err != nil || seg.Seq != i || seg.From != st.next ||
+			seg.FormatVersion != FormatVersion || seg.Size != req.Size || seg.ChunkSize != e.opts.ChunkSize ||
+			seg.Parent != req.Parent || seg.KeyID != e.codec.keyID || seg.To > req.Size || seg.To <= seg.From {
+			break
+		}
+		if i == 0 {
+			st.createdAt = seg.CreatedAt
+		}
+		st.chunks = append(st.chunks, seg.Chunks...)
+		for _, z := range seg.ZeroRanges {
+			st.zeros = mergeZero(st.zeros, z)
+		}
+		st.next, st.journalled, st.seq = seg.To, seg.To, i+1
+	}
+	st.segChunks = len(st.chunks)
+	// Drop segments past a break so the next write (numbered st.seq) chains cleanly.
+	for _, n := range names[st.seq:] {
+		if err := e.store.Delete(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) deleteJournal(ctx context.Context, volumeID, backupID string) error {
+	var names []string
+	if err := e.store.List(ctx, journalPrefix(volumeID, backupID), func(oi ObjectInfo) error {
+		names = append(names, oi.Name)
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := e.store.Delete(ctx, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}

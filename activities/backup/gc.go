@@ -1,0 +1,108 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// GCReport says what a garbage collection did.
+type GCReport struct {
+	VolumeID      string `json:"volume_id"`
+	Manifests     int    `json:"manifests"`      // live backups
+	LiveChunks    int    `json:"live_chunks"`    // referenced by a manifest (or a fresh journal)
+	YoungChunks   int    `json:"young_chunks"`   // unreferenced but within the grace period: kept
+	DeletedChunks int    `json:"deleted_chunks"` // unreferenced and older than the grace period
+	DeletedBytes  int64  `json:"deleted_bytes"`
+	StaleJournals int    `json:"stale_journals"` // abandoned resume journals removed
+}
+
+// GC removes a volume's chunks that no manifest references and that are older than grace, and resume
+// journals older than grace. Mark first, then sweep; a chunk uploaded by a backup still in flight is younger
+// than grace (and referenced by its journal), so it survives. If any manifest cannot be read GC deletes
+// nothing: sweeping against an incomplete mark would destroy live data.
+//
+// Run it under the volume's operation lock (the VolumeWorkflow mutex): a backup that reuses an old chunk
+// of a backup being deleted at the same moment is the one race grace cannot cover. grace must also exceed
+// the longest time a crashed backup may wait to be resumed. Idempotent.
+func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (*GCReport, error) {
+	if err := validComponent(volumeID); err != nil {
+		return nil, fmt.Errorf("backup: volume_id: %w", err)
+	}
+	rep := &GCReport{VolumeID: volumeID}
+	cutoff := e.opts.Now().Add(-grace)
+	ms, err := e.ListVolume(ctx, volumeID)
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: not sweeping, manifests unreadable: %w", volumeID, err)
+	}
+	live := map[string]bool{}
+	for _, m := range ms {
+		for _, c := range m.Chunks {
+			live[c.ID] = true
+		}
+	}
+	rep.Manifests = len(ms)
+
+	// Journals: fresh ones protect their chunks; stale ones go.
+	var stale []string
+	journals := volumePrefix(volumeID) + "inprogress/"
+	err = e.store.List(ctx, journals, func(oi ObjectInfo) error {
+		if oi.ModTime.Before(cutoff) {
+			stale = append(stale, oi.Name)
+			return nil
+		}
+		data, err := ReadAll(ctx, e.store, oi.Name, maxManifestSize)
+		if err != nil {
+			return err
+		}
+		var seg journalSegment
+		if err := json.Unmarshal(data, &seg); err != nil {
+			return nil // unreadable fresh journal: its chunks are young anyway
+		}
+		for _, c := range seg.Chunks {
+			live[c.ID] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+
+	var garbage []ObjectInfo
+	err = e.store.List(ctx, chunksPrefix(volumeID), func(oi ObjectInfo) error {
+		id := oi.Name[strings.LastIndex(oi.Name, "/")+1:]
+		switch {
+		case live[id]:
+			rep.LiveChunks++
+		case oi.ModTime.After(cutoff):
+			rep.YoungChunks++
+		default:
+			garbage = append(garbage, oi)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+	err = parallel(ctx, e.opts.Concurrency, len(garbage), func(ctx context.Context, _, i int) error {
+		return e.store.Delete(ctx, garbage[i].Name)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+	for _, g := range garbage {
+		rep.DeletedChunks++
+		rep.DeletedBytes += g.Size
+	}
+	for _, n := range stale {
+		if err := e.store.Delete(ctx, n); err != nil {
+			return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+		}
+		rep.StaleJournals++
+	}
+	e.opts.Logger.Info("gc done", "volume_id", volumeID, "manifests", rep.Manifests, "live_chunks", rep.LiveChunks,
+		"deleted_chunks", rep.DeletedChunks, "young_chunks", rep.YoungChunks)
+	return rep, nil
+}

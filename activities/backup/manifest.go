@@ -1,0 +1,231 @@
+package backup
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// FormatVersion is the manifest format this package writes and reads.
+const FormatVersion = 1
+
+// DefaultChunkSize is the fixed chunk size of the format (4 MiB of raw blocks).
+const DefaultChunkSize = 4 << 20
+
+// maxChunkSize bounds what a manifest may declare, so a hostile manifest cannot make restore allocate
+// without limit.
+const maxChunkSize = 64 << 20
+
+// maxManifestSize bounds manifest objects read from the store (a 64 TiB volume of 4 MiB chunks is ~2 GB of
+// JSON; Holdfast volumes are far smaller).
+const maxManifestSize = 1 << 30
+
+// Extent is a byte range of a volume.
+type Extent struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+}
+
+// End is the first offset after the extent.
+func (e Extent) End() int64 { return e.Offset + e.Length }
+
+// ChunkRef is one stored chunk of a backup: Length bytes of the volume at Offset, stored as object ID.
+type ChunkRef struct {
+	Offset     int64  `json:"offset"`
+	Length     int64  `json:"length"`
+	ID         string `json:"id"`          // hex content hash; the object name is derived from it
+	StoredSize int64  `json:"stored_size"` // bytes of the stored object (compressed, encrypted)
+}
+
+// Manifest describes one backup completely: with it and the chunks it names, the volume can be restored
+// without any control plane (disaster recovery). A backup exists iff its manifest exists.
+type Manifest struct {
+	FormatVersion int               `json:"format_version"`
+	VolumeID      string            `json:"volume_id"`
+	BackupID      string            `json:"backup_id"`
+	Parent        string            `json:"parent,omitempty"` // backup this one was taken against (informational: every backup restores alone)
+	Size          int64             `json:"size"`             // volume size in bytes
+	ChunkSize     int64             `json:"chunk_size"`
+	Hash          string            `json:"hash"` // HashBLAKE3 or HashBLAKE3Keyed
+	Compression   string            `json:"compression"`
+	Encryption    string            `json:"encryption,omitempty"` // "" or EncryptionAES
+	KeyID         string            `json:"key_id,omitempty"`     // fingerprint of the encryption key
+	SourceType    string            `json:"source_type,omitempty"`
+	CreatedAt     time.Time         `json:"created_at"`
+	CompletedAt   time.Time         `json:"completed_at"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Chunks        []ChunkRef        `json:"chunks"`       // by offset
+	ZeroRanges    []Extent          `json:"zero_ranges"`  // by offset; together with Chunks covers [0, Size)
+	StoredBytes   int64             `json:"stored_bytes"` // sum of StoredSize over distinct chunks: what this backup holds alone
+	// ManifestHash is SHA-256 (hex) of the manifest's JSON encoding with this field empty: a torn or
+	// bit-flipped manifest is refused instead of restoring garbage.
+	ManifestHash string `json:"manifest_hash"`
+}
+
+// ErrInvalidManifest wraps every reason DecodeManifest refuses its input.
+var ErrInvalidManifest = errors.New("invalid manifest")
+
+// EncodeManifest validates m, fills in ManifestHash and returns the JSON to store.
+func EncodeManifest(m *Manifest) ([]byte, error) {
+	c := *m
+	c.ManifestHash = ""
+	if c.Chunks == nil {
+		c.Chunks = []ChunkRef{}
+	}
+	if c.ZeroRanges == nil {
+		c.ZeroRanges = []Extent{}
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(&c)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(body)
+	c.ManifestHash = hex.EncodeToString(sum[:])
+	m.ManifestHash = c.ManifestHash
+	return json.Marshal(&c)
+}
+
+// DecodeManifest parses and fully validates a manifest: version, ids, chunk geometry, exact coverage of the
+// volume by chunks and zero ranges, and the manifest hash. It never panics on any input (fuzzed).
+func DecodeManifest(data []byte) (*Manifest, error) {
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidManifest, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	want := m.ManifestHash
+	c := m
+	c.ManifestHash = ""
+	if c.Chunks == nil {
+		c.Chunks = []ChunkRef{}
+	}
+	if c.ZeroRanges == nil {
+		c.ZeroRanges = []Extent{}
+	}
+	body, err := json.Marshal(&c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidManifest, err)
+	}
+	sum := sha256.Sum256(body)
+	if got := hex.EncodeToString(sum[:]); got != want {
+		return nil, fmt.Errorf("%w: manifest hash mismatch (torn or modified manifest)", ErrInvalidManifest)
+	}
+	return &m, nil
+}
+
+func (m *Manifest) validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidManifest, fmt.Sprintf(format, a...))
+	}
+	if m.FormatVersion != FormatVersion {
+		return bad("format_version %d not supported (want %d)", m.FormatVersion, FormatVersion)
+	}
+	if err := validComponent(m.VolumeID); err != nil {
+		return bad("volume_id: %v", err)
+	}
+	if err := validComponent(m.BackupID); err != nil {
+		return bad("backup_id: %v", err)
+	}
+	if m.Parent != "" {
+		if err := validComponent(m.Parent); err != nil {
+			return bad("parent: %v", err)
+		}
+	}
+	if m.Size < 0 {
+		return bad("negative size")
+	}
+	if m.ChunkSize <= 0 || m.ChunkSize > maxChunkSize {
+		return bad("chunk_size %d out of range", m.ChunkSize)
+	}
+	switch {
+	case m.Hash == HashBLAKE3 && m.Encryption == "":
+	case m.Hash == HashBLAKE3Keyed && m.Encryption == EncryptionAES && m.KeyID != "":
+	default:
+		return bad("hash %q with encryption %q / key_id %q", m.Hash, m.Encryption, m.KeyID)
+	}
+	if m.Compression != CompressionZstd {
+		return bad("compression %q", m.Compression)
+	}
+	// Walk chunks and zero ranges together: each next piece must start where the last ended.
+	var pos int64
+	ci, zi := 0, 0
+	for ci < len(m.Chunks) || zi < len(m.ZeroRanges) {
+		if ci < len(m.Chunks) && m.Chunks[ci].Offset == pos {
+			c := m.Chunks[ci]
+			if c.Offset%m.ChunkSize != 0 || c.Length != min(m.ChunkSize, m.Size-c.Offset) || c.Length <= 0 {
+				return bad("chunk at %d: length %d does not fit the chunk grid", c.Offset, c.Length)
+			}
+			if len(c.ID) != 64 {
+				return bad("chunk at %d: id must be 64 hex digits", c.Offset)
+			}
+			if _, err := hex.DecodeString(c.ID); err != nil {
+				return bad("chunk at %d: id: %v", c.Offset, err)
+			}
+			if c.StoredSize <= 0 || c.StoredSize > 2*maxChunkSize {
+				return bad("chunk at %d: stored_size %d", c.Offset, c.StoredSize)
+			}
+			pos += c.Length
+			ci++
+			continue
+		}
+		if zi < len(m.ZeroRanges) && m.ZeroRanges[zi].Offset == pos {
+			z := m.ZeroRanges[zi]
+			if z.Length <= 0 || z.Offset%m.ChunkSize != 0 || z.Length > m.Size-z.Offset ||
+				(z.End() != m.Size && z.End()%m.ChunkSize != 0) {
+				return bad("zero range %d+%d does not fit the chunk grid", z.Offset, z.Length)
+			}
+			pos += z.Length
+			zi++
+			continue
+		}
+		return bad("gap or overlap at offset %d", pos)
+	}
+	if pos != m.Size {
+		return bad("chunks and zero ranges cover %d of %d bytes", pos, m.Size)
+	}
+	return nil
+}
+
+// chunkAt finds the chunk covering exactly [off, off+length), or reports whether that range is all zero.
+func (m *Manifest) chunkAt(off, length int64) (ref ChunkRef, zero, ok bool) {
+	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].Offset >= off })
+	if i < len(m.Chunks) && m.Chunks[i].Offset == off && m.Chunks[i].Length == length {
+		return m.Chunks[i], false, true
+	}
+	j := sort.Search(len(m.ZeroRanges), func(j int) bool { return m.ZeroRanges[j].End() > off })
+	if j < len(m.ZeroRanges) && m.ZeroRanges[j].Offset <= off && m.ZeroRanges[j].End() >= off+length {
+		return ChunkRef{}, true, true
+	}
+	return ChunkRef{}, false, false
+}
+
+// storedBytes sums StoredSize over distinct chunk ids.
+func storedBytes(chunks []ChunkRef) int64 {
+	seen := make(map[string]bool, len(chunks))
+	var n int64
+	for _, c := range chunks {
+		if !seen[c.ID] {
+			seen[c.ID] = true
+			n += c.StoredSize
+		}
+	}
+	return n
+}
+
+// mergeZero appends e to a sorted list of zero ranges, merging it into the last one when adjacent.
+func mergeZero(zs []Extent, e Extent) []Extent {
+	if n := len(zs); n > 0 && zs[n-1].End() == e.Offset {
+		zs[n-1].Length += e.Length
+		return zs
+	}
+	return append(zs, e)
+}

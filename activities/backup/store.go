@@ -1,0 +1,108 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// ErrNotExist is returned (wrapped) by Store.Get and Store.Stat when the named object does not exist.
+// Callers test it with errors.Is.
+var ErrNotExist = errors.New("object does not exist")
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	Name    string    // full object name, as passed to Put
+	Size    int64     // bytes
+	ModTime time.Time // when the object was last written; GC's grace period is measured against it
+}
+
+// Store is a flat namespace of immutable-ish objects: backup storage as the engine sees it. It is the only
+// thing the engine knows about S3 or file systems; decorators (throttling, counting, fault injection) wrap
+// it without the engine noticing.
+//
+// Contract — every implementation passes storetest.Run, which checks each point:
+//   - Names are '/'-separated relative paths of safe components (see ValidateName); a store maps them onto
+//     its own namespace (a key prefix, a directory) and never lets one escape it.
+//   - Put stores exactly size bytes read from r under name, replacing any previous object. It is atomic:
+//     readers see the old object, or no object, or the complete new one, never a prefix. A failed or
+//     cancelled Put leaves nothing visible under name (an earlier object may remain). Putting the same
+//     bytes twice is a success (idempotent), which is what makes retried uploads safe.
+//   - Get returns the object's full content; the caller closes it. A missing object is an error wrapping
+//     ErrNotExist.
+//   - Stat returns the object's size and modification time, or an error wrapping ErrNotExist.
+//   - List calls fn for every object whose name starts with prefix, in no particular order, until fn
+//     returns an error (which List returns). Objects put before List started are listed; concurrent puts
+//     may or may not be. Internal temporary files are never listed.
+//   - Delete removes the object. Deleting a missing object is a success (idempotent).
+//   - All methods honour ctx cancellation, are safe for concurrent use, and never log credentials.
+//   - Implementations do not retry forever: transient-error retries are bounded, then the error surfaces.
+type Store interface {
+	Put(ctx context.Context, name string, r io.Reader, size int64) error
+	Get(ctx context.Context, name string) (io.ReadCloser, error)
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	Delete(ctx context.Context, name string) error
+	// String names the store for logs and errors (endpoint/bucket/prefix or path; never secrets).
+	String() string
+}
+
+// ValidateName reports whether name is a legal object name: non-empty '/'-separated components made of
+// letters, digits, '.', '_' and '-', none of them "." or "..". Stores call it so that no name can escape
+// their root, whatever the caller passes.
+func ValidateName(name string) error {
+	if name == "" {
+		return errors.New("backup: empty object name")
+	}
+	for _, part := range strings.Split(name, "/") {
+		if err := validComponent(part); err != nil {
+			return fmt.Errorf("backup: object name %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// validComponent checks one path component (also used for volume and backup ids).
+func validComponent(s string) error {
+	if s == "" || s == "." || s == ".." {
+		return fmt.Errorf("invalid component %q", s)
+	}
+	if len(s) > 200 {
+		return fmt.Errorf("component longer than 200 bytes")
+	}
+	for _, c := range s {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("invalid character %q in %q", c, s)
+		}
+	}
+	return nil
+}
+
+// ReadAll gets a whole object into memory, refusing objects larger than limit (a corrupt or hostile store
+// must not make the engine allocate without bound).
+func ReadAll(ctx context.Context, s Store, name string, limit int64) ([]byte, error) {
+	rc, err := s.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("read %s: object larger than %d bytes", name, limit)
+	}
+	return b, nil
+}
+
+// PutBytes stores data under name.
+func PutBytes(ctx context.Context, s Store, name string, data []byte) error {
+	return s.Put(ctx, name, bytes.NewReader(data), int64(len(data)))
+}
