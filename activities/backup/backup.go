@@ -167,24 +167,28 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 			delete(pending, st.next)
 			st.add(r)
 		}
+		checkpoint := false
 		if st.unjournalled >= e.opts.CheckpointEvery {
 			if err := e.writeJournal(wctx, req, st); err != nil {
 				collectErr = err
 				cancel(err)
 				continue
 			}
+			checkpoint = true // every new resume point is reported, so heartbeats carry the latest
 		}
-		rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, false)
+		rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, checkpoint)
 	}
 	wg.Wait()
-	if err := context.Cause(wctx); err != nil || collectErr != nil {
-		if collectErr == nil {
-			collectErr = err
+	if cause := context.Cause(wctx); cause != nil || collectErr != nil {
+		if cause != nil {
+			collectErr = cause // the first failure, not a journal write it made fail
 		}
 		// Keep what is done resumable: everything below st.next is uploaded. Best effort, off the dead ctx.
 		if st.unjournalled > 0 {
 			jctx, jcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			_ = e.writeJournal(jctx, req, st)
+			if e.writeJournal(jctx, req, st) == nil {
+				rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, true)
+			}
 			jcancel()
 		}
 		if ctx.Err() != nil {
