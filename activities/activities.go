@@ -152,6 +152,19 @@ type DeleteVolumeInput struct {
 	Volume   VolumeRef `json:"volume"`
 }
 
+// Activity names: the method names of Hypervisor, which is how workers register an implementation.
+const (
+	AttachmentName       = "Attachment"
+	CreateSnapshotName   = "CreateSnapshot"
+	DeleteSnapshotName   = "DeleteSnapshot"
+	RollbackSnapshotName = "RollbackSnapshot"
+	UploadBackupName     = "UploadBackup"
+	DeleteBackupName     = "DeleteBackup"
+	RestoreBackupName    = "RestoreBackup"
+	CloneSnapshotName    = "CloneSnapshot"
+	DeleteVolumeName     = "DeleteVolume"
+)
+
 // Hypervisor is the set of activities one hypervisor agent serves on TaskQueue(hypervisor_id). A worker
 // registers an implementation with worker.RegisterActivity, so activity names are these method names.
 type Hypervisor interface {

@@ -1,0 +1,71 @@
+package workflows
+
+import (
+	"fmt"
+
+	"go.temporal.io/sdk/temporal"
+)
+
+// Error types of user-facing rejections and failures (stable: the HTTP API maps them to status codes).
+const (
+	ErrVolumeBusy           = "VolumeBusy"
+	ErrCooldown             = "Cooldown"
+	ErrSnapshotLimit        = "SnapshotLimit"
+	ErrBackupLimit          = "BackupLimit"
+	ErrOwnerLimit           = "OwnerLimit"
+	ErrAttachedRunning      = "AttachedRunning"
+	ErrNoBackupStorage      = "NoBackupStorage"
+	ErrConfirmationMismatch = "ConfirmationMismatch"
+	ErrNotFound             = "NotFound"
+	ErrInvalidArgument      = "InvalidArgument"
+	ErrNoActiveOperation    = "NoActiveOperation"
+	ErrDeadlineExceeded     = "DeadlineExceeded"
+	ErrAborted              = "Aborted"
+	ErrHypervisorDown       = "HypervisorUnavailable"
+)
+
+// userError is a typed, non-retryable application error carrying the spec's exact message.
+func userError(errType, format string, args ...any) error {
+	return temporal.NewNonRetryableApplicationError(fmt.Sprintf(format, args...), errType, nil)
+}
+
+func errVolumeBusy(kind Kind) error {
+	return userError(ErrVolumeBusy, "Volume is busy with operation: %s", kind)
+}
+
+// errCooldown carries the remaining seconds as details too, for Retry-After.
+func errCooldown(seconds int64) error {
+	return temporal.NewNonRetryableApplicationError(
+		fmt.Sprintf("Volume is in cooldown. Try again in %d seconds.", seconds), ErrCooldown, nil, seconds)
+}
+
+func errSnapshotLimit() error {
+	return userError(ErrSnapshotLimit, "Snapshot limit reached. Delete an existing snapshot first.")
+}
+
+func errBackupLimit() error {
+	return userError(ErrBackupLimit, "Backup limit reached. Delete an existing backup first.")
+}
+
+func errOwnerLimit(limit int) error {
+	return userError(ErrOwnerLimit,
+		"Too many operations in flight for this account (limit %d). Try again when one finishes.", limit)
+}
+
+func errAttachedRunning() error {
+	return userError(ErrAttachedRunning, "Cannot restore in-place while attached to a running instance")
+}
+
+func errNoBackupStorage() error {
+	return userError(ErrNoBackupStorage, "Hypervisor has no backup storage configured.")
+}
+
+func errConfirmation(what, name string) error {
+	return userError(ErrConfirmationMismatch, "Confirmation does not match: type the %s name %q to confirm.", what, name)
+}
+
+func errNotFound(format string, args ...any) error { return userError(ErrNotFound, format, args...) }
+
+func errInvalid(format string, args ...any) error {
+	return userError(ErrInvalidArgument, format, args...)
+}

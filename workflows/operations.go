@@ -1,0 +1,301 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+// RegisterVolumeActivity is the control-plane activity (task queue TaskQueue) that registers the volume a
+// restore created, input VolumeSpec.
+const RegisterVolumeActivity = "RegisterVolume"
+
+// Activity timeouts. Long activities (streaming) heartbeat; a host that stops heartbeating for
+// heartbeatTimeout is considered gone and the activity is retried (resuming from its checkpoint).
+const (
+	shortActivityTimeout = 15 * time.Minute
+	heartbeatTimeout     = 30 * time.Second
+	compensationTimeout  = 10 * time.Minute
+)
+
+func retryPolicy() *temporal.RetryPolicy {
+	return &temporal.RetryPolicy{
+		InitialInterval:        time.Second,
+		BackoffCoefficient:     2,
+		MaximumInterval:        time.Minute,
+		NonRetryableErrorTypes: activities.NonRetryable,
+	}
+}
+
+// onHypervisor routes short activities to a hypervisor's queue. WaitForCancellation makes an abort wait for
+// the activity to stop (it learns through its heartbeat) before compensation touches what it was writing.
+func onHypervisor(ctx workflow.Context, hypervisorID string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           activities.TaskQueue(hypervisorID),
+		StartToCloseTimeout: shortActivityTimeout,
+		RetryPolicy:         retryPolicy(),
+		WaitForCancellation: true,
+	})
+}
+
+// streaming routes a long, heartbeating activity (backup upload, restore) to a hypervisor's queue.
+func streaming(ctx workflow.Context, hypervisorID string, deadline time.Duration) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:           activities.TaskQueue(hypervisorID),
+		StartToCloseTimeout: deadline,
+		HeartbeatTimeout:    heartbeatTimeout,
+		RetryPolicy:         retryPolicy(),
+		WaitForCancellation: true,
+	})
+}
+
+// saga collects compensations of the steps that created something, run newest first on failure.
+type saga struct {
+	steps []compensation
+}
+
+type compensation struct {
+	what string
+	run  func(ctx workflow.Context) error
+}
+
+func (s *saga) add(what string, run func(ctx workflow.Context) error) {
+	s.steps = append(s.steps, compensation{what: what, run: run})
+}
+
+// compensate runs in a context disconnected from the operation's (which may be cancelled or past its
+// deadline), with bounded retries: cleanup must happen even when the operation was aborted. What could not
+// be cleaned up is returned so it is reported, never silently left behind.
+func (s *saga) compensate(ctx workflow.Context) error {
+	dctx, cancel := workflow.NewDisconnectedContext(ctx)
+	defer cancel()
+	var errs []error
+	for i := len(s.steps) - 1; i >= 0; i-- {
+		if err := s.steps[i].run(dctx); err != nil {
+			workflow.GetLogger(ctx).Error("compensation failed", "step", s.steps[i].what, "error", err)
+			errs = append(errs, fmt.Errorf("%s: %s", s.steps[i].what, rootMessage(err)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cleanupOptions bound a compensation step: retried, but never for longer than compensationTimeout.
+func cleanupOptions(ctx workflow.Context, taskQueue string) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              taskQueue,
+		StartToCloseTimeout:    compensationTimeout / 2,
+		ScheduleToCloseTimeout: compensationTimeout,
+		RetryPolicy:            retryPolicy(),
+	})
+}
+
+// runSaga runs body under the volume's deadline. On failure, abort (cancellation by the volume workflow) or
+// deadline it compensates, then reports: aborted → a CanceledError; deadline → DeadlineExceeded.
+func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Context, s *saga) (OperationResult, error)) (OperationResult, error) {
+	logger := workflow.GetLogger(ctx)
+	logger.Info("operation started", "volume_id", in.Volume.VolumeID, "operation_id", in.Request.OperationID,
+		"kind", in.Request.Kind)
+	deadline := in.Volume.Deadline
+	opCtx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	expired := false
+	workflow.Go(opCtx, func(gctx workflow.Context) {
+		if err := workflow.NewTimer(gctx, deadline).Get(gctx, nil); err == nil {
+			expired = true
+			cancel()
+		}
+	})
+	s := &saga{}
+	res, err := body(opCtx, s)
+	if err == nil {
+		return res, nil
+	}
+	cleanupErr := s.compensate(ctx)
+	suffix := ""
+	if cleanupErr != nil {
+		suffix = fmt.Sprintf(" Cleanup incomplete (%v).", cleanupErr)
+	}
+	switch {
+	case ctx.Err() != nil:
+		logger.Info("operation aborted", "volume_id", in.Volume.VolumeID, "operation_id", in.Request.OperationID)
+		return res, temporal.NewCanceledError("aborted" + suffix)
+	case expired:
+		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
+			"Operation did not finish within %s; it was stopped and its partial artifacts removed.%s", deadline, suffix),
+			ErrDeadlineExceeded, nil)
+	default:
+		var app *temporal.ApplicationError
+		if errors.As(err, &app) && app.Type() != "" {
+			return res, temporal.NewNonRetryableApplicationError(app.Message()+suffix, app.Type(), nil)
+		}
+		return res, temporal.NewNonRetryableApplicationError(rootMessage(err)+suffix, "OperationFailed", nil)
+	}
+}
+
+func deleteSnapshotStep(hypervisorID string, ref activities.SnapshotRef) func(workflow.Context) error {
+	return func(ctx workflow.Context) error {
+		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(hypervisorID)),
+			activities.DeleteSnapshotName, ref).Get(ctx, nil)
+	}
+}
+
+// SnapshotWorkflow creates one snapshot on the volume's own storage (guest freeze attempted).
+func SnapshotWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
+	return runSaga(ctx, in, func(ctx workflow.Context, s *saga) (OperationResult, error) {
+		vol := in.Volume
+		ref := activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: in.Item.ItemID}
+		// Registered before the step: a create that timed out may still have happened.
+		s.add("delete snapshot "+ref.SnapshotID, deleteSnapshotStep(vol.HypervisorID, ref))
+		var r activities.SnapshotResult
+		err := workflow.ExecuteActivity(onHypervisor(ctx, vol.HypervisorID), activities.CreateSnapshotName,
+			activities.SnapshotInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: ref.SnapshotID,
+				Freeze: true}).Get(ctx, &r)
+		return OperationResult{SizeBytes: r.SizeBytes, Consistency: r.Consistency, FreezeError: r.FreezeError}, err
+	})
+}
+
+// BackupWorkflow snapshots the volume, streams the snapshot into backup storage, then drops the snapshot.
+func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
+	return runSaga(ctx, in, func(ctx workflow.Context, s *saga) (OperationResult, error) {
+		vol := in.Volume
+		tmp := activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage,
+			SnapshotID: "holdfast-backup-" + in.Item.ItemID}
+		s.add("delete snapshot "+tmp.SnapshotID, deleteSnapshotStep(vol.HypervisorID, tmp))
+		var snap activities.SnapshotResult
+		if err := workflow.ExecuteActivity(onHypervisor(ctx, vol.HypervisorID), activities.CreateSnapshotName,
+			activities.SnapshotInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
+				Freeze: true}).Get(ctx, &snap); err != nil {
+			return OperationResult{}, err
+		}
+		backup := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}
+		s.add("delete backup "+backup.BackupID, func(ctx workflow.Context) error {
+			return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(vol.HypervisorID)),
+				activities.DeleteBackupName, backup).Get(ctx, nil)
+		})
+		var up activities.UploadBackupResult
+		if err := workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.UploadBackupName,
+			activities.UploadBackupInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
+				BackupID: backup.BackupID, ParentBackupID: in.ParentID, Storage: backup.Storage,
+				Labels: map[string]string{"name": in.Item.Name, "owner_id": vol.OwnerID,
+					"hypervisor_id": vol.HypervisorID, "consistency": snap.Consistency}}).Get(ctx, &up); err != nil {
+			return OperationResult{}, err
+		}
+		// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
+		// backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
+		if err := deleteSnapshotStep(vol.HypervisorID, tmp)(ctx); err != nil {
+			workflow.GetLogger(ctx).Error("temporary snapshot left behind", "volume_id", vol.VolumeID,
+				"snapshot_id", tmp.SnapshotID, "error", err)
+		}
+		return OperationResult{SizeBytes: up.SizeBytes, StoredBytes: up.StoredBytes, Consistency: snap.Consistency,
+			FreezeError: snap.FreezeError}, nil
+	})
+}
+
+// RestoreWorkflow restores a snapshot or backup in place (after a safety snapshot it rolls back to on failure)
+// or to a new volume (deleted again on failure, registered on success).
+func RestoreWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
+	return runSaga(ctx, in, func(ctx workflow.Context, s *saga) (OperationResult, error) {
+		if in.Request.Mode == ModeNewVolume {
+			return restoreToNew(ctx, s, in)
+		}
+		return restoreInPlace(ctx, s, in)
+	})
+}
+
+func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (OperationResult, error) {
+	vol := in.Volume
+	hv := onHypervisor(ctx, vol.HypervisorID)
+	// Checked again here: the instance may have started since the request was accepted.
+	var att activities.AttachmentResult
+	if err := workflow.ExecuteActivity(hv, activities.AttachmentName,
+		activities.AttachmentInput{VolumeID: vol.VolumeID, Volume: vol.Storage}).Get(ctx, &att); err != nil {
+		return OperationResult{}, err
+	}
+	if att.Attached && att.Running {
+		return OperationResult{}, errAttachedRunning()
+	}
+	safety := activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage,
+		SnapshotID: "holdfast-safety-" + in.Request.OperationID}
+	s.add("delete safety snapshot "+safety.SnapshotID, deleteSnapshotStep(vol.HypervisorID, safety))
+	if err := workflow.ExecuteActivity(hv, activities.CreateSnapshotName, activities.SnapshotInput{
+		VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: safety.SnapshotID}).Get(ctx, nil); err != nil {
+		return OperationResult{}, err
+	}
+	s.add("roll back to safety snapshot "+safety.SnapshotID, func(ctx workflow.Context) error {
+		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(vol.HypervisorID)),
+			activities.RollbackSnapshotName, safety).Get(ctx, nil)
+	})
+	var res OperationResult
+	if in.Request.ItemKind() == KindSnapshot {
+		if err := workflow.ExecuteActivity(hv, activities.RollbackSnapshotName, activities.SnapshotRef{
+			VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: in.Item.ItemID}).Get(ctx, nil); err != nil {
+			return res, err
+		}
+		res.SizeBytes = in.Item.SizeBytes
+	} else {
+		var r activities.RestoreResult
+		if err := workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.RestoreBackupName,
+			activities.RestoreBackupInput{SourceVolumeID: vol.VolumeID, BackupID: in.Item.ItemID,
+				Storage: in.Item.Storage, TargetVolumeID: vol.VolumeID, Target: vol.Storage}).Get(ctx, &r); err != nil {
+			return res, err
+		}
+		res.SizeBytes = r.SizeBytes
+	}
+	if err := deleteSnapshotStep(vol.HypervisorID, safety)(ctx); err != nil {
+		workflow.GetLogger(ctx).Error("safety snapshot left behind", "volume_id", vol.VolumeID,
+			"snapshot_id", safety.SnapshotID, "error", err)
+	}
+	return res, nil
+}
+
+func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationResult, error) {
+	vol, target := in.Volume, *in.Request.NewVolume
+	s.add("delete new volume "+target.VolumeID, func(ctx workflow.Context) error {
+		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(target.HypervisorID)),
+			activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: target.VolumeID,
+				Volume: target.Storage}).Get(ctx, nil)
+	})
+	var r activities.RestoreResult
+	var err error
+	if in.Request.ItemKind() == KindSnapshot {
+		err = workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.CloneSnapshotName,
+			activities.CloneSnapshotInput{SourceVolumeID: vol.VolumeID, Source: vol.Storage, SnapshotID: in.Item.ItemID,
+				TargetVolumeID: target.VolumeID, Target: target.Storage}).Get(ctx, &r)
+	} else {
+		// Only the target hypervisor is involved: a restore never waits on the source host.
+		err = workflow.ExecuteActivity(streaming(ctx, target.HypervisorID, vol.Deadline), activities.RestoreBackupName,
+			activities.RestoreBackupInput{SourceVolumeID: vol.VolumeID, BackupID: in.Item.ItemID,
+				Storage: in.Item.Storage, TargetVolumeID: target.VolumeID, Target: target.Storage,
+				Create: true}).Get(ctx, &r)
+	}
+	if err != nil {
+		return OperationResult{}, err
+	}
+	target.SizeBytes = r.SizeBytes
+	rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{TaskQueue: TaskQueue,
+		StartToCloseTimeout: time.Minute, RetryPolicy: retryPolicy()})
+	if err := workflow.ExecuteActivity(rctx, RegisterVolumeActivity, target).Get(ctx, nil); err != nil {
+		return OperationResult{}, err
+	}
+	return OperationResult{SizeBytes: r.SizeBytes}, nil
+}
+
+// DeleteWorkflow removes a snapshot from the volume's storage or a backup's manifest from backup storage
+// (its chunks are collected by GC once no manifest references them). Deletion is not compensated.
+func DeleteWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
+	return runSaga(ctx, in, func(ctx workflow.Context, s *saga) (OperationResult, error) {
+		vol := in.Volume
+		hv := onHypervisor(ctx, vol.HypervisorID)
+		if in.Request.ItemKind() == KindSnapshot {
+			return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteSnapshotName,
+				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: in.Item.ItemID}).Get(ctx, nil)
+		}
+		return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteBackupName,
+			activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}).Get(ctx, nil)
+	})
+}

@@ -1,0 +1,188 @@
+package workflows
+
+import (
+	"sort"
+	"time"
+
+	"go.temporal.io/sdk/workflow"
+)
+
+// unclaimedLeaseTTL is how long a permit waits for the volume to claim it: a client that acquired a permit
+// and then crashed, or whose request the volume rejected, must not hold it.
+const unclaimedLeaseTTL = time.Minute
+
+type owner struct {
+	ownerID string
+	leases  map[string]*Lease
+	// changes counts acquires, so the loop re-arms its expiry timer for a new lease.
+	changes int
+}
+
+// OwnerWorkflow is one owner's counting semaphore (ID owner/<owner_id>): at most Limit operations in flight
+// across all of the owner's volumes. Clients acquire a permit by Update (rejected synchronously with
+// OwnerLimit); the volume claims it when it accepts the request and releases it when the operation ends.
+// A permit never claimed within a minute, or claimed but never released within its TTL, comes back.
+func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
+	o := &owner{ownerID: in.OwnerID, leases: map[string]*Lease{}}
+	for i := range in.Leases {
+		l := in.Leases[i]
+		o.leases[l.LeaseID] = &l
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryPermits, func() ([]Lease, error) { return o.sorted(), nil }); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateAcquire, o.acquire,
+		workflow.UpdateHandlerOptions{Validator: o.validateAcquire}); err != nil {
+		return err
+	}
+	claims := workflow.GetSignalChannel(ctx, SignalClaim)
+	releases := workflow.GetSignalChannel(ctx, SignalRelease)
+	for {
+		timerCtx, cancelTimer := workflow.WithCancel(ctx)
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(claims, func(c workflow.ReceiveChannel, _ bool) {
+			var s ClaimSignal
+			c.Receive(ctx, &s)
+			o.claim(ctx, s)
+		})
+		sel.AddReceive(releases, func(c workflow.ReceiveChannel, _ bool) {
+			var s ReleaseSignal
+			c.Receive(ctx, &s)
+			delete(o.leases, s.LeaseID)
+		})
+		if next, ok := o.nextExpiry(); ok {
+			sel.AddFuture(workflow.NewTimer(timerCtx, next.Sub(workflow.Now(ctx))), func(workflow.Future) {})
+		}
+		// Wake up for acquires too (a new lease needs its expiry timer) and for a continue-as-new suggestion.
+		seen := o.changes
+		sel.AddFuture(awaitFuture(timerCtx, func() bool {
+			return o.changes != seen || workflow.GetInfo(ctx).GetContinueAsNewSuggested()
+		}), func(workflow.Future) {})
+		sel.Select(ctx)
+		cancelTimer()
+		o.expire(ctx)
+		if workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
+			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+				return err
+			}
+			for drained := false; !drained; {
+				drained = true
+				var c ClaimSignal
+				if claims.ReceiveAsync(&c) {
+					o.claim(ctx, c)
+					drained = false
+				}
+				var r ReleaseSignal
+				if releases.ReceiveAsync(&r) {
+					delete(o.leases, r.LeaseID)
+					drained = false
+				}
+			}
+			return workflow.NewContinueAsNewError(ctx, OwnerWorkflow, OwnerInput{OwnerID: o.ownerID, Leases: o.sorted()})
+		}
+	}
+}
+
+// awaitFuture is a future that becomes ready when cond holds (or ctx is cancelled).
+func awaitFuture(ctx workflow.Context, cond func() bool) workflow.Future {
+	f, set := workflow.NewFuture(ctx)
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		err := workflow.Await(gctx, cond)
+		set.Set(nil, err)
+	})
+	return f
+}
+
+func (o *owner) validateAcquire(ctx workflow.Context, req AcquireRequest) error {
+	if !validID(req.LeaseID) {
+		return errInvalid("lease_id: must match %s", idPattern)
+	}
+	if req.Limit < 1 {
+		return errInvalid("limit: must be at least 1")
+	}
+	if _, held := o.leases[req.LeaseID]; held {
+		return nil // a retried acquire of the same operation
+	}
+	if o.live(ctx) >= req.Limit {
+		return errOwnerLimit(req.Limit)
+	}
+	return nil
+}
+
+func (o *owner) acquire(ctx workflow.Context, req AcquireRequest) (Lease, error) {
+	if err := o.validateAcquire(ctx, req); err != nil {
+		return Lease{}, err
+	}
+	if l, held := o.leases[req.LeaseID]; held {
+		return *l, nil
+	}
+	l := &Lease{LeaseID: req.LeaseID, VolumeID: req.VolumeID, ExpiresAt: workflow.Now(ctx).Add(unclaimedLeaseTTL)}
+	o.leases[l.LeaseID] = l
+	o.changes++
+	return *l, nil
+}
+
+// claim marks a permit as taken by an operation. A claim for a lease that already expired re-adds it: the
+// operation runs whatever we say, so counting it keeps the limit honest for the requests that follow.
+func (o *owner) claim(ctx workflow.Context, s ClaimSignal) {
+	ttl := s.TTL
+	if ttl <= 0 {
+		ttl = 3 * time.Hour
+	}
+	l, ok := o.leases[s.LeaseID]
+	if !ok {
+		l = &Lease{LeaseID: s.LeaseID, VolumeID: s.VolumeID}
+		o.leases[s.LeaseID] = l
+	}
+	l.Claimed = true
+	l.ExpiresAt = workflow.Now(ctx).Add(ttl)
+}
+
+func (o *owner) live(ctx workflow.Context) int {
+	now := workflow.Now(ctx)
+	n := 0
+	for _, l := range o.leases {
+		if now.Before(l.ExpiresAt) {
+			n++
+		}
+	}
+	return n
+}
+
+func (o *owner) expire(ctx workflow.Context) {
+	now := workflow.Now(ctx)
+	for _, id := range o.ids() {
+		if l := o.leases[id]; !now.Before(l.ExpiresAt) {
+			workflow.GetLogger(ctx).Info("permit expired", "owner_id", o.ownerID, "lease_id", id,
+				"volume_id", l.VolumeID, "claimed", l.Claimed)
+			delete(o.leases, id)
+		}
+	}
+}
+
+func (o *owner) nextExpiry() (time.Time, bool) {
+	var next time.Time
+	for _, l := range o.leases {
+		if next.IsZero() || l.ExpiresAt.Before(next) {
+			next = l.ExpiresAt
+		}
+	}
+	return next, !next.IsZero()
+}
+
+func (o *owner) ids() []string {
+	ids := make([]string, 0, len(o.leases))
+	for id := range o.leases {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (o *owner) sorted() []Lease {
+	out := make([]Lease, 0, len(o.leases))
+	for _, id := range o.ids() {
+		out = append(out, *o.leases[id])
+	}
+	return out
+}

@@ -1,0 +1,264 @@
+// Package workflows holds Holdfast's Temporal workflows: VolumeWorkflow (one per volume: its state and its
+// mutex), OwnerWorkflow (one per owner: at most N operations in flight), and the operation sagas
+// (SnapshotWorkflow, BackupWorkflow, RestoreWorkflow, DeleteWorkflow) they run as children.
+//
+// Everything here is deterministic workflow code: no time.Now, goroutines, map iteration for output or I/O.
+// Side effects are activities (package activities), ordered on the hypervisor's task queue.
+package workflows
+
+import (
+	"regexp"
+	"time"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+// TaskQueue is where the control plane's workflows and control activities run.
+const TaskQueue = "holdfast-control"
+
+// Update, query and signal names (part of the wire contract: never rename).
+const (
+	UpdateRegister = "register"
+	UpdateRequest  = "request"
+	UpdateAbort    = "abort"
+	QueryState     = "state"
+
+	UpdateAcquire = "acquire"
+	SignalClaim   = "claim"
+	SignalRelease = "release"
+	QueryPermits  = "permits"
+)
+
+// Search attributes kept current on volume and operation workflows (register them on the namespace).
+const (
+	SearchVolume          = "HoldfastVolume"
+	SearchOwner           = "HoldfastOwner"
+	SearchHypervisor      = "HoldfastHypervisor"
+	SearchActiveOperation = "HoldfastActiveOperation"
+)
+
+// VolumeWorkflowID and OwnerWorkflowID are the entity IDs.
+func VolumeWorkflowID(volumeID string) string { return "volume/" + volumeID }
+
+// OwnerWorkflowID is the ID of an owner's permit workflow.
+func OwnerWorkflowID(ownerID string) string { return "owner/" + ownerID }
+
+// OperationWorkflowID is the ID of an operation's child workflow.
+func OperationWorkflowID(operationID string) string { return "operation/" + operationID }
+
+// Kind of an operation.
+type Kind string
+
+// Operation kinds.
+const (
+	KindSnapshot Kind = "snapshot"
+	KindBackup   Kind = "backup"
+	KindRestore  Kind = "restore"
+	KindDelete   Kind = "delete"
+)
+
+// Status of an item (snapshot, backup) or of an operation.
+type Status string
+
+// Statuses: items move pending → creating → available | failed (deleting while being deleted); operations
+// end completed/available, failed or aborted.
+const (
+	StatusPending   Status = "pending"
+	StatusCreating  Status = "creating"
+	StatusAvailable Status = "available"
+	StatusFailed    Status = "failed"
+	StatusAborted   Status = "aborted"
+	StatusRestoring Status = "restoring"
+	StatusDeleting  Status = "deleting"
+	StatusCompleted Status = "completed"
+)
+
+// Restore modes.
+const (
+	ModeInPlace   = "in_place"
+	ModeNewVolume = "new_volume"
+)
+
+// Plan is a volume's retention caps and prices, resolved from the config at registration.
+type Plan struct {
+	PlanID              string  `json:"plan_id"`
+	MaxSnapshots        int     `json:"max_snapshots"`
+	MaxBackups          int     `json:"max_backups"`
+	SnapshotCreditValue float64 `json:"snapshot_credit_value"`
+	BackupCreditValue   float64 `json:"backup_credit_value"`
+}
+
+// VolumeSpec is everything the control plane knows about a volume. It is resolved against the config by the
+// client that registers the volume, so that validators (which cannot do I/O) have what they check.
+type VolumeSpec struct {
+	VolumeID     string               `json:"volume_id"`
+	Name         string               `json:"name"`
+	OwnerID      string               `json:"owner_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Plan         Plan                 `json:"plan"`
+	Storage      activities.VolumeRef `json:"storage"`
+	SizeBytes    int64                `json:"size_bytes"`
+	// BackupStorage is the backup storage of the hypervisor's group ("": none configured).
+	BackupStorage string `json:"backup_storage"`
+	// OwnerLimit, Cooldown and Deadline are the guard rails in force for this volume.
+	OwnerLimit int           `json:"owner_limit"`
+	Cooldown   time.Duration `json:"cooldown"`
+	Deadline   time.Duration `json:"deadline"`
+}
+
+// Item is a snapshot or a backup of a volume.
+type Item struct {
+	ItemID      string    `json:"item_id"`
+	Name        string    `json:"name"`
+	Status      Status    `json:"status"`
+	CreatedAt   time.Time `json:"created_at"`
+	SizeBytes   int64     `json:"size_bytes"`
+	StoredBytes int64     `json:"stored_bytes,omitempty"`
+	Storage     string    `json:"storage,omitempty"`
+	Consistency string    `json:"consistency,omitempty"`
+	Scheduled   bool      `json:"scheduled,omitempty"`
+	OperationID string    `json:"operation_id,omitempty"`
+	Error       string    `json:"error,omitempty"`
+}
+
+// OperationRequest asks a volume for one operation. The client fills OperationID (also the Update ID, so a
+// retried request is deduplicated) and OwnerLease (the permit it acquired from the owner's workflow).
+type OperationRequest struct {
+	OperationID string `json:"operation_id"`
+	Kind        Kind   `json:"kind"`
+	// Name of the snapshot/backup to create.
+	Name string `json:"name,omitempty"`
+	// SnapshotID or BackupID: the source of a restore, or the item to delete.
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	BackupID   string `json:"backup_id,omitempty"`
+	// Mode of a restore: in_place or new_volume.
+	Mode string `json:"mode,omitempty"`
+	// Confirm repeats the volume's name (in-place restore) or the item's name (delete).
+	Confirm string `json:"confirm,omitempty"`
+	// NewVolume is the resolved spec of the volume a new_volume restore creates.
+	NewVolume *VolumeSpec `json:"new_volume,omitempty"`
+	// OwnerLease is the owner permit held for this operation ("" when the caller holds none).
+	OwnerLease string `json:"owner_lease,omitempty"`
+	// Scheduled marks requests from schedules (retention may delete only scheduled items).
+	Scheduled bool `json:"scheduled,omitempty"`
+}
+
+// ItemKind says whether a restore or delete is about a snapshot or a backup.
+func (r OperationRequest) ItemKind() Kind {
+	if r.BackupID != "" {
+		return KindBackup
+	}
+	return KindSnapshot
+}
+
+// ItemID is the snapshot or backup the request is about.
+func (r OperationRequest) ItemID() string {
+	if r.BackupID != "" {
+		return r.BackupID
+	}
+	return r.SnapshotID
+}
+
+// Operation is the record of one operation, live or finished.
+type Operation struct {
+	OperationID string               `json:"operation_id"`
+	VolumeID    string               `json:"volume_id"`
+	Kind        Kind                 `json:"kind"`
+	ItemKind    Kind                 `json:"item_kind,omitempty"`
+	ItemID      string               `json:"item_id"`
+	Status      Status               `json:"status"`
+	Progress    *activities.Progress `json:"progress,omitempty"`
+	Error       *ErrorInfo           `json:"error,omitempty"`
+	StartedAt   time.Time            `json:"started_at"`
+	FinishedAt  *time.Time           `json:"finished_at,omitempty"`
+	Scheduled   bool                 `json:"scheduled,omitempty"`
+}
+
+// ErrorInfo is a typed error as users see it.
+type ErrorInfo struct {
+	Type    string `json:"type"`
+	Message string `json:"message"`
+}
+
+// VolumeState is what the state query returns and what continue-as-new carries.
+type VolumeState struct {
+	Registered    bool        `json:"registered"`
+	Spec          VolumeSpec  `json:"spec"`
+	Active        *Operation  `json:"active_operation,omitempty"`
+	CooldownUntil time.Time   `json:"cooldown_until"`
+	Snapshots     []Item      `json:"snapshots"`
+	Backups       []Item      `json:"backups"`
+	Recent        []Operation `json:"recent_operations"`
+	// Queued holds an accepted request not yet started (it survives continue-as-new).
+	Queued *OperationRequest `json:"queued,omitempty"`
+	// CooldownRemainingSeconds is filled by the state query (never stored).
+	CooldownRemainingSeconds int64 `json:"cooldown_remaining_seconds"`
+}
+
+// VolumeInput starts (or continues) a VolumeWorkflow.
+type VolumeInput struct {
+	VolumeID string       `json:"volume_id"`
+	State    *VolumeState `json:"state,omitempty"`
+	// HistoryLimit continues-as-new past this many history events even before the server suggests it
+	// (0: 10,000). Tests lower it.
+	HistoryLimit int `json:"history_limit,omitempty"`
+}
+
+// OperationInput starts an operation child workflow.
+type OperationInput struct {
+	Volume    VolumeSpec       `json:"volume"`
+	Request   OperationRequest `json:"request"`
+	Item      Item             `json:"item"`
+	ParentID  string           `json:"parent_backup_id,omitempty"`
+	Source    *Item            `json:"source,omitempty"`
+	StartedAt time.Time        `json:"started_at"`
+}
+
+// OperationResult is what an operation child returns on success.
+type OperationResult struct {
+	SizeBytes   int64  `json:"size_bytes"`
+	StoredBytes int64  `json:"stored_bytes"`
+	Consistency string `json:"consistency,omitempty"`
+	FreezeError string `json:"freeze_error,omitempty"`
+}
+
+// AcquireRequest asks an owner's workflow for a permit.
+type AcquireRequest struct {
+	LeaseID  string `json:"lease_id"`
+	VolumeID string `json:"volume_id"`
+	Limit    int    `json:"limit"`
+}
+
+// ClaimSignal tells an owner's workflow that a volume took the operation a lease was acquired for.
+type ClaimSignal struct {
+	LeaseID  string `json:"lease_id"`
+	VolumeID string `json:"volume_id"`
+	// TTL bounds how long a claimed permit is held should its release never arrive (deadline + margin).
+	TTL time.Duration `json:"ttl"`
+}
+
+// ReleaseSignal returns a permit.
+type ReleaseSignal struct {
+	LeaseID string `json:"lease_id"`
+}
+
+// Lease is one permit held for an operation.
+type Lease struct {
+	LeaseID   string    `json:"lease_id"`
+	VolumeID  string    `json:"volume_id"`
+	Claimed   bool      `json:"claimed"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// OwnerInput starts (or continues) an OwnerWorkflow.
+type OwnerInput struct {
+	OwnerID string  `json:"owner_id"`
+	Leases  []Lease `json:"leases,omitempty"`
+}
+
+// idPattern is what every identifier matches (api.md).
+const idPattern = `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
+
+var idRegexp = regexp.MustCompile(idPattern)
+
+func validID(s string) bool { return idRegexp.MatchString(s) }

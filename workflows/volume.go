@@ -1,0 +1,630 @@
+package workflows
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+// Bounds on what a volume's state keeps, so history and query payloads stay small.
+const (
+	keepRecentOperations = 20
+	keepFailedItems      = 5
+	defaultHistoryLimit  = 10_000
+	attachmentTimeout    = 30 * time.Second
+	maxNameLength        = 128
+)
+
+var (
+	saVolume     = temporal.NewSearchAttributeKeyKeyword(SearchVolume)
+	saOwner      = temporal.NewSearchAttributeKeyKeyword(SearchOwner)
+	saHypervisor = temporal.NewSearchAttributeKeyKeyword(SearchHypervisor)
+	saActive     = temporal.NewSearchAttributeKeyKeyword(SearchActiveOperation)
+)
+
+type volume struct {
+	volumeID     string
+	st           VolumeState
+	historyLimit int
+	// cancelRunning stops the running operation's child workflow (abort).
+	cancelRunning workflow.CancelFunc
+	// abortRequested marks an abort that arrived while a request was still being checked.
+	abortRequested bool
+}
+
+// VolumeWorkflow is one volume's entity and mutex (ID volume/<volume_id>). Requests arrive as Updates whose
+// validators reject synchronously with the spec's messages; an accepted request runs as a child workflow, one
+// at a time. It continues-as-new when the server suggests it (or history passes HistoryLimit), between
+// operations and after handlers drain, carrying its state and any accepted-but-unstarted request.
+func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
+	v := &volume{volumeID: in.VolumeID, historyLimit: in.HistoryLimit}
+	if v.historyLimit <= 0 {
+		v.historyLimit = defaultHistoryLimit
+	}
+	if in.State != nil {
+		v.st = *in.State
+	}
+	if err := v.registerHandlers(ctx); err != nil {
+		return err
+	}
+	if v.st.Registered {
+		v.upsertIdentity(ctx)
+	}
+	for {
+		ready := func() bool { return v.st.Queued != nil || v.shouldContinueAsNew(ctx) }
+		if wait := v.cooldownRemaining(ctx); wait > 0 {
+			// The cooldown is a durable timer: it survives worker and server restarts.
+			if _, err := workflow.AwaitWithTimeout(ctx, wait, ready); err != nil {
+				return err
+			}
+			if !ready() {
+				continue
+			}
+		} else if err := workflow.Await(ctx, ready); err != nil {
+			return err
+		}
+		if v.shouldContinueAsNew(ctx) {
+			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+				return err
+			}
+			// A request accepted meanwhile is carried in st.Queued and started by the next run.
+			return workflow.NewContinueAsNewError(ctx, VolumeWorkflow,
+				VolumeInput{VolumeID: v.volumeID, State: &v.st, HistoryLimit: in.HistoryLimit})
+		}
+		v.run(ctx)
+	}
+}
+
+func (v *volume) registerHandlers(ctx workflow.Context) error {
+	if err := workflow.SetQueryHandler(ctx, QueryState, func() (VolumeState, error) {
+		return v.st, nil
+	}); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateRegister, v.register,
+		workflow.UpdateHandlerOptions{Validator: v.validateRegister}); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateRequest, v.accept,
+		workflow.UpdateHandlerOptions{Validator: v.check}); err != nil {
+		return err
+	}
+	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, v.abort,
+		workflow.UpdateHandlerOptions{Validator: v.validateAbort})
+}
+
+func (v *volume) shouldContinueAsNew(ctx workflow.Context) bool {
+	if v.st.Active != nil && v.st.Queued == nil {
+		return false // an operation's child is running: it cannot be carried across runs
+	}
+	info := workflow.GetInfo(ctx)
+	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > v.historyLimit
+}
+
+func (v *volume) cooldownRemaining(ctx workflow.Context) time.Duration {
+	return v.st.CooldownUntil.Sub(workflow.Now(ctx))
+}
+
+// ---- registration ----
+
+func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
+	if spec.VolumeID != v.volumeID {
+		return errInvalid("volume_id: %q does not match workflow volume %q", spec.VolumeID, v.volumeID)
+	}
+	if err := ValidateSpec(spec); err != nil {
+		return err
+	}
+	if v.st.Active != nil {
+		return errVolumeBusy(v.st.Active.Kind)
+	}
+	return nil
+}
+
+// ValidateSpec checks a volume spec's fields; the error names the field.
+func ValidateSpec(spec VolumeSpec) error {
+	switch {
+	case !validID(spec.VolumeID):
+		return errInvalid("volume_id: must match %s", idPattern)
+	case strings.TrimSpace(spec.Name) == "" || len(spec.Name) > maxNameLength:
+		return errInvalid("name: must be 1 to %d characters", maxNameLength)
+	case !validID(spec.OwnerID):
+		return errInvalid("owner_id: must match %s", idPattern)
+	case !validID(spec.HypervisorID):
+		return errInvalid("hypervisor_id: must match %s", idPattern)
+	case spec.Plan.PlanID == "":
+		return errInvalid("plan: is required")
+	case spec.Plan.MaxSnapshots < 0 || spec.Plan.MaxBackups < 0:
+		return errInvalid("plan: caps must not be negative")
+	case spec.OwnerLimit < 1:
+		return errInvalid("owner_limit: must be at least 1")
+	case spec.Cooldown < 0:
+		return errInvalid("cooldown: must not be negative")
+	case spec.Deadline < time.Minute:
+		return errInvalid("deadline: must be at least 1m")
+	}
+	switch spec.Storage.Type {
+	case "file":
+		if !strings.HasPrefix(spec.Storage.Path, "/") {
+			return errInvalid("storage.path: must be an absolute path")
+		}
+	case "rbd":
+		if spec.Storage.Pool == "" || spec.Storage.Image == "" {
+			return errInvalid("storage: rbd needs pool and image")
+		}
+	default:
+		return errInvalid("storage.type: must be file or rbd")
+	}
+	return nil
+}
+
+func (v *volume) register(ctx workflow.Context, spec VolumeSpec) (VolumeState, error) {
+	if err := v.validateRegister(ctx, spec); err != nil {
+		return VolumeState{}, err
+	}
+	if spec.SizeBytes == 0 {
+		spec.SizeBytes = v.st.Spec.SizeBytes
+	}
+	v.st.Spec = spec
+	v.st.Registered = true
+	v.upsertIdentity(ctx)
+	return v.st, nil
+}
+
+func (v *volume) upsertIdentity(ctx workflow.Context) {
+	err := workflow.UpsertTypedSearchAttributes(ctx, saVolume.ValueSet(v.volumeID),
+		saOwner.ValueSet(v.st.Spec.OwnerID), saHypervisor.ValueSet(v.st.Spec.HypervisorID))
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("search attributes not updated", "volume_id", v.volumeID, "error", err)
+	}
+}
+
+// ---- requests ----
+
+// check is the request validator: every guard rail, synchronously, with the spec's exact messages. The
+// handler runs it again, because validators and handlers of concurrent updates interleave.
+func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
+	if !v.st.Registered {
+		return errNotFound("Volume %s not found.", v.volumeID)
+	}
+	if err := validateRequest(req, v.volumeID); err != nil {
+		return err
+	}
+	if v.st.Active != nil {
+		return errVolumeBusy(v.st.Active.Kind)
+	}
+	if wait := v.cooldownRemaining(ctx); wait > 0 {
+		return errCooldown(int64((wait + time.Second - 1) / time.Second))
+	}
+	spec := v.st.Spec
+	switch req.Kind {
+	case KindSnapshot:
+		if countLive(v.st.Snapshots) >= spec.Plan.MaxSnapshots {
+			return errSnapshotLimit()
+		}
+	case KindBackup:
+		if spec.BackupStorage == "" {
+			return errNoBackupStorage()
+		}
+		if countLive(v.st.Backups) >= spec.Plan.MaxBackups {
+			return errBackupLimit()
+		}
+	case KindRestore:
+		src, err := v.item(req.ItemKind(), req.ItemID())
+		if err != nil {
+			return err
+		}
+		if src.Status != StatusAvailable {
+			return errInvalid("%s_id: %s %s is %s, not available", req.ItemKind(), req.ItemKind(), src.ItemID, src.Status)
+		}
+		if req.Mode == ModeInPlace && req.Confirm != spec.Name {
+			return errConfirmation("volume", spec.Name)
+		}
+		if req.Mode == ModeNewVolume && req.ItemKind() == KindSnapshot &&
+			req.NewVolume.HypervisorID != spec.HypervisorID {
+			return errInvalid("hypervisor_id: a snapshot lives on its volume's hypervisor; restore a backup to move elsewhere")
+		}
+	case KindDelete:
+		it, err := v.item(req.ItemKind(), req.ItemID())
+		if err != nil {
+			return err
+		}
+		if it.Status != StatusAvailable && it.Status != StatusFailed {
+			return errInvalid("%s_id: %s %s is %s", req.ItemKind(), req.ItemKind(), it.ItemID, it.Status)
+		}
+		if req.Confirm != it.Name {
+			return errConfirmation(string(req.ItemKind()), it.Name)
+		}
+	}
+	return nil
+}
+
+func validateRequest(req OperationRequest, volumeID string) error {
+	if !validID(req.OperationID) {
+		return errInvalid("operation_id: must match %s", idPattern)
+	}
+	if len(req.Name) > maxNameLength {
+		return errInvalid("name: at most %d characters", maxNameLength)
+	}
+	switch req.Kind {
+	case KindSnapshot, KindBackup:
+		return nil
+	case KindRestore, KindDelete:
+		if (req.SnapshotID == "") == (req.BackupID == "") {
+			return errInvalid("snapshot_id: give exactly one of snapshot_id and backup_id")
+		}
+		if !validID(req.ItemID()) {
+			return errInvalid("%s_id: must match %s", req.ItemKind(), idPattern)
+		}
+	default:
+		return errInvalid("kind: unknown operation %q", req.Kind)
+	}
+	if req.Kind == KindDelete {
+		return nil
+	}
+	switch req.Mode {
+	case ModeInPlace:
+	case ModeNewVolume:
+		if req.NewVolume == nil {
+			return errInvalid("new_volume_id: is required for mode new_volume")
+		}
+		if req.NewVolume.VolumeID == volumeID {
+			return errInvalid("new_volume_id: must differ from the source volume")
+		}
+		return ValidateSpec(*req.NewVolume)
+	default:
+		return errInvalid("mode: must be in_place or new_volume")
+	}
+	return nil
+}
+
+func (v *volume) item(kind Kind, itemID string) (*Item, error) {
+	list := v.st.Snapshots
+	if kind == KindBackup {
+		list = v.st.Backups
+	}
+	for i := range list {
+		if list[i].ItemID == itemID {
+			return &list[i], nil
+		}
+	}
+	return nil, errNotFound("%s %s not found on volume %s.", strings.ToUpper(string(kind[:1]))+string(kind[1:]),
+		itemID, v.volumeID)
+}
+
+// countLive counts the items a plan cap applies to: everything not failed.
+func countLive(items []Item) int {
+	n := 0
+	for _, it := range items {
+		if it.Status != StatusFailed {
+			n++
+		}
+	}
+	return n
+}
+
+// accept is the request handler: it takes the volume's lock, claims the owner's permit, records the item
+// as pending and queues the request for the main loop. An in-place restore first checks live, on the
+// hypervisor, that no running instance uses the volume.
+func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, error) {
+	if err := v.check(ctx, req); err != nil {
+		return Operation{}, err
+	}
+	now := workflow.Now(ctx)
+	op := &Operation{OperationID: req.OperationID, VolumeID: v.volumeID, Kind: req.Kind, Status: StatusPending,
+		StartedAt: now, Scheduled: req.Scheduled}
+	v.st.Active = op // the lock is held from here on
+	v.abortRequested = false
+	if req.Kind == KindRestore && req.Mode == ModeInPlace {
+		if err := v.checkDetached(ctx); err != nil {
+			v.st.Active = nil
+			return Operation{}, err
+		}
+		if v.abortRequested {
+			v.st.Active = nil
+			return Operation{}, userError(ErrAborted, "Operation %s was aborted before it started.", req.OperationID)
+		}
+	}
+	switch req.Kind {
+	case KindSnapshot, KindBackup:
+		it := Item{ItemID: itemID(req.Kind, req.OperationID), Name: req.Name, Status: StatusPending,
+			CreatedAt: now, Scheduled: req.Scheduled, OperationID: req.OperationID}
+		if it.Name == "" {
+			it.Name = fmt.Sprintf("%s-%s", req.Kind, now.UTC().Format("20060102-150405"))
+		}
+		if req.Kind == KindSnapshot {
+			v.st.Snapshots = append(v.st.Snapshots, it)
+		} else {
+			it.Storage = v.st.Spec.BackupStorage
+			v.st.Backups = append(v.st.Backups, it)
+		}
+		op.ItemKind, op.ItemID = req.Kind, it.ItemID
+	case KindRestore, KindDelete:
+		op.ItemKind, op.ItemID = req.ItemKind(), req.ItemID()
+	}
+	accepted := *op // the main loop may start the operation while the claim below is in flight
+	v.st.Queued = &req
+	v.signalOwner(ctx, SignalClaim, ClaimSignal{LeaseID: req.OwnerLease, VolumeID: v.volumeID,
+		TTL: v.st.Spec.Deadline + time.Hour}, req.OwnerLease)
+	return accepted, nil
+}
+
+// checkDetached asks the hypervisor, live, whether a running instance uses the volume.
+func (v *volume) checkDetached(ctx workflow.Context) error {
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              activities.TaskQueue(v.st.Spec.HypervisorID),
+		ScheduleToCloseTimeout: attachmentTimeout,
+		StartToCloseTimeout:    attachmentTimeout / 2,
+		RetryPolicy:            &temporal.RetryPolicy{MaximumAttempts: 2, NonRetryableErrorTypes: activities.NonRetryable},
+	})
+	var res activities.AttachmentResult
+	err := workflow.ExecuteActivity(actx, activities.AttachmentName,
+		activities.AttachmentInput{VolumeID: v.volumeID, Volume: v.st.Spec.Storage}).Get(ctx, &res)
+	if err != nil {
+		return userError(ErrHypervisorDown, "Hypervisor %s did not answer the attachment check: %s",
+			v.st.Spec.HypervisorID, rootMessage(err))
+	}
+	if res.Attached && res.Running {
+		return errAttachedRunning()
+	}
+	return nil
+}
+
+func itemID(kind Kind, operationID string) string {
+	if kind == KindSnapshot {
+		return "snap-" + operationID
+	}
+	return "bk-" + operationID
+}
+
+// ---- abort ----
+
+func (v *volume) validateAbort(ctx workflow.Context, reason string) error {
+	if v.st.Active == nil {
+		return userError(ErrNoActiveOperation, "No operation is running on volume %s.", v.volumeID)
+	}
+	return nil
+}
+
+// abort stops the active operation: its saga compensates and the lock is released when it has.
+func (v *volume) abort(ctx workflow.Context, reason string) (Operation, error) {
+	if err := v.validateAbort(ctx, reason); err != nil {
+		return Operation{}, err
+	}
+	op := *v.st.Active
+	switch {
+	case v.cancelRunning != nil:
+		v.cancelRunning()
+	case v.st.Queued != nil:
+		// Accepted but not started: nothing to compensate.
+		req := *v.st.Queued
+		v.st.Queued = nil
+		v.finish(ctx, req, OperationResult{}, temporal.NewCanceledError(reason))
+	default:
+		v.abortRequested = true
+	}
+	workflow.GetLogger(ctx).Info("abort requested", "volume_id", v.volumeID, "operation_id", op.OperationID,
+		"reason", reason)
+	return op, nil
+}
+
+// ---- running operations ----
+
+func (v *volume) run(ctx workflow.Context) {
+	req := *v.st.Queued
+	v.st.Queued = nil
+	op := v.st.Active
+	spec := v.st.Spec
+	in := OperationInput{Volume: spec, Request: req, StartedAt: workflow.Now(ctx)}
+	switch req.Kind {
+	case KindSnapshot, KindBackup:
+		op.Status = StatusCreating
+		it, _ := v.item(req.Kind, op.ItemID)
+		it.Status = StatusCreating
+		in.Item = *it
+		if req.Kind == KindBackup {
+			in.ParentID = v.lastAvailableBackup()
+		}
+	case KindRestore:
+		op.Status = StatusRestoring
+		it, _ := v.item(req.ItemKind(), req.ItemID())
+		in.Item = *it
+	case KindDelete:
+		op.Status = StatusDeleting
+		it, _ := v.item(req.ItemKind(), req.ItemID())
+		it.Status = StatusDeleting
+		in.Item = *it
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx, saActive.ValueSet(string(req.Kind))); err != nil {
+		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", err)
+	}
+
+	childCtx, cancel := workflow.WithCancel(ctx)
+	v.cancelRunning = cancel
+	childCtx = workflow.WithChildOptions(childCtx, workflow.ChildWorkflowOptions{
+		WorkflowID: OperationWorkflowID(req.OperationID),
+		TaskQueue:  TaskQueue,
+		// The saga enforces the deadline itself (and compensates); this is only the backstop should its
+		// compensation hang.
+		WorkflowExecutionTimeout: spec.Deadline + 30*time.Minute,
+		WaitForCancellation:      true,
+		TypedSearchAttributes: temporal.NewSearchAttributes(saVolume.ValueSet(v.volumeID),
+			saOwner.ValueSet(spec.OwnerID), saHypervisor.ValueSet(spec.HypervisorID),
+			saActive.ValueSet(string(req.Kind))),
+	})
+	var res OperationResult
+	err := workflow.ExecuteChildWorkflow(childCtx, operationWorkflow(req.Kind), in).Get(ctx, &res)
+	v.cancelRunning = nil
+	cancel()
+	v.finish(ctx, req, res, err)
+}
+
+func operationWorkflow(kind Kind) any {
+	switch kind {
+	case KindSnapshot:
+		return SnapshotWorkflow
+	case KindBackup:
+		return BackupWorkflow
+	case KindRestore:
+		return RestoreWorkflow
+	default:
+		return DeleteWorkflow
+	}
+}
+
+func (v *volume) lastAvailableBackup() string {
+	for i := len(v.st.Backups) - 1; i >= 0; i-- {
+		if v.st.Backups[i].Status == StatusAvailable {
+			return v.st.Backups[i].ItemID
+		}
+	}
+	return ""
+}
+
+// finish records an operation's outcome, starts the cooldown and releases the lock and the owner's permit.
+func (v *volume) finish(ctx workflow.Context, req OperationRequest, res OperationResult, err error) {
+	now := workflow.Now(ctx)
+	op := v.st.Active
+	op.FinishedAt = &now
+	status, info := outcome(err)
+	op.Error = info
+	switch {
+	case err == nil && (req.Kind == KindSnapshot || req.Kind == KindBackup):
+		op.Status = StatusAvailable
+	case err == nil:
+		op.Status = StatusCompleted
+	default:
+		op.Status = status
+	}
+	v.recordItem(req, op, res, err)
+	if err == nil && res.SizeBytes > 0 && !(req.Kind == KindRestore && req.Mode == ModeNewVolume) {
+		v.st.Spec.SizeBytes = res.SizeBytes
+	}
+	v.st.Recent = append(v.st.Recent, *op)
+	if n := len(v.st.Recent); n > keepRecentOperations {
+		v.st.Recent = append([]Operation(nil), v.st.Recent[n-keepRecentOperations:]...)
+	}
+	v.st.Active = nil
+	v.st.CooldownUntil = now.Add(v.st.Spec.Cooldown)
+	if e := workflow.UpsertTypedSearchAttributes(ctx, saActive.ValueUnset()); e != nil {
+		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", e)
+	}
+	v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: req.OwnerLease}, req.OwnerLease)
+	workflow.GetLogger(ctx).Info("operation finished", "volume_id", v.volumeID, "operation_id", op.OperationID,
+		"kind", op.Kind, "status", op.Status)
+}
+
+func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationResult, err error) {
+	switch req.Kind {
+	case KindSnapshot, KindBackup:
+		it, e := v.item(req.Kind, op.ItemID)
+		if e != nil {
+			return
+		}
+		if err != nil {
+			it.Status, it.Error = StatusFailed, op.Error.Message
+			v.pruneFailed(req.Kind)
+			return
+		}
+		it.Status, it.SizeBytes, it.StoredBytes, it.Consistency = StatusAvailable, res.SizeBytes, res.StoredBytes,
+			res.Consistency
+		if res.FreezeError != "" {
+			it.Error = "crash-consistent: " + res.FreezeError
+		}
+	case KindDelete:
+		it, e := v.item(req.ItemKind(), req.ItemID())
+		if e != nil {
+			return
+		}
+		if err != nil {
+			it.Status, it.Error = StatusAvailable, "delete failed: "+op.Error.Message
+			return
+		}
+		v.removeItem(req.ItemKind(), req.ItemID())
+	}
+}
+
+func (v *volume) removeItem(kind Kind, itemID string) {
+	list := &v.st.Snapshots
+	if kind == KindBackup {
+		list = &v.st.Backups
+	}
+	kept := (*list)[:0]
+	for _, it := range *list {
+		if it.ItemID != itemID {
+			kept = append(kept, it)
+		}
+	}
+	*list = kept
+}
+
+// pruneFailed keeps only the newest failed items of a kind: they hold nothing on storage (the saga cleaned
+// up) and are kept only so users can see what went wrong.
+func (v *volume) pruneFailed(kind Kind) {
+	list := &v.st.Snapshots
+	if kind == KindBackup {
+		list = &v.st.Backups
+	}
+	failed := 0
+	for i := len(*list) - 1; i >= 0; i-- {
+		if (*list)[i].Status == StatusFailed {
+			failed++
+			if failed > keepFailedItems {
+				*list = append((*list)[:i], (*list)[i+1:]...)
+			}
+		}
+	}
+}
+
+// signalOwner tells the owner's permit workflow about a lease; it is best effort, since a permit that is
+// never claimed or released comes back by itself when its lease expires.
+func (v *volume) signalOwner(ctx workflow.Context, signal string, arg any, leaseID string) {
+	if leaseID == "" {
+		return
+	}
+	err := workflow.SignalExternalWorkflow(ctx, OwnerWorkflowID(v.st.Spec.OwnerID), "", signal, arg).Get(ctx, nil)
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("owner permit signal failed; the lease will expire instead",
+			"volume_id", v.volumeID, "signal", signal, "lease_id", leaseID, "error", err)
+	}
+}
+
+// outcome maps an operation child's error onto the operation's status and the error users see.
+func outcome(err error) (Status, *ErrorInfo) {
+	if err == nil {
+		return StatusCompleted, nil
+	}
+	if temporal.IsCanceledError(err) {
+		return StatusAborted, &ErrorInfo{Type: ErrAborted, Message: "Aborted by request; partial artifacts removed."}
+	}
+	var timeout *temporal.TimeoutError
+	if errors.As(err, &timeout) {
+		return StatusFailed, &ErrorInfo{Type: ErrDeadlineExceeded,
+			Message: "Operation exceeded its deadline and was stopped."}
+	}
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) {
+		return StatusFailed, &ErrorInfo{Type: app.Type(), Message: app.Message()}
+	}
+	return StatusFailed, &ErrorInfo{Type: "Internal", Message: rootMessage(err)}
+}
+
+// rootMessage is the innermost error's message (Temporal wraps activity errors several times).
+func rootMessage(err error) string {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			var app *temporal.ApplicationError
+			if errors.As(err, &app) {
+				return app.Message()
+			}
+			return err.Error()
+		}
+		err = next
+	}
+}

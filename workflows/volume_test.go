@@ -1,0 +1,396 @@
+package workflows
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+func TestRequestBeforeRegistrationIsNotFound(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	var o *reply
+	h.at(time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.run(time.Minute, VolumeInput{})
+	requireRejected(t, o, ErrNotFound, "Volume vol1 not found.")
+}
+
+func TestSnapshotLifecycleAndBusy(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.CreateSnapshotName, mock.Anything, mock.Anything).After(10*time.Minute).
+		Return(activities.SnapshotResult{SizeBytes: 4096, Consistency: activities.ConsistencyApplication}, nil).Once()
+	h.mockHypervisor()
+	var first, busy, busyRestore *reply
+	var during, after VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { first = h.request(OperationRequest{Kind: KindSnapshot, Name: "before-upgrade"}) })
+	h.at(time.Minute, func() {
+		busy = h.request(OperationRequest{Kind: KindBackup})
+		busyRestore = h.request(OperationRequest{Kind: KindRestore, SnapshotID: "x", Mode: ModeInPlace})
+		during = h.state()
+	})
+	h.at(20*time.Minute, func() { after = h.state() })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, first)
+	requireRejected(t, busy, ErrVolumeBusy, "Volume is busy with operation: snapshot")
+	requireRejected(t, busyRestore, ErrVolumeBusy, "Volume is busy with operation: snapshot")
+	require.NotNil(t, during.Active)
+	assert.Equal(t, StatusCreating, during.Active.Status)
+	assert.Equal(t, StatusCreating, findItem(during.Snapshots, first.op.ItemID).Status)
+
+	assert.Nil(t, after.Active, "lock released")
+	snap := findItem(after.Snapshots, first.op.ItemID)
+	require.NotNil(t, snap)
+	assert.Equal(t, StatusAvailable, snap.Status)
+	assert.Equal(t, "before-upgrade", snap.Name)
+	assert.Equal(t, int64(4096), snap.SizeBytes)
+	assert.Equal(t, activities.ConsistencyApplication, snap.Consistency)
+	require.Len(t, after.Recent, 1)
+	assert.Equal(t, StatusAvailable, after.Recent[0].Status)
+}
+
+func TestBlankSnapshotNameIsTimestamped(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	var o *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.at(time.Minute, func() { st = h.state() })
+	h.run(time.Hour, VolumeInput{})
+	requireAccepted(t, o)
+	assert.Regexp(t, `^snapshot-\d{8}-\d{6}$`, findItem(st.Snapshots, o.op.ItemID).Name)
+}
+
+func TestCooldownCountsDownWithTheClock(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	var first, after1m, after4m, after5m *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	// The snapshot completes at once (mocked), so the cooldown runs from t=2s to t=5m2s.
+	h.at(2*time.Second, func() { first = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.at(62*time.Second, func() { after1m = h.request(OperationRequest{Kind: KindBackup}); st = h.state() })
+	h.at(4*time.Minute+2*time.Second, func() { after4m = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.at(5*time.Minute+3*time.Second, func() { after5m = h.request(OperationRequest{Kind: KindBackup}) })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, first)
+	requireRejected(t, after1m, ErrCooldown, "Volume is in cooldown. Try again in 240 seconds.")
+	requireRejected(t, after4m, ErrCooldown, "Volume is in cooldown. Try again in 60 seconds.")
+	var app *temporal.ApplicationError
+	require.ErrorAs(t, after4m.err, &app)
+	var seconds int64
+	require.NoError(t, app.Details(&seconds))
+	assert.Equal(t, int64(60), seconds, "remaining seconds travel as details for Retry-After")
+	assert.False(t, st.CooldownUntil.IsZero())
+	requireAccepted(t, after5m)
+}
+
+func TestSnapshotLimitAndDeleteFreesASlot(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Plan.MaxSnapshots, spec.Cooldown = 2, 0
+	var s1, s2, s3, badConfirm, del, s4 *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { s1 = h.request(OperationRequest{Kind: KindSnapshot, Name: "one"}) })
+	h.at(3*time.Second, func() { s2 = h.request(OperationRequest{Kind: KindSnapshot, Name: "two"}) })
+	h.at(4*time.Second, func() { s3 = h.request(OperationRequest{Kind: KindSnapshot, Name: "three"}) })
+	h.at(5*time.Second, func() {
+		badConfirm = h.request(OperationRequest{Kind: KindDelete, SnapshotID: s1.op.ItemID, Confirm: "One"})
+		del = h.request(OperationRequest{Kind: KindDelete, SnapshotID: s1.op.ItemID, Confirm: "one"})
+	})
+	h.at(6*time.Second, func() { s4 = h.request(OperationRequest{Kind: KindSnapshot, Name: "four"}) })
+	h.at(time.Minute, func() { st = h.state() })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, s1)
+	requireAccepted(t, s2)
+	requireRejected(t, s3, ErrSnapshotLimit, "Snapshot limit reached. Delete an existing snapshot first.")
+	requireRejected(t, badConfirm, ErrConfirmationMismatch,
+		`Confirmation does not match: type the snapshot name "one" to confirm.`)
+	requireAccepted(t, del)
+	requireAccepted(t, s4)
+	names := []string{}
+	for _, s := range st.Snapshots {
+		names = append(names, s.Name)
+	}
+	assert.Equal(t, []string{"two", "four"}, names)
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything,
+		activities.SnapshotRef{VolumeID: "vol1", Volume: spec.Storage, SnapshotID: s1.op.ItemID})
+}
+
+func TestBackupLimitAndNoBackupStorage(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Plan.MaxBackups, spec.Cooldown = 1, 0
+	var b1, b2, noStorage *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { b1 = h.request(OperationRequest{Kind: KindBackup, Name: "nightly"}) })
+	h.at(3*time.Second, func() { b2 = h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(4*time.Second, func() {
+		st = h.state()
+		spec.BackupStorage = ""
+		h.register(spec)
+		noStorage = h.request(OperationRequest{Kind: KindBackup})
+	})
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, b1)
+	requireRejected(t, b2, ErrBackupLimit, "Backup limit reached. Delete an existing backup first.")
+	requireRejected(t, noStorage, ErrNoBackupStorage, "Hypervisor has no backup storage configured.")
+	bk := findItem(st.Backups, b1.op.ItemID)
+	require.NotNil(t, bk)
+	assert.Equal(t, StatusAvailable, bk.Status)
+	assert.Equal(t, "local", bk.Storage)
+	assert.Equal(t, int64(1<<28), bk.StoredBytes)
+	// The backup streamed a temporary snapshot, then dropped it.
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
+		VolumeID: "vol1", Volume: spec.Storage, SnapshotID: "holdfast-backup-" + b1.op.ItemID})
+}
+
+func TestInPlaceRestoreRefusedWhileAttachedRunning(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.AttachmentName, mock.Anything, mock.Anything).
+		Return(activities.AttachmentResult{Attached: true, Domain: "vm-1", Running: true}, nil).Once()
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Cooldown = 0
+	var snap, refused, wrongName, toNew, inPlace *reply
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { snap = h.request(OperationRequest{Kind: KindSnapshot, Name: "s"}) })
+	h.at(3*time.Second, func() {
+		refused = h.request(OperationRequest{Kind: KindRestore, SnapshotID: snap.op.ItemID, Mode: ModeInPlace,
+			Confirm: "web-data"})
+	})
+	h.at(4*time.Second, func() {
+		wrongName = h.request(OperationRequest{Kind: KindRestore, SnapshotID: snap.op.ItemID, Mode: ModeInPlace,
+			Confirm: "web-dat"})
+	})
+	h.at(5*time.Second, func() {
+		nv := spec
+		nv.VolumeID, nv.Name, nv.Storage.Path = "vol2", "copy", "/var/lib/holdfast/volumes/copy.qcow2"
+		toNew = h.request(OperationRequest{Kind: KindRestore, SnapshotID: snap.op.ItemID, Mode: ModeNewVolume,
+			NewVolume: &nv})
+	})
+	h.at(6*time.Second, func() {
+		inPlace = h.request(OperationRequest{Kind: KindRestore, SnapshotID: snap.op.ItemID, Mode: ModeInPlace,
+			Confirm: "web-data"})
+	})
+	h.run(time.Hour, VolumeInput{})
+
+	requireRejected(t, refused, ErrAttachedRunning, "Cannot restore in-place while attached to a running instance")
+	requireRejected(t, wrongName, ErrConfirmationMismatch,
+		`Confirmation does not match: type the volume name "web-data" to confirm.`)
+	requireAccepted(t, toNew) // no running-instance restriction for a new volume
+	requireAccepted(t, inPlace)
+	// In place: safety snapshot first, then rollback to the chosen snapshot, then the safety snapshot goes.
+	safety := activities.SnapshotRef{VolumeID: "vol1", Volume: spec.Storage,
+		SnapshotID: "holdfast-safety-" + inPlace.op.OperationID}
+	h.env.AssertActivityCalled(t, activities.RollbackSnapshotName, mock.Anything,
+		activities.SnapshotRef{VolumeID: "vol1", Volume: spec.Storage, SnapshotID: snap.op.ItemID})
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, safety)
+	h.env.AssertActivityNotCalled(t, activities.RollbackSnapshotName, mock.Anything, safety)
+}
+
+func TestInPlaceRestoreFailureRollsBackToSafetySnapshot(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.RestoreBackupName, mock.Anything, mock.Anything).
+		Return(activities.RestoreResult{}, temporal.NewNonRetryableApplicationError("chunk 3 is corrupt",
+			activities.ErrCorrupt, nil)).Once()
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Cooldown = 0
+	var bk, restore *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { bk = h.request(OperationRequest{Kind: KindBackup, Name: "b"}) })
+	h.at(3*time.Second, func() {
+		restore = h.request(OperationRequest{Kind: KindRestore, BackupID: bk.op.ItemID, Mode: ModeInPlace,
+			Confirm: "web-data"})
+	})
+	h.at(time.Minute, func() { st = h.state() })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, restore)
+	safety := activities.SnapshotRef{VolumeID: "vol1", Volume: spec.Storage,
+		SnapshotID: "holdfast-safety-" + restore.op.OperationID}
+	h.env.AssertActivityCalled(t, activities.RollbackSnapshotName, mock.Anything, safety)
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, safety)
+	last := st.Recent[len(st.Recent)-1]
+	assert.Equal(t, StatusFailed, last.Status)
+	assert.Equal(t, activities.ErrCorrupt, last.Error.Type)
+	assert.Equal(t, "chunk 3 is corrupt", last.Error.Message)
+	assert.Equal(t, StatusAvailable, findItem(st.Backups, bk.op.ItemID).Status, "the backup itself is untouched")
+	assert.Nil(t, st.Active)
+}
+
+func TestDeadlineCompensatesAndReleases(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).After(5*time.Hour).
+		Return(activities.UploadBackupResult{}, nil).Once()
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalRelease,
+		ReleaseSignal{LeaseID: "stuck"}).Return(nil).Once()
+	h.mockHypervisor()
+	var o, next *reply
+	var during, after VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{OperationID: "stuck", Kind: KindBackup}) })
+	h.at(time.Hour, func() { during = h.state() })
+	h.at(2*time.Hour+time.Minute, func() { after = h.state() })
+	h.at(2*time.Hour+6*time.Minute, func() { next = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.run(3*time.Hour, VolumeInput{})
+
+	requireAccepted(t, o)
+	require.NotNil(t, during.Active)
+	require.Nil(t, after.Active, "lock released at the deadline")
+	bk := findItem(after.Backups, o.op.ItemID)
+	assert.Equal(t, StatusFailed, bk.Status)
+	last := after.Recent[len(after.Recent)-1]
+	assert.Equal(t, StatusFailed, last.Status)
+	assert.Equal(t, ErrDeadlineExceeded, last.Error.Type)
+	assert.Contains(t, last.Error.Message, "did not finish within 2h0m0s")
+	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
+		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
+	h.env.AssertExpectations(t) // the owner's permit was released
+	requireAccepted(t, next)
+}
+
+func TestAbortMidBackupCompensatesWithinAMinute(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).After(time.Hour).
+		Return(activities.UploadBackupResult{}, nil).Once()
+	h.mockHypervisor()
+	var o, abort, idleAbort *reply
+	var after VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(10*time.Minute, func() { abort = h.update(UpdateAbort, "operator: saturating disk") })
+	h.at(10*time.Minute+59*time.Second, func() { after = h.state() })
+	h.at(12*time.Minute, func() { idleAbort = h.update(UpdateAbort, "again") })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, o)
+	require.NoError(t, abort.err)
+	assert.Equal(t, o.op.OperationID, abort.op.OperationID)
+	require.Nil(t, after.Active, "released within the same minute")
+	last := after.Recent[len(after.Recent)-1]
+	assert.Equal(t, StatusAborted, last.Status)
+	assert.Equal(t, ErrAborted, last.Error.Type)
+	assert.Equal(t, StatusFailed, findItem(after.Backups, o.op.ItemID).Status)
+	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
+		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
+	requireRejected(t, idleAbort, ErrNoActiveOperation, "No operation is running on volume vol1.")
+}
+
+func TestActivityFailureCompensates(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).
+		Return(activities.UploadBackupResult{}, temporal.NewNonRetryableApplicationError(
+			"snapshot vanished", activities.ErrNotFound, nil)).Once()
+	h.mockHypervisor()
+	var o *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindBackup, Name: "b"}) })
+	h.at(time.Minute, func() { st = h.state() })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, o)
+	bk := findItem(st.Backups, o.op.ItemID)
+	assert.Equal(t, StatusFailed, bk.Status)
+	assert.Equal(t, "snapshot vanished", bk.Error)
+	assert.Equal(t, 0, countLive(st.Backups), "a failed backup does not count against the cap")
+	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
+	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
+		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
+	assert.Nil(t, st.Active)
+}
+
+func TestRestoreToNewVolumeRegistersItAndCleansUpOnFailure(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.RestoreBackupName, mock.Anything, mock.MatchedBy(func(in activities.RestoreBackupInput) bool {
+		return in.TargetVolumeID == "broken"
+	})).Return(activities.RestoreResult{}, temporal.NewNonRetryableApplicationError("disk full", activities.ErrInvalidArgument, nil)).Once()
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Cooldown = 0
+	nv := spec
+	nv.VolumeID, nv.Name, nv.HypervisorID, nv.Storage = "copy", "copy", "hv2",
+		activities.VolumeRef{Type: "rbd", Pool: "rbd", Image: "copy"}
+	broken := nv
+	broken.VolumeID = "broken"
+	var bk, ok, fail *reply
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { bk = h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(3*time.Second, func() {
+		ok = h.request(OperationRequest{Kind: KindRestore, BackupID: bk.op.ItemID, Mode: ModeNewVolume, NewVolume: &nv})
+	})
+	h.at(4*time.Second, func() {
+		fail = h.request(OperationRequest{Kind: KindRestore, BackupID: bk.op.ItemID, Mode: ModeNewVolume, NewVolume: &broken})
+	})
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, ok)
+	requireAccepted(t, fail)
+	// Cross-hypervisor, cross-storage: the restore ran on the target's queue with Create set.
+	h.env.AssertActivityCalled(t, activities.RestoreBackupName, mock.Anything, activities.RestoreBackupInput{
+		SourceVolumeID: "vol1", BackupID: bk.op.ItemID, Storage: "local", TargetVolumeID: "copy",
+		Target: nv.Storage, Create: true})
+	h.env.AssertActivityCalled(t, activities.DeleteVolumeName, mock.Anything,
+		activities.DeleteVolumeInput{VolumeID: "broken", Volume: broken.Storage})
+	h.env.AssertActivityNotCalled(t, activities.DeleteVolumeName, mock.Anything,
+		activities.DeleteVolumeInput{VolumeID: "copy", Volume: nv.Storage})
+}
+
+func TestPermitIsClaimedOnAcceptAndReleasedOnCompletion(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalClaim,
+		ClaimSignal{LeaseID: "lease-1", VolumeID: "vol1", TTL: 3 * time.Hour}).Return(nil).Once()
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalRelease,
+		ReleaseSignal{LeaseID: "lease-1"}).Return(nil).Once()
+	h.mockHypervisor()
+	var o *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, OwnerLease: "lease-1"}) })
+	h.run(time.Hour, VolumeInput{})
+	requireAccepted(t, o)
+	h.env.AssertExpectations(t)
+}
+
+func TestInvalidRequestsNameTheField(t *testing.T) {
+	h := newHarness(t)
+	h.mockHypervisor()
+	var badMode, both, missing, badSpec *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() {
+		badMode = h.request(OperationRequest{Kind: KindRestore, SnapshotID: "s", Mode: "sideways"})
+		both = h.request(OperationRequest{Kind: KindDelete, SnapshotID: "s", BackupID: "b"})
+		missing = h.request(OperationRequest{Kind: KindDelete, SnapshotID: "nope", Confirm: "x"})
+		bad := testSpec()
+		bad.Storage.Path = "relative.qcow2"
+		badSpec = h.update(UpdateRegister, bad)
+	})
+	h.run(time.Hour, VolumeInput{})
+	requireRejected(t, badMode, ErrInvalidArgument, "")
+	assert.Contains(t, badMode.err.Error(), "mode")
+	requireRejected(t, both, ErrInvalidArgument, "snapshot_id: give exactly one of snapshot_id and backup_id")
+	requireRejected(t, missing, ErrNotFound, "Snapshot nope not found on volume vol1.")
+	requireRejected(t, badSpec, ErrInvalidArgument, "storage.path: must be an absolute path")
+}
