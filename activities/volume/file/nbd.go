@@ -33,6 +33,7 @@ type nbdWriter struct {
 	size   int64
 	handle uint64
 	cmd    *exec.Cmd
+	done   chan error // qemu-nbd's exit
 	dir    string
 }
 
@@ -44,7 +45,7 @@ func startQemuNBD(ctx context.Context, path, format string) (*nbdWriter, error) 
 	}
 	sock := filepath.Join(dir, "nbd.sock")
 	// --cache=writeback + flush on Close keeps writes fast and durable at the end of a restore.
-	cmd := exec.Command("qemu-nbd", "--format", format, "--socket", sock, "--persistent=off", "--shared=1",
+	cmd := exec.Command("qemu-nbd", "--format", format, "--socket", sock, "--shared=1",
 		"--cache=writeback", "--discard=unmap", path)
 	var stderr tailBuffer
 	cmd.Stderr = &stderr
@@ -52,7 +53,8 @@ func startQemuNBD(ctx context.Context, path, format string) (*nbdWriter, error) 
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start qemu-nbd: %w", err)
 	}
-	w := &nbdWriter{cmd: cmd, dir: dir}
+	w := &nbdWriter{cmd: cmd, dir: dir, done: make(chan error, 1)}
+	go func() { w.done <- cmd.Wait() }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var d net.Dialer
@@ -61,11 +63,16 @@ func startQemuNBD(ctx context.Context, path, format string) (*nbdWriter, error) 
 			w.conn = c
 			break
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) || cmd.ProcessState != nil {
+		if ctx.Err() != nil || time.Now().After(deadline) {
 			w.kill()
 			return nil, fmt.Errorf("qemu-nbd %s: %v: %s", path, err, stderr.String())
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case werr := <-w.done:
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("qemu-nbd %s exited: %v: %s", path, werr, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	if err := w.handshake(); err != nil {
 		w.kill()
@@ -155,17 +162,15 @@ func (w *nbdWriter) Close() error {
 	err := w.request(nbdCmdFlush, 0, nil)
 	_ = w.request(nbdCmdDisc, 0, nil)
 	w.conn.Close()
-	// --persistent=off: qemu-nbd exits once its only client has gone, after closing the image cleanly.
-	done := make(chan error, 1)
-	go func() { done <- w.cmd.Wait() }()
+	// Without --persistent, qemu-nbd exits once its only client has gone, after closing the image cleanly.
 	select {
-	case werr := <-done:
+	case werr := <-w.done:
 		if err == nil && werr != nil {
 			err = fmt.Errorf("qemu-nbd: %w", werr)
 		}
 	case <-time.After(30 * time.Second):
 		w.cmd.Process.Kill()
-		<-done
+		<-w.done
 		if err == nil {
 			err = errors.New("qemu-nbd did not exit after disconnect")
 		}
@@ -179,7 +184,7 @@ func (w *nbdWriter) kill() {
 		w.conn.Close()
 	}
 	_ = w.cmd.Process.Kill()
-	_ = w.cmd.Wait()
+	<-w.done
 	os.RemoveAll(w.dir)
 }
 
