@@ -469,8 +469,7 @@ func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (
 		return nil, err
 	}
 	format := formatFor(vol)
-	// Created under a temporary name and renamed: a crash never leaves a volume of the right size that
-	// holds half a restore... of which a retry could not know.
+	// Created under a temporary name and renamed: a crash never leaves a half-created image behind at path.
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".creating")
 	os.Remove(tmp)
 	switch format {

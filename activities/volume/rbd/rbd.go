@@ -1,0 +1,582 @@
+// Package rbd is the volume driver for Ceph RBD images, through librbd (go-ceph, built with -tags pacific).
+//
+// It owns one RADOS connection per Driver, the images it is given and their snapshots, and a small JSON record
+// per snapshot in the image's metadata (key "holdfast.snapshot.<name>": consistency and freeze error). It asks
+// libvirt (domains package) which domain has the image as an rbd disk. It must never change pools, cluster
+// configuration or a domain's definition, and must never block forever: every RADOS/RBD operation is bounded
+// by the client's op timeouts, so a full or dead OSD fails calls instead of hanging the activity.
+package rbd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/holdfast/holdfast/activities/volume"
+	"github.com/holdfast/holdfast/activities/volume/domains"
+)
+
+// OpTimeout bounds every monitor and OSD operation of the driver's RADOS client.
+const OpTimeout = 60 * time.Second
+
+const metaPrefix = "holdfast.snapshot."
+
+// Config says how to reach the cluster and libvirt.
+type Config struct {
+	// CephConf is the ceph.conf path; empty uses librados' default search.
+	CephConf string
+	// User is the cephx user without "client." (empty: admin).
+	User string
+	// LibvirtURI is the libvirt connection for attachment checks; empty means domains.DefaultURI.
+	LibvirtURI string
+}
+
+// Driver serves volume.TypeRBD volumes.
+type Driver struct {
+	cfg  Config
+	conn *rados.Conn
+
+	mu     sync.Mutex
+	ioctxs map[string]*rados.IOContext
+}
+
+var _ volume.Driver = (*Driver)(nil)
+
+// New connects to the cluster. Close releases the connection.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	var conn *rados.Conn
+	var err error
+	if cfg.User != "" {
+		conn, err = rados.NewConnWithUser(cfg.User)
+	} else {
+		conn, err = rados.NewConn()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cfg.CephConf != "" {
+		err = conn.ReadConfigFile(cfg.CephConf)
+	} else {
+		err = conn.ReadDefaultConfigFile()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read ceph config %q: %w", cfg.CephConf, err)
+	}
+	secs := fmt.Sprint(int(OpTimeout.Seconds()))
+	for k, v := range map[string]string{"rados_osd_op_timeout": secs, "rados_mon_op_timeout": secs,
+		"client_mount_timeout": "15"} {
+		if err := conn.SetConfigOption(k, v); err != nil {
+			return nil, fmt.Errorf("ceph option %s: %w", k, err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- conn.Connect() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err() // Connect itself gives up after client_mount_timeout
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to ceph: %w", err)
+	}
+	return &Driver{cfg: cfg, conn: conn, ioctxs: map[string]*rados.IOContext{}}, nil
+}
+
+// Close releases the cluster connection.
+func (d *Driver) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, io := range d.ioctxs {
+		io.Destroy()
+	}
+	d.ioctxs = nil
+	d.conn.Shutdown()
+}
+
+func (d *Driver) Type() volume.Type { return volume.TypeRBD }
+
+func (d *Driver) ioctx(vol volume.Ref) (*rados.IOContext, error) {
+	if vol.Type != volume.TypeRBD || vol.Pool == "" || vol.Image == "" {
+		return nil, fmt.Errorf("rbd driver: bad volume %s: %w", vol, volume.ErrUnsupported)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if io, ok := d.ioctxs[vol.Pool]; ok {
+		return io, nil
+	}
+	io, err := d.conn.OpenIOContext(vol.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("open pool %s: %w", vol.Pool, mapErr(vol.String(), err))
+	}
+	d.ioctxs[vol.Pool] = io
+	return io, nil
+}
+
+// mapErr turns librbd's ENOENT into volume.ErrNotFound.
+func mapErr(what string, err error) error {
+	if errors.Is(err, librbd.ErrNotFound) || errors.Is(err, librbd.ErrNotExist) || errors.Is(err, rados.ErrNotFound) {
+		return volume.NotFound(what)
+	}
+	return err
+}
+
+// open opens the image (at snapshot snap, "" for the head).
+func (d *Driver) open(vol volume.Ref, snap string, readOnly bool) (*librbd.Image, error) {
+	io, err := d.ioctx(vol)
+	if err != nil {
+		return nil, err
+	}
+	var img *librbd.Image
+	if readOnly {
+		img, err = librbd.OpenImageReadOnly(io, vol.Image, snap)
+	} else {
+		img, err = librbd.OpenImage(io, vol.Image, snap)
+	}
+	if err != nil {
+		what := vol.String()
+		if snap != "" {
+			what += "@" + snap
+		}
+		return nil, mapErr(what, err)
+	}
+	return img, nil
+}
+
+func (d *Driver) Size(ctx context.Context, vol volume.Ref) (int64, error) {
+	img, err := d.open(vol, "", true)
+	if err != nil {
+		return 0, err
+	}
+	defer img.Close()
+	size, err := img.GetSize()
+	return int64(size), err
+}
+
+func (d *Driver) attachment(vol volume.Ref) (domains.Found, error) {
+	conn, err := domains.Open(d.cfg.LibvirtURI)
+	if err != nil {
+		return domains.Found{}, err
+	}
+	defer conn.Close()
+	name := vol.Pool + "/" + vol.Image
+	return domains.Find(conn, func(dk domains.Disk) bool { return dk.RBD == name })
+}
+
+func (d *Driver) Attachment(ctx context.Context, vol volume.Ref) (volume.Attachment, error) {
+	f, err := d.attachment(vol)
+	return f.Attachment, err
+}
+
+func (d *Driver) refuseRunning(vol volume.Ref) error {
+	f, err := d.attachment(vol)
+	if err != nil {
+		return err
+	}
+	if f.Running {
+		return &volume.AttachedRunningError{Volume: vol, Domain: f.Domain}
+	}
+	return nil
+}
+
+func (d *Driver) list(img *librbd.Image) ([]volume.Snapshot, error) {
+	infos, err := img.GetSnapshotNames()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]volume.Snapshot, 0, len(infos))
+	for _, si := range infos {
+		s := volume.Snapshot{Name: si.Name, Size: int64(si.Size)}
+		if ts, err := img.GetSnapTimestamp(si.Id); err == nil {
+			s.CreatedAt = time.Unix(ts.Sec, ts.Nsec).UTC()
+		}
+		if raw, err := img.GetMetadata(metaPrefix + si.Name); err == nil {
+			var rec volume.Snapshot
+			if json.Unmarshal([]byte(raw), &rec) == nil {
+				s.Consistency, s.FreezeError = rec.Consistency, rec.FreezeError
+			}
+		}
+		out = append(out, s)
+	}
+	// librbd lists in snapshot id order, which is creation order: oldest first.
+	return out, nil
+}
+
+func find(snaps []volume.Snapshot, name string) (volume.Snapshot, bool) {
+	for _, s := range snaps {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return volume.Snapshot{}, false
+}
+
+func (d *Driver) ListSnapshots(ctx context.Context, vol volume.Ref) ([]volume.Snapshot, error) {
+	img, err := d.open(vol, "", true)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	return d.list(img)
+}
+
+func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Snapshot, error) {
+	if name == "" {
+		return volume.Snapshot{}, errors.New("empty snapshot name")
+	}
+	img, err := d.open(vol, "", false)
+	if err != nil {
+		return volume.Snapshot{}, err
+	}
+	defer img.Close()
+	snaps, err := d.list(img)
+	if err != nil {
+		return volume.Snapshot{}, err
+	}
+	if s, ok := find(snaps, name); ok {
+		return s, nil // idempotent
+	}
+	snap := volume.Snapshot{Name: name, Consistency: volume.ConsistencyOffline}
+	found, err := d.attachment(vol)
+	if err != nil {
+		return volume.Snapshot{}, err
+	}
+	thaw := func() {}
+	if found.Running {
+		conn, err := domains.Open(d.cfg.LibvirtURI)
+		if err != nil {
+			return volume.Snapshot{}, err
+		}
+		defer conn.Close()
+		thaw, snap.FreezeError = domains.Freeze(conn, found.Domain)
+		snap.Consistency = volume.ConsistencyApplication
+		if snap.FreezeError != "" {
+			snap.Consistency = volume.ConsistencyCrash
+		}
+	}
+	// librbd asks the exclusive-lock owner (a running QEMU) to flush its cache before the snapshot is taken.
+	_, err = img.CreateSnapshot(name)
+	thaw()
+	if err != nil && !errors.Is(err, librbd.ErrExist) {
+		return volume.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", vol, name, err)
+	}
+	rec, _ := json.Marshal(volume.Snapshot{Consistency: snap.Consistency, FreezeError: snap.FreezeError})
+	if err := img.SetMetadata(metaPrefix+name, string(rec)); err != nil {
+		return volume.Snapshot{}, fmt.Errorf("record snapshot %s@%s: %w", vol, name, err)
+	}
+	// Re-read: a snapshot made by CreateSnapshot dies with its handle, and the listing has the size and time.
+	snaps, err = d.list(img)
+	if err != nil {
+		return volume.Snapshot{}, err
+	}
+	s, _ := find(snaps, name)
+	s.Consistency, s.FreezeError = snap.Consistency, snap.FreezeError
+	return s, nil
+}
+
+func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string) error {
+	img, err := d.open(vol, "", false)
+	if errors.Is(err, volume.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	snaps, err := d.list(img)
+	if err != nil {
+		return err
+	}
+	if _, ok := find(snaps, name); ok {
+		s := img.GetSnapshot(name)
+		// A snapshot left protected by an interrupted restore-to-new (its clone flattened since) unprotects.
+		if p, err := s.IsProtected(); err == nil && p {
+			if err := s.Unprotect(); err != nil {
+				return fmt.Errorf("unprotect %s@%s: %w", vol, name, err)
+			}
+		}
+		if err := s.Remove(); err != nil && !errors.Is(err, librbd.ErrNotFound) {
+			return fmt.Errorf("remove %s@%s: %w", vol, name, err)
+		}
+	}
+	if err := img.RemoveMetadata(metaPrefix + name); err != nil && !errors.Is(err, librbd.ErrNotFound) &&
+		!errors.Is(err, librbd.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name string) error {
+	img, err := d.open(vol, "", false)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	snaps, err := d.list(img)
+	if err != nil {
+		return err
+	}
+	if _, ok := find(snaps, name); !ok {
+		return volume.NotFound(vol.String() + "@" + name)
+	}
+	if err := d.refuseRunning(vol); err != nil {
+		return err
+	}
+	return img.GetSnapshot(name).Rollback()
+}
+
+func (d *Driver) OpenSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Reader, error) {
+	if name == "" {
+		return nil, errors.New("empty snapshot name")
+	}
+	img, err := d.open(vol, name, true)
+	if err != nil {
+		return nil, err
+	}
+	size, err := img.GetSize()
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
+	return &reader{img: img, size: int64(size)}, nil
+}
+
+func (d *Driver) OpenWriter(ctx context.Context, vol volume.Ref) (volume.Writer, error) {
+	if err := d.refuseRunning(vol); err != nil {
+		return nil, err
+	}
+	img, err := d.open(vol, "", false)
+	if err != nil {
+		return nil, err
+	}
+	size, err := img.GetSize()
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
+	return &writer{img: img, size: int64(size)}, nil
+}
+
+func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("create %s: size %d", vol, size)
+	}
+	if err := d.createOrReuse(vol, size, func(io *rados.IOContext) error {
+		opts := librbd.NewRbdImageOptions()
+		defer opts.Destroy()
+		return librbd.CreateImage(io, vol.Image, uint64(size), opts)
+	}); err != nil {
+		return nil, err
+	}
+	return d.OpenWriter(ctx, vol)
+}
+
+// createOrReuse runs create unless vol exists; an existing vol of the right size is reused (a retry).
+func (d *Driver) createOrReuse(vol volume.Ref, size int64, create func(*rados.IOContext) error) error {
+	io, err := d.ioctx(vol)
+	if err != nil {
+		return err
+	}
+	cur, err := d.Size(context.Background(), vol)
+	switch {
+	case err == nil && cur == size:
+		return nil
+	case err == nil:
+		return fmt.Errorf("%s is %d bytes, not %d: %w", vol, cur, size, volume.ErrExists)
+	case !errors.Is(err, volume.ErrNotFound):
+		return err
+	}
+	if err := create(io); err != nil {
+		return fmt.Errorf("create %s: %w", vol, err)
+	}
+	return nil
+}
+
+// CreateVolumeFromSnapshot clones the snapshot inside the cluster and flattens the clone, so the new volume
+// shares nothing with its source (the snapshot can be deleted later) and no byte crosses the network to us.
+func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, snapshot string, dst volume.Ref) error {
+	r, err := d.OpenSnapshot(ctx, src, snapshot)
+	if err != nil {
+		return err
+	}
+	size := r.Size()
+	r.Close()
+	srcIO, err := d.ioctx(src)
+	if err != nil {
+		return err
+	}
+	img, err := d.open(src, "", false)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	snap := img.GetSnapshot(snapshot)
+	if err := d.createOrReuse(dst, size, func(dstIO *rados.IOContext) error {
+		// Clone format 1 needs a protected parent snapshot; unprotected again once the clone is flattened.
+		if p, err := snap.IsProtected(); err == nil && !p {
+			if err := snap.Protect(); err != nil && !errors.Is(err, librbd.ErrExist) {
+				return fmt.Errorf("protect %s@%s: %w", src, snapshot, err)
+			}
+		}
+		opts := librbd.NewRbdImageOptions()
+		defer opts.Destroy()
+		return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
+	}); err != nil {
+		return err
+	}
+	clone, err := d.open(dst, "", false)
+	if err != nil {
+		return err
+	}
+	// Flatten of an image without a parent (a retry after it completed) is a no-op error: ignore that case.
+	if _, perr := clone.GetParent(); perr == nil {
+		if err := clone.Flatten(); err != nil {
+			clone.Close()
+			return fmt.Errorf("flatten %s: %w", dst, err)
+		}
+	}
+	clone.Close()
+	if p, err := snap.IsProtected(); err == nil && p {
+		// Other clones may still depend on it (EBUSY): then it stays protected until they are flattened.
+		_ = snap.Unprotect()
+	}
+	return nil
+}
+
+func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
+	io, err := d.ioctx(vol)
+	if err != nil {
+		return err
+	}
+	if err := d.refuseRunning(vol); err != nil {
+		return err
+	}
+	img, err := d.open(vol, "", false)
+	if errors.Is(err, volume.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	snaps, err := d.list(img)
+	if err == nil {
+		for _, s := range snaps {
+			sn := img.GetSnapshot(s.Name)
+			if p, _ := sn.IsProtected(); p {
+				_ = sn.Unprotect()
+			}
+			if err = sn.Remove(); err != nil {
+				break
+			}
+		}
+	}
+	img.Close()
+	if err != nil {
+		return fmt.Errorf("delete snapshots of %s: %w", vol, err)
+	}
+	if err := librbd.RemoveImage(io, vol.Image); err != nil && !errors.Is(err, librbd.ErrNotFound) {
+		return fmt.Errorf("remove %s: %w", vol, err)
+	}
+	return nil
+}
+
+// reader reads an image opened at a snapshot.
+type reader struct {
+	mu   sync.Mutex // librbd image handles are not documented as safe for concurrent use
+	img  *librbd.Image
+	size int64
+}
+
+func (r *reader) Size() int64 { return r.size }
+
+func (r *reader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	var short error
+	if rem := r.size - off; int64(len(p)) > rem {
+		p, short = p[:rem], io.EOF
+	}
+	r.mu.Lock()
+	n, err := r.img.ReadAt(p, off)
+	r.mu.Unlock()
+	if err == nil && n == len(p) {
+		err = short
+	}
+	return n, err
+}
+
+func (r *reader) Close() error { return r.img.Close() }
+
+func (r *reader) diff(ctx context.Context, from string, keep func(exists int) bool) ([]volume.Extent, error) {
+	var out []volume.Extent
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.img.DiffIterate(librbd.DiffIterateConfig{
+		SnapName: from,
+		Offset:   0,
+		Length:   uint64(r.size),
+		Callback: func(off, length uint64, exists int, _ interface{}) int {
+			if ctx.Err() != nil {
+				return -4 // EINTR: stop iterating
+			}
+			if !keep(exists) {
+				return 0
+			}
+			if k := len(out); k > 0 && out[k-1].End() == int64(off) {
+				out[k-1].Length += int64(length)
+			} else {
+				out = append(out, volume.Extent{Offset: int64(off), Length: int64(length)})
+			}
+			return 0
+		},
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return out, err
+}
+
+func (r *reader) Allocated(ctx context.Context) ([]volume.Extent, error) {
+	return r.diff(ctx, "", func(exists int) bool { return exists != 0 })
+}
+
+func (r *reader) Changed(ctx context.Context, parent string) ([]volume.Extent, error) {
+	// Changed data and discarded (zeroed) ranges both differ from the parent.
+	exts, err := r.diff(ctx, parent, func(int) bool { return true })
+	if err != nil && (errors.Is(err, librbd.ErrNotFound) || errors.Is(err, librbd.ErrNotExist)) {
+		return nil, fmt.Errorf("parent snapshot %q: %w", parent, volume.ErrChangesUnavailable)
+	}
+	return exts, err
+}
+
+type writer struct {
+	img  *librbd.Image
+	size int64
+	mu   sync.Mutex
+}
+
+func (w *writer) Size() int64 { return w.size }
+
+func (w *writer) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > w.size {
+		return 0, fmt.Errorf("write [%d,%d) beyond volume size %d", off, off+int64(len(p)), w.size)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.img.WriteAt(p, off)
+}
+
+func (w *writer) Close() error {
+	err := w.img.Flush()
+	if cerr := w.img.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
