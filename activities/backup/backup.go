@@ -91,7 +91,8 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	}
 	var changed []Extent
 	if req.Changed != nil && parent != nil {
-		changed = append([]Extent(nil), req.Changed...)
+		changed = make([]Extent, len(req.Changed)) // non-nil even when empty: "nothing changed" is a hint too
+		copy(changed, req.Changed)
 		sort.Slice(changed, func(i, j int) bool { return changed[i].Offset < changed[j].Offset })
 	}
 

@@ -157,7 +157,8 @@ func (c *codec) open(alg, id string, obj []byte, length int64, dst []byte) ([]by
 			return nil, fmt.Errorf("encrypted chunk too short: %w", ErrCorrupt)
 		}
 		var err error
-		body, err = c.aead.Open(nil, obj[1:1+nonceSize], obj[1+nonceSize:], []byte(id))
+		// Decrypt in place: obj is the caller's scratch buffer, so this allocates nothing.
+		body, err = c.aead.Open(obj[1+nonceSize:1+nonceSize], obj[1:1+nonceSize], obj[1+nonceSize:], []byte(id))
 		if err != nil {
 			return nil, fmt.Errorf("decrypt: authentication failed (wrong key or tampered chunk): %w", ErrCorrupt)
 		}

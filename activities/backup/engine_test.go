@@ -254,6 +254,15 @@ func TestChangedExtentsReadOnlyChanged(t *testing.T) {
 	if n := cs.chunkPuts.Load(); n != 2 {
 		t.Fatalf("uploaded %d chunks, want 2", n)
 	}
+	// "Nothing changed" (an empty, non-nil hint) reads nothing at all.
+	none := &readCounter{r: bytes.NewReader(img2)}
+	doBackup(t, e, "vol-c", "b3", img2, func(r *backup.BackupRequest) { r.Source = none; r.Parent = "b2"; r.Changed = []backup.Extent{} })
+	if got := none.read.Load(); got != 0 {
+		t.Fatalf("empty changed-extent hint: read %d bytes", got)
+	}
+	if got := restoreBytes(t, e, "vol-c", "b3", int64(len(img2))); !bytes.Equal(got, img2) {
+		t.Fatal("backup from an empty hint restores wrong bytes")
+	}
 	if m.Parent != "b1" {
 		t.Fatalf("parent %q", m.Parent)
 	}

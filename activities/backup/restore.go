@@ -87,10 +87,10 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 		}
 	}
 
-	bufs := make([]struct{ plain []byte }, e.opts.Concurrency)
+	bufs := make([]struct{ plain, obj []byte }, e.opts.Concurrency)
 	err = parallel(ctx, e.opts.Concurrency, len(m.Chunks), func(ctx context.Context, w, i int) error {
 		c := m.Chunks[i]
-		obj, err := ReadAll(ctx, e.store, chunkName(m.VolumeID, c.ID), 2*maxChunkSize)
+		obj, err := readSized(ctx, e.store, chunkName(m.VolumeID, c.ID), c.StoredSize, &bufs[w].obj)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

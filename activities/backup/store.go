@@ -106,3 +106,32 @@ func ReadAll(ctx context.Context, s Store, name string, limit int64) ([]byte, er
 func PutBytes(ctx context.Context, s Store, name string, data []byte) error {
 	return s.Put(ctx, name, bytes.NewReader(data), int64(len(data)))
 }
+
+// readSized reads an object that should be exactly size bytes into *buf (grown as needed and reused across
+// calls, so steady-state restores do not allocate per chunk). A different length wraps ErrCorrupt.
+func readSized(ctx context.Context, s Store, name string, size int64, buf *[]byte) ([]byte, error) {
+	if size < 0 || size > 2*maxChunkSize {
+		return nil, fmt.Errorf("stored size %d out of range: %w", size, ErrCorrupt)
+	}
+	rc, err := s.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	if int64(cap(*buf)) < size+1 {
+		*buf = make([]byte, size+1)
+	}
+	b := (*buf)[:size+1]
+	n, err := io.ReadFull(rc, b)
+	switch {
+	case err == nil:
+		return nil, fmt.Errorf("stored object is longer than the %d bytes the manifest says: %w", size, ErrCorrupt)
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		if int64(n) != size {
+			return nil, fmt.Errorf("stored object has %d bytes, manifest says %d: %w", n, size, ErrCorrupt)
+		}
+		return b[:n], nil
+	default:
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+}

@@ -64,7 +64,7 @@ func (e *Engine) Verify(ctx context.Context, req VerifyRequest) (*VerifyReport, 
 	prog := newReporter(req.Progress, e.opts, 0)
 	var mu sync.Mutex
 	var done int64
-	bufs := make([][]byte, e.opts.Concurrency)
+	bufs := make([]struct{ plain, obj []byte }, e.opts.Concurrency)
 	err = parallel(ctx, e.opts.Concurrency, len(distinct), func(ctx context.Context, w, i int) error {
 		c := distinct[i]
 		name := chunkName(m.VolumeID, c.ID)
@@ -85,21 +85,23 @@ func (e *Engine) Verify(ctx context.Context, req VerifyRequest) (*VerifyReport, 
 				problem(&rep.Corrupt, fmt.Errorf("stored size %d, manifest says %d: %w", info.Size, c.StoredSize, ErrCorrupt))
 			}
 		} else {
-			obj, err := ReadAll(ctx, e.store, name, 2*maxChunkSize)
+			obj, err := readSized(ctx, e.store, name, c.StoredSize, &bufs[w].obj)
 			switch {
 			case errors.Is(err, ErrNotExist):
 				problem(&rep.Missing, err)
+			case errors.Is(err, ErrCorrupt):
+				problem(&rep.Corrupt, err)
 			case err != nil:
 				return err
 			default:
-				plain, err := e.codec.open(m.Hash, c.ID, obj, c.Length, bufs[w])
+				plain, err := e.codec.open(m.Hash, c.ID, obj, c.Length, bufs[w].plain)
 				if err != nil {
 					if errors.Is(err, ErrWrongKey) {
 						return err
 					}
 					problem(&rep.Corrupt, err)
 				} else {
-					bufs[w] = plain
+					bufs[w].plain = plain
 				}
 			}
 		}
