@@ -15,4 +15,4 @@ services-down-libvirt:
 
 ## bench-drivers: point-in-time read of 1 GiB per volume driver vs dd / rbd export, and 1 % changed-extent read.
 bench-drivers:
-	HOLDFAST_BENCH_DRIVERS=1 $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./activities/volume/volumetest/bench/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./activities/volume/bench/

@@ -1,0 +1,182 @@
+// Package bench measures the volume drivers' point-in-time read speed against the platform's own baseline
+// measured in the same run (dd of the image file, rbd export), and the cost of an incremental read (1 %
+// changed) against a full one. Run with `make bench-drivers`; it prints a table and never asserts timings.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/activities/volume"
+	"github.com/holdfast/holdfast/activities/volume/file"
+	"github.com/holdfast/holdfast/activities/volume/rbd"
+	"github.com/holdfast/holdfast/activities/volume/volumetest"
+)
+
+const mib = int64(1) << 20
+
+func size() int64 {
+	if v, err := strconv.Atoi(os.Getenv("HOLDFAST_BENCH_SIZE_MIB")); err == nil && v > 0 {
+		return int64(v) * mib
+	}
+	return 1024 * mib
+}
+
+// fill writes the whole volume (so that every byte is allocated), snapshots it as s1, rewrites 1 % of it in
+// 64 KiB pieces spread over the volume, and snapshots s2.
+func fill(b *testing.B, d volume.Driver, vol volume.Ref) {
+	ctx := context.Background()
+	w, err := d.CreateVolume(ctx, vol, size())
+	if err != nil {
+		b.Fatal(err)
+	}
+	buf := make([]byte, 4*mib)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>12)
+	}
+	for off := int64(0); off < size(); off += int64(len(buf)) {
+		if _, err := w.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.CreateSnapshot(ctx, vol, "s1"); err != nil {
+		b.Fatal(err)
+	}
+	w, err = d.OpenWriter(ctx, vol)
+	if err != nil {
+		b.Fatal(err)
+	}
+	piece := make([]byte, 64<<10)
+	for i := range piece {
+		piece[i] = 0xa5
+	}
+	pieces := size() / 100 / int64(len(piece))
+	stride := size() / pieces
+	for k := int64(0); k < pieces; k++ {
+		if _, err := w.WriteAt(piece, k*stride); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := d.CreateSnapshot(ctx, vol, "s2"); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// readExtents reads exts of the snapshot in 4 MiB requests and returns the bytes read.
+func readExtents(b *testing.B, r volume.Reader, exts []volume.Extent) int64 {
+	buf := make([]byte, 4*mib)
+	var total int64
+	for _, e := range exts {
+		for off := e.Offset; off < e.End(); off += int64(len(buf)) {
+			n := min(int64(len(buf)), e.End()-off)
+			if _, err := r.ReadAt(buf[:n], off); err != nil {
+				b.Fatal(err)
+			}
+			total += n
+		}
+	}
+	return total
+}
+
+type result struct {
+	driver                 string
+	readMBs, baseMBs       float64
+	fullSec, changedSec    float64
+	changedBytes, baseline string
+}
+
+func measure(b *testing.B, name string, d volume.Driver, vol volume.Ref, baseline []string) result {
+	ctx := context.Background()
+	fill(b, d, vol)
+	r, err := d.OpenSnapshot(ctx, vol, "s2")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	whole := []volume.Extent{{Offset: 0, Length: r.Size()}}
+	readExtents(b, r, whole) // warm the same caches the baseline will find warm
+
+	t0 := time.Now()
+	alloc, err := r.Allocated(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := readExtents(b, r, alloc)
+	full := time.Since(t0)
+
+	t0 = time.Now()
+	changed, err := r.Changed(ctx, "s1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	cn := readExtents(b, r, changed)
+	inc := time.Since(t0)
+
+	exec.Command(baseline[0], baseline[1:]...).Run() // warm-up, as for the driver
+	t0 = time.Now()
+	if out, err := exec.Command(baseline[0], baseline[1:]...).CombinedOutput(); err != nil {
+		b.Fatalf("%v: %v: %s", baseline, err, out)
+	}
+	base := time.Since(t0)
+	return result{
+		driver:       name,
+		readMBs:      float64(n) / float64(mib) / full.Seconds(),
+		baseMBs:      float64(size()) / float64(mib) / base.Seconds(),
+		fullSec:      full.Seconds(),
+		changedSec:   inc.Seconds(),
+		changedBytes: fmt.Sprintf("%d MiB", cn/mib),
+		baseline:     baseline[0] + " " + baseline[len(baseline)-1],
+	}
+}
+
+func BenchmarkDrivers(b *testing.B) {
+	var results []result
+	uri := os.Getenv("HOLDFAST_LIBVIRT_URI")
+	volumetest.RequireLibvirt(b, uri)
+	dir := filepath.Join(os.Getenv("HOLDFAST_RUN_DIR"), "bench")
+	if os.Getenv("HOLDFAST_RUN_DIR") == "" {
+		dir = b.TempDir()
+	}
+	os.MkdirAll(dir, 0o755)
+	fd := file.New(uri)
+	for _, f := range []volume.Format{volume.FormatQCOW2, volume.FormatRaw} {
+		vol := volume.Ref{Type: volume.TypeFile, Format: f, Path: filepath.Join(dir, "bench."+string(f))}
+		_ = fd.DeleteVolume(context.Background(), vol)
+		defer fd.DeleteVolume(context.Background(), vol)
+		// dd of the image file itself: the fastest a host can read those bytes.
+		results = append(results, measure(b, "file/"+string(f), fd, vol,
+			[]string{"dd", "if=" + vol.Path, "of=/dev/null", "bs=4M"}))
+	}
+
+	conf, pool := os.Getenv("HOLDFAST_CEPH_CONF"), os.Getenv("HOLDFAST_CEPH_POOL")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	rd, err := rbd.New(ctx, rbd.Config{CephConf: conf, LibvirtURI: uri})
+	cancel()
+	volumetest.RequireService(b, err, "ceph", "services-up-ceph")
+	defer rd.Close()
+	vol := volume.Ref{Type: volume.TypeRBD, Pool: pool, Image: fmt.Sprintf("bench-%d", os.Getpid())}
+	defer rd.DeleteVolume(context.Background(), vol)
+	results = append(results, measure(b, "rbd", rd, vol, []string{"sh", "-c",
+		fmt.Sprintf("rbd -c %s export %s/%s@s2 - >/dev/null", conf, pool, vol.Image)}))
+
+	fmt.Printf("\n%d MiB volume, point-in-time snapshot reads in 4 MiB requests (warm caches, same run)\n", size()/mib)
+	fmt.Printf("%-12s %12s %14s %8s %12s %14s %10s\n", "driver", "read MiB/s", "baseline MiB/s", "ratio",
+		"full read s", "1% changed s", "changed/full")
+	for _, r := range results {
+		fmt.Printf("%-12s %12.0f %14.0f %8.2f %12.2f %14.3f %10.3f   (baseline: %s; changed extents read: %s)\n",
+			r.driver, r.readMBs, r.baseMBs, r.readMBs/r.baseMBs, r.fullSec, r.changedSec, r.changedSec/r.fullSec,
+			r.baseline, r.changedBytes)
+	}
+}
