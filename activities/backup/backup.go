@@ -71,6 +71,17 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	rep := newReporter(req.Progress, e.opts, 0)
 	rep.report(Progress{Phase: PhasePrepare, BytesTotal: req.Size}, true)
 
+	// A retried activity whose first attempt committed but never reported back: the backup exists, done.
+	if m, err := e.Manifest(ctx, req.VolumeID, req.BackupID); err == nil && m.Size == req.Size {
+		rep.report(Progress{Phase: PhaseDone, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: req.Size}, true)
+		return m, nil
+	} else if err == nil {
+		return nil, fmt.Errorf("backup %s of volume %s already exists with size %d, not %d",
+			req.BackupID, req.VolumeID, m.Size, req.Size)
+	} else if !errors.Is(err, ErrNotExist) {
+		return nil, err
+	}
+
 	// Known chunks: those of the parent need no Stat. Every backup still restores alone, because a chunk is
 	// only deleted by GC once no manifest references it.
 	known := &knownSet{m: map[string]int64{}}

@@ -330,6 +330,18 @@ func TestResumeAfterCrash(t *testing.T) {
 	})
 }
 
+// A retry after the commit point returns the existing backup without reading the source again.
+func TestBackupIdempotentAfterCommit(t *testing.T) {
+	e := newEngine(t, fsStore(t), nil)
+	img := makeImage(14, testChunk, "RZ", 4*testChunk)
+	m1 := doBackup(t, e, "vol-i", "b1", img, nil)
+	src := &readCounter{r: bytes.NewReader(img)}
+	m2 := doBackup(t, e, "vol-i", "b1", img, func(r *backup.BackupRequest) { r.Source = src })
+	if src.read.Load() != 0 || m2.ManifestHash != m1.ManifestHash {
+		t.Fatalf("retry re-read %d bytes / changed the manifest", src.read.Load())
+	}
+}
+
 func TestCancelLeavesNoBackup(t *testing.T) {
 	e := newEngine(t, fsStore(t), nil)
 	img := makeImage(6, testChunk, "R", 30*testChunk)

@@ -15,6 +15,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -238,8 +239,12 @@ func sameFile(a, b string) error {
 	}
 }
 
-// resetPeak resets the kernel's peak-RSS counter (VmHWM) for this process.
-func resetPeak() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+// resetPeak resets the kernel's peak-RSS counter (VmHWM) for this process, after handing freed heap back
+// to the OS so the previous phase's garbage does not count against the next.
+func resetPeak() {
+	debug.FreeOSMemory()
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
 
 // readPeak returns VmHWM in bytes.
 func readPeak() int64 {
