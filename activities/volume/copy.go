@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"fmt"
+	"io"
 )
 
 // CopyBlock is the unit in which CopyAllocated moves data; it matches the backup format's chunk size.
@@ -53,4 +54,26 @@ func IsZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// ClampRead trims a ReadAt buffer to a volume of size bytes. It returns the part of p to fill and the error
+// the read must end with when it succeeds: io.EOF when p reached past the end (io.ReaderAt's contract).
+// An empty result means nothing is left to read at off.
+func ClampRead(p []byte, off, size int64) ([]byte, error) {
+	if off >= size {
+		return nil, io.EOF
+	}
+	if rem := size - off; int64(len(p)) > rem {
+		return p[:rem], io.EOF
+	}
+	return p, nil
+}
+
+// CheckWrite refuses a write of n bytes at off that does not fit a volume of size bytes: restores must never
+// grow a volume by accident.
+func CheckWrite(off int64, n int, size int64) error {
+	if off < 0 || off+int64(n) > size {
+		return fmt.Errorf("write [%d,%d) beyond volume size %d", off, off+int64(n), size)
+	}
+	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/holdfast/holdfast/activities/volume"
 )
 
 // A minimal NBD client (fixed-newstyle handshake, simple replies) over a private qemu-nbd, used to write
@@ -140,8 +142,8 @@ func (w *nbdWriter) request(cmd uint16, off int64, data []byte) error {
 func (w *nbdWriter) Size() int64 { return w.size }
 
 func (w *nbdWriter) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > w.size {
-		return 0, fmt.Errorf("write [%d,%d) beyond volume size %d", off, off+int64(len(p)), w.size)
+	if err := volume.CheckWrite(off, len(p), w.size); err != nil {
+		return 0, err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

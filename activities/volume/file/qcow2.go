@@ -204,12 +204,9 @@ func (v *qcowView) entry(off int64) (uint64, error) {
 func (v *qcowView) Size() int64 { return v.size }
 
 func (v *qcowView) ReadAt(p []byte, off int64) (int, error) {
-	if off >= v.size {
-		return 0, io.EOF
-	}
-	var short error
-	if rem := v.size - off; int64(len(p)) > rem {
-		p, short = p[:rem], io.EOF
+	p, short := volume.ClampRead(p, off, v.size)
+	if len(p) == 0 {
+		return 0, short
 	}
 	n := 0
 	for n < len(p) {

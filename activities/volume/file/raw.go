@@ -118,12 +118,9 @@ func (r *rawReader) Size() int64  { return r.size }
 func (r *rawReader) Close() error { return r.f.Close() }
 
 func (r *rawReader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= r.size {
-		return 0, io.EOF
-	}
-	var short error
-	if rem := r.size - off; int64(len(p)) > rem {
-		p, short = p[:rem], io.EOF
+	p, short := volume.ClampRead(p, off, r.size)
+	if len(p) == 0 {
+		return 0, short
 	}
 	n, err := r.f.ReadAt(p, off)
 	if err == nil {
@@ -220,8 +217,8 @@ type rawWriter struct {
 func (w *rawWriter) Size() int64 { return w.size }
 
 func (w *rawWriter) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > w.size {
-		return 0, fmt.Errorf("write [%d,%d) beyond volume size %d", off, off+int64(len(p)), w.size)
+	if err := volume.CheckWrite(off, len(p), w.size); err != nil {
+		return 0, err
 	}
 	return w.f.WriteAt(p, off)
 }

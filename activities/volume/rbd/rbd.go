@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -280,8 +279,22 @@ func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string
 	return s, nil
 }
 
-func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string) error {
+// openListed opens the image's head read-write and lists its snapshots.
+func (d *Driver) openListed(vol volume.Ref) (*librbd.Image, []volume.Snapshot, error) {
 	img, err := d.open(vol, "", false)
+	if err != nil {
+		return nil, nil, err
+	}
+	snaps, err := d.list(img)
+	if err != nil {
+		img.Close()
+		return nil, nil, err
+	}
+	return img, snaps, nil
+}
+
+func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string) error {
+	img, snaps, err := d.openListed(vol)
 	if errors.Is(err, volume.ErrNotFound) {
 		return nil
 	}
@@ -289,10 +302,6 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string
 		return err
 	}
 	defer img.Close()
-	snaps, err := d.list(img)
-	if err != nil {
-		return err
-	}
 	if _, ok := find(snaps, name); ok {
 		s := img.GetSnapshot(name)
 		// A snapshot left protected by an interrupted restore-to-new (its clone flattened since) unprotects.
@@ -313,15 +322,11 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string
 }
 
 func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name string) error {
-	img, err := d.open(vol, "", false)
+	img, snaps, err := d.openListed(vol)
 	if err != nil {
 		return err
 	}
 	defer img.Close()
-	snaps, err := d.list(img)
-	if err != nil {
-		return err
-	}
 	if _, ok := find(snaps, name); !ok {
 		return volume.NotFound(vol.String() + "@" + name)
 	}
@@ -335,32 +340,36 @@ func (d *Driver) OpenSnapshot(ctx context.Context, vol volume.Ref, name string) 
 	if name == "" {
 		return nil, errors.New("empty snapshot name")
 	}
-	img, err := d.open(vol, name, true)
+	img, size, err := d.openSized(vol, name, true)
 	if err != nil {
 		return nil, err
+	}
+	return &reader{img: img, size: size}, nil
+}
+
+// openSized opens the image and reads its size (at the snapshot), closing it on failure.
+func (d *Driver) openSized(vol volume.Ref, snap string, readOnly bool) (*librbd.Image, int64, error) {
+	img, err := d.open(vol, snap, readOnly)
+	if err != nil {
+		return nil, 0, err
 	}
 	size, err := img.GetSize()
 	if err != nil {
 		img.Close()
-		return nil, err
+		return nil, 0, err
 	}
-	return &reader{img: img, size: int64(size)}, nil
+	return img, int64(size), nil
 }
 
 func (d *Driver) OpenWriter(ctx context.Context, vol volume.Ref) (volume.Writer, error) {
 	if err := d.refuseRunning(vol); err != nil {
 		return nil, err
 	}
-	img, err := d.open(vol, "", false)
+	img, size, err := d.openSized(vol, "", false)
 	if err != nil {
 		return nil, err
 	}
-	size, err := img.GetSize()
-	if err != nil {
-		img.Close()
-		return nil, err
-	}
-	return &writer{img: img, size: int64(size)}, nil
+	return &writer{img: img, size: size}, nil
 }
 
 func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
@@ -496,12 +505,9 @@ type reader struct {
 func (r *reader) Size() int64 { return r.size }
 
 func (r *reader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= r.size {
-		return 0, io.EOF
-	}
-	var short error
-	if rem := r.size - off; int64(len(p)) > rem {
-		p, short = p[:rem], io.EOF
+	p, short := volume.ClampRead(p, off, r.size)
+	if len(p) == 0 {
+		return 0, short
 	}
 	r.mu.Lock()
 	n, err := r.img.ReadAt(p, off)
@@ -565,8 +571,8 @@ type writer struct {
 func (w *writer) Size() int64 { return w.size }
 
 func (w *writer) WriteAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > w.size {
-		return 0, fmt.Errorf("write [%d,%d) beyond volume size %d", off, off+int64(len(p)), w.size)
+	if err := volume.CheckWrite(off, len(p), w.size); err != nil {
+		return 0, err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
