@@ -16,7 +16,7 @@ type GCReport struct {
 	YoungChunks   int    `json:"young_chunks"`   // unreferenced but within the grace period: kept
 	DeletedChunks int    `json:"deleted_chunks"` // unreferenced and older than the grace period
 	DeletedBytes  int64  `json:"deleted_bytes"`
-	StaleJournals int    `json:"stale_journals"` // abandoned resume journals removed
+	StaleJournals int    `json:"stale_journals"` // segments of abandoned resume journals removed
 }
 
 // GC removes a volume's chunks that no manifest references and that are older than grace, and resume
@@ -45,29 +45,48 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 	}
 	rep.Manifests = len(ms)
 
-	// Journals: fresh ones protect their chunks; stale ones go.
-	var stale []string
-	journals := volumePrefix(volumeID) + "inprogress/"
-	err = e.store.List(ctx, journals, func(oi ObjectInfo) error {
-		if oi.ModTime.Before(cutoff) {
-			stale = append(stale, oi.Name)
-			return nil
+	// Journals: a backup whose newest segment is fresh is still running (or resumable), so all of its
+	// segments protect their chunks; one whose newest segment is older than grace was abandoned.
+	type journal struct {
+		newest   time.Time
+		segments []string
+	}
+	journals := map[string]*journal{}
+	err = e.store.List(ctx, volumePrefix(volumeID)+"inprogress/", func(oi ObjectInfo) error {
+		dir := oi.Name[:strings.LastIndex(oi.Name, "/")]
+		j := journals[dir]
+		if j == nil {
+			j = &journal{}
+			journals[dir] = j
 		}
-		data, err := ReadAll(ctx, e.store, oi.Name, maxManifestSize)
-		if err != nil {
-			return err
-		}
-		var seg journalSegment
-		if err := json.Unmarshal(data, &seg); err != nil {
-			return nil // unreadable fresh journal: its chunks are young anyway
-		}
-		for _, c := range seg.Chunks {
-			live[c.ID] = true
+		j.segments = append(j.segments, oi.Name)
+		if oi.ModTime.After(j.newest) {
+			j.newest = oi.ModTime
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+	var stale []string
+	for _, j := range journals {
+		if j.newest.Before(cutoff) {
+			stale = append(stale, j.segments...)
+			continue
+		}
+		for _, n := range j.segments {
+			data, err := ReadAll(ctx, e.store, n, maxManifestSize)
+			if err != nil {
+				return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+			}
+			var seg journalSegment
+			if json.Unmarshal(data, &seg) != nil {
+				continue // unreadable: its chunks are as young as the journal, grace covers them
+			}
+			for _, c := range seg.Chunks {
+				live[c.ID] = true
+			}
+		}
 	}
 
 	var garbage []ObjectInfo

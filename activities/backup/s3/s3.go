@@ -160,16 +160,19 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) e
 	}
 	in := &s3.PutObjectInput{Bucket: aws.String(s.cfg.Bucket), Key: aws.String(key)}
 	if rs, ok := r.(io.ReadSeeker); ok && size < s.cfg.PartSize {
-		// Seekable and small: hand the body over directly so the SDK can sign and retry it.
+		// Seekable and small (every chunk and manifest): one PutObject straight from the caller's buffer, which
+		// the SDK can sign and retry; the multipart manager would add a part-sized buffer per upload.
 		if err := checkLen(rs, size); err != nil {
 			return fmt.Errorf("s3 put %s: %w", name, err)
 		}
 		in.Body = rs
 		in.ContentLength = aws.Int64(size)
+		_, err = s.client.PutObject(ctx, in)
 	} else {
 		in.Body = &exactReader{r: r, left: size}
+		_, err = s.uploader.Upload(ctx, in)
 	}
-	if _, err := s.uploader.Upload(ctx, in); err != nil {
+	if err != nil {
 		return fmt.Errorf("s3 put %s: %w", name, err)
 	}
 	return nil
