@@ -151,12 +151,10 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 			if err != nil {
 				return err
 			}
-			select {
-			case results <- r:
-				return nil
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
+			// Always deliver: the chunk is stored, and the collector drains until close, so even after a
+			// failure elsewhere it lands in the final journal write and a resume need not redo it.
+			results <- r
+			return nil
 		})
 		if err != nil {
 			cancel(err)

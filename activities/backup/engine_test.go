@@ -23,20 +23,18 @@ import (
 
 const testChunk = 64 << 10 // small chunks keep the tests fast; the format code is the same
 
-// readCounter counts bytes read from a source and can fail after a budget (a simulated crash).
+// readCounter counts bytes read from a source and can fail reads at or past an offset (a simulated crash).
 type readCounter struct {
-	r         *bytes.Reader
-	read      atomic.Int64
-	failAfter int64 // 0 = never
+	r      *bytes.Reader
+	read   atomic.Int64
+	failAt int64 // 0 = never
 }
 
 func (r *readCounter) ReadAt(p []byte, off int64) (int, error) {
-	if r.failAfter > 0 && r.read.Add(int64(len(p))) > r.failAfter {
+	if r.failAt > 0 && off >= r.failAt {
 		return 0, errors.New("simulated crash: source device vanished")
 	}
-	if r.failAfter == 0 {
-		r.read.Add(int64(len(p)))
-	}
+	r.read.Add(int64(len(p)))
 	return r.r.ReadAt(p, off)
 }
 
@@ -284,7 +282,7 @@ func TestResumeAfterCrash(t *testing.T) {
 
 	st := fsStore(t)
 	e := newEngine(t, st, opts)
-	crashing := &readCounter{r: bytes.NewReader(img), failAfter: 25 * testChunk}
+	crashing := &readCounter{r: bytes.NewReader(img), failAt: 25 * testChunk}
 	var last backup.Progress
 	_, err := e.Backup(context.Background(), backup.BackupRequest{VolumeID: "vol-r", BackupID: "b1",
 		Source: crashing, Size: int64(len(img)), SourceType: "raw", Labels: map[string]string{"test": t.Name()},
@@ -650,7 +648,7 @@ func TestGCKeepsChunksOfRunningBackup(t *testing.T) {
 	img := makeImage(15, testChunk, "R", 12*testChunk)
 	var last backup.Progress
 	_, err = e.Backup(context.Background(), backup.BackupRequest{VolumeID: "vol-j", BackupID: "b1", Size: int64(len(img)),
-		Source: &readCounter{r: bytes.NewReader(img), failAfter: 7 * testChunk}, Progress: func(p backup.Progress) { last = p }})
+		Source: &readCounter{r: bytes.NewReader(img), failAt: 7 * testChunk}, Progress: func(p backup.Progress) { last = p }})
 	if err == nil || last.NextOffset == 0 {
 		t.Fatalf("crash: %v, checkpoint %d", err, last.NextOffset)
 	}
