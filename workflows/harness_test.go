@@ -28,8 +28,10 @@ func (fakeHypervisor) Attachment(context.Context, activities.AttachmentInput) (a
 func (fakeHypervisor) CreateSnapshot(context.Context, activities.SnapshotInput) (activities.SnapshotResult, error) {
 	panic("mock me")
 }
-func (fakeHypervisor) DeleteSnapshot(context.Context, activities.SnapshotRef) error   { panic("mock me") }
-func (fakeHypervisor) RollbackSnapshot(context.Context, activities.SnapshotRef) error { panic("mock me") }
+func (fakeHypervisor) DeleteSnapshot(context.Context, activities.SnapshotRef) error { panic("mock me") }
+func (fakeHypervisor) RollbackSnapshot(context.Context, activities.SnapshotRef) error {
+	panic("mock me")
+}
 func (fakeHypervisor) UploadBackup(context.Context, activities.UploadBackupInput) (activities.UploadBackupResult, error) {
 	panic("mock me")
 }
@@ -40,7 +42,9 @@ func (fakeHypervisor) RestoreBackup(context.Context, activities.RestoreBackupInp
 func (fakeHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }
-func (fakeHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error { panic("mock me") }
+func (fakeHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
+	panic("mock me")
+}
 
 func testSpec() VolumeSpec {
 	return VolumeSpec{VolumeID: "vol1", Name: "web-data", OwnerID: "acct-42", HypervisorID: "hv1",
@@ -53,7 +57,7 @@ func testSpec() VolumeSpec {
 // harness drives one VolumeWorkflow in the time-skipping test environment: steps run at given offsets on
 // the test clock, updates record their outcome.
 type harness struct {
-	t   *testing.T
+	t         *testing.T
 	env       *testsuite.TestWorkflowEnvironment
 	ops       int
 	registers []*reply

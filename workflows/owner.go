@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 )
 
@@ -60,6 +61,9 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 		}), func(workflow.Future) {})
 		sel.Select(ctx)
 		cancelTimer()
+		if err := ctx.Err(); err != nil {
+			return temporal.NewCanceledError(err.Error()) // an operator cancelled the owner's workflow
+		}
 		o.expire(ctx)
 		if workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
 			if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {

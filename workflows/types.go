@@ -199,9 +199,6 @@ type VolumeState struct {
 type VolumeInput struct {
 	VolumeID string       `json:"volume_id"`
 	State    *VolumeState `json:"state,omitempty"`
-	// HistoryLimit continues-as-new past this many history events even before the server suggests it
-	// (0: 10,000). Tests lower it.
-	HistoryLimit int `json:"history_limit,omitempty"`
 }
 
 // OperationInput starts an operation child workflow.

@@ -16,7 +16,6 @@ import (
 const (
 	keepRecentOperations = 20
 	keepFailedItems      = 5
-	defaultHistoryLimit  = 10_000
 	attachmentTimeout    = 30 * time.Second
 	maxNameLength        = 128
 )
@@ -29,9 +28,8 @@ var (
 )
 
 type volume struct {
-	volumeID     string
-	st           VolumeState
-	historyLimit int
+	volumeID string
+	st       VolumeState
 	// cancelRunning stops the running operation's child workflow (abort).
 	cancelRunning workflow.CancelFunc
 	// abortRequested marks an abort that arrived while a request was still being checked.
@@ -40,13 +38,10 @@ type volume struct {
 
 // VolumeWorkflow is one volume's entity and mutex (ID volume/<volume_id>). Requests arrive as Updates whose
 // validators reject synchronously with the spec's messages; an accepted request runs as a child workflow, one
-// at a time. It continues-as-new when the server suggests it (or history passes HistoryLimit), between
+// at a time. It continues-as-new when the server suggests it (history size or length), between
 // operations and after handlers drain, carrying its state and any accepted-but-unstarted request.
 func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
-	v := &volume{volumeID: in.VolumeID, historyLimit: in.HistoryLimit}
-	if v.historyLimit <= 0 {
-		v.historyLimit = defaultHistoryLimit
-	}
+	v := &volume{volumeID: in.VolumeID}
 	if in.State != nil {
 		v.st = *in.State
 	}
@@ -75,7 +70,7 @@ func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
 			}
 			// A request accepted meanwhile is carried in st.Queued and started by the next run.
 			return workflow.NewContinueAsNewError(ctx, VolumeWorkflow,
-				VolumeInput{VolumeID: v.volumeID, State: &v.st, HistoryLimit: in.HistoryLimit})
+				VolumeInput{VolumeID: v.volumeID, State: &v.st})
 		}
 		v.run(ctx)
 	}
@@ -103,8 +98,7 @@ func (v *volume) shouldContinueAsNew(ctx workflow.Context) bool {
 	if v.st.Active != nil && v.st.Queued == nil {
 		return false // an operation's child is running: it cannot be carried across runs
 	}
-	info := workflow.GetInfo(ctx)
-	return info.GetContinueAsNewSuggested() || info.GetCurrentHistoryLength() > v.historyLimit
+	return workflow.GetInfo(ctx).GetContinueAsNewSuggested()
 }
 
 func (v *volume) cooldownRemaining(ctx workflow.Context) time.Duration {

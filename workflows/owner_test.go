@@ -1,0 +1,213 @@
+package workflows
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/mock"
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+type ownerHarness struct {
+	t   *testing.T
+	env *testsuite.TestWorkflowEnvironment
+}
+
+func newOwnerHarness(t *testing.T) *ownerHarness {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(OwnerWorkflow)
+	env.SetTestTimeout(30 * time.Second)
+	return &ownerHarness{t: t, env: env}
+}
+
+func (h *ownerHarness) acquire(leaseID, volumeID string) *reply {
+	o := &reply{}
+	h.env.UpdateWorkflow(UpdateAcquire, leaseID, &testsuite.TestUpdateCallback{
+		OnAccept: func() {},
+		OnReject: func(err error) { o.done, o.err = true, err },
+		OnComplete: func(_ any, err error) {
+			o.done, o.err = true, err
+		},
+	}, AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: 3})
+	return o
+}
+
+func (h *ownerHarness) permits() []Lease {
+	v, err := h.env.QueryWorkflow(QueryPermits)
+	require.NoError(h.t, err)
+	var leases []Lease
+	require.NoError(h.t, v.Get(&leases))
+	return leases
+}
+
+func leaseIDs(leases []Lease) []string {
+	ids := []string{}
+	for _, l := range leases {
+		ids = append(ids, l.LeaseID)
+	}
+	return ids
+}
+
+func TestOwnerLimitFourthConcurrentRequestRejected(t *testing.T) {
+	h := newOwnerHarness(t)
+	var a, b, c, d, again, afterRelease *reply
+	var held []Lease
+	h.env.RegisterDelayedCallback(func() {
+		a, b, c = h.acquire("op-a", "vol-a"), h.acquire("op-b", "vol-b"), h.acquire("op-c", "vol-c")
+	}, time.Second)
+	h.env.RegisterDelayedCallback(func() {
+		for _, id := range []string{"op-a", "op-b", "op-c"} {
+			h.env.SignalWorkflow(SignalClaim, ClaimSignal{LeaseID: id, VolumeID: "vol-" + id[3:], TTL: 3 * time.Hour})
+		}
+	}, 2*time.Second)
+	h.env.RegisterDelayedCallback(func() {
+		d = h.acquire("op-d", "vol-d")
+		again = h.acquire("op-a", "vol-a") // a retried acquire of a held permit is idempotent
+	}, 3*time.Second)
+	// Claimed permits outlive the one-minute claim window; the operation on vol-b ends and releases.
+	h.env.RegisterDelayedCallback(func() {
+		held = h.permits()
+		h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-b"})
+	}, 10*time.Minute)
+	h.env.RegisterDelayedCallback(func() { afterRelease = h.acquire("op-e", "vol-d") }, 11*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+
+	for _, r := range []*reply{a, b, c, again, afterRelease} {
+		require.True(t, r.done)
+		require.NoError(t, r.err)
+	}
+	requireRejected(t, d, ErrOwnerLimit,
+		"Too many operations in flight for this account (limit 3). Try again when one finishes.")
+	assert.Equal(t, []string{"op-a", "op-b", "op-c"}, leaseIDs(held))
+}
+
+func TestUnclaimedPermitComesBackAfterAMinute(t *testing.T) {
+	h := newOwnerHarness(t)
+	var early, late *reply
+	var before, after []Lease
+	h.env.RegisterDelayedCallback(func() {
+		h.acquire("op-a", "vol-a")
+		h.acquire("op-b", "vol-b")
+		h.acquire("op-c", "vol-c")
+	}, time.Second)
+	h.env.RegisterDelayedCallback(func() { early = h.acquire("op-d", "vol-d"); before = h.permits() }, 30*time.Second)
+	h.env.RegisterDelayedCallback(func() { after = h.permits(); late = h.acquire("op-e", "vol-e") }, 2*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+
+	requireRejected(t, early, ErrOwnerLimit, "")
+	assert.Len(t, before, 3)
+	assert.Empty(t, after, "never-claimed permits expired")
+	require.True(t, late.done)
+	require.NoError(t, late.err)
+}
+
+func TestClaimedPermitExpiresAfterItsTTL(t *testing.T) {
+	// A volume that never releases (terminated by an operator, say) must not hold the permit forever.
+	h := newOwnerHarness(t)
+	var at2h, at4h []Lease
+	h.env.RegisterDelayedCallback(func() { h.acquire("op-a", "vol-a") }, time.Second)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(SignalClaim, ClaimSignal{LeaseID: "op-a", VolumeID: "vol-a", TTL: 3 * time.Hour})
+	}, 2*time.Second)
+	h.env.RegisterDelayedCallback(func() { at2h = h.permits() }, 2*time.Hour)
+	h.env.RegisterDelayedCallback(func() { at4h = h.permits() }, 4*time.Hour)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 5*time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+	require.Len(t, at2h, 1)
+	assert.True(t, at2h[0].Claimed)
+	assert.Empty(t, at4h)
+}
+
+// continueAsNewInput decodes the input a workflow continued-as-new with.
+func continueAsNewInput(t *testing.T, err error, into any) {
+	t.Helper()
+	var can *workflow.ContinueAsNewError
+	require.True(t, errors.As(err, &can), "want continue-as-new, got %v", err)
+	require.NoError(t, converter.GetDefaultDataConverter().FromPayloads(can.Input, into))
+}
+
+func TestVolumeContinueAsNewKeepsStateAndQueuedRequest(t *testing.T) {
+	// A run whose history is past its limit, holding an accepted request not yet started (as an update
+	// accepted just before the decision would leave it), continues-as-new carrying both.
+	spec := testSpec()
+	queued := OperationRequest{OperationID: "op-queued", Kind: KindSnapshot, Name: "carried", OwnerLease: "op-queued"}
+	start := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	st := &VolumeState{Registered: true, Spec: spec,
+		Active:    &Operation{OperationID: "op-queued", VolumeID: "vol1", Kind: KindSnapshot, ItemKind: KindSnapshot, ItemID: "snap-op-queued", Status: StatusPending, StartedAt: start},
+		Snapshots: []Item{{ItemID: "snap-old", Name: "old", Status: StatusAvailable, SizeBytes: 7}, {ItemID: "snap-op-queued", Name: "carried", Status: StatusPending}},
+		Recent:    []Operation{{OperationID: "op-old", Kind: KindSnapshot, Status: StatusAvailable}},
+		Queued:    &queued}
+
+	h := newHarness(t)
+	h.mockHypervisor()
+	h.env.SetContinueAsNewSuggested(true)
+	h.env.ExecuteWorkflow(VolumeWorkflow, VolumeInput{VolumeID: "vol1", State: st})
+	require.True(t, h.env.IsWorkflowCompleted())
+	var next VolumeInput
+	continueAsNewInput(t, h.env.GetWorkflowError(), &next)
+	require.NotNil(t, next.State)
+	assert.Equal(t, spec, next.State.Spec)
+	require.NotNil(t, next.State.Queued, "the queued request is carried")
+	assert.Equal(t, queued, *next.State.Queued)
+	assert.Len(t, next.State.Snapshots, 2)
+	assert.Len(t, next.State.Recent, 1)
+
+	// The next run (history fresh) starts the carried request and completes it.
+	h2 := newHarness(t)
+	h2.mockHypervisor()
+	var after VolumeState
+	h2.at(time.Minute, func() { after = h2.state() })
+	h2.run(time.Hour, next)
+	assert.Nil(t, after.Active)
+	assert.Equal(t, StatusAvailable, findItem(after.Snapshots, "snap-op-queued").Status)
+	assert.Equal(t, StatusAvailable, findItem(after.Snapshots, "snap-old").Status)
+	assert.Len(t, after.Recent, 2)
+}
+
+func TestVolumeContinuesAsNewAfterTheRunningOperation(t *testing.T) {
+	h := newHarness(t)
+	// Suggested while the operation runs: the workflow waits for it to end before it continues-as-new.
+	h.env.OnActivity(activities.CreateSnapshotName, mock.Anything, mock.Anything).After(time.Minute).
+		Return(activities.SnapshotResult{SizeBytes: 1}, nil).Once()
+	h.mockHypervisor()
+	var o *reply
+	var during VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, Name: "before"}) })
+	h.at(30*time.Second, func() { h.env.SetContinueAsNewSuggested(true) })
+	h.at(40*time.Second, func() { during = h.state() })
+	h.env.ExecuteWorkflow(VolumeWorkflow, VolumeInput{VolumeID: "vol1"})
+	require.True(t, h.env.IsWorkflowCompleted())
+	requireAccepted(t, o)
+	require.NotNil(t, during.Active, "still running after the suggestion")
+	var next VolumeInput
+	continueAsNewInput(t, h.env.GetWorkflowError(), &next)
+	require.NotNil(t, next.State)
+	assert.True(t, next.State.Registered)
+	assert.Nil(t, next.State.Active, "never continued-as-new with a running child")
+	assert.Equal(t, StatusAvailable, findItem(next.State.Snapshots, o.op.ItemID).Status)
+	assert.False(t, next.State.CooldownUntil.IsZero(), "the cooldown travels with the state")
+}
+
+func TestOwnerContinueAsNewKeepsLeases(t *testing.T) {
+	h := newOwnerHarness(t)
+	leases := []Lease{{LeaseID: "op-a", VolumeID: "vol-a", Claimed: true, ExpiresAt: time.Now().Add(time.Hour)}}
+	h.env.SetContinueAsNewSuggested(true)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42", Leases: leases})
+	var next OwnerInput
+	continueAsNewInput(t, h.env.GetWorkflowError(), &next)
+	assert.Equal(t, "acct-42", next.OwnerID)
+	require.Len(t, next.Leases, 1)
+	assert.Equal(t, "op-a", next.Leases[0].LeaseID)
+	assert.True(t, next.Leases[0].Claimed)
+}
