@@ -1,0 +1,169 @@
+// Package agent implements activities.Hypervisor: the activities one hypervisor agent serves on
+// activities.TaskQueue(hypervisor_id). It wires the volume drivers (file, rbd) to the backup engines (one per
+// backup storage), turns their errors into the typed, non-retryable failures workflows branch on, heartbeats
+// progress, and resumes an interrupted upload from its last checkpoint.
+//
+// It owns no state between calls: every activity answers from the drivers and stores, which is what makes
+// Temporal's retries safe (every activity is idempotent). It must never be imported by workflows/ (it links
+// cgo drivers), never decide policy (retention, limits, who may restore what: the workflows do), and never
+// log secrets (engines hold keys; only storage names are logged).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/backup"
+	"github.com/holdfast/holdfast/activities/volume"
+)
+
+// MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses.
+const MsgAttachedRunning = "Cannot restore in-place while attached to a running instance"
+
+// Config is what one agent serves.
+type Config struct {
+	// HypervisorID is this host's id; it is put on every log line.
+	HypervisorID string
+	// Drivers serve volumes by activities.VolumeRef.Type ("file", "rbd"). A type with no driver fails with
+	// ErrInvalidArgument: this hypervisor cannot hold such a volume.
+	Drivers map[string]volume.Driver
+	// Engines are the backup storages this hypervisor may use, by storage name (see NewEngines, which shares
+	// one bandwidth limiter between them). A name with no engine fails with ErrNoBackupStorage.
+	Engines map[string]*backup.Engine
+	// Logger receives structured logs; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Activities is the hypervisor agent's activity set. Register it with worker.RegisterActivity: every exported
+// method is an activity, named as in activities.Hypervisor, so it must have no other exported methods.
+type Activities struct {
+	hypervisorID string
+	drivers      map[string]volume.Driver
+	engines      map[string]*backup.Engine
+	log          *slog.Logger
+}
+
+var _ activities.Hypervisor = (*Activities)(nil)
+
+// New returns the activities of one hypervisor. The maps are copied, so the caller may reuse them.
+func New(cfg Config) *Activities {
+	a := &Activities{
+		hypervisorID: cfg.HypervisorID,
+		drivers:      make(map[string]volume.Driver, len(cfg.Drivers)),
+		engines:      make(map[string]*backup.Engine, len(cfg.Engines)),
+		log:          cfg.Logger,
+	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	for k, v := range cfg.Drivers {
+		a.drivers[k] = v
+	}
+	for k, v := range cfg.Engines {
+		a.engines[k] = v
+	}
+	return a
+}
+
+// logger returns the logger of one activity call: volume_id is on every line, as the style guide requires,
+// and the attempt number tells a retry from a first run.
+func (a *Activities) logger(ctx context.Context, volumeID string, args ...any) *slog.Logger {
+	l := a.log.With("hypervisor_id", a.hypervisorID, "volume_id", volumeID)
+	if activity.IsActivity(ctx) {
+		info := activity.GetInfo(ctx)
+		l = l.With("activity", info.ActivityType.Name, "attempt", info.Attempt)
+	}
+	return l.With(args...)
+}
+
+// idPattern is what volume, snapshot and backup ids must match: the intersection of the backup format's
+// object-name components and the file driver's snapshot names (no leading dot, no '/'), so that an id the
+// agent accepts is accepted by every driver and store and can never escape a directory.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$`)
+
+func checkID(field, value string) error {
+	if !idPattern.MatchString(value) {
+		return invalid(fmt.Sprintf("%s %q is not a valid id", field, value))
+	}
+	return nil
+}
+
+// checkIDs checks (field, value) pairs and returns the first failure.
+func checkIDs(fieldValues ...string) error {
+	for i := 0; i+1 < len(fieldValues); i += 2 {
+		if err := checkID(fieldValues[i], fieldValues[i+1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func invalid(msg string) error {
+	return temporal.NewNonRetryableApplicationError(msg, activities.ErrInvalidArgument, nil)
+}
+
+// driver returns the driver and driver-level ref for a volume.
+func (a *Activities) driver(field string, ref activities.VolumeRef) (volume.Driver, volume.Ref, error) {
+	d, ok := a.drivers[ref.Type]
+	if !ok {
+		return nil, volume.Ref{}, invalid(fmt.Sprintf("%s: volume type %q is not served by this hypervisor", field, ref.Type))
+	}
+	// Format is left empty: existing images are probed from their header, and a new file volume's format
+	// follows its path's extension (the driver's rule), which is all activities.VolumeRef can say.
+	return d, volume.Ref{Type: volume.Type(ref.Type), Path: ref.Path, Pool: ref.Pool, Image: ref.Image}, nil
+}
+
+// engine returns the backup engine of a storage.
+func (a *Activities) engine(storage string) (*backup.Engine, error) {
+	e, ok := a.engines[storage]
+	if !ok || e == nil {
+		return nil, temporal.NewNonRetryableApplicationError(
+			fmt.Sprintf("backup storage %q is not configured on hypervisor %s", storage, a.hypervisorID),
+			activities.ErrNoBackupStorage, nil)
+	}
+	return e, nil
+}
+
+// classify turns a driver or engine error into what the workflow's retry policy acts on: the failures a
+// retry can never fix become non-retryable application errors of a stable type; everything else (I/O,
+// timeouts, a sick store) stays retryable. ctx decides cancellation first, because an aborted operation
+// surfaces whatever error the interrupted call happened to return and must not be reported as, say, corrupt.
+func classify(ctx context.Context, op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var chunkErr *backup.ChunkError
+	var appErr *temporal.ApplicationError
+	msg := op + ": " + err.Error()
+	switch {
+	case errors.As(err, &appErr):
+		return err // already typed (validation inside this package)
+	case errors.Is(err, volume.ErrAttachedRunning):
+		if op == activities.DeleteVolumeName {
+			msg = "Cannot delete a volume attached to a running instance"
+		} else {
+			msg = MsgAttachedRunning
+		}
+		return temporal.NewNonRetryableApplicationError(msg, activities.ErrAttachedRunning, err)
+	// Before ErrNotExist: a chunk missing under a manifest that references it is damage, not absence.
+	case errors.As(err, &chunkErr), errors.Is(err, backup.ErrCorrupt), errors.Is(err, backup.ErrInvalidManifest):
+		return temporal.NewNonRetryableApplicationError(msg, activities.ErrCorrupt, err)
+	case errors.Is(err, volume.ErrNotFound), errors.Is(err, backup.ErrNotExist):
+		return temporal.NewNonRetryableApplicationError(msg, activities.ErrNotFound, err)
+	case errors.Is(err, backup.ErrWrongKey), errors.Is(err, volume.ErrExists), errors.Is(err, volume.ErrUnsupported):
+		// Each needs an operator (the storage's key, a volume in the way, a driver that cannot do this):
+		// retrying for the operation's whole deadline would only delay the answer.
+		return temporal.NewNonRetryableApplicationError(msg, activities.ErrInvalidArgument, err)
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}

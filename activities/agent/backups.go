@@ -1,0 +1,290 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"go.temporal.io/sdk/activity"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/backup"
+	"github.com/holdfast/holdfast/activities/volume"
+)
+
+// HeartbeatEvery is how often a long activity re-sends its latest progress even when the engine has nothing
+// new to say (throttled, waiting on a slow store): well inside the workflows' ~30 s heartbeat timeout, so that
+// a missed heartbeat means a dead host, and so that cancellation, which Temporal delivers in heartbeat
+// responses, arrives within seconds. The SDK batches faster calls itself.
+const HeartbeatEvery = 5 * time.Second
+
+// heartbeater sends activities.Progress heartbeats: every engine report at once, and the latest one again
+// every HeartbeatEvery until stopped.
+type heartbeater struct {
+	ctx context.Context
+	// floor is the resume checkpoint this attempt started from. A resumed engine first reports its prepare
+	// phase with NextOffset 0; heartbeating that would make a crash right then lose the checkpoint, so a
+	// report never goes below floor (the engine still only resumes what its journal vouches for).
+	floor int64
+
+	mu   sync.Mutex
+	last activities.Progress
+	stop chan struct{}
+	done chan struct{}
+}
+
+func startHeartbeats(ctx context.Context, floor int64) *heartbeater {
+	h := &heartbeater{ctx: ctx, floor: floor, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		t := time.NewTicker(HeartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-h.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				h.mu.Lock()
+				p := h.last
+				h.mu.Unlock()
+				activity.RecordHeartbeat(ctx, p)
+			}
+		}
+	}()
+	return h
+}
+
+// report is the engine's Progress callback.
+func (h *heartbeater) report(p backup.Progress) {
+	hp := activities.Progress{Phase: p.Phase, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal,
+		NextOffset: max(p.NextOffset, h.floor), BytesPerSecond: p.BytesPerSecond}
+	h.mu.Lock()
+	h.last = hp
+	h.mu.Unlock()
+	activity.RecordHeartbeat(h.ctx, hp)
+}
+
+func (h *heartbeater) close() {
+	close(h.stop)
+	<-h.done
+}
+
+// previousProgress returns the last progress a failed earlier attempt of this activity heartbeated, if any.
+func previousProgress(ctx context.Context) (activities.Progress, bool) {
+	var p activities.Progress
+	if !activity.HasHeartbeatDetails(ctx) || activity.GetHeartbeatDetails(ctx, &p) != nil {
+		return activities.Progress{}, false
+	}
+	return p, true
+}
+
+// UploadBackup streams snapshot SnapshotID into backup storage Storage as backup BackupID, heartbeating
+// activities.Progress. A retry resumes from the checkpoint (NextOffset) of the last heartbeat instead of
+// starting over; a retry after the backup was committed returns it (idempotent). Cancelling ctx stops the
+// upload within about one chunk and leaves no manifest (the workflow's compensation deletes the journal).
+//
+// ParentBackupID is used for deduplication against the parent's manifest (its chunks are neither looked up
+// nor uploaded again). No changed-extent hint is given to the engine: the parent's snapshot, the only thing
+// the drivers can diff against, is deleted once the parent's upload ends, so every block is read and hashed;
+// unchanged chunks cost a read, not an upload.
+func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBackupInput) (activities.UploadBackupResult, error) {
+	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID, "backup_id", in.BackupID); err != nil {
+		return activities.UploadBackupResult{}, err
+	}
+	if in.ParentBackupID != "" {
+		if err := checkID("parent_backup_id", in.ParentBackupID); err != nil {
+			return activities.UploadBackupResult{}, err
+		}
+	}
+	e, err := a.engine(in.Storage)
+	if err != nil {
+		return activities.UploadBackupResult{}, err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return activities.UploadBackupResult{}, err
+	}
+	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID, "backup_id", in.BackupID, "storage", in.Storage)
+
+	parent := in.ParentBackupID
+	if parent != "" {
+		// A parent only saves uploads; losing it (retention deleted it, its manifest is damaged) must not
+		// fail a backup that is complete on its own.
+		if _, err := e.Manifest(ctx, in.VolumeID, parent); err != nil {
+			if ctx.Err() != nil {
+				return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
+			}
+			log.Warn("parent backup unusable; uploading without it", "parent_backup_id", parent, "error", err)
+			parent = ""
+		}
+	}
+
+	r, err := d.OpenSnapshot(ctx, ref, in.SnapshotID)
+	if err != nil {
+		log.Error("open snapshot failed", "error", err)
+		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
+	}
+	defer r.Close()
+
+	var resume *backup.Checkpoint
+	if p, ok := previousProgress(ctx); ok && p.NextOffset > 0 {
+		resume = &backup.Checkpoint{NextOffset: p.NextOffset}
+		log.Info("resuming upload", "next_offset", p.NextOffset)
+	}
+	hb := startHeartbeats(ctx, resumeFloor(resume))
+	defer hb.close()
+
+	start := time.Now()
+	log.Info("upload started", "size_bytes", r.Size(), "parent_backup_id", parent)
+	m, err := e.Backup(ctx, backup.BackupRequest{
+		VolumeID:   in.VolumeID,
+		BackupID:   in.BackupID,
+		Source:     r,
+		Size:       r.Size(),
+		Parent:     parent,
+		Labels:     in.Labels,
+		SourceType: sourceType(ref),
+		Resume:     resume,
+		Progress:   hb.report,
+	})
+	if err != nil {
+		log.Error("upload failed", "error", err)
+		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
+	}
+	log.Info("upload done", "size_bytes", m.Size, "stored_bytes", m.StoredBytes, "chunks", len(m.Chunks),
+		"duration", time.Since(start).Round(time.Millisecond))
+	return activities.UploadBackupResult{SizeBytes: m.Size, StoredBytes: m.StoredBytes}, nil
+}
+
+func resumeFloor(c *backup.Checkpoint) int64 {
+	if c == nil {
+		return 0
+	}
+	return c.NextOffset
+}
+
+// sourceType is what the catalog records as the backup's origin: "rbd", or the file volume's on-disk format
+// ("qcow2"/"raw", read from its header because activities.VolumeRef does not carry it).
+func sourceType(ref volume.Ref) string {
+	if ref.Type != volume.TypeFile {
+		return string(ref.Type)
+	}
+	f, err := os.Open(ref.Path)
+	if err != nil {
+		return string(ref.Type)
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := f.ReadAt(magic, 0); err == nil && bytes.Equal(magic, []byte("QFI\xfb")) {
+		return string(volume.FormatQCOW2)
+	}
+	return string(volume.FormatRaw)
+}
+
+// RestoreBackup writes backup BackupID onto Target, heartbeating progress. With Create, Target is created at
+// the backup's size first; otherwise it is overwritten in place, which the driver refuses (ErrAttachedRunning)
+// while a running instance uses it. Idempotent: a retry writes the same bytes again from the start (the
+// engine cannot resume restores), and a target created by an earlier attempt is reused.
+func (a *Activities) RestoreBackup(ctx context.Context, in activities.RestoreBackupInput) (activities.RestoreResult, error) {
+	if err := checkIDs("source_volume_id", in.SourceVolumeID, "backup_id", in.BackupID,
+		"target_volume_id", in.TargetVolumeID); err != nil {
+		return activities.RestoreResult{}, err
+	}
+	e, err := a.engine(in.Storage)
+	if err != nil {
+		return activities.RestoreResult{}, err
+	}
+	d, ref, err := a.driver("target", in.Target)
+	if err != nil {
+		return activities.RestoreResult{}, err
+	}
+	log := a.logger(ctx, in.TargetVolumeID, "source_volume_id", in.SourceVolumeID, "backup_id", in.BackupID,
+		"storage", in.Storage, "create", in.Create)
+
+	// The manifest first: a missing or damaged backup must not create (or open) the target at all.
+	m, err := e.Manifest(ctx, in.SourceVolumeID, in.BackupID)
+	if err != nil {
+		log.Error("read manifest failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.RestoreBackupName, err)
+	}
+
+	w, zeroed, err := openTarget(ctx, d, ref, m.Size, in.Create, log)
+	if err != nil {
+		log.Error("open target failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.RestoreBackupName, err)
+	}
+	if w.Size() < m.Size {
+		w.Close()
+		return activities.RestoreResult{}, invalid(fmt.Sprintf("target volume %s is %d bytes, smaller than backup %s (%d bytes)",
+			in.TargetVolumeID, w.Size(), in.BackupID, m.Size))
+	}
+
+	hb := startHeartbeats(ctx, 0)
+	start := time.Now()
+	log.Info("restore started", "size_bytes", m.Size, "target_zeroed", zeroed)
+	res, err := e.Restore(ctx, backup.RestoreRequest{VolumeID: in.SourceVolumeID, BackupID: in.BackupID,
+		Target: w, TargetZeroed: zeroed, Progress: hb.report})
+	hb.close()
+	if err != nil {
+		w.Close() // the target is garbage now; the workflow rolls back or deletes it
+		log.Error("restore failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.RestoreBackupName, err)
+	}
+	// A restore is complete only once Close (flush, qemu-nbd shutdown) succeeded.
+	if err := w.Close(); err != nil {
+		log.Error("flush target failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.RestoreBackupName, err)
+	}
+	log.Info("restore done", "size_bytes", m.Size, "bytes_written", res.BytesWritten,
+		"duration", time.Since(start).Round(time.Millisecond))
+	return activities.RestoreResult{SizeBytes: m.Size, BytesWritten: res.BytesWritten}, nil
+}
+
+// openTarget opens the restore's target and says whether it is known to read as zeros, which lets the
+// engine skip the backup's zero ranges and keep the volume thin.
+func openTarget(ctx context.Context, d volume.Driver, ref volume.Ref, size int64, create bool,
+	log *slog.Logger) (volume.Writer, bool, error) {
+	if !create {
+		w, err := d.OpenWriter(ctx, ref)
+		return w, false, err
+	}
+	// CreateVolume reuses an existing volume of the same size (a retried restore), and that one does not
+	// read as zeros: its earlier attempt wrote into it, or, worse, it is something else that happens to
+	// live there. Zero ranges are then written too, so the result is byte-identical either way.
+	_, err := d.Size(ctx, ref)
+	existed := err == nil
+	if err != nil && !errors.Is(err, volume.ErrNotFound) {
+		return nil, false, err
+	}
+	if existed {
+		log.Info("target volume exists; writing zero ranges too")
+	}
+	w, err := d.CreateVolume(ctx, ref, size)
+	return w, !existed, err
+}
+
+// DeleteBackup removes a backup's manifest and resume journal; its chunks go at garbage collection, because
+// other backups of the volume may share them. Idempotent: a missing backup is success.
+func (a *Activities) DeleteBackup(ctx context.Context, in activities.BackupRef) error {
+	if err := checkIDs("volume_id", in.VolumeID, "backup_id", in.BackupID); err != nil {
+		return err
+	}
+	e, err := a.engine(in.Storage)
+	if err != nil {
+		return err
+	}
+	log := a.logger(ctx, in.VolumeID, "backup_id", in.BackupID, "storage", in.Storage)
+	if err := e.Delete(ctx, in.VolumeID, in.BackupID); err != nil && !errors.Is(err, backup.ErrNotExist) {
+		log.Error("delete backup failed", "error", err)
+		return classify(ctx, activities.DeleteBackupName, err)
+	}
+	log.Info("backup deleted")
+	return nil
+}

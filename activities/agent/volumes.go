@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"errors"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/volume"
+)
+
+// Attachment reports, live from libvirt, whether a running instance uses the volume. Read-only, so
+// trivially idempotent.
+func (a *Activities) Attachment(ctx context.Context, in activities.AttachmentInput) (activities.AttachmentResult, error) {
+	if err := checkID("volume_id", in.VolumeID); err != nil {
+		return activities.AttachmentResult{}, err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return activities.AttachmentResult{}, err
+	}
+	att, err := d.Attachment(ctx, ref)
+	if err != nil {
+		return activities.AttachmentResult{}, classify(ctx, activities.AttachmentName, err)
+	}
+	a.logger(ctx, in.VolumeID).Debug("attachment", "attached", att.Attached, "domain", att.Domain, "running", att.Running)
+	return activities.AttachmentResult{Attached: att.Attached, Domain: att.Domain, Running: att.Running}, nil
+}
+
+// CreateSnapshot takes snapshot SnapshotID, freezing a running guest first when the driver can. Idempotent:
+// the driver returns an existing snapshot of that name (with the consistency recorded when it was taken).
+//
+// in.Freeze is not passed down: the volume.Driver contract always attempts the freeze on a running domain
+// and records honestly whether it worked, which is the only behaviour a backup wants.
+func (a *Activities) CreateSnapshot(ctx context.Context, in activities.SnapshotInput) (activities.SnapshotResult, error) {
+	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
+		return activities.SnapshotResult{}, err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return activities.SnapshotResult{}, err
+	}
+	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
+	snap, err := d.CreateSnapshot(ctx, ref, in.SnapshotID)
+	if err != nil {
+		log.Error("create snapshot failed", "error", err)
+		return activities.SnapshotResult{}, classify(ctx, activities.CreateSnapshotName, err)
+	}
+	res := activities.SnapshotResult{SnapshotID: snap.Name, SizeBytes: snap.Size,
+		Consistency: consistency(snap.Consistency), FreezeError: snap.FreezeError}
+	log.Info("snapshot created", "size_bytes", res.SizeBytes, "consistency", res.Consistency,
+		"freeze_error", res.FreezeError)
+	return res, nil
+}
+
+// consistency reports the driver's record as is ("offline" included: nothing was writing, which is a
+// stronger statement than "crash" and a truthful one). Only a missing record (a snapshot the driver did not
+// create, or whose record was lost) is downgraded to "crash": a snapshot is never claimed consistent
+// without evidence.
+func consistency(c volume.Consistency) string {
+	if c == "" {
+		return activities.ConsistencyCrash
+	}
+	return string(c)
+}
+
+// DeleteSnapshot removes a snapshot. Idempotent: a missing snapshot, or a missing volume, is success.
+func (a *Activities) DeleteSnapshot(ctx context.Context, in activities.SnapshotRef) error {
+	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
+		return err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return err
+	}
+	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
+	if err := d.DeleteSnapshot(ctx, ref, in.SnapshotID); err != nil && !errors.Is(err, volume.ErrNotFound) {
+		log.Error("delete snapshot failed", "error", err)
+		return classify(ctx, activities.DeleteSnapshotName, err)
+	}
+	log.Info("snapshot deleted")
+	return nil
+}
+
+// RollbackSnapshot makes the volume equal to the snapshot, in place. The driver checks live that no running
+// instance uses the volume (ErrAttachedRunning otherwise). Idempotent: rolling back twice gives the same
+// contents.
+func (a *Activities) RollbackSnapshot(ctx context.Context, in activities.SnapshotRef) error {
+	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
+		return err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return err
+	}
+	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
+	if err := d.RollbackSnapshot(ctx, ref, in.SnapshotID); err != nil {
+		log.Error("rollback failed", "error", err)
+		return classify(ctx, activities.RollbackSnapshotName, err)
+	}
+	log.Info("rolled back to snapshot")
+	return nil
+}
+
+// CloneSnapshot creates Target holding snapshot SnapshotID of Source. Idempotent: the driver reuses a
+// target of the right size left by an earlier attempt and rewrites it from the snapshot.
+//
+// BytesWritten is reported as 0: the driver copies (file) or clones and flattens (rbd) internally and does
+// not say how much it wrote.
+func (a *Activities) CloneSnapshot(ctx context.Context, in activities.CloneSnapshotInput) (activities.RestoreResult, error) {
+	if err := checkIDs("source_volume_id", in.SourceVolumeID, "snapshot_id", in.SnapshotID,
+		"target_volume_id", in.TargetVolumeID); err != nil {
+		return activities.RestoreResult{}, err
+	}
+	d, src, err := a.driver("source", in.Source)
+	if err != nil {
+		return activities.RestoreResult{}, err
+	}
+	if in.Target.Type != in.Source.Type {
+		return activities.RestoreResult{}, invalid("clone: target type " + in.Target.Type +
+			" differs from source type " + in.Source.Type + " (restore a backup to change storage type)")
+	}
+	_, dst, err := a.driver("target", in.Target)
+	if err != nil {
+		return activities.RestoreResult{}, err
+	}
+	log := a.logger(ctx, in.TargetVolumeID, "source_volume_id", in.SourceVolumeID, "snapshot_id", in.SnapshotID)
+	if err := d.CreateVolumeFromSnapshot(ctx, src, in.SnapshotID, dst); err != nil {
+		log.Error("clone failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.CloneSnapshotName, err)
+	}
+	size, err := d.Size(ctx, dst)
+	if err != nil {
+		return activities.RestoreResult{}, classify(ctx, activities.CloneSnapshotName, err)
+	}
+	log.Info("volume cloned from snapshot", "size_bytes", size)
+	return activities.RestoreResult{SizeBytes: size}, nil
+}
+
+// DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume).
+// Idempotent: a missing volume is success. Refused (ErrAttachedRunning) while a running instance uses it.
+func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolumeInput) error {
+	if err := checkID("volume_id", in.VolumeID); err != nil {
+		return err
+	}
+	d, ref, err := a.driver("volume", in.Volume)
+	if err != nil {
+		return err
+	}
+	log := a.logger(ctx, in.VolumeID)
+	if err := d.DeleteVolume(ctx, ref); err != nil && !errors.Is(err, volume.ErrNotFound) {
+		log.Error("delete volume failed", "error", err)
+		return classify(ctx, activities.DeleteVolumeName, err)
+	}
+	log.Info("volume deleted")
+	return nil
+}
