@@ -259,3 +259,6 @@ const idPattern = `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
 var idRegexp = regexp.MustCompile(idPattern)
 
 func validID(s string) bool { return idRegexp.MatchString(s) }
+
+// SearchAttributeNames are the custom search attributes (all Keyword) to register on the namespace.
+var SearchAttributeNames = []string{SearchVolume, SearchOwner, SearchHypervisor, SearchActiveOperation}

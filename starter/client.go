@@ -1,0 +1,473 @@
+// Package starter is the Go client hosting panels embed to drive Holdfast: register volumes, request
+// snapshots, backups, restores and deletes, abort, and read state and live progress. Every call is a
+// Temporal Update or Query against the volume's entity workflow; guard-rail rejections come back
+// synchronously as *Error with the spec's type and exact message.
+//
+// It never decides a guard rail itself: the workflows do, so every client (Go, HTTP API, CLI) gets the same
+// answers.
+package starter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// Error is a typed, user-facing error: Type is stable (VolumeBusy, Cooldown, SnapshotLimit, BackupLimit,
+// OwnerLimit, AttachedRunning, NoBackupStorage, ConfirmationMismatch, NotFound, InvalidArgument,
+// NoActiveOperation, …) and Message is the exact text to show.
+type Error struct {
+	Type    string
+	Message string
+	// RetryAfter is the cooldown's remaining seconds (Type Cooldown), for a Retry-After header.
+	RetryAfter int64
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Client is the panel-facing client. It resolves plans, hypervisors and storages against the config.
+type Client struct {
+	temporal client.Client
+	cfg      *config.Config
+}
+
+// New returns a client over a connected Temporal client.
+func New(c client.Client, cfg *config.Config) *Client { return &Client{temporal: c, cfg: cfg} }
+
+// Temporal returns the underlying Temporal client.
+func (c *Client) Temporal() client.Client { return c.temporal }
+
+// Volume is a volume's state as panels see it.
+type Volume struct {
+	workflows.VolumeState
+	// CooldownRemainingSeconds is computed at read time from the durable cooldown deadline.
+	CooldownRemainingSeconds int64 `json:"cooldown_remaining_seconds"`
+}
+
+// RegisterRequest registers (or updates) a volume.
+type RegisterRequest struct {
+	VolumeID     string               `json:"volume_id"`
+	Name         string               `json:"name"`
+	OwnerID      string               `json:"owner_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Plan         string               `json:"plan"`
+	Storage      activities.VolumeRef `json:"storage"`
+	SizeBytes    int64                `json:"size_bytes,omitempty"`
+}
+
+// Spec resolves a registration against the config: plan caps, the hypervisor group's backup storage and the
+// guard-rail limits. Unknown plans or hypervisors are InvalidArgument naming the field.
+func (c *Client) Spec(req RegisterRequest) (workflows.VolumeSpec, error) {
+	planID := req.Plan
+	if planID == "" {
+		planID = config.DefaultPlan
+	}
+	plan, ok := c.cfg.Plans[planID]
+	if !ok {
+		return workflows.VolumeSpec{}, invalid("plan: unknown plan %q", planID)
+	}
+	if _, ok := c.cfg.Hypervisors[req.HypervisorID]; !ok {
+		return workflows.VolumeSpec{}, invalid("hypervisor_id: unknown hypervisor %q", req.HypervisorID)
+	}
+	spec := workflows.VolumeSpec{VolumeID: req.VolumeID, Name: req.Name, OwnerID: req.OwnerID,
+		HypervisorID: req.HypervisorID, Storage: req.Storage, SizeBytes: req.SizeBytes,
+		Plan: workflows.Plan{PlanID: planID, MaxSnapshots: plan.MaxSnapshots, MaxBackups: plan.MaxBackups,
+			SnapshotCreditValue: plan.SnapshotCreditValue, BackupCreditValue: plan.BackupCreditValue},
+		BackupStorage: c.cfg.BackupStorage(req.HypervisorID), OwnerLimit: c.cfg.Limits.OwnerInFlight,
+		Cooldown: c.cfg.Limits.Cooldown, Deadline: c.cfg.Limits.Deadline}
+	if err := workflows.ValidateSpec(spec); err != nil {
+		return workflows.VolumeSpec{}, typed(err)
+	}
+	return spec, nil
+}
+
+// RegisterVolume registers or updates a volume, creating its entity workflow on first use
+// (Update-With-Start).
+func (c *Client) RegisterVolume(ctx context.Context, req RegisterRequest) (*Volume, error) {
+	spec, err := c.Spec(req)
+	if err != nil {
+		return nil, err
+	}
+	return c.register(ctx, spec)
+}
+
+func (c *Client) register(ctx context.Context, spec workflows.VolumeSpec) (*Volume, error) {
+	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID: workflows.VolumeWorkflowID(spec.VolumeID), TaskQueue: workflows.TaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, workflows.VolumeWorkflow, workflows.VolumeInput{VolumeID: spec.VolumeID})
+	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdateRegister, Args: []any{spec},
+			WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err != nil {
+		return nil, typed(err)
+	}
+	var st workflows.VolumeState
+	if err := h.Get(ctx, &st); err != nil {
+		return nil, typed(err)
+	}
+	return withCooldown(st), nil
+}
+
+// Volume returns a volume's state, with the active operation's live progress.
+func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
+	st, err := c.state(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	v := withCooldown(*st)
+	if v.Active != nil {
+		if p, err := c.progress(ctx, v.Active.OperationID); err == nil {
+			v.Active.Progress = p
+		}
+	}
+	return v, nil
+}
+
+func (c *Client) state(ctx context.Context, volumeID string) (*workflows.VolumeState, error) {
+	res, err := c.temporal.QueryWorkflow(ctx, workflows.VolumeWorkflowID(volumeID), "", workflows.QueryState)
+	if err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			return nil, notFound(volumeID)
+		}
+		return nil, typed(err)
+	}
+	var st workflows.VolumeState
+	if err := res.Get(&st); err != nil {
+		return nil, err
+	}
+	if !st.Registered {
+		return nil, notFound(volumeID)
+	}
+	return &st, nil
+}
+
+func notFound(volumeID string) error {
+	return &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Volume %s not found.", volumeID)}
+}
+
+func withCooldown(st workflows.VolumeState) *Volume {
+	v := &Volume{VolumeState: st}
+	if left := time.Until(st.CooldownUntil); left > 0 {
+		v.CooldownRemainingSeconds = int64((left + time.Second - 1) / time.Second)
+	}
+	return v
+}
+
+// Snapshot requests a snapshot (blank name: a timestamped one).
+func (c *Client) Snapshot(ctx context.Context, volumeID, name string) (*workflows.Operation, error) {
+	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindSnapshot, Name: name})
+}
+
+// Backup requests a backup to the volume's hypervisor group's backup storage.
+func (c *Client) Backup(ctx context.Context, volumeID, name string) (*workflows.Operation, error) {
+	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindBackup, Name: name})
+}
+
+// RestoreRequest restores a snapshot or a backup in place (Confirm repeats the volume's name) or to a new
+// volume (NewVolumeID; the rest defaults to the source's plan, hypervisor and storage location).
+type RestoreRequest struct {
+	SnapshotID    string                `json:"snapshot_id,omitempty"`
+	BackupID      string                `json:"backup_id,omitempty"`
+	Mode          string                `json:"mode"`
+	Confirm       string                `json:"confirm,omitempty"`
+	NewVolumeID   string                `json:"new_volume_id,omitempty"`
+	NewVolumeName string                `json:"new_volume_name,omitempty"`
+	Plan          string                `json:"plan,omitempty"`
+	HypervisorID  string                `json:"hypervisor_id,omitempty"`
+	Storage       *activities.VolumeRef `json:"storage,omitempty"`
+}
+
+// Restore requests a restore.
+func (c *Client) Restore(ctx context.Context, volumeID string, req RestoreRequest) (*workflows.Operation, error) {
+	op := workflows.OperationRequest{Kind: workflows.KindRestore, SnapshotID: req.SnapshotID, BackupID: req.BackupID,
+		Mode: req.Mode, Confirm: req.Confirm}
+	if req.Mode == workflows.ModeNewVolume {
+		spec, err := c.newVolumeSpec(ctx, volumeID, req)
+		if err != nil {
+			return nil, err
+		}
+		op.NewVolume = &spec
+	}
+	return c.Request(ctx, volumeID, op)
+}
+
+// newVolumeSpec resolves the volume a restore creates: it inherits the source's owner, plan and hypervisor
+// unless the request names others, and lives beside the source unless a storage is given.
+func (c *Client) newVolumeSpec(ctx context.Context, volumeID string, req RestoreRequest) (workflows.VolumeSpec, error) {
+	if req.NewVolumeID == "" {
+		return workflows.VolumeSpec{}, invalid("new_volume_id: is required for mode new_volume")
+	}
+	src, err := c.state(ctx, volumeID)
+	if err != nil {
+		return workflows.VolumeSpec{}, err
+	}
+	if _, err := c.state(ctx, req.NewVolumeID); err == nil {
+		return workflows.VolumeSpec{}, invalid("new_volume_id: volume %s already exists", req.NewVolumeID)
+	}
+	reg := RegisterRequest{VolumeID: req.NewVolumeID, Name: req.NewVolumeName, OwnerID: src.Spec.OwnerID,
+		HypervisorID: req.HypervisorID, Plan: req.Plan}
+	if reg.Name == "" {
+		reg.Name = req.NewVolumeID
+	}
+	if reg.HypervisorID == "" {
+		reg.HypervisorID = src.Spec.HypervisorID
+	}
+	if reg.Plan == "" {
+		reg.Plan = src.Spec.Plan.PlanID
+	}
+	if req.Storage != nil {
+		reg.Storage = *req.Storage
+	} else {
+		reg.Storage = besideSource(src.Spec.Storage, req.NewVolumeID)
+	}
+	return c.Spec(reg)
+}
+
+// besideSource places a new volume next to its source: the same directory (same format) or the same pool.
+func besideSource(src activities.VolumeRef, newVolumeID string) activities.VolumeRef {
+	if src.Type == "rbd" {
+		return activities.VolumeRef{Type: "rbd", Pool: src.Pool, Image: newVolumeID}
+	}
+	ext := filepath.Ext(src.Path)
+	return activities.VolumeRef{Type: "file", Path: filepath.Join(filepath.Dir(src.Path), newVolumeID+ext)}
+}
+
+// DeleteSnapshot deletes a snapshot; confirm repeats its name.
+func (c *Client) DeleteSnapshot(ctx context.Context, volumeID, snapshotID, confirm string) (*workflows.Operation, error) {
+	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindDelete, SnapshotID: snapshotID,
+		Confirm: confirm})
+}
+
+// DeleteBackup deletes a backup; confirm repeats its name.
+func (c *Client) DeleteBackup(ctx context.Context, volumeID, backupID, confirm string) (*workflows.Operation, error) {
+	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindDelete, BackupID: backupID,
+		Confirm: confirm})
+}
+
+// Request sends one operation request: it takes a permit from the owner's workflow, then asks the volume.
+// A rejected request gives its permit back at once. req.OperationID may be set by the caller to make a
+// retried request idempotent (it is also the Update ID).
+func (c *Client) Request(ctx context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error) {
+	st, err := c.state(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	if req.OperationID == "" {
+		req.OperationID = NewOperationID()
+	}
+	req.OwnerLease = req.OperationID
+	if err := c.acquire(ctx, st.Spec, req.OperationID, volumeID); err != nil {
+		return nil, err
+	}
+	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: workflows.VolumeWorkflowID(volumeID), UpdateID: req.OperationID,
+		UpdateName: workflows.UpdateRequest, Args: []any{req}, WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	var op workflows.Operation
+	if err == nil {
+		err = h.Get(ctx, &op)
+	}
+	if err != nil {
+		c.release(st.Spec.OwnerID, req.OperationID)
+		return nil, typed(err)
+	}
+	return &op, nil
+}
+
+func (c *Client) acquire(ctx context.Context, spec workflows.VolumeSpec, leaseID, volumeID string) error {
+	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID: workflows.OwnerWorkflowID(spec.OwnerID), TaskQueue: workflows.TaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, workflows.OwnerWorkflow, workflows.OwnerInput{OwnerID: spec.OwnerID})
+	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdateAcquire, UpdateID: leaseID,
+			Args: []any{workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}},
+			WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err == nil {
+		err = h.Get(ctx, nil)
+	}
+	return typed(err)
+}
+
+// release gives a permit back (best effort: an unclaimed permit expires within a minute anyway).
+func (c *Client) release(ownerID, leaseID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = c.temporal.SignalWorkflow(ctx, workflows.OwnerWorkflowID(ownerID), "", workflows.SignalRelease,
+		workflows.ReleaseSignal{LeaseID: leaseID})
+}
+
+// Abort stops the volume's active operation; its saga cleans up and the lock is released once it has.
+func (c *Client) Abort(ctx context.Context, volumeID, reason string) (*workflows.Operation, error) {
+	if _, err := c.state(ctx, volumeID); err != nil {
+		return nil, err
+	}
+	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: workflows.VolumeWorkflowID(volumeID), UpdateName: workflows.UpdateAbort, Args: []any{reason},
+		WaitForStage: client.WorkflowUpdateStageCompleted,
+	})
+	var op workflows.Operation
+	if err == nil {
+		err = h.Get(ctx, &op)
+	}
+	if err != nil {
+		return nil, typed(err)
+	}
+	return &op, nil
+}
+
+// Operation returns one operation, live (with progress) or finished.
+func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.Operation, error) {
+	volumeID, err := c.operationVolume(ctx, operationID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.state(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	if st.Active != nil && st.Active.OperationID == operationID {
+		op := *st.Active
+		if p, err := c.progress(ctx, operationID); err == nil {
+			op.Progress = p
+		}
+		return &op, nil
+	}
+	for i := len(st.Recent) - 1; i >= 0; i-- {
+		if st.Recent[i].OperationID == operationID {
+			op := st.Recent[i]
+			return &op, nil
+		}
+	}
+	return nil, &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+}
+
+// operationVolume finds an operation's volume from its child workflow's search attributes. An operation
+// accepted a moment ago may not have started its child yet, so a missing child is retried briefly.
+func (c *Client) operationVolume(ctx context.Context, operationID string) (string, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
+		if err == nil {
+			field := resp.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields()[workflows.SearchVolume]
+			var volumeID string
+			if field != nil && converter.GetDefaultDataConverter().FromPayload(field, &volumeID) == nil && volumeID != "" {
+				return volumeID, nil
+			}
+		}
+		var nf *serviceerror.NotFound
+		if err != nil && !errors.As(err, &nf) {
+			return "", typed(err)
+		}
+		if attempt >= 10 {
+			return "", &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// progress reads the live progress an operation's running activity heartbeats. Reading it from the server's
+// view of pending activities costs no workflow history.
+func (c *Client) progress(ctx context.Context, operationID string) (*activities.Progress, error) {
+	resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
+	if err != nil {
+		return nil, err
+	}
+	for _, pa := range resp.GetPendingActivities() {
+		details := pa.GetHeartbeatDetails()
+		if details == nil || len(details.GetPayloads()) == 0 {
+			continue
+		}
+		var p activities.Progress
+		if err := converter.GetDefaultDataConverter().FromPayloads(details, &p); err == nil {
+			return &p, nil
+		}
+	}
+	return nil, errors.New("no progress reported yet")
+}
+
+// Watch calls fn with the operation every interval until it ends (or ctx is done); it returns the final
+// state.
+func (c *Client) Watch(ctx context.Context, operationID string, interval time.Duration, fn func(workflows.Operation)) (*workflows.Operation, error) {
+	if interval <= 0 {
+		interval = time.Second
+	}
+	for {
+		op, err := c.Operation(ctx, operationID)
+		if err != nil {
+			return nil, err
+		}
+		if fn != nil {
+			fn(*op)
+		}
+		if op.FinishedAt != nil {
+			return op, nil
+		}
+		select {
+		case <-ctx.Done():
+			return op, ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// NewOperationID returns a fresh operation id (also the Update ID and the owner permit's lease id).
+func NewOperationID() string {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return "op-" + hex.EncodeToString(b[:])
+}
+
+func invalid(format string, args ...any) error {
+	return &Error{Type: workflows.ErrInvalidArgument, Message: fmt.Sprintf(format, args...)}
+}
+
+// typed turns Temporal errors carrying a Holdfast application error into *Error; other errors pass through.
+func typed(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	var app *temporal.ApplicationError
+	if errors.As(err, &app) && app.Type() != "" {
+		out := &Error{Type: app.Type(), Message: app.Message()}
+		if out.Type == workflows.ErrCooldown {
+			_ = app.Details(&out.RetryAfter)
+		}
+		return out
+	}
+	var nf *serviceerror.NotFound
+	if errors.As(err, &nf) {
+		return &Error{Type: workflows.ErrNotFound, Message: strings.TrimSpace(nf.Message)}
+	}
+	return err
+}

@@ -1,0 +1,27 @@
+package starter
+
+import (
+	"context"
+	"errors"
+
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// ControlActivities are the control plane's own activities (task queue workflows.TaskQueue): what
+// workflows need done through the Temporal client itself.
+type ControlActivities struct {
+	Client *Client
+}
+
+// RegisterVolume registers the volume a restore created (activity workflows.RegisterVolumeActivity).
+// Idempotent: registering the same spec again is an update to the same state.
+func (a *ControlActivities) RegisterVolume(ctx context.Context, spec workflows.VolumeSpec) error {
+	_, err := a.Client.register(ctx, spec)
+	var e *Error
+	if errors.As(err, &e) && e.Type == workflows.ErrInvalidArgument {
+		return temporal.NewNonRetryableApplicationError(e.Message, e.Type, err)
+	}
+	return err
+}
