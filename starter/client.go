@@ -301,7 +301,7 @@ func (c *Client) acquire(ctx context.Context, spec workflows.VolumeSpec, leaseID
 	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
 		StartWorkflowOperation: start,
 		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdateAcquire, UpdateID: leaseID,
-			Args: []any{workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}},
+			Args:         []any{workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}},
 			WaitForStage: client.WorkflowUpdateStageCompleted},
 	})
 	if err == nil {

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"google.golang.org/protobuf/encoding/protojson"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
@@ -141,7 +144,9 @@ func (g *gatedHypervisor) RestoreBackup(context.Context, activities.RestoreBacku
 func (g *gatedHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	return activities.RestoreResult{SizeBytes: 1 << 20}, nil
 }
-func (g *gatedHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error { return nil }
+func (g *gatedHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
+	return nil
+}
 
 type cluster struct {
 	dev *devServer
@@ -306,6 +311,8 @@ func TestIntegrationStateSurvivesServerRestartMidOperation(t *testing.T) {
 	assert.Equal(t, workflows.StatusAvailable, v.Backups[0].Status)
 	assert.Equal(t, "nightly", v.Backups[0].Name)
 	assert.Nil(t, v.Active)
+	recordHistory(t, c, workflows.VolumeWorkflowID("vol1"), "volume-backup-across-restart")
+	recordHistory(t, c, workflows.OperationWorkflowID(op.OperationID), "backup-across-restart")
 }
 
 func TestIntegrationAbortReleasesTheLock(t *testing.T) {
@@ -323,6 +330,8 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 	final, err := c.hf.Watch(ctx, op.OperationID, 200*time.Millisecond, nil)
 	require.NoError(t, err)
 	assert.Equal(t, workflows.StatusAborted, final.Status)
+	recordHistory(t, c, workflows.VolumeWorkflowID("vol1"), "volume-abort")
+	recordHistory(t, c, workflows.OperationWorkflowID(op.OperationID), "backup-aborted")
 	_, err = c.hf.Abort(ctx, "vol1", "again")
 	assert.Equal(t, workflows.ErrNoActiveOperation, typeOf(err))
 	_, err = c.hf.Snapshot(ctx, "nope", "")
@@ -330,4 +339,25 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 	_, err = c.hf.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: "v9", Name: "v9", OwnerID: "a",
 		HypervisorID: "hv1", Plan: "gold", Storage: activities.VolumeRef{Type: "file", Path: "/v"}})
 	assert.Equal(t, "plan: unknown plan \"gold\"", err.Error())
+}
+
+// recordHistory saves a workflow's history for the replay test (workers/testdata/histories) when
+// HOLDFAST_RECORD_HISTORIES=1: re-record after an intentional, versioned change to workflow code.
+func recordHistory(t *testing.T, c *cluster, workflowID, name string) {
+	if os.Getenv("HOLDFAST_RECORD_HISTORIES") != "1" {
+		return
+	}
+	ctx := context.Background()
+	iter := c.hf.Temporal().GetWorkflowHistory(ctx, workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	history := &historypb.History{}
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		require.NoError(t, err)
+		history.Events = append(history.Events, ev)
+	}
+	data, err := protojson.MarshalOptions{Indent: "  "}.Marshal(history)
+	require.NoError(t, err)
+	dir := filepath.Join("..", "workers", "testdata", "histories")
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, name+".json"), data, 0o644))
 }
