@@ -25,6 +25,9 @@ up() {
   command -v /usr/sbin/libvirtd >/dev/null || { echo "libvirt.sh: libvirtd missing: make deps" >&2; exit 1; }
   mkdir -p "$RUN"
   if alive "$RUN/libvirtd.pid" && answers; then echo "libvirt: already up ($URI)"; return 0; fi
+  # libvirtd is one per machine (its state lives under /run/libvirt): a daemon that already answers, started
+  # by another checkout or by the host, is used as it is and left running by `down`.
+  if ! alive "$RUN/libvirtd.pid" && answers; then echo "libvirt: using the running libvirtd ($URI)"; return 0; fi
   # The qemu driver refuses to start unless its compiled-in user exists (normally made by a postinst we skip).
   getent group kvm >/dev/null || groupadd -r kvm
   getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
