@@ -39,7 +39,9 @@ type heartbeater struct {
 }
 
 func startHeartbeats(ctx context.Context, floor int64) *heartbeater {
-	h := &heartbeater{ctx: ctx, floor: floor, stop: make(chan struct{}), done: make(chan struct{})}
+	h := &heartbeater{ctx: ctx, floor: floor, stop: make(chan struct{}), done: make(chan struct{}),
+		// Until the engine's first report, the ticker re-sends the checkpoint this attempt resumed from.
+		last: activities.Progress{Phase: backup.PhasePrepare, NextOffset: floor}}
 	go func() {
 		defer close(h.done)
 		t := time.NewTicker(HeartbeatEvery)
