@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/volume"
@@ -32,14 +33,10 @@ func (a *Activities) Attachment(ctx context.Context, in activities.AttachmentInp
 // in.Freeze is not passed down: the volume.Driver contract always attempts the freeze on a running domain
 // and records honestly whether it worked, which is the only behaviour a backup wants.
 func (a *Activities) CreateSnapshot(ctx context.Context, in activities.SnapshotInput) (activities.SnapshotResult, error) {
-	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
-		return activities.SnapshotResult{}, err
-	}
-	d, ref, err := a.driver("volume", in.Volume)
+	d, ref, log, err := a.snapshotCall(ctx, in.VolumeID, in.Volume, in.SnapshotID)
 	if err != nil {
 		return activities.SnapshotResult{}, err
 	}
-	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
 	snap, err := d.CreateSnapshot(ctx, ref, in.SnapshotID)
 	if err != nil {
 		log.Error("create snapshot failed", "error", err)
@@ -50,6 +47,19 @@ func (a *Activities) CreateSnapshot(ctx context.Context, in activities.SnapshotI
 	log.Info("snapshot created", "size_bytes", res.SizeBytes, "consistency", res.Consistency,
 		"freeze_error", res.FreezeError)
 	return res, nil
+}
+
+// snapshotCall validates the ids of a call on one snapshot and resolves its driver and logger.
+func (a *Activities) snapshotCall(ctx context.Context, volumeID string, vol activities.VolumeRef, snapshotID string) (
+	volume.Driver, volume.Ref, *slog.Logger, error) {
+	if err := checkIDs("volume_id", volumeID, "snapshot_id", snapshotID); err != nil {
+		return nil, volume.Ref{}, nil, err
+	}
+	d, ref, err := a.driver("volume", vol)
+	if err != nil {
+		return nil, volume.Ref{}, nil, err
+	}
+	return d, ref, a.logger(ctx, volumeID, "snapshot_id", snapshotID), nil
 }
 
 // consistency reports the driver's record as is ("offline" included: nothing was writing, which is a
@@ -65,14 +75,10 @@ func consistency(c volume.Consistency) string {
 
 // DeleteSnapshot removes a snapshot. Idempotent: a missing snapshot, or a missing volume, is success.
 func (a *Activities) DeleteSnapshot(ctx context.Context, in activities.SnapshotRef) error {
-	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
-		return err
-	}
-	d, ref, err := a.driver("volume", in.Volume)
+	d, ref, log, err := a.snapshotCall(ctx, in.VolumeID, in.Volume, in.SnapshotID)
 	if err != nil {
 		return err
 	}
-	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
 	if err := d.DeleteSnapshot(ctx, ref, in.SnapshotID); err != nil && !errors.Is(err, volume.ErrNotFound) {
 		log.Error("delete snapshot failed", "error", err)
 		return classify(ctx, activities.DeleteSnapshotName, err)
@@ -85,14 +91,10 @@ func (a *Activities) DeleteSnapshot(ctx context.Context, in activities.SnapshotR
 // instance uses the volume (ErrAttachedRunning otherwise). Idempotent: rolling back twice gives the same
 // contents.
 func (a *Activities) RollbackSnapshot(ctx context.Context, in activities.SnapshotRef) error {
-	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID); err != nil {
-		return err
-	}
-	d, ref, err := a.driver("volume", in.Volume)
+	d, ref, log, err := a.snapshotCall(ctx, in.VolumeID, in.Volume, in.SnapshotID)
 	if err != nil {
 		return err
 	}
-	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID)
 	if err := d.RollbackSnapshot(ctx, ref, in.SnapshotID); err != nil {
 		log.Error("rollback failed", "error", err)
 		return classify(ctx, activities.RollbackSnapshotName, err)
