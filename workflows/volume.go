@@ -189,13 +189,18 @@ func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
 	if err := validateRequest(req, v.volumeID); err != nil {
 		return err
 	}
+	// What the caller typed is checked first (a wrong confirmation should not first make them wait out a
+	// cooldown), then the volume's lock and cooldown, then plan caps and storage.
+	spec := v.st.Spec
+	if err := v.checkItem(req); err != nil {
+		return err
+	}
 	if v.st.Active != nil {
 		return errVolumeBusy(v.st.Active.Kind)
 	}
 	if wait := v.cooldownRemaining(ctx); wait > 0 {
 		return errCooldown(int64((wait + time.Second - 1) / time.Second))
 	}
-	spec := v.st.Spec
 	switch req.Kind {
 	case KindSnapshot:
 		if countLive(v.st.Snapshots) >= spec.Plan.MaxSnapshots {
@@ -208,32 +213,37 @@ func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
 		if countLive(v.st.Backups) >= spec.Plan.MaxBackups {
 			return errBackupLimit()
 		}
-	case KindRestore:
-		src, err := v.item(req.ItemKind(), req.ItemID())
-		if err != nil {
-			return err
-		}
-		if src.Status != StatusAvailable {
-			return errInvalid("%s_id: %s %s is %s, not available", req.ItemKind(), req.ItemKind(), src.ItemID, src.Status)
-		}
-		if req.Mode == ModeInPlace && req.Confirm != spec.Name {
-			return errConfirmation("volume", spec.Name)
-		}
-		if req.Mode == ModeNewVolume && req.ItemKind() == KindSnapshot &&
-			req.NewVolume.HypervisorID != spec.HypervisorID {
-			return errInvalid("hypervisor_id: a snapshot lives on its volume's hypervisor; restore a backup to move elsewhere")
-		}
-	case KindDelete:
-		it, err := v.item(req.ItemKind(), req.ItemID())
-		if err != nil {
-			return err
-		}
+	}
+	return nil
+}
+
+// checkItem checks the snapshot or backup a restore or delete names, and the confirmation typed for it.
+func (v *volume) checkItem(req OperationRequest) error {
+	if req.Kind != KindRestore && req.Kind != KindDelete {
+		return nil
+	}
+	spec := v.st.Spec
+	it, err := v.item(req.ItemKind(), req.ItemID())
+	if err != nil {
+		return err
+	}
+	if req.Kind == KindDelete {
 		if it.Status != StatusAvailable && it.Status != StatusFailed {
 			return errInvalid("%s_id: %s %s is %s", req.ItemKind(), req.ItemKind(), it.ItemID, it.Status)
 		}
 		if req.Confirm != it.Name {
 			return errConfirmation(string(req.ItemKind()), it.Name)
 		}
+		return nil
+	}
+	if it.Status != StatusAvailable {
+		return errInvalid("%s_id: %s %s is %s, not available", req.ItemKind(), req.ItemKind(), it.ItemID, it.Status)
+	}
+	if req.Mode == ModeInPlace && req.Confirm != spec.Name {
+		return errConfirmation("volume", spec.Name)
+	}
+	if req.Mode == ModeNewVolume && req.ItemKind() == KindSnapshot && req.NewVolume.HypervisorID != spec.HypervisorID {
+		return errInvalid("hypervisor_id: a snapshot lives on its volume's hypervisor; restore a backup to move elsewhere")
 	}
 	return nil
 }

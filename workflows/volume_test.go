@@ -40,7 +40,8 @@ func TestSnapshotLifecycleAndBusy(t *testing.T) {
 
 	requireAccepted(t, first)
 	requireRejected(t, busy, ErrVolumeBusy, "Volume is busy with operation: snapshot")
-	requireRejected(t, busyRestore, ErrVolumeBusy, "Volume is busy with operation: snapshot")
+	// What the caller names is checked before the lock: a missing snapshot is NotFound even while busy.
+	requireRejected(t, busyRestore, ErrNotFound, "Snapshot x not found on volume vol1.")
 	require.NotNil(t, during.Active)
 	assert.Equal(t, StatusCreating, during.Active.Status)
 	assert.Equal(t, StatusCreating, findItem(during.Snapshots, first.op.ItemID).Status)

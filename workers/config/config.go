@@ -133,7 +133,8 @@ func Parse(r io.Reader) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	var c Config
+	// Limits get their defaults before decoding, so that an explicit zero (cooldown: 0s) stays zero.
+	c := Config{Limits: Limits{OwnerInFlight: DefaultOwnerLimit, Cooldown: DefaultCooldown, Deadline: DefaultDeadline}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
@@ -152,15 +153,6 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Temporal.Namespace == "" {
 		c.Temporal.Namespace = "default"
-	}
-	if c.Limits.OwnerInFlight == 0 {
-		c.Limits.OwnerInFlight = DefaultOwnerLimit
-	}
-	if c.Limits.Cooldown == 0 {
-		c.Limits.Cooldown = DefaultCooldown
-	}
-	if c.Limits.Deadline == 0 {
-		c.Limits.Deadline = DefaultDeadline
 	}
 	if c.Plans == nil {
 		c.Plans = map[string]*Plan{}

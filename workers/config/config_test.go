@@ -57,6 +57,13 @@ func TestEmptyConfigGetsSpecDefaults(t *testing.T) {
 	assert.Equal(t, 10, c.Plans[DefaultPlan].MaxBackups)
 }
 
+func TestExplicitZeroCooldownIsKept(t *testing.T) {
+	c, err := Parse(strings.NewReader("limits: {cooldown: 0s}"))
+	require.NoError(t, err)
+	assert.Equal(t, time.Duration(0), c.Limits.Cooldown)
+	assert.Equal(t, DefaultDeadline, c.Limits.Deadline)
+}
+
 func TestValidationNamesTheField(t *testing.T) {
 	cases := map[string]string{
 		"hypervisors: {hv1: {group: nowhere}}":                           "hypervisors.hv1.group: unknown hypervisor group \"nowhere\"",

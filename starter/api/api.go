@@ -1,0 +1,466 @@
+// Package api serves Holdfast's panel-facing HTTP JSON API (shared/docs/api.md is its contract): bearer
+// tokens, owner scoping (another owner's volume is a 404 exactly like a missing one), strict JSON bodies of
+// at most 1 MiB, and typed errors mapped to status codes. It delegates every decision to the starter client,
+// so HTTP and Go callers get the same answers; it never talks to hypervisors or storage itself.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/workflows"
+)
+
+const maxBody = 1 << 20
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// Tokens says who may call: panel tokens act for any owner; an owner token only for its owner.
+type Tokens struct {
+	Panel  []string
+	Owners map[string]string // token → owner_id
+}
+
+// Server is the HTTP API.
+type Server struct {
+	hf     *starter.Client
+	tokens Tokens
+	health func(context.Context) error
+	log    *slog.Logger
+	mux    *http.ServeMux
+	// OnRejection, when set, is told of each guard-rail rejection (metrics).
+	OnRejection func(errType string)
+}
+
+// New returns the API handler. health reports whether Temporal is reachable (GET /healthz).
+func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{hf: hf, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}", s.auth(s.putVolume))
+	s.mux.HandleFunc("GET /v1/volumes/{volume_id}", s.auth(s.getVolume))
+	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/snapshots", s.auth(s.postSnapshot))
+	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/backups", s.auth(s.postBackup))
+	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/restore", s.auth(s.postRestore))
+	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/abort", s.auth(s.postAbort))
+	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}/snapshots/{snapshot_id}", s.auth(s.deleteSnapshot))
+	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}/backups/{backup_id}", s.auth(s.deleteBackup))
+	s.mux.HandleFunc("GET /v1/operations/{operation_id}", s.auth(s.getOperation))
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "NotFound", "No such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// caller is who a request acts for: ownerID "" means a panel token (any owner).
+type caller struct{ ownerID string }
+
+type handler func(w http.ResponseWriter, r *http.Request, c caller)
+
+func (s *Server) auth(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		token = strings.TrimSpace(token)
+		if !ok || token == "" {
+			writeError(w, http.StatusUnauthorized, "Unauthorized", "Missing bearer token.")
+			return
+		}
+		c, ok := s.lookup(token)
+		if !ok {
+			writeError(w, http.StatusUnauthorized, "Unauthorized", "Unknown token.")
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		h(w, r, c)
+	}
+}
+
+// lookup compares in constant time so token bytes do not leak through timing.
+func (s *Server) lookup(token string) (caller, bool) {
+	found, c := false, caller{}
+	for _, p := range s.tokens.Panel {
+		if subtle.ConstantTimeCompare([]byte(p), []byte(token)) == 1 {
+			found = true
+		}
+	}
+	for t, owner := range s.tokens.Owners {
+		if subtle.ConstantTimeCompare([]byte(t), []byte(token)) == 1 && !found {
+			found, c = true, caller{ownerID: owner}
+		}
+	}
+	return c, found
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if s.health != nil {
+		if err := s.health(ctx); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// ---- volumes ----
+
+type registerBody struct {
+	VolumeID     string               `json:"volume_id"`
+	Name         string               `json:"name"`
+	OwnerID      string               `json:"owner_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Plan         string               `json:"plan"`
+	Storage      activities.VolumeRef `json:"storage"`
+}
+
+func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
+	volumeID, ok := pathID(w, r, "volume_id")
+	if !ok {
+		return
+	}
+	if c.ownerID != "" {
+		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may register volumes.")
+		return
+	}
+	var b registerBody
+	if !decode(w, r, &b, false) {
+		return
+	}
+	if b.VolumeID != "" && b.VolumeID != volumeID {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "volume_id: body and path disagree")
+		return
+	}
+	for field, v := range map[string]string{"owner_id": b.OwnerID, "hypervisor_id": b.HypervisorID} {
+		if !idRE.MatchString(v) {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+idRE.String())
+			return
+		}
+	}
+	if b.Storage.Type == "file" && b.Storage.Path == "" {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "storage.path: is required for type file")
+		return
+	}
+	v, err := s.hf.RegisterVolume(r.Context(), starter.RegisterRequest{VolumeID: volumeID, Name: b.Name,
+		OwnerID: b.OwnerID, HypervisorID: b.HypervisorID, Plan: b.Plan, Storage: b.Storage})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, volumeView(v))
+}
+
+// volume loads a volume the caller may see; others' volumes are NotFound, exactly like missing ones.
+func (s *Server) volume(w http.ResponseWriter, r *http.Request, c caller) (*starter.Volume, bool) {
+	volumeID, ok := pathID(w, r, "volume_id")
+	if !ok {
+		return nil, false
+	}
+	v, err := s.hf.Volume(r.Context(), volumeID)
+	if err == nil && c.ownerID != "" && v.Spec.OwnerID != c.ownerID {
+		err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Volume %s not found.", volumeID)}
+	}
+	if err != nil {
+		s.fail(w, err)
+		return nil, false
+	}
+	return v, true
+}
+
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request, c caller) {
+	if v, ok := s.volume(w, r, c); ok {
+		writeJSON(w, http.StatusOK, volumeView(v))
+	}
+}
+
+// ---- operations ----
+
+type nameBody struct {
+	Name string `json:"name"`
+}
+
+func (s *Server) postSnapshot(w http.ResponseWriter, r *http.Request, c caller) {
+	s.create(w, r, c, workflows.KindSnapshot)
+}
+
+func (s *Server) postBackup(w http.ResponseWriter, r *http.Request, c caller) {
+	s.create(w, r, c, workflows.KindBackup)
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request, c caller, kind workflows.Kind) {
+	var b nameBody
+	if !decode(w, r, &b, true) {
+		return
+	}
+	v, ok := s.volume(w, r, c)
+	if !ok {
+		return
+	}
+	s.request(w, r, v.Spec.VolumeID, workflows.OperationRequest{Kind: kind, Name: b.Name})
+}
+
+func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
+	var b starter.RestoreRequest
+	if !decode(w, r, &b, false) {
+		return
+	}
+	v, ok := s.volume(w, r, c)
+	if !ok {
+		return
+	}
+	if b.Mode == workflows.ModeNewVolume && c.ownerID != "" {
+		// An owner restores into its own account only (the new volume inherits the source's owner).
+		b.Storage = nil
+	}
+	op, err := s.hf.Restore(r.Context(), v.Spec.VolumeID, b)
+	s.accepted(w, op, err)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, c caller) {
+	s.deleteItem(w, r, c, "snapshot_id")
+}
+
+func (s *Server) deleteBackup(w http.ResponseWriter, r *http.Request, c caller) {
+	s.deleteItem(w, r, c, "backup_id")
+}
+
+func (s *Server) deleteItem(w http.ResponseWriter, r *http.Request, c caller, field string) {
+	itemID, ok := pathID(w, r, field)
+	if !ok {
+		return
+	}
+	v, ok := s.volume(w, r, c)
+	if !ok {
+		return
+	}
+	req := workflows.OperationRequest{Kind: workflows.KindDelete, Confirm: r.URL.Query().Get("confirm")}
+	if field == "snapshot_id" {
+		req.SnapshotID = itemID
+	} else {
+		req.BackupID = itemID
+	}
+	s.request(w, r, v.Spec.VolumeID, req)
+}
+
+func (s *Server) request(w http.ResponseWriter, r *http.Request, volumeID string, req workflows.OperationRequest) {
+	op, err := s.hf.Request(r.Context(), volumeID, req)
+	s.accepted(w, op, err)
+}
+
+func (s *Server) accepted(w http.ResponseWriter, op *workflows.Operation, err error) {
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID,
+		"kind": op.Kind, "item_id": op.ItemID, "status": op.Status})
+}
+
+func (s *Server) postAbort(w http.ResponseWriter, r *http.Request, c caller) {
+	v, ok := s.volume(w, r, c)
+	if !ok {
+		return
+	}
+	reason := "aborted through the API"
+	if c.ownerID != "" {
+		reason += " by owner " + c.ownerID
+	}
+	op, err := s.hf.Abort(r.Context(), v.Spec.VolumeID, reason)
+	s.accepted(w, op, err)
+}
+
+func (s *Server) getOperation(w http.ResponseWriter, r *http.Request, c caller) {
+	operationID, ok := pathID(w, r, "operation_id")
+	if !ok {
+		return
+	}
+	op, err := s.hf.Operation(r.Context(), operationID)
+	if err == nil && c.ownerID != "" {
+		var v *starter.Volume
+		if v, err = s.hf.Volume(r.Context(), op.VolumeID); err == nil && v.Spec.OwnerID != c.ownerID {
+			err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+		}
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, operationView(op))
+}
+
+// ---- views (the JSON shapes of api.md) ----
+
+type progressView struct {
+	Phase          string  `json:"phase"`
+	BytesDone      int64   `json:"bytes_done"`
+	BytesTotal     int64   `json:"bytes_total"`
+	BytesPerSecond float64 `json:"bytes_per_second"`
+	ETASeconds     *int64  `json:"eta_seconds"`
+}
+
+func progress(p *activities.Progress) *progressView {
+	if p == nil {
+		return nil
+	}
+	v := &progressView{Phase: p.Phase, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, BytesPerSecond: p.BytesPerSecond}
+	if p.BytesPerSecond > 0 && p.BytesTotal >= p.BytesDone {
+		eta := int64(math.Ceil(float64(p.BytesTotal-p.BytesDone) / p.BytesPerSecond))
+		v.ETASeconds = &eta
+	}
+	return v
+}
+
+func operationView(op *workflows.Operation) map[string]any {
+	return map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
+		"item_id": op.ItemID, "status": op.Status, "progress": progress(op.Progress), "error": op.Error,
+		"started_at": op.StartedAt, "finished_at": op.FinishedAt}
+}
+
+func volumeView(v *starter.Volume) map[string]any {
+	spec := v.Spec
+	var active any
+	if op := v.Active; op != nil {
+		active = map[string]any{"operation_id": op.OperationID, "kind": op.Kind, "item_id": op.ItemID,
+			"status": op.Status, "progress": progress(op.Progress)}
+	}
+	snapshots := []map[string]any{}
+	for _, it := range v.Snapshots {
+		m := map[string]any{"snapshot_id": it.ItemID, "name": it.Name, "status": it.Status,
+			"created_at": it.CreatedAt, "size_bytes": it.SizeBytes}
+		addOptional(m, it)
+		snapshots = append(snapshots, m)
+	}
+	backups := []map[string]any{}
+	for _, it := range v.Backups {
+		m := map[string]any{"backup_id": it.ItemID, "name": it.Name, "status": it.Status, "created_at": it.CreatedAt,
+			"size_bytes": it.SizeBytes, "stored_bytes": it.StoredBytes, "storage": it.Storage}
+		addOptional(m, it)
+		backups = append(backups, m)
+	}
+	return map[string]any{"volume_id": spec.VolumeID, "name": spec.Name, "owner_id": spec.OwnerID,
+		"hypervisor_id": spec.HypervisorID, "plan": spec.Plan.PlanID, "storage": spec.Storage,
+		"size_bytes": spec.SizeBytes, "active_operation": active,
+		"cooldown_remaining_seconds": v.CooldownRemainingSeconds, "snapshots": snapshots, "backups": backups}
+}
+
+// addOptional adds the fields beyond v1 (backward compatible: only present when set).
+func addOptional(m map[string]any, it workflows.Item) {
+	if it.Consistency != "" {
+		m["consistency"] = it.Consistency
+	}
+	if it.Error != "" {
+		m["error"] = it.Error
+	}
+	if it.Scheduled {
+		m["scheduled"] = true
+	}
+}
+
+// ---- plumbing ----
+
+func pathID(w http.ResponseWriter, r *http.Request, field string) (string, bool) {
+	id := r.PathValue(field)
+	if !idRE.MatchString(id) {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+idRE.String())
+		return "", false
+	}
+	return id, true
+}
+
+// decode reads a strict JSON body: unknown fields, trailing data, malformed JSON and bodies over 1 MiB are
+// 400s. An empty body is allowed where every field is optional.
+func decode(w http.ResponseWriter, r *http.Request, into any, emptyOK bool) bool {
+	data, err := io.ReadAll(r.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: larger than 1 MiB")
+			return false
+		}
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
+		return false
+	}
+	if len(strings.TrimSpace(string(data))) == 0 {
+		if emptyOK {
+			return true
+		}
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: a JSON object is required")
+		return false
+	}
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: trailing data after the JSON object")
+		return false
+	}
+	return true
+}
+
+// StatusOf maps an error type to its HTTP status (api.md's table).
+func StatusOf(errType string) int {
+	switch errType {
+	case workflows.ErrVolumeBusy, workflows.ErrSnapshotLimit, workflows.ErrBackupLimit, workflows.ErrAttachedRunning,
+		workflows.ErrNoBackupStorage, workflows.ErrNoActiveOperation, workflows.ErrAborted:
+		return http.StatusConflict
+	case workflows.ErrCooldown, workflows.ErrOwnerLimit:
+		return http.StatusTooManyRequests
+	case workflows.ErrConfirmationMismatch, workflows.ErrInvalidArgument:
+		return http.StatusBadRequest
+	case workflows.ErrNotFound:
+		return http.StatusNotFound
+	case workflows.ErrHypervisorDown:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	var e *starter.Error
+	if !errors.As(err, &e) {
+		s.log.Error("request failed", "error", err)
+		writeError(w, http.StatusInternalServerError, "Internal", "Internal error; see the API's logs.")
+		return
+	}
+	status := StatusOf(e.Type)
+	if status == http.StatusInternalServerError {
+		s.log.Error("request failed", "type", e.Type, "error", e.Message)
+	} else if s.OnRejection != nil {
+		s.OnRejection(e.Type)
+	}
+	if e.Type == workflows.ErrCooldown && e.RetryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(e.RetryAfter, 10))
+	}
+	writeError(w, status, e.Type, e.Message)
+}
+
+func writeError(w http.ResponseWriter, status int, errType, message string) {
+	writeJSON(w, status, map[string]any{"error": map[string]string{"type": errType, "message": message}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}

@@ -1,0 +1,251 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/startertest"
+)
+
+const config = `
+limits: {cooldown: 5m}
+plans: {standard: {max_snapshots: 1}}
+backup_storages: {local: {type: fs, path: /tmp/holdfast-api-test}}
+hypervisor_groups: {g1: {backup_storage: local}, bare: {}}
+hypervisors: {hv1: {group: g1}, hv2: {group: bare}}
+`
+
+type env struct {
+	t      *testing.T
+	url    string
+	hv1    *startertest.GatedHypervisor
+	hv2    *startertest.GatedHypervisor
+	client *http.Client
+}
+
+func newEnv(t *testing.T) *env {
+	hv1, hv2 := startertest.NewGatedHypervisor(), startertest.NewGatedHypervisor()
+	c := startertest.NewCluster(t, config, map[string]activities.Hypervisor{"hv1": hv1, "hv2": hv2})
+	srv := api.New(c.Client, api.Tokens{Panel: []string{"panel-secret"},
+		Owners: map[string]string{"alice-token": "alice", "bob-token": "bob"}},
+		func(ctx context.Context) error { _, err := c.Temporal.CheckHealth(ctx, nil); return err }, nil)
+	ts := httptest.NewServer(srv)
+	t.Cleanup(ts.Close)
+	return &env{t: t, url: ts.URL, hv1: hv1, hv2: hv2, client: ts.Client()}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    string
+}
+
+func (e *env) do(method, path, token string, body any) response {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		data, err := json.Marshal(b)
+		require.NoError(e.t, err)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, e.url+path, rd)
+	require.NoError(e.t, err)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := e.client.Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(e.t, err)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: string(data)}
+	_ = json.Unmarshal(data, &r.body)
+	return r
+}
+
+func (r response) errType() string {
+	e, _ := r.body["error"].(map[string]any)
+	s, _ := e["type"].(string)
+	return s
+}
+
+func (r response) errMessage() string {
+	e, _ := r.body["error"].(map[string]any)
+	s, _ := e["message"].(string)
+	return s
+}
+
+func requireError(t *testing.T, r response, status int, errType, message string) {
+	t.Helper()
+	require.Equal(t, status, r.status, r.raw)
+	require.Equal(t, errType, r.errType(), r.raw)
+	if message != "" {
+		require.Equal(t, message, r.errMessage())
+	}
+}
+
+func volumeBody(owner, hypervisor string) map[string]any {
+	return map[string]any{"name": "web-data", "owner_id": owner, "hypervisor_id": hypervisor, "plan": "standard",
+		"storage": map[string]any{"type": "file", "path": "/var/lib/holdfast/volumes/web-data.qcow2"}}
+}
+
+func TestAPIAuthAndValidation(t *testing.T) {
+	e := newEnv(t)
+	assert.Equal(t, http.StatusOK, e.do("GET", "/healthz", "", nil).status)
+	requireError(t, e.do("GET", "/v1/volumes/v1", "", nil), 401, "Unauthorized", "")
+	requireError(t, e.do("GET", "/v1/volumes/v1", "wrong", nil), 401, "Unauthorized", "")
+
+	r := e.do("PUT", "/v1/volumes/v1", "panel-secret", volumeBody("alice", "hv1"))
+	require.Equal(t, 200, r.status, r.raw)
+	assert.Equal(t, "v1", r.body["volume_id"])
+	assert.Equal(t, "standard", r.body["plan"])
+	assert.Nil(t, r.body["active_operation"])
+	assert.Equal(t, []any{}, r.body["snapshots"])
+
+	requireError(t, e.do("PUT", "/v1/volumes/v2", "alice-token", volumeBody("alice", "hv1")), 403, "Forbidden", "")
+	bad := volumeBody("alice", "hv1")
+	bad["plan"] = "gold"
+	requireError(t, e.do("PUT", "/v1/volumes/v2", "panel-secret", bad), 400, "InvalidArgument", `plan: unknown plan "gold"`)
+	bad = volumeBody("alice", "hv9")
+	requireError(t, e.do("PUT", "/v1/volumes/v2", "panel-secret", bad), 400, "InvalidArgument",
+		`hypervisor_id: unknown hypervisor "hv9"`)
+	bad = volumeBody("alice", "hv1")
+	bad["colour"] = "blue"
+	requireError(t, e.do("PUT", "/v1/volumes/v2", "panel-secret", bad), 400, "InvalidArgument", "")
+	requireError(t, e.do("PUT", "/v1/volumes/v2", "panel-secret", `{"name": `), 400, "InvalidArgument", "")
+	big := `{"name": "` + strings.Repeat("x", 1<<20) + `"}`
+	requireError(t, e.do("POST", "/v1/volumes/v1/snapshots", "panel-secret", big), 400, "InvalidArgument",
+		"body: larger than 1 MiB")
+	requireError(t, e.do("GET", "/v1/volumes/-bad", "panel-secret", nil), 400, "InvalidArgument", "")
+
+	// Owner scoping: another owner's volume answers exactly like a missing one.
+	assert.Equal(t, 200, e.do("GET", "/v1/volumes/v1", "alice-token", nil).status)
+	other := e.do("GET", "/v1/volumes/v1", "bob-token", nil)
+	missing := e.do("GET", "/v1/volumes/v404", "bob-token", nil)
+	requireError(t, other, 404, "NotFound", "Volume v1 not found.")
+	requireError(t, missing, 404, "NotFound", "Volume v404 not found.")
+	requireError(t, e.do("POST", "/v1/volumes/v1/snapshots", "bob-token", nil), 404, "NotFound", "")
+}
+
+func TestAPIGuardRailsThroughHTTP(t *testing.T) {
+	e := newEnv(t)
+	for _, v := range []string{"v1", "v2", "v3", "v4"} {
+		require.Equal(t, 200, e.do("PUT", "/v1/volumes/"+v, "panel-secret", volumeBody("alice", "hv1")).status)
+	}
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/bare", "panel-secret", volumeBody("alice", "hv2")).status)
+	requireError(t, e.do("POST", "/v1/volumes/bare/backups", "alice-token", nil), 409, "NoBackupStorage",
+		"Hypervisor has no backup storage configured.")
+
+	acc := e.do("POST", "/v1/volumes/v1/backups", "alice-token", map[string]any{"name": "nightly"})
+	require.Equal(t, 202, acc.status, acc.raw)
+	assert.Equal(t, "pending", acc.body["status"])
+	assert.Equal(t, "backup", acc.body["kind"])
+	opID := acc.body["operation_id"].(string)
+	requireError(t, e.do("POST", "/v1/volumes/v1/snapshots", "alice-token", nil), 409, "VolumeBusy",
+		"Volume is busy with operation: backup")
+
+	// Live progress of the running backup.
+	startertest.WaitFor(t, "progress", func() bool {
+		r := e.do("GET", "/v1/operations/"+opID, "alice-token", nil)
+		p, _ := r.body["progress"].(map[string]any)
+		return r.status == 200 && p != nil && p["bytes_done"].(float64) > 0 && p["eta_seconds"] != nil
+	})
+	requireError(t, e.do("GET", "/v1/operations/"+opID, "bob-token", nil), 404, "NotFound", "")
+	v := e.do("GET", "/v1/volumes/v1", "alice-token", nil)
+	active := v.body["active_operation"].(map[string]any)
+	assert.Equal(t, opID, active["operation_id"])
+	assert.Equal(t, "creating", active["status"])
+
+	// Two more in flight (snapshots gated open), then the owner limit.
+	require.Equal(t, 202, e.do("POST", "/v1/volumes/v2/snapshots", "alice-token", nil).status)
+	require.Equal(t, 202, e.do("POST", "/v1/volumes/v3/snapshots", "alice-token", nil).status)
+	requireError(t, e.do("POST", "/v1/volumes/v4/snapshots", "alice-token", nil), 429, "OwnerLimit",
+		"Too many operations in flight for this account (limit 3). Try again when one finishes.")
+
+	// Abort the backup: it ends aborted and the volume goes into cooldown.
+	ab := e.do("POST", "/v1/volumes/v1/abort", "alice-token", nil)
+	require.Equal(t, 202, ab.status, ab.raw)
+	startertest.WaitFor(t, "abort", func() bool {
+		return e.do("GET", "/v1/operations/"+opID, "alice-token", nil).body["status"] == "aborted"
+	})
+	requireError(t, e.do("POST", "/v1/volumes/v1/abort", "alice-token", nil), 409, "NoActiveOperation", "")
+	cool := e.do("POST", "/v1/volumes/v1/snapshots", "alice-token", nil)
+	requireError(t, cool, 429, "Cooldown", "")
+	assert.Regexp(t, `^Volume is in cooldown\. Try again in \d+ seconds\.$`, cool.errMessage())
+	assert.NotEmpty(t, cool.header.Get("Retry-After"))
+	assert.Contains(t, cool.errMessage(), " "+cool.header.Get("Retry-After")+" seconds")
+
+	// Let the snapshots finish: v2 holds one snapshot, at the plan cap of 1.
+	e.hv1.Gate.Open()
+	var snapID string
+	startertest.WaitFor(t, "snapshot", func() bool {
+		snaps, _ := e.do("GET", "/v1/volumes/v2", "alice-token", nil).body["snapshots"].([]any)
+		if len(snaps) == 1 && snaps[0].(map[string]any)["status"] == "available" {
+			snapID = snaps[0].(map[string]any)["snapshot_id"].(string)
+			return true
+		}
+		return false
+	})
+	requireError(t, e.do("DELETE", "/v1/volumes/v2/snapshots/"+snapID+"?confirm=nope", "alice-token", nil), 400,
+		"ConfirmationMismatch", "")
+	requireError(t, e.do("POST", "/v1/volumes/v2/restore", "alice-token", map[string]any{"snapshot_id": snapID,
+		"mode": "in_place", "confirm": "wrong"}), 400, "ConfirmationMismatch",
+		`Confirmation does not match: type the volume name "web-data" to confirm.`)
+	_ = time.Second
+}
+
+func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
+	hv := startertest.NewGatedHypervisor()
+	hv.Gate.Open()
+	hv.Attached = true
+	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
+		map[string]activities.Hypervisor{"hv1": hv})
+	ts := httptest.NewServer(api.New(c.Client, api.Tokens{Panel: []string{"p"}}, nil, nil))
+	t.Cleanup(ts.Close)
+	e := &env{t: t, url: ts.URL, client: ts.Client()}
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
+	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "p", map[string]any{"name": "s1"}).status)
+	var snapID string
+	startertest.WaitFor(t, "snapshot", func() bool {
+		snaps, _ := e.do("GET", "/v1/volumes/v1", "p", nil).body["snapshots"].([]any)
+		if len(snaps) == 1 && snaps[0].(map[string]any)["status"] == "available" {
+			snapID = snaps[0].(map[string]any)["snapshot_id"].(string)
+			return true
+		}
+		return false
+	})
+	requireError(t, e.do("POST", "/v1/volumes/v1/snapshots", "p", nil), 409, "SnapshotLimit",
+		"Snapshot limit reached. Delete an existing snapshot first.")
+	requireError(t, e.do("POST", "/v1/volumes/v1/restore", "p", map[string]any{"snapshot_id": snapID,
+		"mode": "in_place", "confirm": "web-data"}), 409, "AttachedRunning",
+		"Cannot restore in-place while attached to a running instance")
+	// A new volume has no running-instance restriction; the new volume is registered beside the source.
+	r := e.do("POST", "/v1/volumes/v1/restore", "p", map[string]any{"snapshot_id": snapID, "mode": "new_volume",
+		"new_volume_id": "v1-copy", "new_volume_name": "copy"})
+	require.Equal(t, 202, r.status, r.raw)
+	startertest.WaitFor(t, "new volume", func() bool { return e.do("GET", "/v1/volumes/v1-copy", "p", nil).status == 200 })
+	nv := e.do("GET", "/v1/volumes/v1-copy", "p", nil)
+	assert.Equal(t, "copy", nv.body["name"])
+	assert.Equal(t, "alice", nv.body["owner_id"])
+	assert.Equal(t, "/var/lib/holdfast/volumes/v1-copy.qcow2", nv.body["storage"].(map[string]any)["path"])
+	del := e.do("DELETE", "/v1/volumes/v1/snapshots/"+snapID+"?confirm=s1", "p", nil)
+	require.Equal(t, 202, del.status, del.raw)
+	assert.Equal(t, "delete", del.body["kind"])
+}

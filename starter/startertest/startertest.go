@@ -1,0 +1,243 @@
+// Package startertest runs a real Temporal dev server (built by `make temporal`) with Holdfast's control
+// worker for tests, and offers a gated in-process hypervisor agent that holds operations open on demand.
+// Test code only: it calls testing.T.
+package startertest
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/workers"
+	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// TemporalBin finds the dev server built by `make temporal`: locally a missing one skips the test (naming
+// the target), under CI=true it fails it.
+func TemporalBin(t testing.TB) string {
+	t.Helper()
+	path := os.Getenv("HOLDFAST_TEMPORAL_BIN")
+	if path == "" {
+		_, file, _, _ := runtime.Caller(0)
+		path = filepath.Join(filepath.Dir(file), "..", "..", "bin", "temporal")
+	}
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("Temporal dev server not found at %s (CI=true: failing): run make temporal", path)
+		}
+		t.Skipf("Temporal dev server not found at %s: run make temporal", path)
+	}
+	abs, err := filepath.Abs(path)
+	require.NoError(t, err)
+	return abs
+}
+
+// FreeAddress returns a loopback address with a free port.
+func FreeAddress(t testing.TB) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// DevServer is a real Temporal dev server on a SQLite file, so it can be restarted with its state.
+type DevServer struct {
+	t       testing.TB
+	bin     string
+	db      string
+	Address string
+	server  *testsuite.DevServer
+}
+
+// StartDevServer starts a dev server with Holdfast's search attributes; it stops when the test ends.
+func StartDevServer(t testing.TB) *DevServer {
+	d := &DevServer{t: t, bin: TemporalBin(t), db: filepath.Join(t.TempDir(), "temporal.db"), Address: FreeAddress(t)}
+	d.start()
+	t.Cleanup(func() { _ = d.server.Stop() })
+	return d
+}
+
+func (d *DevServer) start() {
+	var args []string
+	for _, name := range workflows.SearchAttributeNames {
+		args = append(args, "--search-attribute", name+"=Keyword")
+	}
+	s, err := testsuite.StartDevServer(context.Background(), testsuite.DevServerOptions{
+		ExistingPath: d.bin, DBFilename: d.db, LogLevel: "error", ExtraArgs: args,
+		ClientOptions: &client.Options{HostPort: d.Address, Namespace: "default"},
+	})
+	require.NoError(d.t, err)
+	d.server = s
+}
+
+// Restart stops the server and starts it again on the same address and database.
+func (d *DevServer) Restart() {
+	require.NoError(d.t, d.server.Stop())
+	d.start()
+}
+
+// Cluster is a dev server with the control worker and one agent per hypervisor.
+type Cluster struct {
+	Dev      *DevServer
+	Client   *starter.Client
+	Temporal client.Client
+	Config   *config.Config
+}
+
+// NewCluster starts a dev server, the control worker, and an agent serving each given hypervisor's
+// activities, with the config parsed from configYAML.
+func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hypervisor) *Cluster {
+	dev := StartDevServer(t)
+	cfg, err := config.Parse(strings.NewReader(configYAML))
+	require.NoError(t, err)
+	tc, err := client.Dial(client.Options{HostPort: dev.Address, Logger: QuietLogger{}})
+	require.NoError(t, err)
+	t.Cleanup(tc.Close)
+	hf := starter.New(tc, cfg)
+	ws := []worker.Worker{workers.NewControl(tc, hf, worker.Options{})}
+	for hypervisorID, impl := range agents {
+		w := worker.New(tc, activities.TaskQueue(hypervisorID), worker.Options{})
+		w.RegisterActivity(impl)
+		ws = append(ws, w)
+	}
+	for _, w := range ws {
+		require.NoError(t, w.Start())
+	}
+	t.Cleanup(func() {
+		for _, w := range ws {
+			w.Stop()
+		}
+	})
+	return &Cluster{Dev: dev, Client: hf, Temporal: tc, Config: cfg}
+}
+
+// Register registers a file volume on hypervisor hv1.
+func (c *Cluster) Register(t testing.TB, volumeID, ownerID string) {
+	_, err := c.Client.RegisterVolume(context.Background(), starter.RegisterRequest{VolumeID: volumeID, Name: volumeID,
+		OwnerID: ownerID, HypervisorID: "hv1", Storage: activities.VolumeRef{Type: "file", Path: "/vols/" + volumeID + ".qcow2"}})
+	require.NoError(t, err)
+}
+
+// WaitFor polls cond (real time, a real server) until it holds, for at most a minute.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// QuietLogger drops the SDK's logs (tests assert behaviour, not log lines).
+type QuietLogger struct{}
+
+func (QuietLogger) Debug(string, ...any) {}
+func (QuietLogger) Info(string, ...any)  {}
+func (QuietLogger) Warn(string, ...any)  {}
+func (QuietLogger) Error(string, ...any) {}
+
+// Gate holds operations until it is opened.
+type Gate struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+// Open lets every waiting and future operation through.
+func (g *Gate) Open() { g.once.Do(func() { close(g.ch) }) }
+
+// GatedHypervisor is an in-process agent: user snapshots and backup uploads wait until Gate.Open is called,
+// so a test can hold an operation open (busy volume, permits in flight, restarts); everything else succeeds.
+// Its exported methods are exactly the activities (workers register every exported method).
+type GatedHypervisor struct {
+	Gate *Gate
+	// Attached makes the volume look attached to a running instance.
+	Attached bool
+}
+
+var _ activities.Hypervisor = (*GatedHypervisor)(nil)
+
+// NewGatedHypervisor returns an agent with a closed gate.
+func NewGatedHypervisor() *GatedHypervisor {
+	return &GatedHypervisor{Gate: &Gate{ch: make(chan struct{})}}
+}
+
+func (g *GatedHypervisor) wait(ctx context.Context) error {
+	select {
+	case <-g.Gate.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Attachment implements activities.Hypervisor.
+func (g *GatedHypervisor) Attachment(context.Context, activities.AttachmentInput) (activities.AttachmentResult, error) {
+	return activities.AttachmentResult{Attached: g.Attached, Running: g.Attached, Domain: "vm-test"}, nil
+}
+
+// CreateSnapshot waits for the gate, except for Holdfast's own internal snapshots (backup, safety).
+func (g *GatedHypervisor) CreateSnapshot(ctx context.Context, in activities.SnapshotInput) (activities.SnapshotResult, error) {
+	if !strings.HasPrefix(in.SnapshotID, "holdfast-") {
+		if err := g.wait(ctx); err != nil {
+			return activities.SnapshotResult{}, err
+		}
+	}
+	return activities.SnapshotResult{SnapshotID: in.SnapshotID, SizeBytes: 1 << 20, Consistency: activities.ConsistencyCrash}, nil
+}
+
+// DeleteSnapshot implements activities.Hypervisor.
+func (g *GatedHypervisor) DeleteSnapshot(context.Context, activities.SnapshotRef) error { return nil }
+
+// RollbackSnapshot implements activities.Hypervisor.
+func (g *GatedHypervisor) RollbackSnapshot(context.Context, activities.SnapshotRef) error { return nil }
+
+// UploadBackup heartbeats progress until the gate opens (or the context ends).
+func (g *GatedHypervisor) UploadBackup(ctx context.Context, in activities.UploadBackupInput) (activities.UploadBackupResult, error) {
+	const total = int64(64 << 20)
+	for done := int64(4 << 20); ; done = min(done+(4<<20), total/2) {
+		activity.RecordHeartbeat(ctx, activities.Progress{Phase: "uploading", BytesDone: done, BytesTotal: total,
+			NextOffset: done, BytesPerSecond: 4 << 20})
+		select {
+		case <-g.Gate.ch:
+			return activities.UploadBackupResult{SizeBytes: total, StoredBytes: total / 4}, nil
+		case <-ctx.Done():
+			return activities.UploadBackupResult{}, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// DeleteBackup implements activities.Hypervisor.
+func (g *GatedHypervisor) DeleteBackup(context.Context, activities.BackupRef) error { return nil }
+
+// RestoreBackup implements activities.Hypervisor.
+func (g *GatedHypervisor) RestoreBackup(context.Context, activities.RestoreBackupInput) (activities.RestoreResult, error) {
+	return activities.RestoreResult{SizeBytes: 64 << 20}, nil
+}
+
+// CloneSnapshot implements activities.Hypervisor.
+func (g *GatedHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
+	return activities.RestoreResult{SizeBytes: 1 << 20}, nil
+}
+
+// DeleteVolume implements activities.Hypervisor.
+func (g *GatedHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
+	return nil
+}
