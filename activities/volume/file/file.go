@@ -40,7 +40,11 @@ type Driver struct {
 
 var _ volume.Driver = (*Driver)(nil)
 
-// New returns a driver talking to libvirt at uri (empty: the local system daemon).
+// NoLibvirt as the URI runs the driver without libvirt (a machine with no hypervisor daemon, such as
+// `holdfast dev`): every volume is then reported detached, and snapshots are offline ones.
+const NoLibvirt = "none"
+
+// New returns a driver talking to libvirt at uri (empty: the local system daemon; NoLibvirt: none).
 func New(uri string) *Driver { return &Driver{LibvirtURI: uri} }
 
 func (d *Driver) Type() volume.Type { return volume.TypeFile }
@@ -127,7 +131,11 @@ func writeRecord(path string, s volume.Snapshot) error {
 }
 
 // attachment asks libvirt, now, which domain uses the image.
+// The connection is nil without libvirt; release it with closeConn.
 func (d *Driver) attachment(path string) (domains.Found, *libvirt.Connect, error) {
+	if d.LibvirtURI == NoLibvirt {
+		return domains.Found{}, nil, nil
+	}
 	conn, err := domains.Open(d.LibvirtURI)
 	if err != nil {
 		return domains.Found{}, nil, err
@@ -140,13 +148,19 @@ func (d *Driver) attachment(path string) (domains.Found, *libvirt.Connect, error
 	return f, conn, nil
 }
 
+func closeConn(conn *libvirt.Connect) {
+	if conn != nil {
+		conn.Close()
+	}
+}
+
 // refuseRunning returns an AttachedRunningError when a running domain uses the image.
 func (d *Driver) refuseRunning(vol volume.Ref, path string) error {
 	f, conn, err := d.attachment(path)
 	if err != nil {
 		return err
 	}
-	conn.Close()
+	closeConn(conn)
 	if f.Running {
 		return &volume.AttachedRunningError{Volume: vol, Domain: f.Domain}
 	}
@@ -161,7 +175,7 @@ func (d *Driver) Attachment(ctx context.Context, vol volume.Ref) (volume.Attachm
 	if err != nil {
 		return volume.Attachment{}, err
 	}
-	conn.Close()
+	closeConn(conn)
 	return f.Attachment, nil
 }
 
@@ -183,7 +197,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string
 	if err != nil {
 		return volume.Snapshot{}, err
 	}
-	defer conn.Close()
+	defer closeConn(conn)
 	snap := volume.Snapshot{Name: name, Size: img.size, Consistency: volume.ConsistencyOffline}
 	if found.Running {
 		thaw, freezeErr := domains.Freeze(conn, found.Domain)
@@ -359,7 +373,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string
 		if err != nil {
 			return err
 		}
-		defer conn.Close()
+		defer closeConn(conn)
 		if found.Running {
 			node, err := blockNode(conn, found.Domain, img.path)
 			if err != nil {
