@@ -1,0 +1,93 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// writeStatus prints a volume for people; scripts use --json, so this layout may change.
+func writeStatus(w io.Writer, v *volume) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, val string) { fmt.Fprintf(tw, "%s\t%s\n", k, val) }
+	row("Volume", v.VolumeID)
+	row("Name", orDash(v.Name))
+	row("Owner", orDash(v.OwnerID))
+	row("Hypervisor", orDash(v.HypervisorID))
+	row("Plan", orDash(v.Plan))
+	row("Storage", storageText(v))
+	row("Size", humanBytes(v.SizeBytes))
+	if op := v.ActiveOperation; op != nil {
+		row("Active", plainLine(op))
+	} else {
+		row("Active", "none")
+	}
+	if v.CooldownRemainingSeconds > 0 {
+		row("Cooldown", formatSeconds(v.CooldownRemainingSeconds)+" remaining before the next operation")
+	} else {
+		row("Cooldown", "none")
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	if len(v.Snapshots) == 0 {
+		fmt.Fprintln(w, "Snapshots: none")
+	} else {
+		fmt.Fprintf(w, "Snapshots (%d):\n", len(v.Snapshots))
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE")
+		for _, s := range v.Snapshots {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", s.SnapshotID, orDash(s.Name), s.Status, orDash(s.CreatedAt), humanBytes(s.SizeBytes))
+		}
+		tw.Flush()
+	}
+	if len(v.Backups) == 0 {
+		fmt.Fprintln(w, "Backups: none")
+	} else {
+		fmt.Fprintf(w, "Backups (%d):\n", len(v.Backups))
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE\tSTORED\tSTORAGE")
+		for _, b := range v.Backups {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.BackupID, orDash(b.Name), b.Status, orDash(b.CreatedAt),
+				humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
+		}
+		tw.Flush()
+	}
+}
+
+// writeList prints one line per snapshot and backup of the given volumes, under one header, so that
+// `holdfast list a b c` reads as one table (and `grep`/`awk` work on it).
+func writeList(w io.Writer, vols []volume) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tKIND\tID\tNAME\tSTATUS\tCREATED\tSIZE\tSTORED\tSTORAGE")
+	for _, v := range vols {
+		for _, s := range v.Snapshots {
+			fmt.Fprintf(tw, "%s\tsnapshot\t%s\t%s\t%s\t%s\t%s\t-\t-\n", v.VolumeID, s.SnapshotID, orDash(s.Name), s.Status,
+				orDash(s.CreatedAt), humanBytes(s.SizeBytes))
+		}
+		for _, b := range v.Backups {
+			fmt.Fprintf(tw, "%s\tbackup\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.VolumeID, b.BackupID, orDash(b.Name), b.Status,
+				orDash(b.CreatedAt), humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
+		}
+	}
+	tw.Flush()
+}
+
+func storageText(v *volume) string {
+	switch v.Storage.Type {
+	case "rbd":
+		return fmt.Sprintf("rbd %s/%s", v.Storage.Pool, v.Storage.Image)
+	case "":
+		return "-"
+	default:
+		return v.Storage.Type + " " + v.Storage.Path
+	}
+}
+
+// orDash keeps empty cells from collapsing a tabwriter column.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
