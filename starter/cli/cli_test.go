@@ -376,7 +376,7 @@ func TestStatus(t *testing.T) {
 	v.doc["snapshots"] = []any{map[string]any{"snapshot_id": "snap-1", "name": "daily", "status": "available",
 		"created_at": "2026-01-02T03:04:05Z", "size_bytes": 1 << 20}}
 	v.doc["backups"] = []any{map[string]any{"backup_id": "back-1", "name": "weekly", "status": "available",
-		"created_at": "2026-01-03T03:04:05Z", "size_bytes": 256 << 20, "stored_bytes": 10 << 20, "storage": "local"}}
+		"created_at": "2026-01-03T05:04:05.123456789+01:00", "size_bytes": 256 << 20, "stored_bytes": 10 << 20, "storage": "local"}}
 	v.active = f.addOperation("op-3", "vol1", "backup", "back-2", map[string]any{"status": "creating",
 		"progress": map[string]any{"phase": "uploading", "bytes_done": 64 << 20, "bytes_total": 256 << 20,
 			"bytes_per_second": 2e7, "eta_seconds": 10}})
@@ -396,10 +396,10 @@ Cooldown    1m30s remaining before the next operation
 
 Snapshots (1):
   ID      NAME   STATUS     CREATED               SIZE
-  snap-1  daily  available  2026-01-02T03:04:05Z  1.0 MiB
+  snap-1  daily  available  2026-01-02 03:04:05Z  1.0 MiB
 Backups (1):
   ID      NAME    STATUS     CREATED               SIZE       STORED    STORAGE
-  back-1  weekly  available  2026-01-03T03:04:05Z  256.0 MiB  10.0 MiB  local
+  back-1  weekly  available  2026-01-03 04:04:05Z  256.0 MiB  10.0 MiB  local
 `
 	if r.stdout != want {
 		t.Errorf("stdout:\n%s\nwant:\n%s", r.stdout, want)
@@ -426,13 +426,13 @@ func TestList(t *testing.T) {
 		"created_at": "2026-01-02T03:04:05Z", "size_bytes": 1 << 20}}
 	b := f.addVolume("vol2", "db")
 	b.doc["backups"] = []any{map[string]any{"backup_id": "back-1", "name": "", "status": "creating",
-		"created_at": "2026-01-03T03:04:05Z", "size_bytes": 0, "stored_bytes": 0, "storage": "s3-eu"}}
+		"created_at": "unknown", "size_bytes": 0, "stored_bytes": 0, "storage": "s3-eu"}}
 
 	r := run(t, srv, "list", "vol1", "vol2")
 	r.expect(t, ExitOK)
 	want := `VOLUME  KIND      ID      NAME   STATUS     CREATED               SIZE     STORED  STORAGE
-vol1    snapshot  snap-1  daily  available  2026-01-02T03:04:05Z  1.0 MiB  -       -
-vol2    backup    back-1  -      creating   2026-01-03T03:04:05Z  0 B      0 B     s3-eu
+vol1    snapshot  snap-1  daily  available  2026-01-02 03:04:05Z  1.0 MiB  -       -
+vol2    backup    back-1  -      creating   unknown               0 B      0 B     s3-eu
 `
 	if r.stdout != want {
 		t.Errorf("stdout:\n%s\nwant:\n%s", r.stdout, want)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 )
 
 // writeStatus prints a volume for people; scripts use --json, so this layout may change.
@@ -37,7 +38,7 @@ func writeStatus(w io.Writer, v *volume) {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE")
 		for _, s := range v.Snapshots {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", s.SnapshotID, orDash(s.Name), s.Status, orDash(s.CreatedAt), humanBytes(s.SizeBytes))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", s.SnapshotID, orDash(s.Name), s.Status, when(s.CreatedAt), humanBytes(s.SizeBytes))
 		}
 		tw.Flush()
 	}
@@ -48,7 +49,7 @@ func writeStatus(w io.Writer, v *volume) {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE\tSTORED\tSTORAGE")
 		for _, b := range v.Backups {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.BackupID, orDash(b.Name), b.Status, orDash(b.CreatedAt),
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.BackupID, orDash(b.Name), b.Status, when(b.CreatedAt),
 				humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
 		}
 		tw.Flush()
@@ -63,11 +64,11 @@ func writeList(w io.Writer, vols []volume) {
 	for _, v := range vols {
 		for _, s := range v.Snapshots {
 			fmt.Fprintf(tw, "%s\tsnapshot\t%s\t%s\t%s\t%s\t%s\t-\t-\n", v.VolumeID, s.SnapshotID, orDash(s.Name), s.Status,
-				orDash(s.CreatedAt), humanBytes(s.SizeBytes))
+				when(s.CreatedAt), humanBytes(s.SizeBytes))
 		}
 		for _, b := range v.Backups {
 			fmt.Fprintf(tw, "%s\tbackup\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.VolumeID, b.BackupID, orDash(b.Name), b.Status,
-				orDash(b.CreatedAt), humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
+				when(b.CreatedAt), humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
 		}
 	}
 	tw.Flush()
@@ -82,6 +83,16 @@ func storageText(v *volume) string {
 	default:
 		return v.Storage.Type + " " + v.Storage.Path
 	}
+}
+
+// when shortens the API's RFC 3339 timestamps (nanoseconds, any zone) to seconds in UTC, which is what a
+// person comparing items needs; anything unparsable is shown as sent.
+func when(s string) string {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return orDash(s)
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
 }
 
 // orDash keeps empty cells from collapsing a tabwriter column.
