@@ -92,6 +92,8 @@ type Hypervisor struct {
 	LibvirtURI string `yaml:"libvirt_uri"`
 	// CephConf is the ceph.conf used by the rbd driver (default /etc/ceph/ceph.conf).
 	CephConf string `yaml:"ceph_conf"`
+	// Drivers are the volume types this host serves: file, rbd (default [file]).
+	Drivers []string `yaml:"drivers"`
 }
 
 // Storage is a backup storage: "fs" (local directory or NFS mount) or "s3".
@@ -184,6 +186,9 @@ func (c *Config) applyDefaults() {
 		if h.CephConf == "" {
 			h.CephConf = "/etc/ceph/ceph.conf"
 		}
+		if len(h.Drivers) == 0 {
+			h.Drivers = []string{"file"}
+		}
 	}
 	for _, s := range c.Storages {
 		if s != nil && s.Type == "s3" && s.Region == "" {
@@ -274,6 +279,11 @@ func (c *Config) Validate() error {
 		}
 		if h.Concurrency < 1 {
 			bad(f+".concurrency", "must be at least 1, got %d", h.Concurrency)
+		}
+		for i, d := range h.Drivers {
+			if d != "file" && d != "rbd" {
+				bad(fmt.Sprintf("%s.drivers[%d]", f, i), "must be file or rbd, got %q", d)
+			}
 		}
 		if h.BandwidthBytesPerSecond < 0 {
 			bad(f+".bandwidth_bytes_per_second", "must not be negative, got %d", h.BandwidthBytesPerSecond)

@@ -1,0 +1,239 @@
+// Command holdfast is Holdfast's single binary: the servers (worker, agent, api, dev) and the CLI
+// (snapshot, backup, restore, delete, abort, status, list, watch) that talks to the HTTP API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/cli"
+	"github.com/holdfast/holdfast/workers"
+	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workers/dev"
+)
+
+const usage = `holdfast — durable snapshots, backups and restores of block volumes
+
+Servers:
+  holdfast dev [--cooldown D] [--deadline D]       everything on this machine (make run)
+  holdfast worker [control] --config FILE           control-plane worker (workflows)
+  holdfast agent --config FILE --hypervisor ID      one hypervisor's activities
+  holdfast api --config FILE [--listen ADDR]        the HTTP API (tokens: HOLDFAST_PANEL_TOKEN, HOLDFAST_OWNER_TOKENS)
+
+CLI (talks to the API; see 'holdfast help cli'):
+  snapshot | backup | restore | delete | abort | status | list | watch
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || (args[0] == "help" && len(args) == 1) {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	if args[0] == "help" && len(args) > 1 && args[1] == "cli" {
+		return cli.Run(ctx, []string{"help"}, stdout, stderr, os.Getenv)
+	}
+	if cli.IsCommand(args[0]) {
+		return cli.Run(ctx, args, stdout, stderr, os.Getenv)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	var err error
+	switch args[0] {
+	case "dev":
+		err = runDev(ctx, args[1:], stdout)
+	case "worker":
+		err = runWorker(ctx, args[1:], log)
+	case "agent":
+		err = runAgent(ctx, args[1:], log)
+	case "api":
+		err = runAPI(ctx, args[1:], log)
+	default:
+		fmt.Fprintf(stderr, "holdfast: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		var usageErr usageError
+		if errors.As(err, &usageErr) {
+			fmt.Fprintf(stderr, "holdfast %s: %v\n", args[0], err)
+			return 2
+		}
+		fmt.Fprintf(stderr, "holdfast %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
+
+type usageError struct{ error }
+
+func parse(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+func runDev(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	cooldown := fs.Duration("cooldown", -1, "override the cooldown (e.g. 10s)")
+	deadline := fs.Duration("deadline", -1, "override the operation deadline (e.g. 10m)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	o, err := dev.Defaults(os.Getenv)
+	if err != nil {
+		return usageError{err}
+	}
+	if *cooldown >= 0 {
+		o.Cooldown = cooldown
+	}
+	if *deadline >= 0 {
+		o.Deadline = deadline
+	}
+	o.Out = stdout
+	o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return dev.Run(ctx, o)
+}
+
+func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
+	path := fs.String("config", os.Getenv("HOLDFAST_CONFIG"), "config file (env HOLDFAST_CONFIG)")
+	if err := parse(fs, args); err != nil {
+		return nil, err
+	}
+	if *path == "" {
+		return nil, usageError{errors.New("--config is required")}
+	}
+	return config.Load(*path)
+}
+
+func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
+	if len(args) > 0 && args[0] == "control" {
+		args = args[1:]
+	}
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	w := workers.NewControl(c, starter.New(c, cfg), worker.Options{})
+	log.Info("control worker starting", "config", cfg.String())
+	return w.Run(interruptOn(ctx))
+}
+
+func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	hypervisorID := fs.String("hypervisor", "", "this host's hypervisor_id")
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	if *hypervisorID == "" {
+		return usageError{errors.New("--hypervisor is required")}
+	}
+	agent, err := workers.NewAgent(ctx, cfg, *hypervisorID, log.With("hypervisor_id", *hypervisorID))
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	log.Info("agent starting", "hypervisor_id", *hypervisorID, "libvirt", agent.LibvirtUsed)
+	return workers.NewAgentWorker(c, cfg, *hypervisorID, agent).Run(interruptOn(ctx))
+}
+
+func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("api", flag.ContinueOnError)
+	listen := fs.String("listen", envOr("HOLDFAST_API_ADDR", "127.0.0.1:8080"), "listen address")
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	tokens, err := tokensFromEnv()
+	if err != nil {
+		return usageError{err}
+	}
+	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
+	srv := &http.Server{Handler: api.New(starter.New(c, cfg), tokens, health, log), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	log.Info("API listening", "address", ln.Addr().String())
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// tokensFromEnv reads HOLDFAST_PANEL_TOKEN (comma-separated) and HOLDFAST_OWNER_TOKENS (owner=token,...).
+func tokensFromEnv() (api.Tokens, error) {
+	t := api.Tokens{Owners: map[string]string{}}
+	for _, p := range strings.Split(os.Getenv("HOLDFAST_PANEL_TOKEN"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			t.Panel = append(t.Panel, p)
+		}
+	}
+	o, err := dev.Defaults(os.Getenv)
+	if err != nil {
+		return t, err
+	}
+	t.Owners = o.OwnerTokens
+	if len(t.Panel) == 0 && len(t.Owners) == 0 {
+		return t, errors.New("no tokens: set HOLDFAST_PANEL_TOKEN and/or HOLDFAST_OWNER_TOKENS")
+	}
+	return t, nil
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// interruptOn adapts a context to the worker's stop channel.
+func interruptOn(ctx context.Context) <-chan any {
+	ch := make(chan any)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch
+}

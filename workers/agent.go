@@ -1,0 +1,157 @@
+package workers
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/agent"
+	"github.com/holdfast/holdfast/activities/backup"
+	"github.com/holdfast/holdfast/activities/backup/fs"
+	"github.com/holdfast/holdfast/activities/backup/s3"
+	"github.com/holdfast/holdfast/activities/backup/stores"
+	"github.com/holdfast/holdfast/activities/volume"
+	"github.com/holdfast/holdfast/activities/volume/file"
+	"github.com/holdfast/holdfast/activities/volume/rbd"
+	"github.com/holdfast/holdfast/workers/config"
+)
+
+// Dial connects to Temporal as the config says (TLS when configured).
+func Dial(cfg *config.Config, opts client.Options) (client.Client, error) {
+	opts.HostPort, opts.Namespace = cfg.Temporal.Address, cfg.Temporal.Namespace
+	if t := cfg.Temporal.TLS; t != nil {
+		tc, err := tlsConfig(t)
+		if err != nil {
+			return nil, err
+		}
+		opts.ConnectionOptions.TLS = tc
+	}
+	return client.Dial(opts)
+}
+
+func tlsConfig(t *config.TLS) (*tls.Config, error) {
+	tc := &tls.Config{ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("temporal.tls.ca_file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("temporal.tls.ca_file: no certificates in %s", t.CAFile)
+		}
+	}
+	if t.CertFile != "" || t.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("temporal.tls.cert_file: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// StoreConfig turns a configured backup storage into the store's own config, reading credentials from the
+// environment variables the config names (never from the file).
+func StoreConfig(s *config.Storage) (stores.Config, error) {
+	out := stores.Config{Type: s.Type, EncryptionKeyFile: s.EncryptionKeyFile}
+	switch s.Type {
+	case "fs":
+		out.FS = fs.Config{Path: s.Path}
+	case "s3":
+		out.S3 = s3.Config{Endpoint: s.Endpoint, Region: s.Region, Bucket: s.Bucket, Prefix: s.Prefix,
+			PathStyle: s.PathStyle}
+		if s.AccessKeyEnv != "" {
+			out.S3.AccessKey, out.S3.SecretKey = os.Getenv(s.AccessKeyEnv), os.Getenv(s.SecretKeyEnv)
+			if out.S3.AccessKey == "" || out.S3.SecretKey == "" {
+				return out, fmt.Errorf("credentials: %s and %s must be set", s.AccessKeyEnv, s.SecretKeyEnv)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Agent is one hypervisor's activities and what they hold open.
+type Agent struct {
+	Activities *agent.Activities
+	// LibvirtUsed says whether attachment state comes from libvirt (false: volumes are reported detached).
+	LibvirtUsed bool
+	closers     []func()
+}
+
+// Close releases drivers (Ceph connections).
+func (a *Agent) Close() {
+	for _, c := range a.closers {
+		c()
+	}
+}
+
+// NewAgent builds a hypervisor's activities from the config: its drivers, and one engine per backup storage
+// it may read or write (every configured storage, so it can restore backups made elsewhere), all sharing
+// the hypervisor's bandwidth limit.
+func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, log *slog.Logger) (*Agent, error) {
+	h, ok := cfg.Hypervisors[hypervisorID]
+	if !ok {
+		return nil, fmt.Errorf("hypervisor %q is not in the config", hypervisorID)
+	}
+	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt}
+	drivers := map[string]volume.Driver{}
+	for _, d := range h.Drivers {
+		switch d {
+		case "file":
+			drivers["file"] = file.New(h.LibvirtURI)
+		case "rbd":
+			uri := h.LibvirtURI
+			if uri == file.NoLibvirt {
+				uri = ""
+			}
+			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: uri})
+			if err != nil {
+				a.Close()
+				return nil, fmt.Errorf("hypervisors.%s: rbd driver: %w", hypervisorID, err)
+			}
+			drivers["rbd"] = r
+			a.closers = append(a.closers, r.Close)
+		}
+	}
+	storeConfigs := map[string]stores.Config{}
+	var errs []error
+	for name, s := range cfg.Storages {
+		sc, err := StoreConfig(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("backup_storages.%s: %w", name, err))
+			continue
+		}
+		storeConfigs[name] = sc
+	}
+	if err := errors.Join(errs...); err != nil {
+		a.Close()
+		return nil, err
+	}
+	engines, err := agent.NewEngines(ctx, storeConfigs, float64(h.BandwidthBytesPerSecond),
+		backup.Options{Logger: log})
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.Activities = agent.New(agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log})
+	return a, nil
+}
+
+// NewAgentWorker returns the worker of one hypervisor (task queue hypervisor/<id>), bounded by its
+// configured concurrency.
+func NewAgentWorker(c client.Client, cfg *config.Config, hypervisorID string, a *Agent) worker.Worker {
+	w := worker.New(c, activities.TaskQueue(hypervisorID), worker.Options{
+		MaxConcurrentActivityExecutionSize: cfg.Hypervisors[hypervisorID].Concurrency,
+	})
+	w.RegisterActivity(a.Activities)
+	return w
+}

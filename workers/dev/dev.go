@@ -1,0 +1,371 @@
+// Package dev runs all of Holdfast on one machine for `make run`: a Temporal dev server (the CLI binary as a
+// child process, SQLite under the data directory), the control worker, one local hypervisor agent (file
+// driver, fs backup store), the HTTP API and metrics, plus a sample volume to try things on. Its fixed names
+// (hypervisor "local", storage "local", plan "standard", volume "sample" of owner "demo") are part of the API
+// contract's "Dev mode". It must work without libvirtd or Ceph.
+package dev
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/volume/domains"
+	"github.com/holdfast/holdfast/activities/volume/file"
+	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/workers"
+	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// Fixed dev-mode names (api.md "Dev mode").
+const (
+	HypervisorID = "local"
+	StorageName  = "local"
+	SampleVolume = "sample"
+	SampleOwner  = "demo"
+	SampleSize   = 256 << 20
+)
+
+// Options configure a dev run; Defaults fills them from the environment (api.md's HOLDFAST_* variables).
+type Options struct {
+	DataDir      string
+	APIAddr      string
+	PanelToken   string
+	OwnerTokens  map[string]string // token → owner_id
+	Cooldown     *time.Duration
+	Deadline     *time.Duration
+	TemporalBin  string
+	TemporalAddr string // 127.0.0.1:7233
+	UIPort       int    // 8233
+	// LibvirtURI overrides detection ("" detects qemu:///system, falling back to no libvirt).
+	LibvirtURI string
+	Out        io.Writer
+	Log        *slog.Logger
+	// Ready, when set, is called once everything serves.
+	Ready func(Info)
+}
+
+// Info is what a dev run prints.
+type Info struct {
+	APIURL, WebUI, PanelToken, DataDir string
+	Libvirt                            bool
+}
+
+// Defaults reads HOLDFAST_PANEL_TOKEN, HOLDFAST_OWNER_TOKENS, HOLDFAST_API_ADDR, HOLDFAST_DATA_DIR and
+// HOLDFAST_TEMPORAL_BIN.
+func Defaults(getenv func(string) string) (Options, error) {
+	o := Options{DataDir: getenv("HOLDFAST_DATA_DIR"), APIAddr: getenv("HOLDFAST_API_ADDR"),
+		PanelToken: getenv("HOLDFAST_PANEL_TOKEN"), TemporalBin: getenv("HOLDFAST_TEMPORAL_BIN"),
+		TemporalAddr: "127.0.0.1:7233", UIPort: 8233, OwnerTokens: map[string]string{}}
+	if o.DataDir == "" {
+		o.DataDir = ".holdfast"
+	}
+	if o.APIAddr == "" {
+		o.APIAddr = "127.0.0.1:8080"
+	}
+	if o.TemporalBin == "" {
+		o.TemporalBin = filepath.Join("bin", "temporal")
+	}
+	if pairs := strings.TrimSpace(getenv("HOLDFAST_OWNER_TOKENS")); pairs != "" {
+		for _, pair := range strings.Split(pairs, ",") {
+			owner, token, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			if !ok || !config.IDPattern.MatchString(owner) || token == "" {
+				return o, fmt.Errorf("HOLDFAST_OWNER_TOKENS: want owner=token,..., got %q", pair)
+			}
+			o.OwnerTokens[token] = owner
+		}
+	}
+	return o, nil
+}
+
+// Config is the dev-mode configuration: one hypervisor "local" whose group stores backups in
+// <data>/backups, and the spec's default plan and limits (overridable for demos and tests).
+func (o Options) Config(libvirtURI string) (*config.Config, error) {
+	dataDir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	yaml := fmt.Sprintf(`
+temporal: {address: %q}
+backup_storages: {%s: {type: fs, path: %q}}
+hypervisor_groups: {local-group: {backup_storage: %s}}
+hypervisors: {%s: {group: local-group, libvirt_uri: %q}}
+plans: {standard: {}}
+`, o.TemporalAddr, StorageName, filepath.Join(dataDir, "backups"), StorageName, HypervisorID, libvirtURI)
+	cfg, err := config.Parse(strings.NewReader(yaml))
+	if err != nil {
+		return nil, err
+	}
+	if o.Cooldown != nil {
+		cfg.Limits.Cooldown = *o.Cooldown
+	}
+	if o.Deadline != nil {
+		cfg.Limits.Deadline = *o.Deadline
+	}
+	return cfg, cfg.Validate()
+}
+
+// Run runs everything until ctx ends, then stops it all (the dev server last).
+func Run(ctx context.Context, o Options) error {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := os.MkdirAll(filepath.Join(o.DataDir, "volumes"), 0o755); err != nil {
+		return err
+	}
+	if o.PanelToken == "" {
+		o.PanelToken = randomToken()
+	}
+	libvirtURI := o.LibvirtURI
+	if libvirtURI == "" {
+		libvirtURI = detectLibvirt()
+	}
+	cfg, err := o.Config(libvirtURI)
+	if err != nil {
+		return err
+	}
+
+	server, err := startTemporal(o)
+	if err != nil {
+		return err
+	}
+	defer server.stop()
+	c, err := dialWhenReady(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	hf := starter.New(c, cfg)
+	agent, err := workers.NewAgent(ctx, cfg, HypervisorID, o.Log)
+	if err != nil {
+		return err
+	}
+	defer agent.Close()
+	ws := []worker.Worker{workers.NewControl(c, hf, worker.Options{}), workers.NewAgentWorker(c, cfg, HypervisorID, agent)}
+	for _, w := range ws {
+		if err := w.Start(); err != nil {
+			return err
+		}
+		defer w.Stop()
+	}
+
+	ln, err := net.Listen("tcp", o.APIAddr)
+	if err != nil {
+		return fmt.Errorf("API address %s: %w (set HOLDFAST_API_ADDR)", o.APIAddr, err)
+	}
+	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
+	srv := &http.Server{Handler: api.New(hf, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, health, o.Log),
+		ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	if err := ensureSample(ctx, hf, o.DataDir); err != nil {
+		return fmt.Errorf("sample volume: %w", err)
+	}
+	info := Info{APIURL: "http://" + ln.Addr().String(), WebUI: fmt.Sprintf("http://127.0.0.1:%d", o.UIPort),
+		PanelToken: o.PanelToken, DataDir: o.DataDir, Libvirt: libvirtURI != file.NoLibvirt}
+	printInfo(o.Out, info, o.OwnerTokens)
+	if o.Ready != nil {
+		o.Ready(info)
+	}
+	<-ctx.Done()
+	fmt.Fprintln(o.Out, "holdfast dev: stopping")
+	return nil
+}
+
+func randomToken() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return "hf-" + hex.EncodeToString(b[:])
+}
+
+// detectLibvirt uses the local libvirtd when one answers; otherwise volumes are treated as detached.
+func detectLibvirt() string {
+	conn, err := domains.Open(domains.DefaultURI)
+	if err != nil {
+		return file.NoLibvirt
+	}
+	conn.Close()
+	return domains.DefaultURI
+}
+
+type temporalServer struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startTemporal(o Options) (*temporalServer, error) {
+	if _, err := os.Stat(o.TemporalBin); err != nil {
+		return nil, fmt.Errorf("Temporal dev server not found at %s: run make temporal", o.TemporalBin)
+	}
+	host, port, err := net.SplitHostPort(o.TemporalAddr)
+	if err != nil {
+		return nil, err
+	}
+	for _, addr := range []string{o.TemporalAddr, fmt.Sprintf("%s:%d", host, o.UIPort)} {
+		if ln, err := net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("%s is in use (another Temporal or holdfast dev running?): %w", addr, err)
+		} else {
+			ln.Close()
+		}
+	}
+	args := []string{"server", "start-dev", "--ip", host, "--port", port, "--ui-port", fmt.Sprint(o.UIPort),
+		"--db-filename", filepath.Join(o.DataDir, "temporal.db"), "--log-level", "warn"}
+	for _, name := range workflows.SearchAttributeNames {
+		args = append(args, "--search-attribute", name+"=Keyword")
+	}
+	logFile, err := os.OpenFile(filepath.Join(o.DataDir, "temporal.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(o.TemporalBin, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Its own process group: a Ctrl-C reaches us, and we stop the server in order, after the workers.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, err
+	}
+	s := &temporalServer{cmd: cmd, done: make(chan error, 1)}
+	go func() { s.done <- cmd.Wait(); logFile.Close() }()
+	return s, nil
+}
+
+func (s *temporalServer) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+func dialWhenReady(ctx context.Context, cfg *config.Config) (client.Client, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := workers.Dial(cfg, client.Options{Logger: quiet{}})
+		if err == nil {
+			if _, err = c.CheckHealth(ctx, nil); err == nil {
+				return c, nil
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("Temporal dev server did not answer on %s: %w (see .holdfast/temporal.log)",
+				cfg.Temporal.Address, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+type quiet struct{}
+
+func (quiet) Debug(string, ...any) {}
+func (quiet) Info(string, ...any)  {}
+func (quiet) Warn(string, ...any)  {}
+func (quiet) Error(string, ...any) {}
+
+// ensureSample creates the 256 MiB qcow2 sample volume with some data (once) and registers it.
+func ensureSample(ctx context.Context, hf *starter.Client, dataDir string) error {
+	dir, err := filepath.Abs(filepath.Join(dataDir, "volumes"))
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, SampleVolume+".qcow2")
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := makeSample(ctx, path); err != nil {
+			return err
+		}
+	}
+	_, err = hf.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: SampleVolume, Name: SampleVolume,
+		OwnerID: SampleOwner, HypervisorID: HypervisorID, Plan: config.DefaultPlan,
+		Storage: activities.VolumeRef{Type: "file", Path: path}, SizeBytes: SampleSize})
+	return err
+}
+
+// makeSample writes a raw image with a recognisable pattern in its first 32 MiB (the rest sparse zeros) and
+// converts it to qcow2 (compat 1.1, as libvirt checkpoints need).
+func makeSample(ctx context.Context, path string) error {
+	raw := path + ".raw"
+	f, err := os.Create(raw)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(raw)
+	block := make([]byte, 1<<20)
+	for i := int64(0); i < 32; i++ {
+		for j := range block {
+			block[j] = byte(i*31 + int64(j)%251)
+		}
+		if _, err := f.WriteAt(block, i<<20); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Truncate(SampleSize); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1",
+		raw, path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("qemu-img convert (install qemu-utils: make deps): %v: %s", err, out)
+	}
+	return nil
+}
+
+func printInfo(w io.Writer, i Info, owners map[string]string) {
+	fmt.Fprintf(w, "Holdfast dev is running.\n\n")
+	fmt.Fprintf(w, "  Temporal Web UI  %s\n", i.WebUI)
+	fmt.Fprintf(w, "  API              %s\n", i.APIURL)
+	fmt.Fprintf(w, "  Panel token      %s\n", i.PanelToken)
+	for token, owner := range owners {
+		fmt.Fprintf(w, "  Owner token      %s (%s)\n", token, owner)
+	}
+	fmt.Fprintf(w, "  Data             %s (volumes/, backups/, temporal.db)\n", i.DataDir)
+	if !i.Libvirt {
+		fmt.Fprintf(w, "  libvirt          not reachable: volumes are treated as detached\n")
+	}
+	fmt.Fprintf(w, "\nTry, in another shell:\n\n")
+	fmt.Fprintf(w, "  export HOLDFAST_API=%s HOLDFAST_TOKEN=%s\n", i.APIURL, i.PanelToken)
+	fmt.Fprintf(w, "  bin/holdfast snapshot %s --wait\n", SampleVolume)
+	fmt.Fprintf(w, "  bin/holdfast backup %s --wait\n", SampleVolume)
+	fmt.Fprintf(w, "  bin/holdfast status %s\n\n", SampleVolume)
+	fmt.Fprintf(w, "Ctrl-C stops everything.\n")
+}
