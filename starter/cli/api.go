@@ -179,7 +179,8 @@ func volumePath(volumeID string) string { return "/v1/volumes/" + url.PathEscape
 
 func operationPath(operationID string) string { return "/v1/operations/" + url.PathEscape(operationID) }
 
-// operation is the API's operation document (the 202 answer and GET /v1/operations/{id}).
+// operation is the API's operation document (the 202 answer and GET /v1/operations/{id}), declared here
+// rather than taken from workflows so that the CLI depends on the HTTP contract, not on the server's types.
 type operation struct {
 	OperationID string          `json:"operation_id"`
 	VolumeID    string          `json:"volume_id"`

@@ -42,6 +42,28 @@ func runEnv(t *testing.T, env map[string]string, args ...string) result {
 	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 
+// expectStderr checks stderr to the byte: scripts and people read these exact messages.
+func (r result) expectStderr(t *testing.T, want string) {
+	t.Helper()
+	if r.stderr != want {
+		t.Errorf("stderr %q, want %q", r.stderr, want)
+	}
+}
+
+// jsonDoc parses stdout as exactly one JSON object, as --json promises.
+func (r result) jsonDoc(t *testing.T) map[string]any {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(r.stdout))
+	var doc map[string]any
+	if err := dec.Decode(&doc); err != nil {
+		t.Fatalf("stdout %q is not a JSON object: %v", r.stdout, err)
+	}
+	if dec.More() {
+		t.Fatalf("stdout %q: more than one JSON document", r.stdout)
+	}
+	return doc
+}
+
 func (r result) expect(t *testing.T, code int) {
 	t.Helper()
 	if r.code != code {
@@ -94,11 +116,7 @@ func TestBackupWithoutNameLetsTheAPIChoose(t *testing.T) {
 	r := run(t, srv, "backup", "--json", "vol1")
 	r.expect(t, ExitOK)
 	expectRequest(t, onlyRequest(t, f), "POST", "/v1/volumes/vol1/backups", "", `{}`)
-	var op map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &op); err != nil {
-		t.Fatalf("--json output is not JSON: %v\n%s", err, r.stdout)
-	}
-	if op["operation_id"] != "op-1" || op["kind"] != "backup" || op["status"] != "pending" {
+	if op := r.jsonDoc(t); op["operation_id"] != "op-1" || op["kind"] != "backup" || op["status"] != "pending" {
 		t.Errorf("--json printed %v, want the 202 document", op)
 	}
 }
@@ -109,9 +127,7 @@ func TestVolumeBusyIsRejected(t *testing.T) {
 	v.active = &fakeOperation{id: "op-9", volumeID: "vol1", kind: "backup"}
 	r := run(t, srv, "snapshot", "vol1")
 	r.expect(t, ExitRejected)
-	if want := "error: VolumeBusy: Volume is busy with operation: backup\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: VolumeBusy: Volume is busy with operation: backup\n")
 	if r.stdout != "" {
 		t.Errorf("stdout %q, want nothing", r.stdout)
 	}
@@ -133,11 +149,8 @@ func TestJSONErrorPrintsTheAPIDocument(t *testing.T) {
 	f.addVolume("vol1", "web-data").cooldown = 7
 	r := run(t, srv, "snapshot", "vol1", "--json")
 	r.expect(t, ExitRejected)
-	var doc struct {
-		Error struct{ Type, Message string }
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc.Error.Type != "Cooldown" {
-		t.Errorf("stdout %q: want the API's error document (%v)", r.stdout, err)
+	if doc, _ := r.jsonDoc(t)["error"].(map[string]any); doc["type"] != "Cooldown" {
+		t.Errorf("stdout %q: want the API's error document", r.stdout)
 	}
 	if !strings.HasPrefix(r.stderr, "error: Cooldown: ") {
 		t.Errorf("stderr %q", r.stderr)
@@ -228,9 +241,7 @@ func TestDeleteSendsConfirmationInQuery(t *testing.T) {
 	f.requests = nil
 	r = run(t, srv, "delete", "vol1", "--backup", "back-1", "--confirm", "weekly")
 	r.expect(t, ExitRejected)
-	if want := "error: ConfirmationMismatch: confirm: type the name \"weekly&more\" to delete\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: ConfirmationMismatch: confirm: type the name \"weekly&more\" to delete\n")
 
 	f.requests = nil
 	r = run(t, srv, "delete", "vol1", "--backup", "back-1")
@@ -246,17 +257,15 @@ func TestAbort(t *testing.T) {
 
 	r := run(t, srv, "abort", "vol1")
 	r.expect(t, ExitRejected)
-	if want := "error: NoActiveOperation: Volume has no active operation.\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: NoActiveOperation: Volume has no active operation.\n")
 	expectRequest(t, onlyRequest(t, f), "POST", "/v1/volumes/vol1/abort", "", "")
 
 	v.active = f.addOperation("op-7", "vol1", "backup", "back-7", map[string]any{"status": "creating"})
 	r = run(t, srv, "abort", "vol1", "--wait")
 	// The operation ends "aborted", which is what abort asked for.
 	r.expect(t, ExitOK)
-	if !strings.Contains(r.stdout, "abort requested for backup operation op-7 on vol1") {
-		t.Errorf("stdout %q", r.stdout)
+	if want := "abort requested for backup operation op-7 on vol1\nbackup operation op-7 on vol1 aborted\n"; r.stdout != want {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
 	}
 }
 
@@ -291,25 +300,18 @@ func TestWatchFailedAndAborted(t *testing.T) {
 
 	r := run(t, srv, "watch", "op-6")
 	r.expect(t, ExitFailed)
-	if want := "error: operation op-6 (backup of vol1) failed: StorageUnavailable: bucket unreachable\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: operation op-6 (backup of vol1) failed: StorageUnavailable: bucket unreachable\n")
 
 	r = run(t, srv, "watch", "op-8", "--json")
 	r.expect(t, ExitFailed)
-	var op map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &op); err != nil || op["status"] != "aborted" {
-		t.Errorf("--json stdout %q: want the final operation document (%v)", r.stdout, err)
+	if op := r.jsonDoc(t); op["status"] != "aborted" {
+		t.Errorf("--json stdout %q: want the final operation document", r.stdout)
 	}
-	if want := "error: operation op-8 (restore of vol1) aborted\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: operation op-8 (restore of vol1) aborted\n")
 
 	r = run(t, srv, "watch", "op-404")
 	r.expect(t, ExitRejected)
-	if want := "error: NotFound: Operation op-404 not found.\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: NotFound: Operation op-404 not found.\n")
 }
 
 func TestWatchRidesOutAnAPIRestart(t *testing.T) {
@@ -325,9 +327,7 @@ func TestWatchRidesOutAnAPIRestart(t *testing.T) {
 	f.failPolls = maxTransientFailures + 1
 	r = run(t, srv, "watch", "op-5")
 	r.expect(t, ExitError)
-	if want := "error: Unavailable: Temporal is unreachable.\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: Unavailable: Temporal is unreachable.\n")
 }
 
 func TestWaitWatchesTheStartedOperation(t *testing.T) {
@@ -336,15 +336,7 @@ func TestWaitWatchesTheStartedOperation(t *testing.T) {
 	r := run(t, srv, "snapshot", "vol1", "--wait", "--json")
 	r.expect(t, ExitOK)
 	// One JSON document: the final state, not the 202 answer followed by it.
-	dec := json.NewDecoder(strings.NewReader(r.stdout))
-	var op map[string]any
-	if err := dec.Decode(&op); err != nil {
-		t.Fatalf("stdout %q: %v", r.stdout, err)
-	}
-	if dec.More() {
-		t.Errorf("stdout %q: more than one JSON document", r.stdout)
-	}
-	if op["status"] != "available" || op["operation_id"] != "op-1" {
+	if op := r.jsonDoc(t); op["status"] != "available" || op["operation_id"] != "op-1" {
 		t.Errorf("final document %v", op)
 	}
 	reqs := f.recorded()
@@ -364,9 +356,7 @@ func TestWaitFailed(t *testing.T) {
 	if want := "backup of vol1 accepted: operation op-1 (backup back-1)\nbackup op-1: creating\n"; r.stdout != want {
 		t.Errorf("stdout %q, want %q", r.stdout, want)
 	}
-	if want := "error: operation op-1 (backup of vol1) failed: Deadline: backup exceeded its deadline\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: operation op-1 (backup of vol1) failed: Deadline: backup exceeded its deadline\n")
 }
 
 func TestStatus(t *testing.T) {
@@ -407,16 +397,13 @@ Backups (1):
 
 	r = run(t, srv, "status", "vol1", "--json")
 	r.expect(t, ExitOK)
-	var doc map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc["volume_id"] != "vol1" {
-		t.Errorf("--json stdout %q (%v)", r.stdout, err)
+	if doc := r.jsonDoc(t); doc["volume_id"] != "vol1" {
+		t.Errorf("--json stdout %q", r.stdout)
 	}
 
 	r = run(t, srv, "status", "other")
 	r.expect(t, ExitRejected)
-	if want := "error: NotFound: Volume other not found.\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: NotFound: Volume other not found.\n")
 }
 
 func TestList(t *testing.T) {
@@ -509,9 +496,7 @@ func TestServerErrorIsNotARejection(t *testing.T) {
 	defer srv.Close()
 	r := run(t, srv, "status", "vol1", "--json")
 	r.expect(t, ExitError)
-	if want := "error: BadGateway: upstream connect error\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: BadGateway: upstream connect error\n")
 	if r.stdout != "" {
 		t.Errorf("stdout %q: a proxy's page is not the API's JSON", r.stdout)
 	}
@@ -522,9 +507,7 @@ func TestMissingTokenIsRejected(t *testing.T) {
 	f.addVolume("vol1", "web-data")
 	r := runEnv(t, map[string]string{"HOLDFAST_API": srv.URL}, "status", "vol1")
 	r.expect(t, ExitRejected)
-	if want := "error: Unauthorized: Missing or unknown token.\nhint: pass --token or set HOLDFAST_TOKEN\n"; r.stderr != want {
-		t.Errorf("stderr %q, want %q", r.stderr, want)
-	}
+	r.expectStderr(t, "error: Unauthorized: Missing or unknown token.\nhint: pass --token or set HOLDFAST_TOKEN\n")
 	if got := onlyRequest(t, f).Auth; got != "" {
 		t.Errorf("Authorization %q sent without a token", got)
 	}

@@ -16,7 +16,9 @@ type itemRequest struct {
 	Name string `json:"name,omitempty"`
 }
 
-// restoreRequest is the body of POST .../restore, in either of its two modes.
+// restoreRequest is the body of POST .../restore, in either of its two modes. It repeats the wire shape of
+// starter.RestoreRequest on purpose: importing that package would pull Temporal into a CLI that must only
+// speak HTTP.
 type restoreRequest struct {
 	SnapshotID    string `json:"snapshot_id,omitempty"`
 	BackupID      string `json:"backup_id,omitempty"`
@@ -159,8 +161,12 @@ func (inv *invocation) start(ctx context.Context, method, path string, query url
 	if inv.opts.json {
 		writeJSON(inv.stdout, raw)
 	}
-	// What abort asked for is that the operation stop; however it ended, it has.
+	// What abort asked for is that the operation stop; however it ended, it has. The progress view leaves
+	// failed and aborted endings to the caller, so say how this one ended.
 	if aborting {
+		if !inv.opts.json && outcome(final) != nil {
+			fmt.Fprintf(inv.stdout, "%s operation %s on %s %s\n", final.Kind, final.OperationID, final.VolumeID, final.Status)
+		}
 		return nil
 	}
 	return outcome(final)

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -31,29 +32,31 @@ func writeStatus(w io.Writer, v *volume) {
 	tw.Flush()
 
 	fmt.Fprintln(w)
-	if len(v.Snapshots) == 0 {
-		fmt.Fprintln(w, "Snapshots: none")
-	} else {
-		fmt.Fprintf(w, "Snapshots (%d):\n", len(v.Snapshots))
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE")
-		for _, s := range v.Snapshots {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", s.SnapshotID, orDash(s.Name), s.Status, when(s.CreatedAt), humanBytes(s.SizeBytes))
-		}
-		tw.Flush()
+	var rows [][]string
+	for _, it := range v.Snapshots {
+		rows = append(rows, []string{it.SnapshotID, orDash(it.Name), it.Status, when(it.CreatedAt), humanBytes(it.SizeBytes)})
 	}
-	if len(v.Backups) == 0 {
-		fmt.Fprintln(w, "Backups: none")
-	} else {
-		fmt.Fprintf(w, "Backups (%d):\n", len(v.Backups))
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  ID\tNAME\tSTATUS\tCREATED\tSIZE\tSTORED\tSTORAGE")
-		for _, b := range v.Backups {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.BackupID, orDash(b.Name), b.Status, when(b.CreatedAt),
-				humanBytes(b.SizeBytes), humanBytes(b.StoredBytes), orDash(b.Storage))
-		}
-		tw.Flush()
+	writeTable(w, "Snapshots", []string{"ID", "NAME", "STATUS", "CREATED", "SIZE"}, rows)
+	rows = nil
+	for _, it := range v.Backups {
+		rows = append(rows, []string{it.BackupID, orDash(it.Name), it.Status, when(it.CreatedAt), humanBytes(it.SizeBytes),
+			humanBytes(it.StoredBytes), orDash(it.Storage)})
 	}
+	writeTable(w, "Backups", []string{"ID", "NAME", "STATUS", "CREATED", "SIZE", "STORED", "STORAGE"}, rows)
+}
+
+// writeTable prints an indented table under its title, or one "none" line rather than a bare header.
+func writeTable(w io.Writer, title string, header []string, rows [][]string) {
+	if len(rows) == 0 {
+		fmt.Fprintf(w, "%s: none\n", title)
+		return
+	}
+	fmt.Fprintf(w, "%s (%d):\n", title, len(rows))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, cells := range append([][]string{header}, rows...) {
+		fmt.Fprintf(tw, "  %s\n", strings.Join(cells, "\t"))
+	}
+	tw.Flush()
 }
 
 // writeList prints one line per snapshot and backup of the given volumes, under one header, so that
