@@ -38,35 +38,27 @@ type Metrics struct {
 // A nil reg gives working but unexposed metrics.
 func New(reg prometheus.Registerer) *Metrics {
 	return &Metrics{
-		bytesRead: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_backup_bytes_read_total",
-			Help: "Bytes read from volumes by backups, by hypervisor.",
-		}, []string{labelHypervisor})),
-		bytesStored: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_backup_bytes_stored_total",
-			Help: "Bytes backups wrote to backup storage (new chunks only), by hypervisor.",
-		}, []string{labelHypervisor})),
-		bytesDeduplicated: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_backup_bytes_deduplicated_total",
-			Help: "Bytes backups did not store because the storage already held them, by hypervisor.",
-		}, []string{labelHypervisor})),
-		restoreBytes: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_restore_bytes_written_total",
-			Help: "Bytes restores wrote to volumes, by hypervisor.",
-		}, []string{labelHypervisor})),
+		bytesRead: counterVec(reg, "holdfast_backup_bytes_read_total",
+			"Bytes read from volumes by backups, by hypervisor.", labelHypervisor),
+		bytesStored: counterVec(reg, "holdfast_backup_bytes_stored_total",
+			"Bytes backups wrote to backup storage (new chunks only), by hypervisor.", labelHypervisor),
+		bytesDeduplicated: counterVec(reg, "holdfast_backup_bytes_deduplicated_total",
+			"Bytes backups did not store because the storage already held them, by hypervisor.", labelHypervisor),
+		restoreBytes: counterVec(reg, "holdfast_restore_bytes_written_total",
+			"Bytes restores wrote to volumes, by hypervisor.", labelHypervisor),
 		throughput: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "holdfast_throughput_bytes_per_second",
 			Help: "Last observed data rate of a running copy, by hypervisor and kind (backup, restore).",
 		}, []string{labelHypervisor, labelKind})),
-		guardRailRejection: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_guard_rail_rejections_total",
-			Help: "Requests refused by a guard rail, by error type (VolumeBusy, Cooldown, SnapshotLimit...).",
-		}, []string{labelType})),
-		throttleWait: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "holdfast_throttle_wait_seconds_total",
-			Help: "Time copies spent waiting on a hypervisor's rate or concurrency limit.",
-		}, []string{labelHypervisor})),
+		guardRailRejection: counterVec(reg, "holdfast_guard_rail_rejections_total",
+			"Requests refused by a guard rail, by error type (VolumeBusy, Cooldown, SnapshotLimit...).", labelType),
+		throttleWait: counterVec(reg, "holdfast_throttle_wait_seconds_total",
+			"Time copies spent waiting on a hypervisor's rate or concurrency limit.", labelHypervisor),
 	}
+}
+
+func counterVec(reg prometheus.Registerer, name, help string, labels ...string) *prometheus.CounterVec {
+	return register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels))
 }
 
 // register registers c, or returns the collector already registered under

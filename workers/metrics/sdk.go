@@ -170,33 +170,41 @@ type series struct {
 }
 
 func (c *collector) family(name string, k kind) *family {
-	c.mu.RLock()
-	f := c.families[name]
-	c.mu.RUnlock()
-	if f != nil {
-		return f
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if f = c.families[name]; f != nil {
-		return f
-	}
-	f = &family{
-		name:    name,
-		help:    "Temporal SDK metric " + name + ".",
-		kind:    k,
-		buckets: defaultTimerBuckets,
-		byKey:   map[string]*series{},
-	}
-	if s, ok := specs[name]; ok {
-		f.spec = &s
-		f.help = s.help
-		if s.buckets != nil {
-			f.buckets = s.buckets
+	return getOrCreate(&c.mu, c.families, name, func() *family {
+		f := &family{
+			name:    name,
+			help:    "Temporal SDK metric " + name + ".",
+			kind:    k,
+			buckets: defaultTimerBuckets,
+			byKey:   map[string]*series{},
 		}
+		if s, ok := specs[name]; ok {
+			f.spec = &s
+			f.help = s.help
+			if s.buckets != nil {
+				f.buckets = s.buckets
+			}
+		}
+		return f
+	})
+}
+
+// getOrCreate returns m[key], creating it under the write lock only on first
+// use: after warm-up every SDK record is a read-locked map lookup.
+func getOrCreate[V any](mu *sync.RWMutex, m map[string]*V, key string, create func() *V) *V {
+	mu.RLock()
+	v := m[key]
+	mu.RUnlock()
+	if v != nil {
+		return v
 	}
-	c.families[name] = f
-	return f
+	mu.Lock()
+	defer mu.Unlock()
+	if v = m[key]; v == nil {
+		v = create()
+		m[key] = v
+	}
+	return v
 }
 
 func (c *collector) conflict(name string, want, have kind) {
@@ -220,29 +228,17 @@ func (f *family) series(labels []labelPair) *series {
 		kb.WriteString(l.value)
 		kb.WriteByte(0xff)
 	}
-	key := kb.String()
-
-	f.mu.RLock()
-	s := f.byKey[key]
-	f.mu.RUnlock()
-	if s != nil {
+	return getOrCreate(&f.mu, f.byKey, kb.String(), func() *series {
+		constLabels := make(prometheus.Labels, len(labels))
+		for _, l := range labels {
+			constLabels[l.name] = l.value
+		}
+		s := &series{desc: prometheus.NewDesc(f.name, f.help, nil, constLabels)}
+		if f.kind == kindHistogram {
+			s.hist = &histogram{upper: f.buckets, counts: make([]uint64, len(f.buckets))}
+		}
 		return s
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if s = f.byKey[key]; s != nil {
-		return s
-	}
-	constLabels := make(prometheus.Labels, len(labels))
-	for _, l := range labels {
-		constLabels[l.name] = l.value
-	}
-	s = &series{desc: prometheus.NewDesc(f.name, f.help, nil, constLabels)}
-	if f.kind == kindHistogram {
-		s.hist = &histogram{upper: f.buckets, counts: make([]uint64, len(f.buckets))}
-	}
-	f.byKey[key] = s
-	return s
+	})
 }
 
 // keepLabels returns the labels named in allowed, in labels' (sorted) order.
