@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -136,8 +137,9 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, log 
 		a.Close()
 		return nil, err
 	}
+	// A resume journal every 8 chunks (32 MiB): a crashed upload re-reads at most that much.
 	engines, err := agent.NewEngines(ctx, storeConfigs, float64(h.BandwidthBytesPerSecond),
-		backup.Options{Logger: log})
+		backup.Options{Logger: log, CheckpointEvery: CheckpointEvery})
 	if err != nil {
 		a.Close()
 		return nil, err
@@ -146,11 +148,20 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, log 
 	return a, nil
 }
 
+// CheckpointEvery is the number of 4 MiB chunks between resume checkpoints of a backup upload.
+const CheckpointEvery = 8
+
+// heartbeatThrottle caps how long the SDK holds back heartbeats (by default 80% of the heartbeat timeout,
+// 24 s): progress users see, and an abort reaching the activity, are at most this late.
+const heartbeatThrottle = 2 * time.Second
+
 // NewAgentWorker returns the worker of one hypervisor (task queue hypervisor/<id>), bounded by its
 // configured concurrency.
 func NewAgentWorker(c client.Client, cfg *config.Config, hypervisorID string, a *Agent) worker.Worker {
 	w := worker.New(c, activities.TaskQueue(hypervisorID), worker.Options{
 		MaxConcurrentActivityExecutionSize: cfg.Hypervisors[hypervisorID].Concurrency,
+		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
+		DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
 	})
 	w.RegisterActivity(a.Activities)
 	return w

@@ -1,0 +1,285 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/holdfast/holdfast/starter/startertest"
+	"github.com/holdfast/holdfast/workers"
+)
+
+// TestMain lets the test binary stand in for the holdfast binary: the end-to-end tests start it as real
+// worker, agent and API processes (and kill them), exactly as an operator would run them.
+func TestMain(m *testing.M) {
+	if os.Getenv("HOLDFAST_E2E_MAIN") == "1" {
+		ctx, stop := signalContext()
+		defer stop()
+		os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 1)
+	signalNotify(ch)
+	go func() { <-ch; cancel() }()
+	return ctx, cancel
+}
+
+type e2e struct {
+	t      *testing.T
+	dir    string
+	config string
+	api    string
+	procs  map[string]*exec.Cmd
+}
+
+const panelToken = "panel-e2e"
+
+func newE2E(t *testing.T, bandwidth int64) *e2e {
+	dev := startertest.StartDevServer(t)
+	dir := t.TempDir()
+	e := &e2e{t: t, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
+		procs: map[string]*exec.Cmd{}}
+	cfg := fmt.Sprintf(`
+temporal: {address: %q}
+limits: {cooldown: 1s}
+backup_storages: {local: {type: fs, path: %q}}
+hypervisor_groups: {g1: {backup_storage: local}}
+hypervisors:
+  hv1: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d}
+  hv2: {group: g1, libvirt_uri: none}
+`, dev.Address, filepath.Join(dir, "backups"), bandwidth)
+	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
+	e.start("worker", "worker", "--config", e.config)
+	e.start("agent-hv1", "agent", "--config", e.config, "--hypervisor", "hv1")
+	e.start("agent-hv2", "agent", "--config", e.config, "--hypervisor", "hv2")
+	e.start("api", "api", "--config", e.config, "--listen", e.api)
+	startertest.WaitFor(t, "API health", func() bool {
+		resp, err := http.Get("http://" + e.api + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	})
+	return e
+}
+
+func (e *e2e) start(name string, args ...string) {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "HOLDFAST_E2E_MAIN=1", "HOLDFAST_PANEL_TOKEN="+panelToken,
+		"HOLDFAST_OWNER_TOKENS=alice=alice-token,bob=bob-token")
+	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
+	require.NoError(e.t, err)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	require.NoError(e.t, cmd.Start())
+	e.procs[name] = cmd
+	e.t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+		logf.Close()
+	})
+}
+
+// kill -9s a process, as a crash would.
+func (e *e2e) kill(name string) {
+	cmd := e.procs[name]
+	require.NoError(e.t, cmd.Process.Kill())
+	_, _ = cmd.Process.Wait()
+}
+
+func (e *e2e) call(method, path, token string, body any) (int, map[string]any) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		require.NoError(e.t, err)
+		rd = bytes.NewReader(data)
+	}
+	req, err := http.NewRequest(method, "http://"+e.api+path, rd)
+	require.NoError(e.t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// operation starts an operation (retrying through the 1 s cooldown) and waits for its end.
+func (e *e2e) operation(method, path string, body any) map[string]any {
+	e.t.Helper()
+	var accepted map[string]any
+	startertest.WaitFor(e.t, "accepted "+path, func() bool {
+		status, out := e.call(method, path, panelToken, body)
+		if status == 429 && out["error"].(map[string]any)["type"] == "Cooldown" {
+			return false
+		}
+		require.Equal(e.t, 202, status, "%v", out)
+		accepted = out
+		return true
+	})
+	return e.wait(accepted["operation_id"].(string))
+}
+
+func (e *e2e) wait(operationID string) map[string]any {
+	var op map[string]any
+	startertest.WaitFor(e.t, "operation "+operationID, func() bool {
+		_, op = e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
+		return op["finished_at"] != nil
+	})
+	return op
+}
+
+func (e *e2e) volumePath(name string) string { return filepath.Join(e.dir, "volumes", name+".img") }
+
+func (e *e2e) register(volumeID, owner, hypervisor string) {
+	status, out := e.call("PUT", "/v1/volumes/"+volumeID, panelToken, map[string]any{"name": volumeID,
+		"owner_id": owner, "hypervisor_id": hypervisor, "plan": "standard",
+		"storage": map[string]any{"type": "file", "path": e.volumePath(volumeID)}})
+	require.Equal(e.t, 200, status, "%v", out)
+}
+
+// makeVolume writes a raw volume: random data in its first part, zeros (sparse) after.
+func makeVolume(t *testing.T, path string, size, random int64) []byte {
+	data := make([]byte, size)
+	_, err := rand.Read(data[:random])
+	require.NoError(t, err)
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	_, err = f.WriteAt(data[:random], 0)
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(size))
+	require.NoError(t, f.Close())
+	return data
+}
+
+func readFile(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+func itemID(t *testing.T, op map[string]any) string {
+	require.Contains(t, []any{"available", "completed"}, op["status"], "%v", op)
+	return op["item_id"].(string)
+}
+
+func TestE2ELifecycleThroughHTTP(t *testing.T) {
+	e := newE2E(t, 0)
+	original := makeVolume(t, e.volumePath("web"), 64<<20, 24<<20)
+	e.register("web", "alice", "hv1")
+
+	snapID := itemID(t, e.operation("POST", "/v1/volumes/web/snapshots", map[string]any{"name": "before"}))
+	backupID := itemID(t, e.operation("POST", "/v1/volumes/web/backups", map[string]any{"name": "nightly"}))
+
+	// New data after both: the restores must bring back the old bytes.
+	f, err := os.OpenFile(e.volumePath("web"), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xEE}, 8<<20), 4<<20)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	// Restore the backup to a new volume on another hypervisor: byte-identical to the volume at backup time.
+	op := e.operation("POST", "/v1/volumes/web/restore", map[string]any{"backup_id": backupID, "mode": "new_volume",
+		"new_volume_id": "web-copy", "new_volume_name": "copy", "hypervisor_id": "hv2"})
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	status, copyVol := e.call("GET", "/v1/volumes/web-copy", panelToken, nil)
+	require.Equal(t, 200, status)
+	assert.Equal(t, "hv2", copyVol["hypervisor_id"])
+	copyPath := copyVol["storage"].(map[string]any)["path"].(string)
+	assert.True(t, bytes.Equal(original, readFile(t, copyPath)), "restored copy differs from the backup's source")
+
+	// In-place restore of the snapshot needs the volume's name.
+	status, out := e.call("POST", "/v1/volumes/web/restore", panelToken, map[string]any{"snapshot_id": snapID,
+		"mode": "in_place", "confirm": "wbe"})
+	require.Equal(t, 400, status)
+	assert.Equal(t, "ConfirmationMismatch", out["error"].(map[string]any)["type"])
+	op = e.operation("POST", "/v1/volumes/web/restore", map[string]any{"snapshot_id": snapID, "mode": "in_place",
+		"confirm": "web"})
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	assert.True(t, bytes.Equal(original, readFile(t, e.volumePath("web"))), "in-place restore differs from the snapshot")
+
+	// Owner scoping: bob cannot see alice's volume; alice can.
+	status, _ = e.call("GET", "/v1/volumes/web", "bob-token", nil)
+	assert.Equal(t, 404, status)
+	status, _ = e.call("GET", "/v1/volumes/web", "alice-token", nil)
+	assert.Equal(t, 200, status)
+
+	// Delete with confirmation.
+	op = e.operation("DELETE", "/v1/volumes/web/snapshots/"+snapID+"?confirm=before", nil)
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	op = e.operation("DELETE", "/v1/volumes/web/backups/"+backupID+"?confirm=nightly", nil)
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	_, vol := e.call("GET", "/v1/volumes/web", panelToken, nil)
+	assert.Empty(t, vol["snapshots"])
+	assert.Empty(t, vol["backups"])
+	manifests, _ := filepath.Glob(filepath.Join(e.dir, "backups", "volumes", "web", "manifests", "*"))
+	assert.Empty(t, manifests, "the deleted backup's manifest is gone from storage")
+}
+
+func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
+	// 12 MiB/s: a 96 MiB volume of random data takes ~8 s, long enough to kill the agent in the middle.
+	e := newE2E(t, 12<<20)
+	original := makeVolume(t, e.volumePath("db"), 96<<20, 96<<20)
+	e.register("db", "alice", "hv1")
+	status, accepted := e.call("POST", "/v1/volumes/db/backups", panelToken, map[string]any{"name": "b"})
+	require.Equal(t, 202, status, "%v", accepted)
+	opID := accepted["operation_id"].(string)
+	var before float64
+	startertest.WaitFor(t, "backup under way", func() bool {
+		_, op := e.call("GET", "/v1/operations/"+opID, panelToken, nil)
+		if p, ok := op["progress"].(map[string]any); ok {
+			before = p["bytes_done"].(float64)
+		}
+		return before >= 24<<20
+	})
+	e.kill("agent-hv1")
+	time.Sleep(time.Second)
+	e.start("agent-hv1b", "agent", "--config", e.config, "--hypervisor", "hv1")
+	op := e.wait(opID)
+	require.Equal(t, "available", op["status"], "%v", op)
+
+	backupID := op["item_id"].(string)
+	restored := e.operation("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID,
+		"mode": "new_volume", "new_volume_id": "db-copy"})
+	require.Equal(t, "completed", restored["status"], "%v", restored)
+	assert.True(t, bytes.Equal(original, readFile(t, filepath.Join(e.dir, "volumes", "db-copy.img"))))
+	// The retried attempt resumed from its heartbeat checkpoint, not from offset 0: it re-read at most one
+	// checkpoint batch (8 chunks) of what the killed agent had already reported done.
+	var resumed *float64
+	for _, line := range strings.Split(string(readFile(t, filepath.Join(e.dir, "agent-hv1b.log"))), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "resuming upload" {
+			v := rec["next_offset"].(float64)
+			resumed = &v
+		}
+	}
+	require.NotNil(t, resumed, "the restarted agent did not resume the upload")
+	assert.Greater(t, *resumed, 0.0)
+	assert.GreaterOrEqual(t, *resumed, before-float64(workers.CheckpointEvery*4<<20))
+}
