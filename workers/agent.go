@@ -23,6 +23,7 @@ import (
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/activities/volume/rbd"
 	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workers/metrics"
 )
 
 // Dial connects to Temporal as the config says (TLS when configured).
@@ -98,7 +99,7 @@ func (a *Agent) Close() {
 // NewAgent builds a hypervisor's activities from the config: its drivers, and one engine per backup storage
 // it may read or write (every configured storage, so it can restore backups made elsewhere), all sharing
 // the hypervisor's bandwidth limit.
-func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, log *slog.Logger) (*Agent, error) {
+func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *metrics.Metrics, log *slog.Logger) (*Agent, error) {
 	h, ok := cfg.Hypervisors[hypervisorID]
 	if !ok {
 		return nil, fmt.Errorf("hypervisor %q is not in the config", hypervisorID)
@@ -144,7 +145,8 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, log 
 		a.Close()
 		return nil, err
 	}
-	a.Activities = agent.New(agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log})
+	a.Activities = agent.New(agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log,
+		Metrics: m})
 	return a, nil
 }
 

@@ -63,8 +63,11 @@ type harness struct {
 	registers []*reply
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harness {
 	var suite testsuite.WorkflowTestSuite
+	for _, s := range setup {
+		s(&suite)
+	}
 	env := suite.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(VolumeWorkflow)
 	env.RegisterWorkflow(SnapshotWorkflow)

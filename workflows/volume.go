@@ -10,6 +10,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/workers/metrics"
 )
 
 // Bounds on what a volume's state keeps, so history and query payloads stay small.
@@ -34,6 +35,8 @@ type volume struct {
 	cancelRunning workflow.CancelFunc
 	// abortRequested marks an abort that arrived while a request was still being checked.
 	abortRequested bool
+	// running is true while an operation's child workflow runs.
+	running bool
 }
 
 // VolumeWorkflow is one volume's entity and mutex (ID volume/<volume_id>). Requests arrive as Updates whose
@@ -444,12 +447,15 @@ func (v *volume) run(ctx workflow.Context) {
 		it.Status = StatusDeleting
 		in.Item = *it
 	}
+	mh := workflow.GetMetricsHandler(ctx) // replay-safe: nothing is recorded while replaying
+	metrics.OperationStarted(mh, string(req.Kind))
+	metrics.InFlight(mh, spec.HypervisorID, spec.OwnerID, 1)
 	if err := workflow.UpsertTypedSearchAttributes(ctx, saActive.ValueSet(string(req.Kind))); err != nil {
 		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", err)
 	}
 
 	childCtx, cancel := workflow.WithCancel(ctx)
-	v.cancelRunning = cancel
+	v.cancelRunning, v.running = cancel, true
 	childCtx = workflow.WithChildOptions(childCtx, workflow.ChildWorkflowOptions{
 		WorkflowID: OperationWorkflowID(req.OperationID),
 		TaskQueue:  TaskQueue,
@@ -513,6 +519,8 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	if n := len(v.st.Recent); n > keepRecentOperations {
 		v.st.Recent = append([]Operation(nil), v.st.Recent[n-keepRecentOperations:]...)
 	}
+	v.recordMetrics(ctx, req, op, status, err)
+	v.running = false
 	v.st.Active = nil
 	v.st.CooldownUntil = now.Add(v.st.Spec.Cooldown)
 	if e := workflow.UpsertTypedSearchAttributes(ctx, saActive.ValueUnset()); e != nil {
@@ -521,6 +529,44 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: req.OwnerLease}, req.OwnerLease)
 	workflow.GetLogger(ctx).Info("operation finished", "volume_id", v.volumeID, "operation_id", op.OperationID,
 		"kind", op.Kind, "status", op.Status)
+}
+
+// recordMetrics emits an ended operation's metrics and the volume's retained bytes per kind.
+func (v *volume) recordMetrics(ctx workflow.Context, req OperationRequest, op *Operation, status Status, err error) {
+	mh := workflow.GetMetricsHandler(ctx)
+	result := metrics.ResultCompleted
+	switch {
+	case err == nil:
+	case status == StatusAborted:
+		result = metrics.ResultAborted
+	default:
+		result = metrics.ResultFailed
+	}
+	if v.running { // an accepted request aborted before it started never counted as in flight
+		metrics.OperationFinished(mh, string(req.Kind), result, op.FinishedAt.Sub(op.StartedAt))
+		metrics.InFlight(mh, v.st.Spec.HypervisorID, v.st.Spec.OwnerID, -1)
+	}
+	metrics.Retained(mh, v.volumeID, string(KindSnapshot), retained(v.st.Snapshots, KindSnapshot))
+	metrics.Retained(mh, v.volumeID, string(KindBackup), retained(v.st.Backups, KindBackup))
+	if err == nil && req.Kind == KindBackup {
+		metrics.LastSuccessfulBackup(mh, v.volumeID, *op.FinishedAt)
+	}
+}
+
+// retained is what a volume keeps per kind, counting available items only: a backup's stored bytes, a
+// snapshot's volume size (an upper bound: the storage does not report diverged blocks).
+func retained(items []Item, kind Kind) int64 {
+	var n int64
+	for _, it := range items {
+		switch {
+		case it.Status != StatusAvailable:
+		case kind == KindBackup:
+			n += it.StoredBytes
+		default:
+			n += it.SizeBytes
+		}
+	}
+	return n
 }
 
 func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationResult, err error) {

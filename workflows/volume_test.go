@@ -1,15 +1,21 @@
 package workflows
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/workers/metrics"
 )
 
 func TestRequestBeforeRegistrationIsNotFound(t *testing.T) {
@@ -394,4 +400,35 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 	requireRejected(t, both, ErrInvalidArgument, "snapshot_id: give exactly one of snapshot_id and backup_id")
 	requireRejected(t, missing, ErrNotFound, "Snapshot nope not found on volume vol1.")
 	requireRejected(t, badSpec, ErrInvalidArgument, "storage.path: must be an absolute path")
+}
+
+func TestOperationMetricsAreEmitted(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, func(s *testsuite.WorkflowTestSuite) { s.SetMetricsHandler(metrics.NewSDKHandler(reg)) })
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).After(time.Hour).
+		Return(activities.UploadBackupResult{}, nil).Once()
+	h.mockHypervisor()
+	spec := testSpec()
+	spec.Cooldown = 0
+	h.at(time.Second, func() { h.register(spec) })
+	h.at(2*time.Second, func() { h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.at(3*time.Second, func() { h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(4*time.Second, func() { h.update(UpdateAbort, "test") })
+	h.at(5*time.Second, func() { h.request(OperationRequest{Kind: KindBackup}) })
+	h.run(2*time.Hour, VolumeInput{})
+
+	want := `
+# HELP holdfast_operations_finished_total Operations finished, by kind and result (completed, failed, aborted).
+# TYPE holdfast_operations_finished_total counter
+holdfast_operations_finished_total{kind="backup",result="aborted"} 1
+holdfast_operations_finished_total{kind="backup",result="completed"} 1
+holdfast_operations_finished_total{kind="snapshot",result="completed"} 1
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "holdfast_operations_finished_total"))
+	inFlight := `
+# HELP holdfast_owner_operations_in_flight Operations running per owner. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.
+# TYPE holdfast_owner_operations_in_flight gauge
+holdfast_owner_operations_in_flight{owner="acct-42"} 0
+`
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(inFlight), "holdfast_owner_operations_in_flight"))
 }

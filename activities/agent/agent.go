@@ -22,6 +22,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/backup"
 	"github.com/holdfast/holdfast/activities/volume"
+	"github.com/holdfast/holdfast/workers/metrics"
 )
 
 // MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses.
@@ -39,6 +40,8 @@ type Config struct {
 	Engines map[string]*backup.Engine
 	// Logger receives structured logs; default slog.Default().
 	Logger *slog.Logger
+	// Metrics records bytes and throughput (nil: none).
+	Metrics *metrics.Metrics
 }
 
 // Activities is the hypervisor agent's activity set. Register it with worker.RegisterActivity: every exported
@@ -48,6 +51,7 @@ type Activities struct {
 	drivers      map[string]volume.Driver
 	engines      map[string]*backup.Engine
 	log          *slog.Logger
+	metrics      *metrics.Metrics
 }
 
 var _ activities.Hypervisor = (*Activities)(nil)
@@ -56,6 +60,7 @@ var _ activities.Hypervisor = (*Activities)(nil)
 func New(cfg Config) *Activities {
 	a := &Activities{
 		hypervisorID: cfg.HypervisorID,
+		metrics:      cfg.Metrics,
 		drivers:      make(map[string]volume.Driver, len(cfg.Drivers)),
 		engines:      make(map[string]*backup.Engine, len(cfg.Engines)),
 		log:          cfg.Logger,

@@ -160,8 +160,14 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 		log.Error("upload failed", "error", err)
 		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 	}
+	took := time.Since(start)
 	log.Info("upload done", "size_bytes", m.Size, "stored_bytes", m.StoredBytes, "chunks", len(m.Chunks),
-		"duration", time.Since(start).Round(time.Millisecond))
+		"duration", took.Round(time.Millisecond))
+	a.metrics.BackupRead(a.hypervisorID, m.Size)
+	a.metrics.BackupStored(a.hypervisorID, m.StoredBytes)
+	if took > 0 {
+		a.metrics.Throughput(a.hypervisorID, "backup", float64(m.Size)/took.Seconds())
+	}
 	return activities.UploadBackupResult{SizeBytes: m.Size, StoredBytes: m.StoredBytes}, nil
 }
 
@@ -244,8 +250,13 @@ func (a *Activities) RestoreBackup(ctx context.Context, in activities.RestoreBac
 		log.Error("flush target failed", "error", err)
 		return activities.RestoreResult{}, classify(ctx, activities.RestoreBackupName, err)
 	}
+	took := time.Since(start)
 	log.Info("restore done", "size_bytes", m.Size, "bytes_written", res.BytesWritten,
-		"duration", time.Since(start).Round(time.Millisecond))
+		"duration", took.Round(time.Millisecond))
+	a.metrics.RestoreWritten(a.hypervisorID, res.BytesWritten)
+	if took > 0 {
+		a.metrics.Throughput(a.hypervisorID, "restore", float64(m.Size)/took.Seconds())
+	}
 	return activities.RestoreResult{SizeBytes: m.Size, BytesWritten: res.BytesWritten}, nil
 }
 

@@ -48,6 +48,8 @@ type e2e struct {
 	config string
 	api    string
 	procs  map[string]*exec.Cmd
+	// metrics is each process's /metrics address.
+	metrics map[string]string
 }
 
 const panelToken = "panel-e2e"
@@ -56,7 +58,7 @@ func newE2E(t *testing.T, bandwidth int64) *e2e {
 	dev := startertest.StartDevServer(t)
 	dir := t.TempDir()
 	e := &e2e{t: t, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
-		procs: map[string]*exec.Cmd{}}
+		procs: map[string]*exec.Cmd{}, metrics: map[string]string{}}
 	cfg := fmt.Sprintf(`
 temporal: {address: %q}
 limits: {cooldown: 1s}
@@ -83,6 +85,8 @@ hypervisors:
 }
 
 func (e *e2e) start(name string, args ...string) {
+	e.metrics[name] = startertest.FreeAddress(e.t)
+	args = append(args, "--metrics", e.metrics[name])
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "HOLDFAST_E2E_MAIN=1", "HOLDFAST_PANEL_TOKEN="+panelToken,
 		"HOLDFAST_OWNER_TOKENS=alice=alice-token,bob=bob-token")
@@ -155,6 +159,26 @@ func (e *e2e) wait(operationID string) map[string]any {
 	return op
 }
 
+func (e *e2e) scrape(process string) string {
+	resp, err := http.Get("http://" + e.metrics[process] + "/metrics")
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(e.t, err)
+	return string(b)
+}
+
+// metricValue returns the value of the first sample whose name and labels start with prefix ("" if none).
+func metricValue(exposition, prefix string) string {
+	for _, line := range strings.Split(exposition, "\n") {
+		if strings.HasPrefix(line, prefix) {
+			fields := strings.Fields(line)
+			return fields[len(fields)-1]
+		}
+	}
+	return ""
+}
+
 func (e *e2e) volumePath(name string) string { return filepath.Join(e.dir, "volumes", name+".img") }
 
 func (e *e2e) register(volumeID, owner, hypervisor string) {
@@ -196,6 +220,12 @@ func TestE2ELifecycleThroughHTTP(t *testing.T) {
 
 	snapID := itemID(t, e.operation("POST", "/v1/volumes/web/snapshots", map[string]any{"name": "before"}))
 	backupID := itemID(t, e.operation("POST", "/v1/volumes/web/backups", map[string]any{"name": "nightly"}))
+
+	// Metrics: the agent counted the bytes it read, the worker the operations, with the SDK's own beside them.
+	agentMetrics, workerMetrics := e.scrape("agent-hv1"), e.scrape("worker")
+	assert.Equal(t, "6.7108864e+07", metricValue(agentMetrics, `holdfast_backup_bytes_read_total{hypervisor="hv1"}`)) // 64 MiB
+	assert.Equal(t, "1", metricValue(workerMetrics, `holdfast_operations_finished_total{kind="backup",result="completed"}`))
+	assert.NotEmpty(t, metricValue(workerMetrics, "temporal_workflow_completed_total"), "the SDK's own metrics")
 
 	// New data after both: the restores must bring back the old bytes.
 	f, err := os.OpenFile(e.volumePath("web"), os.O_WRONLY, 0)

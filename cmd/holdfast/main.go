@@ -26,15 +26,17 @@ import (
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
 	"github.com/holdfast/holdfast/workers/dev"
+	"github.com/holdfast/holdfast/workers/metrics"
 )
 
 const usage = `holdfast — durable snapshots, backups and restores of block volumes
 
 Servers:
   holdfast dev [--cooldown D] [--deadline D]       everything on this machine (make run)
-  holdfast worker [control] --config FILE           control-plane worker (workflows)
-  holdfast agent --config FILE --hypervisor ID      one hypervisor's activities
-  holdfast api --config FILE [--listen ADDR]        the HTTP API (tokens: HOLDFAST_PANEL_TOKEN, HOLDFAST_OWNER_TOKENS)
+  holdfast worker [control] --config FILE [--metrics ADDR]        control-plane worker (workflows)
+  holdfast agent --config FILE --hypervisor ID [--metrics ADDR]   one hypervisor's activities
+  holdfast api --config FILE [--listen ADDR] [--metrics ADDR]     the HTTP API
+      (tokens: HOLDFAST_PANEL_TOKEN=t1,t2 and HOLDFAST_OWNER_TOKENS=owner=token,...)
 
 CLI (talks to the API; see 'holdfast help cli'):
   snapshot | backup | restore | delete | abort | status | list | watch
@@ -127,16 +129,29 @@ func loadConfig(fs *flag.FlagSet, args []string) (*config.Config, error) {
 	return config.Load(*path)
 }
 
+// serveMetrics starts a process's /metrics endpoint; the returned options carry the SDK's metrics into it.
+func serveMetrics(ctx context.Context, addr string, log *slog.Logger) (client.Options, *metrics.Metrics) {
+	reg := metrics.NewRegistry()
+	go func() {
+		if err := metrics.Serve(ctx, addr, reg); err != nil {
+			log.Error("metrics endpoint failed", "address", addr, "error", err)
+		}
+	}()
+	return client.Options{Logger: log, MetricsHandler: metrics.NewSDKHandler(reg)}, metrics.New(reg)
+}
+
 func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 	if len(args) > 0 && args[0] == "control" {
 		args = args[1:]
 	}
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	metricsAddr := fs.String("metrics", "127.0.0.1:9464", "Prometheus /metrics address")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
 	}
-	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	opts, _ := serveMetrics(ctx, *metricsAddr, log)
+	c, err := workers.Dial(cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -149,6 +164,7 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	hypervisorID := fs.String("hypervisor", "", "this host's hypervisor_id")
+	metricsAddr := fs.String("metrics", "127.0.0.1:9465", "Prometheus /metrics address")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
@@ -156,12 +172,13 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	if *hypervisorID == "" {
 		return usageError{errors.New("--hypervisor is required")}
 	}
-	agent, err := workers.NewAgent(ctx, cfg, *hypervisorID, log.With("hypervisor_id", *hypervisorID))
+	opts, m := serveMetrics(ctx, *metricsAddr, log)
+	agent, err := workers.NewAgent(ctx, cfg, *hypervisorID, m, log.With("hypervisor_id", *hypervisorID))
 	if err != nil {
 		return err
 	}
 	defer agent.Close()
-	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	c, err := workers.Dial(cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -173,6 +190,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("api", flag.ContinueOnError)
 	listen := fs.String("listen", envOr("HOLDFAST_API_ADDR", "127.0.0.1:8080"), "listen address")
+	metricsAddr := fs.String("metrics", "127.0.0.1:9466", "Prometheus /metrics address")
 	cfg, err := loadConfig(fs, args)
 	if err != nil {
 		return err
@@ -181,13 +199,16 @@ func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
 	if err != nil {
 		return usageError{err}
 	}
-	c, err := workers.Dial(cfg, client.Options{Logger: log})
+	opts, m := serveMetrics(ctx, *metricsAddr, log)
+	c, err := workers.Dial(cfg, opts)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
-	srv := &http.Server{Handler: api.New(starter.New(c, cfg), tokens, health, log), ReadHeaderTimeout: 10 * time.Second}
+	handler := api.New(starter.New(c, cfg), tokens, health, log)
+	handler.OnRejection = m.GuardRailRejected
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err

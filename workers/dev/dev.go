@@ -32,6 +32,7 @@ import (
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workers/metrics"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -48,6 +49,7 @@ const (
 type Options struct {
 	DataDir      string
 	APIAddr      string
+	MetricsAddr  string // 127.0.0.1:9090 (HOLDFAST_METRICS_ADDR)
 	PanelToken   string
 	OwnerTokens  map[string]string // token → owner_id
 	Cooldown     *time.Duration
@@ -65,8 +67,8 @@ type Options struct {
 
 // Info is what a dev run prints.
 type Info struct {
-	APIURL, WebUI, PanelToken, DataDir string
-	Libvirt                            bool
+	APIURL, WebUI, PanelToken, DataDir, Metrics string
+	Libvirt                                     bool
 }
 
 // Defaults reads HOLDFAST_PANEL_TOKEN, HOLDFAST_OWNER_TOKENS, HOLDFAST_API_ADDR, HOLDFAST_DATA_DIR and
@@ -74,12 +76,16 @@ type Info struct {
 func Defaults(getenv func(string) string) (Options, error) {
 	o := Options{DataDir: getenv("HOLDFAST_DATA_DIR"), APIAddr: getenv("HOLDFAST_API_ADDR"),
 		PanelToken: getenv("HOLDFAST_PANEL_TOKEN"), TemporalBin: getenv("HOLDFAST_TEMPORAL_BIN"),
+		MetricsAddr:  getenv("HOLDFAST_METRICS_ADDR"),
 		TemporalAddr: "127.0.0.1:7233", UIPort: 8233, OwnerTokens: map[string]string{}}
 	if o.DataDir == "" {
 		o.DataDir = ".holdfast"
 	}
 	if o.APIAddr == "" {
 		o.APIAddr = "127.0.0.1:8080"
+	}
+	if o.MetricsAddr == "" {
+		o.MetricsAddr = "127.0.0.1:9090"
 	}
 	if o.TemporalBin == "" {
 		o.TemporalBin = filepath.Join("bin", "temporal")
@@ -151,14 +157,18 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer server.stop()
-	c, err := dialWhenReady(ctx, cfg)
+	reg := metrics.NewRegistry()
+	c, err := dialWhenReady(ctx, cfg, metrics.NewSDKHandler(reg))
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	m := metrics.New(reg)
+	metricsErr := make(chan error, 1)
+	go func() { metricsErr <- metrics.Serve(ctx, o.MetricsAddr, reg) }()
 
 	hf := starter.New(c, cfg)
-	agent, err := workers.NewAgent(ctx, cfg, HypervisorID, o.Log)
+	agent, err := workers.NewAgent(ctx, cfg, HypervisorID, m, o.Log)
 	if err != nil {
 		return err
 	}
@@ -176,8 +186,9 @@ func Run(ctx context.Context, o Options) error {
 		return fmt.Errorf("API address %s: %w (set HOLDFAST_API_ADDR)", o.APIAddr, err)
 	}
 	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
-	srv := &http.Server{Handler: api.New(hf, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, health, o.Log),
-		ReadHeaderTimeout: 10 * time.Second}
+	handler := api.New(hf, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, health, o.Log)
+	handler.OnRejection = m.GuardRailRejected
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -188,7 +199,13 @@ func Run(ctx context.Context, o Options) error {
 	if err := ensureSample(ctx, hf, o.DataDir); err != nil {
 		return fmt.Errorf("sample volume: %w", err)
 	}
+	select {
+	case err := <-metricsErr:
+		return fmt.Errorf("metrics on %s: %w (set HOLDFAST_METRICS_ADDR)", o.MetricsAddr, err)
+	default:
+	}
 	info := Info{APIURL: "http://" + ln.Addr().String(), WebUI: fmt.Sprintf("http://127.0.0.1:%d", o.UIPort),
+		Metrics:    "http://" + o.MetricsAddr + "/metrics",
 		PanelToken: o.PanelToken, DataDir: o.DataDir, Libvirt: libvirtURI != file.NoLibvirt}
 	printInfo(o.Out, info, o.OwnerTokens)
 	if o.Ready != nil {
@@ -269,10 +286,10 @@ func (s *temporalServer) stop() {
 	}
 }
 
-func dialWhenReady(ctx context.Context, cfg *config.Config) (client.Client, error) {
+func dialWhenReady(ctx context.Context, cfg *config.Config, mh client.MetricsHandler) (client.Client, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		c, err := workers.Dial(cfg, client.Options{Logger: quiet{}})
+		c, err := workers.Dial(cfg, client.Options{Logger: quiet{}, MetricsHandler: mh})
 		if err == nil {
 			if _, err = c.CheckHealth(ctx, nil); err == nil {
 				return c, nil
@@ -354,6 +371,7 @@ func printInfo(w io.Writer, i Info, owners map[string]string) {
 	fmt.Fprintf(w, "Holdfast dev is running.\n\n")
 	fmt.Fprintf(w, "  Temporal Web UI  %s\n", i.WebUI)
 	fmt.Fprintf(w, "  API              %s\n", i.APIURL)
+	fmt.Fprintf(w, "  Metrics          %s\n", i.Metrics)
 	fmt.Fprintf(w, "  Panel token      %s\n", i.PanelToken)
 	for token, owner := range owners {
 		fmt.Fprintf(w, "  Owner token      %s (%s)\n", token, owner)
