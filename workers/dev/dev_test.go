@@ -1,0 +1,100 @@
+package dev
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/holdfast/holdfast/activities/volume/file"
+	"github.com/holdfast/holdfast/starter/cli"
+	"github.com/holdfast/holdfast/starter/startertest"
+)
+
+func TestDefaultsFromEnvironment(t *testing.T) {
+	env := map[string]string{"HOLDFAST_OWNER_TOKENS": "alice=a1, bob=b2", "HOLDFAST_API_ADDR": "127.0.0.1:9999"}
+	o, err := Defaults(func(k string) string { return env[k] })
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"a1": "alice", "b2": "bob"}, o.OwnerTokens)
+	assert.Equal(t, "127.0.0.1:9999", o.APIAddr)
+	assert.Equal(t, ".holdfast", o.DataDir)
+	assert.Equal(t, "127.0.0.1:7233", o.TemporalAddr)
+	_, err = Defaults(func(k string) string {
+		return map[string]string{"HOLDFAST_OWNER_TOKENS": "alice"}[k]
+	})
+	assert.ErrorContains(t, err, "HOLDFAST_OWNER_TOKENS")
+}
+
+func port(t *testing.T, addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	n, err := strconv.Atoi(p)
+	require.NoError(t, err)
+	return n
+}
+
+// TestDevRunsTheProductAndStopsCleanly is the `make run` smoke test: start everything, run the three CLI
+// commands it prints, stop it, and find nothing left listening.
+func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
+	bin := startertest.TemporalBin(t)
+	o := Options{DataDir: filepath.Join(t.TempDir(), ".holdfast"), APIAddr: startertest.FreeAddress(t),
+		MetricsAddr: startertest.FreeAddress(t), PanelToken: "dev-token", TemporalBin: bin,
+		TemporalAddr: startertest.FreeAddress(t), UIPort: port(t, startertest.FreeAddress(t)),
+		LibvirtURI: file.NoLibvirt, OwnerTokens: map[string]string{}}
+	cooldown := time.Duration(0)
+	o.Cooldown = &cooldown
+	var out bytes.Buffer
+	o.Out = &out
+	ready := make(chan Info, 1)
+	o.Ready = func(i Info) { ready <- i }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, o) }()
+	var info Info
+	select {
+	case info = <-ready:
+	case err := <-done:
+		t.Fatalf("dev stopped early: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("dev did not become ready")
+	}
+	assert.Contains(t, out.String(), "Temporal Web UI  http://127.0.0.1:")
+	assert.Contains(t, out.String(), "Panel token      dev-token")
+	assert.Contains(t, out.String(), "volumes are treated as detached")
+	st, err := os.Stat(filepath.Join(o.DataDir, "volumes", "sample.qcow2"))
+	require.NoError(t, err)
+	assert.Positive(t, st.Size())
+
+	env := func(k string) string {
+		return map[string]string{"HOLDFAST_API": info.APIURL, "HOLDFAST_TOKEN": info.PanelToken}[k]
+	}
+	for _, args := range [][]string{{"snapshot", SampleVolume, "--wait"}, {"backup", SampleVolume, "--wait"},
+		{"status", SampleVolume}} {
+		var stdout, stderr bytes.Buffer
+		code := cli.Run(context.Background(), args, &stdout, &stderr, env)
+		require.Equal(t, 0, code, "holdfast %s: %s%s", strings.Join(args, " "), stdout.String(), stderr.String())
+	}
+	manifests, _ := filepath.Glob(filepath.Join(o.DataDir, "backups", "volumes", SampleVolume, "manifests", "*"))
+	assert.Len(t, manifests, 1, "the backup is in the local store")
+
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev did not stop")
+	}
+	for _, addr := range []string{o.TemporalAddr, o.APIAddr, o.MetricsAddr} {
+		ln, err := net.Listen("tcp", addr)
+		require.NoError(t, err, "%s still in use after stop", addr)
+		ln.Close()
+	}
+}
