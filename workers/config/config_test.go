@@ -90,3 +90,11 @@ func TestUnknownFieldsAreRejected(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "max_snapshot")
 }
+
+func TestDeployExampleIsValid(t *testing.T) {
+	c, err := Load("../../deploy/holdfast.example.yaml")
+	require.NoError(t, err)
+	assert.Equal(t, "offsite-s3", c.BackupStorage("hv-fra1-01"))
+	assert.Equal(t, []string{"file", "rbd"}, c.Hypervisors["hv-fra1-01"].Drivers)
+	assert.Equal(t, []string{"file"}, c.Hypervisors["hv-lab-01"].Drivers)
+}
