@@ -122,15 +122,6 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 
 // ---- volumes ----
 
-type registerBody struct {
-	VolumeID     string               `json:"volume_id"`
-	Name         string               `json:"name"`
-	OwnerID      string               `json:"owner_id"`
-	HypervisorID string               `json:"hypervisor_id"`
-	Plan         string               `json:"plan"`
-	Storage      activities.VolumeRef `json:"storage"`
-}
-
 func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 	volumeID, ok := pathID(w, r, "volume_id")
 	if !ok {
@@ -140,7 +131,7 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may register volumes.")
 		return
 	}
-	var b registerBody
+	var b starter.RegisterRequest
 	if !decode(w, r, &b, false) {
 		return
 	}
@@ -158,8 +149,8 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "storage.path: is required for type file")
 		return
 	}
-	v, err := s.hf.RegisterVolume(r.Context(), starter.RegisterRequest{VolumeID: volumeID, Name: b.Name,
-		OwnerID: b.OwnerID, HypervisorID: b.HypervisorID, Plan: b.Plan, Storage: b.Storage})
+	b.VolumeID = volumeID
+	v, err := s.hf.RegisterVolume(r.Context(), b)
 	if err != nil {
 		s.fail(w, err)
 		return

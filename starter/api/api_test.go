@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -99,6 +98,20 @@ func requireError(t *testing.T, r response, status int, errType, message string)
 	if message != "" {
 		require.Equal(t, message, r.errMessage())
 	}
+}
+
+// availableSnapshot waits for the volume's only snapshot to be available and returns its id.
+func (e *env) availableSnapshot(volumeID, token string) string {
+	var snapID string
+	startertest.WaitFor(e.t, "snapshot", func() bool {
+		snaps, _ := e.do("GET", "/v1/volumes/"+volumeID, token, nil).body["snapshots"].([]any)
+		if len(snaps) == 1 && snaps[0].(map[string]any)["status"] == "available" {
+			snapID = snaps[0].(map[string]any)["snapshot_id"].(string)
+			return true
+		}
+		return false
+	})
+	return snapID
 }
 
 func volumeBody(owner, hypervisor string) map[string]any {
@@ -194,21 +207,12 @@ func TestAPIGuardRailsThroughHTTP(t *testing.T) {
 
 	// Let the snapshots finish: v2 holds one snapshot, at the plan cap of 1.
 	e.hv1.Gate.Open()
-	var snapID string
-	startertest.WaitFor(t, "snapshot", func() bool {
-		snaps, _ := e.do("GET", "/v1/volumes/v2", "alice-token", nil).body["snapshots"].([]any)
-		if len(snaps) == 1 && snaps[0].(map[string]any)["status"] == "available" {
-			snapID = snaps[0].(map[string]any)["snapshot_id"].(string)
-			return true
-		}
-		return false
-	})
+	snapID := e.availableSnapshot("v2", "alice-token")
 	requireError(t, e.do("DELETE", "/v1/volumes/v2/snapshots/"+snapID+"?confirm=nope", "alice-token", nil), 400,
 		"ConfirmationMismatch", "")
 	requireError(t, e.do("POST", "/v1/volumes/v2/restore", "alice-token", map[string]any{"snapshot_id": snapID,
 		"mode": "in_place", "confirm": "wrong"}), 400, "ConfirmationMismatch",
 		`Confirmation does not match: type the volume name "web-data" to confirm.`)
-	_ = time.Second
 }
 
 func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
@@ -222,15 +226,7 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 	e := &env{t: t, url: ts.URL, client: ts.Client()}
 	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
 	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "p", map[string]any{"name": "s1"}).status)
-	var snapID string
-	startertest.WaitFor(t, "snapshot", func() bool {
-		snaps, _ := e.do("GET", "/v1/volumes/v1", "p", nil).body["snapshots"].([]any)
-		if len(snaps) == 1 && snaps[0].(map[string]any)["status"] == "available" {
-			snapID = snaps[0].(map[string]any)["snapshot_id"].(string)
-			return true
-		}
-		return false
-	})
+	snapID := e.availableSnapshot("v1", "p")
 	requireError(t, e.do("POST", "/v1/volumes/v1/snapshots", "p", nil), 409, "SnapshotLimit",
 		"Snapshot limit reached. Delete an existing snapshot first.")
 	requireError(t, e.do("POST", "/v1/volumes/v1/restore", "p", map[string]any{"snapshot_id": snapID,
