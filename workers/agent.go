@@ -140,7 +140,9 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 	}
 	// A resume journal every 8 chunks (32 MiB): a crashed upload re-reads at most that much.
 	engines, err := agent.NewEngines(ctx, storeConfigs, float64(h.BandwidthBytesPerSecond),
-		backup.Options{Logger: log, CheckpointEvery: CheckpointEvery})
+		backup.Options{Logger: log, CheckpointEvery: CheckpointEvery,
+			OnDeduplicated: func(n int64) { m.BackupDeduplicated(hypervisorID, n) },
+			OnThrottled:    func(d time.Duration) { m.ThrottleWaited(hypervisorID, d) }})
 	if err != nil {
 		a.Close()
 		return nil, err

@@ -278,12 +278,14 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, parent *Man
 	res.ref = ChunkRef{Offset: off, Length: length, ID: id}
 	if size, ok := known.get(id); ok {
 		res.ref.StoredSize = size
+		e.deduplicated(length)
 		return res, nil
 	}
 	name := chunkName(req.VolumeID, id)
 	if info, err := e.store.Stat(ctx, name); err == nil {
 		res.ref.StoredSize = info.Size
 		known.put(id, info.Size)
+		e.deduplicated(length)
 		return res, nil
 	} else if !errors.Is(err, ErrNotExist) {
 		return res, err
@@ -295,6 +297,12 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, parent *Man
 	res.ref.StoredSize = int64(len(obj))
 	known.put(id, res.ref.StoredSize)
 	return res, nil
+}
+
+func (e *Engine) deduplicated(n int64) {
+	if e.opts.OnDeduplicated != nil {
+		e.opts.OnDeduplicated(n)
+	}
 }
 
 // intersects reports whether any of the sorted extents overlaps [off, off+length).

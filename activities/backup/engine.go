@@ -36,6 +36,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger gets one line per finished operation; default slog.Default().
 	Logger *slog.Logger
+	// OnDeduplicated, when set, is told the plaintext length of each chunk a backup found already stored.
+	OnDeduplicated func(bytes int64)
+	// OnThrottled, when set, is told how long each wait for bandwidth budget took.
+	OnThrottled func(time.Duration)
 }
 
 // NewLimiter returns a token bucket for bytesPerSecond, with a burst of one chunk so a whole chunk can
@@ -153,6 +157,10 @@ func (e *Engine) throttle(ctx context.Context, n int64) error {
 	l := e.opts.Limiter
 	if l == nil || l.Limit() == rate.Inf {
 		return ctx.Err()
+	}
+	if hook := e.opts.OnThrottled; hook != nil {
+		start := time.Now()
+		defer func() { hook(time.Since(start)) }()
 	}
 	for n > 0 {
 		k := min(n, int64(l.Burst()))

@@ -676,3 +676,25 @@ func TestGCKeepsChunksOfRunningBackup(t *testing.T) {
 		t.Fatalf("verify: %+v %v", v, err)
 	}
 }
+
+func TestHooksReportDeduplicatedBytesAndThrottleWaits(t *testing.T) {
+	var dedup atomic.Int64
+	var waited atomic.Int64
+	e := newEngine(t, fsStore(t), func(o *backup.Options) {
+		o.Limiter = backup.NewLimiter(float64(64 * testChunk)) // fast, but every chunk waits for budget
+		o.OnDeduplicated = func(n int64) { dedup.Add(n) }
+		o.OnThrottled = func(d time.Duration) { waited.Add(int64(d) + 1) }
+	})
+	img := makeImage(9, testChunk, "RRZR", 4*testChunk)
+	doBackup(t, e, "vol-h", "b1", img, nil)
+	if got := dedup.Load(); got != 0 {
+		t.Fatalf("first backup reported %d deduplicated bytes, want 0", got)
+	}
+	if waited.Load() == 0 {
+		t.Fatal("a limited backup reported no throttle wait")
+	}
+	doBackup(t, e, "vol-h", "b2", img, nil)
+	if got, want := dedup.Load(), int64(3*testChunk); got != want {
+		t.Fatalf("unchanged backup reported %d deduplicated bytes, want %d (its three non-zero chunks)", got, want)
+	}
+}

@@ -270,6 +270,13 @@ func TestE2ELifecycleThroughHTTP(t *testing.T) {
 	assert.Empty(t, vol["backups"])
 	manifests, _ := filepath.Glob(filepath.Join(e.dir, "backups", "volumes", "web", "manifests", "*"))
 	assert.Empty(t, manifests, "the deleted backup's manifest is gone from storage")
+
+	// The volume holds the original bytes again and their chunks are still stored (no GC yet): a new
+	// backup uploads nothing, and the agent counts all 24 MiB of data as deduplicated.
+	op = e.operation("POST", "/v1/volumes/web/backups", nil)
+	assert.Equal(t, "available", op["status"], "%v", op)
+	assert.Equal(t, "2.5165824e+07", metricValue(e.scrape("agent-hv1"),
+		`holdfast_backup_bytes_deduplicated_total{hypervisor="hv1"}`))
 }
 
 func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
