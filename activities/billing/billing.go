@@ -1,0 +1,177 @@
+// Package billing holds the side effects of hourly billing (workflows.BillingWorkflow): reading every
+// volume's retained items through the Temporal client (visibility list + state query) and emitting line
+// items to the sinks, a JSON-lines ledger file and an HTTP webhook to the panel.
+//
+// It owns delivery, never pricing: what is billable and how much is decided by workflows.LineItems
+// (deterministic, tested in one place). Every sink is idempotent by line-item key, so a retried activity or
+// a re-run hour never charges twice. It must never be imported by workflows/.
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+	"time"
+
+	"go.temporal.io/api/serviceerror"
+	workflowservice "go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/client"
+
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// SinkConfig says where line items go. Both sinks may be set; an empty field disables its sink.
+type SinkConfig struct {
+	// LedgerPath is the JSON-lines ledger file (created with its directory if missing).
+	LedgerPath string
+	// WebhookURL receives POSTed batches of line items.
+	WebhookURL string
+	// WebhookToken is sent as "Authorization: Bearer <token>" (never logged).
+	WebhookToken string
+}
+
+// Activities are billing's control-plane activities (task queue workflows.TaskQueue). Their method names
+// are the activity names in workflows (ActivityBillingUsage, ActivityBillingWriteLedger,
+// ActivityBillingPostWebhook), so registering the struct registers exactly those.
+type Activities struct {
+	temporal client.Client
+	ledger   *Ledger
+	webhook  *Webhook
+	// queryConcurrency bounds state queries in flight per usage page.
+	queryConcurrency int
+}
+
+// New returns the billing activities over a connected Temporal client and the configured sinks. It opens
+// the ledger (indexing the keys it holds) and validates the webhook URL, so misconfiguration fails at start.
+func New(c client.Client, cfg SinkConfig) (*Activities, error) {
+	a := &Activities{temporal: c, queryConcurrency: 8}
+	if cfg.LedgerPath != "" {
+		l, err := OpenLedger(cfg.LedgerPath)
+		if err != nil {
+			return nil, fmt.Errorf("billing ledger_path: %w", err)
+		}
+		a.ledger = l
+	}
+	if cfg.WebhookURL != "" {
+		u, err := url.Parse(cfg.WebhookURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("billing webhook_url: want an http(s) URL, got %q", cfg.WebhookURL)
+		}
+		a.webhook = NewWebhook(cfg.WebhookURL, cfg.WebhookToken)
+	}
+	return a, nil
+}
+
+// Close releases the ledger file.
+func (a *Activities) Close() error {
+	if a.ledger != nil {
+		return a.ledger.Close()
+	}
+	return nil
+}
+
+// volumeListQuery finds volume entity workflows. Running ones, plus runs that continued-as-new within the
+// last two hours: right after a continue-as-new, visibility may still show the old run closed and not yet
+// the new one, and a volume must not drop out of an hour's bill for that (duplicates are removed by
+// workflow ID; the state query always reaches the latest run).
+func volumeListQuery(now time.Time) string {
+	return fmt.Sprintf(`WorkflowType = "VolumeWorkflow" AND (ExecutionStatus = "Running" OR `+
+		`(ExecutionStatus = "ContinuedAsNew" AND CloseTime > "%s"))`, now.Add(-2*time.Hour).UTC().Format(time.RFC3339))
+}
+
+// BillingUsage lists one page of volume workflows and queries each one's state (activity
+// workflows.ActivityBillingUsage). Read-only, so idempotent. Unregistered volumes and workflows that have
+// vanished are left out; any other query error fails the page, which is retried: billing a partial set of
+// volumes silently would lose revenue.
+func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsageInput) (workflows.BillingUsagePage, error) {
+	pageSize := in.PageSize
+	if pageSize <= 0 {
+		pageSize = workflows.DefaultBillingPageSize
+	}
+	resp, err := a.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+		PageSize: int32(pageSize), NextPageToken: in.NextPageToken, Query: volumeListQuery(time.Now()),
+	})
+	if err != nil {
+		return workflows.BillingUsagePage{}, fmt.Errorf("list volumes: %w", err)
+	}
+	seen := map[string]bool{}
+	var ids []string
+	for _, ex := range resp.GetExecutions() {
+		id := ex.GetExecution().GetWorkflowId()
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	usage := make([]*workflows.VolumeUsage, len(ids))
+	errs := make([]error, len(ids))
+	sem := make(chan struct{}, max(a.queryConcurrency, 1))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			usage[i], errs[i] = a.volumeUsage(ctx, id)
+			activity.RecordHeartbeat(ctx, i)
+		})
+	}
+	wg.Wait()
+	page := workflows.BillingUsagePage{NextPageToken: resp.GetNextPageToken()}
+	for i, u := range usage {
+		if errs[i] != nil {
+			return workflows.BillingUsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
+		}
+		if u != nil {
+			page.Volumes = append(page.Volumes, *u)
+		}
+	}
+	return page, nil
+}
+
+func (a *Activities) volumeUsage(ctx context.Context, workflowID string) (*workflows.VolumeUsage, error) {
+	res, err := a.temporal.QueryWorkflow(ctx, workflowID, "", workflows.QueryState)
+	if err != nil {
+		var nf *serviceerror.NotFound
+		if errors.As(err, &nf) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	var st workflows.VolumeState
+	if err := res.Get(&st); err != nil {
+		return nil, err
+	}
+	if !st.Registered || st.Spec.VolumeID == "" {
+		return nil, nil
+	}
+	u := workflows.UsageOf(st)
+	return &u, nil
+}
+
+// BillingWriteLedger appends the items whose keys the ledger does not hold yet (activity
+// workflows.ActivityBillingWriteLedger). Idempotent by key; a no-op when no ledger is configured.
+func (a *Activities) BillingWriteLedger(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+	if a.ledger == nil {
+		return workflows.BillingEmitResult{}, nil
+	}
+	n, err := a.ledger.Append(in.Items)
+	return workflows.BillingEmitResult{Written: n}, err
+}
+
+// BillingPostWebhook posts the items to the panel (activity workflows.ActivityBillingPostWebhook).
+// Idempotent through the Idempotency-Key header and each item's idempotency_key; a no-op when no webhook is
+// configured.
+func (a *Activities) BillingPostWebhook(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+	if a.webhook == nil {
+		return workflows.BillingEmitResult{}, nil
+	}
+	if err := a.webhook.Post(ctx, in); err != nil {
+		return workflows.BillingEmitResult{}, err
+	}
+	return workflows.BillingEmitResult{Written: len(in.Items)}, nil
+}
