@@ -23,12 +23,8 @@ import (
 	"github.com/holdfast/holdfast/workflows"
 )
 
-const billingConfig = `
-limits: {cooldown: 0s}
-backup_storages: {local: {type: fs, path: /tmp/holdfast-test-backups}}
-hypervisor_groups: {g1: {backup_storage: local}}
-hypervisors: {hv1: {group: g1}}
-plans: {standard: {max_snapshots: 5, max_backups: 5, snapshot_credit_value: 7.2, backup_credit_value: 14.4}}
+// billingConfig is the integration tests' config with priced plans.
+const billingConfig = testConfig + `plans: {standard: {max_snapshots: 5, max_backups: 5, snapshot_credit_value: 7.2, backup_credit_value: 14.4}}
 `
 
 // billingQueue keeps the test's billing worker apart from the cluster's control worker (which does not
