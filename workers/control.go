@@ -28,6 +28,8 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.BackupWorkflow)
 	r.RegisterWorkflow(workflows.RestoreWorkflow)
 	r.RegisterWorkflow(workflows.DeleteWorkflow)
+	r.RegisterWorkflow(workflows.PolicyWorkflow)
+	r.RegisterWorkflow(workflows.ScheduledRunWorkflow)
 }
 
 // NewControl returns the control-plane worker (not started).

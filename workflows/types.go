@@ -141,6 +141,10 @@ type OperationRequest struct {
 	OwnerLease string `json:"owner_lease,omitempty"`
 	// Scheduled marks requests from schedules (retention may delete only scheduled items).
 	Scheduled bool `json:"scheduled,omitempty"`
+	// PolicyID and Retention come with scheduled requests: the policy whose schedule sent it (the volume
+	// must still be attached to it) and the retention to apply, at the plan cap and after success.
+	PolicyID  string     `json:"policy_id,omitempty"`
+	Retention *Retention `json:"retention,omitempty"`
 }
 
 // ItemKind says whether a restore or delete is about a snapshot or a backup.
@@ -191,6 +195,8 @@ type VolumeState struct {
 	Recent        []Operation `json:"recent_operations"`
 	// Queued holds an accepted request not yet started (it survives continue-as-new).
 	Queued *OperationRequest `json:"queued,omitempty"`
+	// PolicyID is the policy the volume is attached to ("": none); its schedule is ScheduleID(PolicyID, id).
+	PolicyID string `json:"policy_id,omitempty"`
 	// CooldownRemainingSeconds is filled by the state query (never stored).
 	CooldownRemainingSeconds int64 `json:"cooldown_remaining_seconds"`
 }
@@ -232,6 +238,11 @@ type ClaimSignal struct {
 	VolumeID string `json:"volume_id"`
 	// TTL bounds how long a claimed permit is held should its release never arrive (deadline + margin).
 	TTL time.Duration `json:"ttl"`
+}
+
+// PolicyAttachment attaches a volume to a policy (UpdateSetPolicy); PolicyID "" detaches it.
+type PolicyAttachment struct {
+	PolicyID string `json:"policy_id"`
 }
 
 // ReleaseSignal returns a permit.

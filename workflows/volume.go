@@ -93,6 +93,10 @@ func (v *volume) registerHandlers(ctx workflow.Context) error {
 		workflow.UpdateHandlerOptions{Validator: v.check}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateSetPolicy, v.setPolicy,
+		workflow.UpdateHandlerOptions{Validator: v.validateSetPolicy}); err != nil {
+		return err
+	}
 	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, v.abort,
 		workflow.UpdateHandlerOptions{Validator: v.validateAbort})
 }
@@ -204,20 +208,40 @@ func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
 	if wait := v.cooldownRemaining(ctx); wait > 0 {
 		return errCooldown(int64((wait + time.Second - 1) / time.Second))
 	}
+	if req.PolicyID != "" && req.PolicyID != v.st.PolicyID {
+		return userError(ErrNotAttached, "Volume %s is not attached to policy %s.", v.volumeID, req.PolicyID)
+	}
 	switch req.Kind {
 	case KindSnapshot:
-		if countLive(v.st.Snapshots) >= spec.Plan.MaxSnapshots {
+		if n := countLive(v.st.Snapshots); n >= spec.Plan.MaxSnapshots && !canEvict(req, v.st.Snapshots, n-spec.Plan.MaxSnapshots+1) {
 			return errSnapshotLimit()
 		}
 	case KindBackup:
 		if spec.BackupStorage == "" {
 			return errNoBackupStorage()
 		}
-		if countLive(v.st.Backups) >= spec.Plan.MaxBackups {
+		if n := countLive(v.st.Backups); n >= spec.Plan.MaxBackups && !canEvict(req, v.st.Backups, n-spec.Plan.MaxBackups+1) {
 			return errBackupLimit()
 		}
 	}
 	return nil
+}
+
+// canEvict says whether a scheduled request at the plan cap may go ahead because need scheduled items can be
+// deleted to make room (manual requests never delete anything).
+func canEvict(req OperationRequest, items []Item, need int) bool {
+	if !req.Scheduled {
+		return false
+	}
+	_, ok := req.retention().Evictions(items, "", need)
+	return ok
+}
+
+func (r OperationRequest) retention() Retention {
+	if r.Retention == nil {
+		return Retention{}
+	}
+	return *r.Retention
 }
 
 // checkItem checks the snapshot or backup a restore or delete names, and the confirmation typed for it.
@@ -257,6 +281,12 @@ func validateRequest(req OperationRequest, volumeID string) error {
 	}
 	if len(req.Name) > maxNameLength {
 		return errInvalid("name: at most %d characters", maxNameLength)
+	}
+	if !req.Scheduled && (req.PolicyID != "" || req.Retention != nil) {
+		return errInvalid("policy_id: only scheduled requests name a policy")
+	}
+	if req.Scheduled && req.Kind != KindSnapshot && req.Kind != KindBackup {
+		return errInvalid("kind: only snapshots and backups are scheduled")
 	}
 	switch req.Kind {
 	case KindSnapshot, KindBackup:
@@ -454,9 +484,14 @@ func (v *volume) run(ctx workflow.Context) {
 		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", err)
 	}
 
-	childCtx, cancel := workflow.WithCancel(ctx)
+	// Scheduled snapshots and backups make room at the plan cap first and apply their policy's retention
+	// after success; versioned so that runs recorded before this change replay as they ran.
+	scheduledCreate := req.Scheduled && (req.Kind == KindSnapshot || req.Kind == KindBackup) &&
+		workflow.GetVersion(ctx, retentionChange, workflow.DefaultVersion, 1) == 1
+
+	opCtx, cancel := workflow.WithCancel(ctx)
 	v.cancelRunning, v.running = cancel, true
-	childCtx = workflow.WithChildOptions(childCtx, workflow.ChildWorkflowOptions{
+	childCtx := workflow.WithChildOptions(opCtx, workflow.ChildWorkflowOptions{
 		WorkflowID: OperationWorkflowID(req.OperationID),
 		TaskQueue:  TaskQueue,
 		// The saga enforces the deadline itself (and compensates); this is only the backstop should its
@@ -468,7 +503,16 @@ func (v *volume) run(ctx workflow.Context) {
 			saActive.ValueSet(string(req.Kind))),
 	})
 	var res OperationResult
-	err := workflow.ExecuteChildWorkflow(childCtx, operationWorkflow(req.Kind), in).Get(ctx, &res)
+	var err error
+	if scheduledCreate {
+		err = v.makeRoom(opCtx, req, op.ItemID)
+	}
+	if err == nil {
+		err = workflow.ExecuteChildWorkflow(childCtx, operationWorkflow(req.Kind), in).Get(ctx, &res)
+	}
+	if err == nil && scheduledCreate {
+		v.applyRetention(opCtx, req, op.ItemID)
+	}
 	v.cancelRunning = nil
 	cancel()
 	v.finish(ctx, req, res, err)
@@ -515,10 +559,7 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	if err == nil && res.SizeBytes > 0 && !(req.Kind == KindRestore && req.Mode == ModeNewVolume) {
 		v.st.Spec.SizeBytes = res.SizeBytes
 	}
-	v.st.Recent = append(v.st.Recent, *op)
-	if n := len(v.st.Recent); n > keepRecentOperations {
-		v.st.Recent = append([]Operation(nil), v.st.Recent[n-keepRecentOperations:]...)
-	}
+	v.addRecent(*op)
 	v.recordMetrics(ctx, req, op, status, err)
 	v.running = false
 	v.st.Active = nil
@@ -529,6 +570,13 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: req.OwnerLease}, req.OwnerLease)
 	workflow.GetLogger(ctx).Info("operation finished", "volume_id", v.volumeID, "operation_id", op.OperationID,
 		"kind", op.Kind, "status", op.Status)
+}
+
+func (v *volume) addRecent(op Operation) {
+	v.st.Recent = append(v.st.Recent, op)
+	if n := len(v.st.Recent); n > keepRecentOperations {
+		v.st.Recent = append([]Operation(nil), v.st.Recent[n-keepRecentOperations:]...)
+	}
 }
 
 // recordMetrics emits an ended operation's metrics and the volume's retained bytes per kind.

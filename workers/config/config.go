@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/holdfast/holdfast/workflows"
 )
 
 // Defaults of the v1 spec.
@@ -39,6 +41,9 @@ type Config struct {
 	Groups      map[string]*Group      `yaml:"hypervisor_groups"`
 	Hypervisors map[string]*Hypervisor `yaml:"hypervisors"`
 	Storages    map[string]*Storage    `yaml:"backup_storages"`
+	// Policies are scheduled snapshot/backup policies (policies.<policy_id>); volumes are attached to them
+	// through the API. Policies PUT through the API live in Temporal (PolicyWorkflow), not here.
+	Policies map[string]*workflows.Policy `yaml:"policies"`
 }
 
 // Temporal says how to reach the Temporal frontend.
@@ -195,6 +200,11 @@ func (c *Config) applyDefaults() {
 			s.Region = "us-east-1"
 		}
 	}
+	for id, p := range c.Policies {
+		if p != nil {
+			p.PolicyID = id
+		}
+	}
 }
 
 // Validate checks every field; the error names each offending field by its path in the file.
@@ -289,6 +299,19 @@ func (c *Config) Validate() error {
 			bad(f+".bandwidth_bytes_per_second", "must not be negative, got %d", h.BandwidthBytesPerSecond)
 		}
 	}
+	for _, id := range sortedKeys(c.Policies) {
+		p, f := c.Policies[id], "policies."+id
+		checkID(bad, f, id)
+		if p == nil {
+			bad(f, "is empty")
+			continue
+		}
+		for _, problem := range p.Problems() {
+			if field, msg, ok := strings.Cut(problem, ": "); ok && field != "policy_id" {
+				bad(f+"."+field, "%s", msg)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -312,6 +335,9 @@ func (c *Config) BackupStorage(hypervisorID string) string {
 
 // HypervisorIDs returns the configured hypervisors, sorted.
 func (c *Config) HypervisorIDs() []string { return sortedKeys(c.Hypervisors) }
+
+// Policy returns a config policy (nil when the file defines none by that id).
+func (c *Config) Policy(policyID string) *workflows.Policy { return c.Policies[policyID] }
 
 // PlanIDs returns the configured plans, sorted.
 func (c *Config) PlanIDs() []string { return sortedKeys(c.Plans) }

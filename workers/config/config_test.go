@@ -98,3 +98,37 @@ func TestDeployExampleIsValid(t *testing.T) {
 	assert.Equal(t, []string{"file", "rbd"}, c.Hypervisors["hv-fra1-01"].Drivers)
 	assert.Equal(t, []string{"file"}, c.Hypervisors["hv-lab-01"].Drivers)
 }
+
+func TestPoliciesAreParsedAndValidatedByField(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+policies:
+  nightly: {kind: backup, time_zone: Europe/Berlin, window: {start: "01:00", end: "05:00"}, keep_last: 7, keep_weekly: 4}
+  quick: {kind: snapshot, every: 2s, keep_last: 2}
+`))
+	require.NoError(t, err)
+	p := c.Policy("nightly")
+	require.NotNil(t, p)
+	assert.Equal(t, "nightly", p.PolicyID, "the key is the id")
+	assert.Equal(t, 4*time.Hour, p.JitterDuration(), "jitter defaults to the window")
+	assert.Equal(t, 2*time.Second, c.Policy("quick").Interval())
+	assert.Nil(t, c.Policy("nope"))
+
+	cases := map[string]string{
+		"policies: {p: {kind: restore, every: 1h}}":                                             "policies.p.kind: must be snapshot or backup",
+		"policies: {p: {kind: backup}}":                                                         "policies.p.every: give every, cron or window",
+		"policies: {p: {kind: backup, every: 1h, time_zone: Nowhere/City}}":                     "policies.p.time_zone: unknown time zone",
+		"policies: {p: {kind: backup, window: {start: \"25:00\", end: \"05:00\"}}}":             "policies.p.window.start: must be HH:MM",
+		"policies: {p: {kind: backup, window: {start: \"01:00\", end: \"02:00\"}, jitter: 2h}}": "policies.p.jitter: must not exceed the window's length",
+		"policies: {p: {kind: backup, every: 1h, keep_last: -1}}":                               "policies.p.keep_last: must be 0 to 1000",
+		"policies: {\"bad id\": {kind: backup, every: 1h}}":                                     "policies.bad id: id",
+		"policies: {p: }": "policies.p: is empty",
+	}
+	for in, want := range cases {
+		_, err := Parse(strings.NewReader(in))
+		if assert.Error(t, err, in) {
+			assert.Contains(t, err.Error(), want, in)
+		}
+	}
+	_, err = Parse(strings.NewReader("policies: {p: {kind: backup, every: 1h, keep: 3}}"))
+	assert.ErrorContains(t, err, "keep", "unknown fields are rejected")
+}
