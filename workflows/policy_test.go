@@ -366,7 +366,7 @@ func TestPolicyWorkflowStoresAValidatedPolicy(t *testing.T) {
 	update := func(p Policy) *reply {
 		o := &reply{}
 		env.UpdateWorkflow(UpdatePutPolicy, "", &testsuite.TestUpdateCallback{OnAccept: func() {},
-			OnReject: func(err error) { o.done, o.err = true, err },
+			OnReject:   func(err error) { o.done, o.err = true, err },
 			OnComplete: func(_ any, err error) { o.done, o.err = true, err }}, p)
 		return o
 	}

@@ -61,6 +61,8 @@ func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, 
 	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}/snapshots/{snapshot_id}", s.auth(s.deleteSnapshot))
 	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}/backups/{backup_id}", s.auth(s.deleteBackup))
 	s.mux.HandleFunc("GET /v1/operations/{operation_id}", s.auth(s.getOperation))
+	s.mux.HandleFunc("PUT /v1/policies/{policy_id}", s.auth(s.putPolicy))
+	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}/policy", s.auth(s.putVolumePolicy))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", "No such endpoint: "+r.Method+" "+r.URL.Path)
 	})
@@ -296,6 +298,77 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request, c caller) 
 	writeJSON(w, http.StatusOK, operationView(op))
 }
 
+// ---- policies ----
+
+// putPolicy creates or replaces an API-managed policy (panel token only: policies are the provider's).
+func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request, c caller) {
+	policyID, ok := pathID(w, r, "policy_id")
+	if !ok {
+		return
+	}
+	if c.ownerID != "" {
+		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may define policies.")
+		return
+	}
+	var p workflows.Policy
+	if !decode(w, r, &p, false) {
+		return
+	}
+	if p.PolicyID != "" && p.PolicyID != policyID {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "policy_id: body and path disagree")
+		return
+	}
+	p.PolicyID = policyID
+	stored, err := s.hf.PutPolicy(r.Context(), p)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, stored)
+}
+
+// putVolumePolicy attaches a volume to a policy ({"policy_id": "..."}) or detaches it ({"policy_id": null}).
+// An owner may do it for its own volumes, like any other volume request.
+func (s *Server) putVolumePolicy(w http.ResponseWriter, r *http.Request, c caller) {
+	var b struct {
+		PolicyID json.RawMessage `json:"policy_id"`
+	}
+	if !decode(w, r, &b, false) {
+		return
+	}
+	var policyID string
+	switch raw := strings.TrimSpace(string(b.PolicyID)); {
+	case raw == "":
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument,
+			"policy_id: is required (null detaches the volume from its policy)")
+		return
+	case raw == "null":
+	default:
+		if err := json.Unmarshal(b.PolicyID, &policyID); err != nil || !idRE.MatchString(policyID) {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "policy_id: must match "+idRE.String())
+			return
+		}
+	}
+	v, ok := s.volume(w, r, c)
+	if !ok {
+		return
+	}
+	a, err := s.hf.AttachPolicy(r.Context(), v.Spec.VolumeID, policyID)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"volume_id": a.VolumeID, "policy_id": nullable(a.PolicyID),
+		"schedule_id": nullable(a.ScheduleID)})
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
 // ---- views (the JSON shapes of api.md) ----
 
 type progressView struct {
@@ -345,10 +418,14 @@ func volumeView(v *starter.Volume) map[string]any {
 		addOptional(m, it)
 		backups = append(backups, m)
 	}
-	return map[string]any{"volume_id": spec.VolumeID, "name": spec.Name, "owner_id": spec.OwnerID,
+	view := map[string]any{"volume_id": spec.VolumeID, "name": spec.Name, "owner_id": spec.OwnerID,
 		"hypervisor_id": spec.HypervisorID, "plan": spec.Plan.PlanID, "storage": spec.Storage,
 		"size_bytes": spec.SizeBytes, "active_operation": active,
 		"cooldown_remaining_seconds": v.CooldownRemainingSeconds, "snapshots": snapshots, "backups": backups}
+	if v.PolicyID != "" {
+		view["policy_id"] = v.PolicyID // beyond v1: only present when attached
+	}
+	return view
 }
 
 // addOptional adds the fields beyond v1 (backward compatible: only present when set).
@@ -412,7 +489,7 @@ func decode(w http.ResponseWriter, r *http.Request, into any, emptyOK bool) bool
 func StatusOf(errType string) int {
 	switch errType {
 	case workflows.ErrVolumeBusy, workflows.ErrSnapshotLimit, workflows.ErrBackupLimit, workflows.ErrAttachedRunning,
-		workflows.ErrNoBackupStorage, workflows.ErrNoActiveOperation, workflows.ErrAborted:
+		workflows.ErrNoBackupStorage, workflows.ErrNoActiveOperation, workflows.ErrAborted, workflows.ErrNotAttached:
 		return http.StatusConflict
 	case workflows.ErrCooldown, workflows.ErrOwnerLimit:
 		return http.StatusTooManyRequests

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,14 +25,16 @@ plans: {standard: {max_snapshots: 1}}
 backup_storages: {local: {type: fs, path: /tmp/holdfast-api-test}}
 hypervisor_groups: {g1: {backup_storage: local}, bare: {}}
 hypervisors: {hv1: {group: g1}, hv2: {group: bare}}
+policies: {from-config: {kind: snapshot, every: 24h, keep_last: 3}}
 `
 
 type env struct {
-	t      *testing.T
-	url    string
-	hv1    *startertest.GatedHypervisor
-	hv2    *startertest.GatedHypervisor
-	client *http.Client
+	t       *testing.T
+	cluster *startertest.Cluster
+	url     string
+	hv1     *startertest.GatedHypervisor
+	hv2     *startertest.GatedHypervisor
+	client  *http.Client
 }
 
 func newEnv(t *testing.T) *env {
@@ -42,7 +45,7 @@ func newEnv(t *testing.T) *env {
 		func(ctx context.Context) error { _, err := c.Temporal.CheckHealth(ctx, nil); return err }, nil)
 	ts := httptest.NewServer(srv)
 	t.Cleanup(ts.Close)
-	return &env{t: t, url: ts.URL, hv1: hv1, hv2: hv2, client: ts.Client()}
+	return &env{t: t, cluster: c, url: ts.URL, hv1: hv1, hv2: hv2, client: ts.Client()}
 }
 
 type response struct {
@@ -244,4 +247,83 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 	del := e.do("DELETE", "/v1/volumes/v1/snapshots/"+snapID+"?confirm=s1", "p", nil)
 	require.Equal(t, 202, del.status, del.raw)
 	assert.Equal(t, "delete", del.body["kind"])
+}
+
+func TestAPIPolicies(t *testing.T) {
+	e := newEnv(t)
+	nightly := map[string]any{"kind": "backup", "time_zone": "Europe/Berlin",
+		"window": map[string]any{"start": "01:00", "end": "05:00"}, "keep_last": 7, "keep_weekly": 4}
+
+	// PUT /v1/policies/{policy_id}: panel only, strict body, errors name the field.
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "", nightly), 401, "Unauthorized", "")
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "alice-token", nightly), 403, "Forbidden", "")
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "panel-secret", map[string]any{"kind": "backup"}), 400,
+		"InvalidArgument", "every: give every, cron or window")
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "panel-secret", map[string]any{"kind": "backup",
+		"window": map[string]any{"start": "01:00", "end": "05:00"}, "jitter": "6h"}), 400, "InvalidArgument",
+		"jitter: must not exceed the window's length 4h0m0s, got 6h0m0s")
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "panel-secret", map[string]any{"kind": "backup",
+		"every": "1h", "retention": 3}), 400, "InvalidArgument", "")
+	requireError(t, e.do("PUT", "/v1/policies/nightly", "panel-secret", map[string]any{"policy_id": "other",
+		"kind": "backup", "every": "1h"}), 400, "InvalidArgument", "policy_id: body and path disagree")
+	requireError(t, e.do("PUT", "/v1/policies/-bad", "panel-secret", nightly), 400, "InvalidArgument", "")
+	requireError(t, e.do("PUT", "/v1/policies/from-config", "panel-secret", nightly), 400, "InvalidArgument",
+		`policy_id: policy "from-config" is defined in the config file; change it there`)
+	r := e.do("PUT", "/v1/policies/nightly", "panel-secret", nightly)
+	require.Equal(t, 200, r.status, r.raw)
+	assert.Equal(t, "nightly", r.body["policy_id"])
+	assert.Equal(t, "backup", r.body["kind"])
+	assert.Equal(t, float64(7), r.body["keep_last"])
+	assert.Equal(t, "01:00", r.body["window"].(map[string]any)["start"])
+
+	// PUT /v1/volumes/{volume_id}/policy: owner-scoped like every volume endpoint.
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "panel-secret", volumeBody("alice", "hv1")).status)
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/bare", "panel-secret", volumeBody("alice", "hv2")).status)
+	attach := map[string]any{"policy_id": "nightly"}
+	requireError(t, e.do("PUT", "/v1/volumes/v1/policy", "bob-token", attach), 404, "NotFound", "Volume v1 not found.")
+	requireError(t, e.do("PUT", "/v1/volumes/v404/policy", "alice-token", attach), 404, "NotFound", "Volume v404 not found.")
+	requireError(t, e.do("PUT", "/v1/volumes/v1/policy", "alice-token", map[string]any{}), 400, "InvalidArgument",
+		"policy_id: is required (null detaches the volume from its policy)")
+	requireError(t, e.do("PUT", "/v1/volumes/v1/policy", "alice-token", map[string]any{"policy_id": "bad id"}), 400,
+		"InvalidArgument", "")
+	requireError(t, e.do("PUT", "/v1/volumes/v1/policy", "alice-token", map[string]any{"policy_id": "nope"}), 400,
+		"InvalidArgument", `policy_id: unknown policy "nope"`)
+	requireError(t, e.do("PUT", "/v1/volumes/bare/policy", "alice-token", attach), 409, "NoBackupStorage",
+		"Hypervisor has no backup storage configured.")
+
+	r = e.do("PUT", "/v1/volumes/v1/policy", "alice-token", attach)
+	require.Equal(t, 200, r.status, r.raw)
+	assert.Equal(t, map[string]any{"volume_id": "v1", "policy_id": "nightly", "schedule_id": "policy/nightly/volume/v1"}, r.body)
+	t.Cleanup(func() { _ = e.cluster.Client.DeleteSchedule(context.Background(), "nightly", "v1") })
+	assert.Equal(t, "nightly", e.do("GET", "/v1/volumes/v1", "alice-token", nil).body["policy_id"])
+	ctx := context.Background()
+	desc, err := e.cluster.Temporal.ScheduleClient().GetHandle(ctx, "policy/nightly/volume/v1").Describe(ctx)
+	require.NoError(t, err)
+	require.Len(t, desc.Schedule.Spec.Calendars, 1, "the window opens daily at 01:00 (Berlin) ...")
+	assert.Equal(t, 1, desc.Schedule.Spec.Calendars[0].Hour[0].Start)
+	assert.Equal(t, 4*time.Hour, desc.Schedule.Spec.Jitter, "... and runs spread over its four hours")
+	assert.Equal(t, "Europe/Berlin", desc.Schedule.Spec.TimeZoneName)
+
+	// Re-timing the policy re-times its schedules.
+	nightly["window"] = map[string]any{"start": "02:30", "end": "04:00"}
+	require.Equal(t, 200, e.do("PUT", "/v1/policies/nightly", "panel-secret", nightly).status)
+	desc, err = e.cluster.Temporal.ScheduleClient().GetHandle(ctx, "policy/nightly/volume/v1").Describe(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 2, desc.Schedule.Spec.Calendars[0].Hour[0].Start)
+	assert.Equal(t, 30, desc.Schedule.Spec.Calendars[0].Minute[0].Start)
+	assert.Equal(t, 90*time.Minute, desc.Schedule.Spec.Jitter)
+
+	// Moving to a config policy replaces the schedule; null detaches.
+	r = e.do("PUT", "/v1/volumes/v1/policy", "panel-secret", map[string]any{"policy_id": "from-config"})
+	require.Equal(t, 200, r.status, r.raw)
+	t.Cleanup(func() { _ = e.cluster.Client.DeleteSchedule(context.Background(), "from-config", "v1") })
+	_, err = e.cluster.Temporal.ScheduleClient().GetHandle(ctx, "policy/nightly/volume/v1").Describe(ctx)
+	require.Error(t, err, "the old schedule is gone")
+	r = e.do("PUT", "/v1/volumes/v1/policy", "alice-token", `{"policy_id": null}`)
+	require.Equal(t, 200, r.status, r.raw)
+	assert.Equal(t, map[string]any{"volume_id": "v1", "policy_id": nil, "schedule_id": nil}, r.body)
+	_, err = e.cluster.Temporal.ScheduleClient().GetHandle(ctx, "policy/from-config/volume/v1").Describe(ctx)
+	require.Error(t, err)
+	_, attached := e.do("GET", "/v1/volumes/v1", "alice-token", nil).body["policy_id"]
+	assert.False(t, attached)
 }

@@ -1,0 +1,116 @@
+package starter_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/starter/startertest"
+	"github.com/holdfast/holdfast/workflows"
+)
+
+// TestIntegrationSecondsIntervalScheduleKeepsExactlyKeepLast runs a real Temporal Schedule every 2 s on the
+// dev server: scheduled backups are created through ScheduledRunWorkflow, retention keeps exactly keep_last
+// of them, the manual backup is never touched, and detaching deletes the schedule.
+func TestIntegrationSecondsIntervalScheduleKeepsExactlyKeepLast(t *testing.T) {
+	hv := startertest.NewGatedHypervisor()
+	hv.Gate.Open()
+	c := startertest.NewCluster(t, testConfig, map[string]activities.Hypervisor{"hv1": hv})
+	hf := c.Client
+	ctx := context.Background()
+	c.Register(t, "vol1", "acct-1")
+	manual, err := hf.Backup(ctx, "vol1", "manual")
+	require.NoError(t, err)
+	_, err = hf.Watch(ctx, manual.OperationID, 100*time.Millisecond, nil)
+	require.NoError(t, err)
+
+	p, err := hf.PutPolicy(ctx, workflows.Policy{PolicyID: "quick", Kind: workflows.KindBackup, Every: "2s", KeepLast: 2})
+	require.NoError(t, err)
+	assert.Equal(t, 2, p.KeepLast)
+	a, err := hf.AttachPolicy(ctx, "vol1", "quick")
+	require.NoError(t, err)
+	require.Equal(t, "policy/quick/volume/vol1", a.ScheduleID)
+	t.Cleanup(func() { _ = hf.DeleteSchedule(context.Background(), "quick", "vol1") })
+
+	desc, err := c.Temporal.ScheduleClient().GetHandle(ctx, a.ScheduleID).Describe(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, enumspb.SCHEDULE_OVERLAP_POLICY_SKIP, desc.Schedule.Policy.Overlap)
+	assert.Equal(t, 10*time.Second, desc.Schedule.Policy.CatchupWindow)
+	require.Len(t, desc.Schedule.Spec.Intervals, 1)
+	assert.Equal(t, 2*time.Second, desc.Schedule.Spec.Intervals[0].Every)
+
+	created := map[string]bool{}
+	startertest.WaitFor(t, "three scheduled backups, two retained", func() bool {
+		v, err := hf.Volume(ctx, "vol1")
+		if err != nil {
+			return false
+		}
+		retained, manualOK := 0, false
+		for _, b := range v.Backups {
+			switch {
+			case b.Scheduled && b.Status == workflows.StatusAvailable:
+				retained++
+				created[b.ItemID] = true
+			case !b.Scheduled:
+				manualOK = b.Status == workflows.StatusAvailable && b.Name == "manual"
+			}
+		}
+		require.True(t, manualOK, "the manual backup is never deleted")
+		require.LessOrEqual(t, retained, 2, "retention holds keep_last at every moment")
+		return len(created) >= 3 && retained == 2
+	})
+
+	// Detach: the schedule goes, the volume no longer names a policy, the retained backups stay.
+	a, err = hf.AttachPolicy(ctx, "vol1", "")
+	require.NoError(t, err)
+	assert.Empty(t, a.PolicyID)
+	_, err = c.Temporal.ScheduleClient().GetHandle(ctx, "policy/quick/volume/vol1").Describe(ctx)
+	var nf *serviceerror.NotFound
+	require.True(t, errors.As(err, &nf), "schedule deleted: %v", err)
+	v, err := hf.Volume(ctx, "vol1")
+	require.NoError(t, err)
+	assert.Empty(t, v.PolicyID)
+}
+
+func TestIntegrationScheduledRunRejectionIsRecorded(t *testing.T) {
+	c := newCluster(t) // gate closed: the manual backup holds the volume busy
+	ctx := context.Background()
+	c.register(t, "vol1", "acct-1")
+	_, err := c.hf.PutPolicy(ctx, workflows.Policy{PolicyID: "nightly", Kind: workflows.KindBackup,
+		Window: &workflows.Window{Start: "01:00", End: "05:00"}, KeepLast: 3})
+	require.NoError(t, err)
+	_, err = c.hf.AttachPolicy(ctx, "vol1", "nightly")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.hf.DeleteSchedule(context.Background(), "nightly", "vol1") })
+	_, err = c.hf.Backup(ctx, "vol1", "manual")
+	require.NoError(t, err)
+
+	// What the schedule's action does when it fires, run directly: the busy volume rejects it, and the
+	// rejection is the run's recorded result.
+	run, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "scheduled-run-test", TaskQueue: workflows.TaskQueue}, workflows.ScheduledRunWorkflow,
+		workflows.ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, err)
+	var res workflows.ScheduledRunResult
+	require.NoError(t, run.Get(ctx, &res))
+	assert.False(t, res.Accepted)
+	require.NotNil(t, res.Rejection)
+	assert.Equal(t, workflows.ErrVolumeBusy, res.Rejection.Type)
+	assert.Equal(t, "Volume is busy with operation: backup", res.Rejection.Message)
+
+	// Unknown policy: typed, recorded, not retried.
+	_, err = c.hf.AttachPolicy(ctx, "vol1", "nope")
+	assert.Equal(t, `policy_id: unknown policy "nope"`, err.Error())
+	var se *starter.Error
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, workflows.ErrInvalidArgument, se.Type)
+	c.hv.Gate.Open()
+}
