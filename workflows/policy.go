@@ -572,16 +572,7 @@ func (v *volume) retentionDelete(ctx workflow.Context, req OperationRequest, it 
 		p.Status = StatusDeleting
 	}
 	started := workflow.Now(ctx)
-	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
-		WorkflowID:               OperationWorkflowID(del.OperationID),
-		TaskQueue:                TaskQueue,
-		WorkflowExecutionTimeout: spec.Deadline + 30*time.Minute,
-		WaitForCancellation:      true,
-		TypedSearchAttributes: temporal.NewSearchAttributes(saVolume.ValueSet(v.volumeID),
-			saOwner.ValueSet(spec.OwnerID), saHypervisor.ValueSet(spec.HypervisorID),
-			saActive.ValueSet(string(KindDelete))),
-	})
-	err := workflow.ExecuteChildWorkflow(cctx, DeleteWorkflow, OperationInput{Volume: spec, Request: del, Item: it,
+	err := workflow.ExecuteChildWorkflow(v.operationChild(ctx, del.OperationID, KindDelete), DeleteWorkflow, OperationInput{Volume: spec, Request: del, Item: it,
 		StartedAt: started}).Get(ctx, nil)
 	now := workflow.Now(ctx)
 	rec := Operation{OperationID: del.OperationID, VolumeID: v.volumeID, Kind: KindDelete, ItemKind: req.Kind,

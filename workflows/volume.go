@@ -491,17 +491,7 @@ func (v *volume) run(ctx workflow.Context) {
 
 	opCtx, cancel := workflow.WithCancel(ctx)
 	v.cancelRunning, v.running = cancel, true
-	childCtx := workflow.WithChildOptions(opCtx, workflow.ChildWorkflowOptions{
-		WorkflowID: OperationWorkflowID(req.OperationID),
-		TaskQueue:  TaskQueue,
-		// The saga enforces the deadline itself (and compensates); this is only the backstop should its
-		// compensation hang.
-		WorkflowExecutionTimeout: spec.Deadline + 30*time.Minute,
-		WaitForCancellation:      true,
-		TypedSearchAttributes: temporal.NewSearchAttributes(saVolume.ValueSet(v.volumeID),
-			saOwner.ValueSet(spec.OwnerID), saHypervisor.ValueSet(spec.HypervisorID),
-			saActive.ValueSet(string(req.Kind))),
-	})
+	childCtx := v.operationChild(opCtx, req.OperationID, req.Kind)
 	var res OperationResult
 	var err error
 	if scheduledCreate {
@@ -516,6 +506,23 @@ func (v *volume) run(ctx workflow.Context) {
 	v.cancelRunning = nil
 	cancel()
 	v.finish(ctx, req, res, err)
+}
+
+// operationChild sets the options of an operation's child workflow: findable by its operation id, and
+// tagged with the volume's search attributes so the Web UI and the API can find the volume from it.
+func (v *volume) operationChild(ctx workflow.Context, operationID string, kind Kind) workflow.Context {
+	spec := v.st.Spec
+	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID: OperationWorkflowID(operationID),
+		TaskQueue:  TaskQueue,
+		// The saga enforces the deadline itself (and compensates); this is only the backstop should its
+		// compensation hang.
+		WorkflowExecutionTimeout: spec.Deadline + 30*time.Minute,
+		WaitForCancellation:      true,
+		TypedSearchAttributes: temporal.NewSearchAttributes(saVolume.ValueSet(v.volumeID),
+			saOwner.ValueSet(spec.OwnerID), saHypervisor.ValueSet(spec.HypervisorID),
+			saActive.ValueSet(string(kind))),
+	})
 }
 
 func operationWorkflow(kind Kind) any {
