@@ -4,10 +4,16 @@
 package workers
 
 import (
+	"context"
+	"fmt"
+	"os"
+
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/holdfast/holdfast/activities/billing"
 	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/workers/config"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -30,6 +36,29 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.DeleteWorkflow)
 	r.RegisterWorkflow(workflows.PolicyWorkflow)
 	r.RegisterWorkflow(workflows.ScheduledRunWorkflow)
+	r.RegisterWorkflow(workflows.BillingWorkflow)
+}
+
+// StartBilling registers the billing activities on the control worker and makes sure the hourly billing
+// schedule exists. It does nothing when no sink is configured. The returned close releases the ledger.
+func StartBilling(ctx context.Context, w worker.Registry, c client.Client, cfg config.Billing) (func(), error) {
+	if !cfg.Enabled() {
+		return func() {}, nil
+	}
+	sink := billing.SinkConfig{LedgerPath: cfg.LedgerPath, WebhookURL: cfg.WebhookURL}
+	if cfg.WebhookTokenEnv != "" {
+		sink.WebhookToken = os.Getenv(cfg.WebhookTokenEnv)
+	}
+	acts, err := billing.New(c, sink)
+	if err != nil {
+		return nil, err
+	}
+	w.RegisterActivity(acts)
+	if err := starter.EnsureBillingSchedule(ctx, c, starter.BillingScheduleOptions{}); err != nil {
+		acts.Close()
+		return nil, fmt.Errorf("billing schedule: %w", err)
+	}
+	return func() { acts.Close() }, nil
 }
 
 // NewControl returns the control-plane worker (not started).

@@ -157,7 +157,12 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	defer c.Close()
 	w := workers.NewControl(c, starter.New(c, cfg), worker.Options{})
-	log.Info("control worker starting", "config", cfg.String())
+	closeBilling, err := workers.StartBilling(ctx, w, c, cfg.Billing)
+	if err != nil {
+		return err
+	}
+	defer closeBilling()
+	log.Info("control worker starting", "config", cfg.String(), "billing", cfg.Billing.Enabled())
 	return w.Run(interruptOn(ctx))
 }
 

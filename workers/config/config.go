@@ -41,6 +41,7 @@ type Config struct {
 	Groups      map[string]*Group      `yaml:"hypervisor_groups"`
 	Hypervisors map[string]*Hypervisor `yaml:"hypervisors"`
 	Storages    map[string]*Storage    `yaml:"backup_storages"`
+	Billing     Billing                `yaml:"billing"`
 	// Policies are scheduled snapshot/backup policies (policies.<policy_id>); volumes are attached to them
 	// through the API. Policies PUT through the API live in Temporal (PolicyWorkflow), not here.
 	Policies map[string]*workflows.Policy `yaml:"policies"`
@@ -61,6 +62,19 @@ type TLS struct {
 	KeyFile    string `yaml:"key_file"`
 	ServerName string `yaml:"server_name"`
 }
+
+// Billing says where hourly line items go (both sinks optional; with neither, billing does not run).
+type Billing struct {
+	// LedgerPath is a JSON-lines ledger file, deduplicated by line-item key.
+	LedgerPath string `yaml:"ledger_path"`
+	// WebhookURL receives POSTed batches (Idempotency-Key header); WebhookTokenEnv names the environment
+	// variable holding its bearer token.
+	WebhookURL      string `yaml:"webhook_url"`
+	WebhookTokenEnv string `yaml:"webhook_token_env"`
+}
+
+// Enabled reports whether any billing sink is configured.
+func (b Billing) Enabled() bool { return b.LedgerPath != "" || b.WebhookURL != "" }
 
 // Limits are the guard rails shared by every volume.
 type Limits struct {
@@ -212,6 +226,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if u := c.Billing.WebhookURL; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		bad("billing.webhook_url", "must be an http(s) URL, got %q", u)
 	}
 	if c.Limits.OwnerInFlight < 1 {
 		bad("limits.owner_in_flight", "must be at least 1, got %d", c.Limits.OwnerInFlight)

@@ -115,7 +115,9 @@ backup_storages: {%s: {type: fs, path: %q}}
 hypervisor_groups: {local-group: {backup_storage: %s}}
 hypervisors: {%s: {group: local-group, libvirt_uri: %q}}
 plans: {standard: {}}
-`, o.TemporalAddr, StorageName, filepath.Join(dataDir, "backups"), StorageName, HypervisorID, libvirtURI)
+billing: {ledger_path: %q}
+`, o.TemporalAddr, StorageName, filepath.Join(dataDir, "backups"), StorageName, HypervisorID, libvirtURI,
+		filepath.Join(dataDir, "billing.jsonl"))
 	cfg, err := config.Parse(strings.NewReader(yaml))
 	if err != nil {
 		return nil, err
@@ -173,7 +175,13 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer agent.Close()
-	ws := []worker.Worker{workers.NewControl(c, hf, worker.Options{}), workers.NewAgentWorker(c, cfg, HypervisorID, agent)}
+	control := workers.NewControl(c, hf, worker.Options{})
+	closeBilling, err := workers.StartBilling(ctx, control, c, cfg.Billing)
+	if err != nil {
+		return err
+	}
+	defer closeBilling()
+	ws := []worker.Worker{control, workers.NewAgentWorker(c, cfg, HypervisorID, agent)}
 	for _, w := range ws {
 		if err := w.Start(); err != nil {
 			return err
@@ -376,7 +384,7 @@ func printInfo(w io.Writer, i Info, owners map[string]string) {
 	for token, owner := range owners {
 		fmt.Fprintf(w, "  Owner token      %s (%s)\n", token, owner)
 	}
-	fmt.Fprintf(w, "  Data             %s (volumes/, backups/, temporal.db)\n", i.DataDir)
+	fmt.Fprintf(w, "  Data             %s (volumes/, backups/, billing.jsonl, temporal.db)\n", i.DataDir)
 	if !i.Libvirt {
 		fmt.Fprintf(w, "  libvirt          not reachable: volumes are treated as detached\n")
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
 
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/starter/cli"
@@ -82,6 +83,16 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 		code := cli.Run(context.Background(), args, &stdout, &stderr, env)
 		require.Equal(t, 0, code, "holdfast %s: %s%s", strings.Join(args, " "), stdout.String(), stderr.String())
 	}
+	// Billing is wired: the hourly schedule exists on the server and writes to the dev ledger.
+	tc, err := client.Dial(client.Options{HostPort: o.TemporalAddr, Logger: startertest.QuietLogger{}})
+	require.NoError(t, err)
+	desc, err := tc.ScheduleClient().GetHandle(context.Background(), "holdfast-billing").Describe(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, time.Hour, desc.Schedule.Spec.Intervals[0].Every)
+	tc.Close()
+	_, err = os.Stat(filepath.Join(o.DataDir, "billing.jsonl"))
+	require.NoError(t, err)
+
 	manifests, _ := filepath.Glob(filepath.Join(o.DataDir, "backups", "volumes", SampleVolume, "manifests", "*"))
 	assert.Len(t, manifests, 1, "the backup is in the local store")
 
