@@ -441,9 +441,8 @@ type ScheduledRunResult struct {
 	Rejection   *ErrorInfo `json:"rejection,omitempty"`
 }
 
-// scheduledRunsName counts scheduled runs by policy, result (accepted, rejected, failed) and rejection type,
-// so that an alert can fire on rejections that would otherwise be silent.
-const scheduledRunsName = "holdfast_scheduled_runs_total"
+// scheduledRunsName is metrics.ScheduledRunsName (declared there with the other metric names).
+const scheduledRunsName = metrics.ScheduledRunsName
 
 // ScheduledRunWorkflow is what a policy's schedule starts: it sends the volume one request with
 // Scheduled: true (through ScheduledRequestActivity, which takes the owner's permit like any request) and

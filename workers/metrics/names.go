@@ -17,6 +17,10 @@ const (
 	retainedBytesName        = "holdfast_retained_bytes"
 	lastSuccessfulBackupName = "holdfast_last_successful_backup_timestamp_seconds"
 
+	// ScheduledRunsName counts policy-scheduled runs by policy, result (accepted, rejected, failed) and
+	// rejection type; emitted by ScheduledRunWorkflow so a rejected night is alerted, never silent.
+	ScheduledRunsName = "holdfast_scheduled_runs_total"
+
 	// conflictsName counts instruments the adapter refused because their
 	// exposed name is already used by a metric of another type. It is
 	// emitted by the adapter itself, so a conflict is visible on /metrics
