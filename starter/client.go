@@ -287,7 +287,12 @@ func (c *Client) Request(ctx context.Context, volumeID string, req workflows.Ope
 		err = h.Get(ctx, &op)
 	}
 	if err != nil {
-		c.release(st.Spec.OwnerID, req.OperationID)
+		// Only a rejection proves the volume did not take the permit. After a transport error the update may
+		// have been accepted: the lease is then claimed, or it expires by itself within a minute.
+		var app *temporal.ApplicationError
+		if errors.As(err, &app) {
+			c.release(st.Spec.OwnerID, req.OperationID)
+		}
 		return nil, typed(err)
 	}
 	return &op, nil

@@ -87,7 +87,20 @@ func TestIntegrationConcurrentRequestsOnOneVolumeExactlyOneAccepted(t *testing.T
 		v, err := c.hf.Volume(ctx, "vol1")
 		return err == nil && v.Active == nil
 	})
-	// Every permit came back: the owner can run three operations again.
+	// Every permit comes back: released by the client after each rejection, or at the latest when its
+	// one-minute claim window expires. Then the owner can run three operations again.
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		res, err := c.hf.Temporal().QueryWorkflow(ctx, workflows.OwnerWorkflowID("acct-1"), "", workflows.QueryPermits)
+		require.NoError(t, err)
+		var leases []workflows.Lease
+		require.NoError(t, res.Get(&leases))
+		if len(leases) == 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "permits never came back: %+v", leases)
+		time.Sleep(200 * time.Millisecond)
+	}
 	for _, id := range []string{"v2", "v3", "v4"} {
 		c.register(t, id, "acct-1")
 	}
