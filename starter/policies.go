@@ -108,6 +108,17 @@ func (c *Client) PutPolicy(ctx context.Context, p workflows.Policy) (*workflows.
 	return &stored, nil
 }
 
+// SyncConfigPolicies re-times the schedules of every config-file policy, so that an edited config takes
+// effect for volumes already attached. The control worker calls it at start.
+func (c *Client) SyncConfigPolicies(ctx context.Context) error {
+	for _, id := range c.cfg.PolicyIDs() {
+		if err := c.retimeSchedules(ctx, *c.cfg.Policy(id)); err != nil {
+			return fmt.Errorf("policies.%s: %w", id, err)
+		}
+	}
+	return nil
+}
+
 // retimeSchedules brings the schedules of a policy's volumes to its current timing. Schedules are found by
 // their ID prefix (listing is eventually consistent: a schedule created a moment ago already has the timing).
 func (c *Client) retimeSchedules(ctx context.Context, p workflows.Policy) error {

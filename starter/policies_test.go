@@ -118,3 +118,25 @@ func TestIntegrationScheduledRunRejectionIsRecorded(t *testing.T) {
 	assert.Equal(t, workflows.ErrInvalidArgument, se.Type)
 	c.hv.Gate.Open()
 }
+
+// TestIntegrationEditedConfigPolicyRetimesAttachedSchedules: a config-file policy's schedules follow the file
+// once the control worker syncs it at start.
+func TestIntegrationEditedConfigPolicyRetimesAttachedSchedules(t *testing.T) {
+	hv := startertest.NewGatedHypervisor()
+	c := startertest.NewCluster(t, testConfig+"policies: {hourly: {kind: snapshot, every: 1h}}\n",
+		map[string]activities.Hypervisor{"hv1": hv})
+	ctx := context.Background()
+	c.Register(t, "vol1", "acct-1")
+	a, err := c.Client.AttachPolicy(ctx, "vol1", "hourly")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Client.DeleteSchedule(context.Background(), "hourly", "vol1") })
+
+	c.Config.Policies["hourly"].Every = "2h" // the operator edits the file and restarts the worker
+	edited := starter.New(c.Temporal, c.Config)
+	startertest.WaitFor(t, "schedule re-timed", func() bool {
+		require.NoError(t, edited.SyncConfigPolicies(ctx))
+		desc, err := c.Temporal.ScheduleClient().GetHandle(ctx, a.ScheduleID).Describe(ctx)
+		require.NoError(t, err)
+		return len(desc.Schedule.Spec.Intervals) == 1 && desc.Schedule.Spec.Intervals[0].Every == 2*time.Hour
+	})
+}

@@ -156,7 +156,11 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
-	w := workers.NewControl(c, starter.New(c, cfg), worker.Options{})
+	hf := starter.New(c, cfg)
+	if err := hf.SyncConfigPolicies(ctx); err != nil {
+		return err
+	}
+	w := workers.NewControl(c, hf, worker.Options{})
 	closeBilling, err := workers.StartBilling(ctx, w, c, cfg.Billing)
 	if err != nil {
 		return err

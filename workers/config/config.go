@@ -356,6 +356,9 @@ func (c *Config) HypervisorIDs() []string { return sortedKeys(c.Hypervisors) }
 // Policy returns a config policy (nil when the file defines none by that id).
 func (c *Config) Policy(policyID string) *workflows.Policy { return c.Policies[policyID] }
 
+// PolicyIDs returns the config-file policies, sorted.
+func (c *Config) PolicyIDs() []string { return sortedKeys(c.Policies) }
+
 // PlanIDs returns the configured plans, sorted.
 func (c *Config) PlanIDs() []string { return sortedKeys(c.Plans) }
 
