@@ -107,23 +107,31 @@ func (c *Client) RegisterVolume(ctx context.Context, req RegisterRequest) (*Volu
 }
 
 func (c *Client) register(ctx context.Context, spec workflows.VolumeSpec) (*Volume, error) {
-	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID: workflows.VolumeWorkflowID(spec.VolumeID), TaskQueue: workflows.TaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.VolumeWorkflow, workflows.VolumeInput{VolumeID: spec.VolumeID})
-	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdateRegister, Args: []any{spec},
-			WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
-	if err != nil {
-		return nil, typed(err)
-	}
 	var st workflows.VolumeState
-	if err := h.Get(ctx, &st); err != nil {
-		return nil, typed(err)
+	if err := c.updateWithStart(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.VolumeWorkflow,
+		workflows.VolumeInput{VolumeID: spec.VolumeID}, workflows.UpdateRegister, "", spec, &st); err != nil {
+		return nil, err
 	}
 	return withCooldown(st), nil
+}
+
+// updateWithStart sends an Update to an entity workflow, starting it first when it does not run (conflict
+// policy UseExisting), waits for the update to complete and decodes its result into out (may be nil).
+func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, input any, update, updateID string,
+	arg, out any) error {
+	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+		ID: workflowID, TaskQueue: workflows.TaskQueue,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, wf, input)
+	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+		StartWorkflowOperation: start,
+		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: update, UpdateID: updateID, Args: []any{arg},
+			WaitForStage: client.WorkflowUpdateStageCompleted},
+	})
+	if err == nil {
+		err = h.Get(ctx, out)
+	}
+	return typed(err)
 }
 
 // Volume returns a volume's state, with the active operation's live progress.
@@ -299,20 +307,9 @@ func (c *Client) Request(ctx context.Context, volumeID string, req workflows.Ope
 }
 
 func (c *Client) acquire(ctx context.Context, spec workflows.VolumeSpec, leaseID, volumeID string) error {
-	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID: workflows.OwnerWorkflowID(spec.OwnerID), TaskQueue: workflows.TaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.OwnerWorkflow, workflows.OwnerInput{OwnerID: spec.OwnerID})
-	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdateAcquire, UpdateID: leaseID,
-			Args:         []any{workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}},
-			WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
-	if err == nil {
-		err = h.Get(ctx, nil)
-	}
-	return typed(err)
+	return c.updateWithStart(ctx, workflows.OwnerWorkflowID(spec.OwnerID), workflows.OwnerWorkflow,
+		workflows.OwnerInput{OwnerID: spec.OwnerID}, workflows.UpdateAcquire, leaseID,
+		workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}, nil)
 }
 
 // release gives a permit back (best effort: an unclaimed permit expires within a minute anyway).

@@ -86,21 +86,10 @@ func (c *Client) PutPolicy(ctx context.Context, p workflows.Policy) (*workflows.
 	if err := p.Validate(); err != nil {
 		return nil, typed(err)
 	}
-	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID: workflows.PolicyWorkflowID(p.PolicyID), TaskQueue: workflows.TaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, workflows.PolicyWorkflow, workflows.PolicyInput{PolicyID: p.PolicyID})
-	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: workflows.UpdatePutPolicy, Args: []any{p},
-			WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
 	var stored workflows.Policy
-	if err == nil {
-		err = h.Get(ctx, &stored)
-	}
-	if err != nil {
-		return nil, typed(err)
+	if err := c.updateWithStart(ctx, workflows.PolicyWorkflowID(p.PolicyID), workflows.PolicyWorkflow,
+		workflows.PolicyInput{PolicyID: p.PolicyID}, workflows.UpdatePutPolicy, "", p, &stored); err != nil {
+		return nil, err
 	}
 	if err := c.retimeSchedules(ctx, stored); err != nil {
 		return nil, err
