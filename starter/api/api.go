@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -465,21 +466,24 @@ func decode(w http.ResponseWriter, r *http.Request, into any, emptyOK bool) bool
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
 		return false
 	}
-	if len(strings.TrimSpace(string(data))) == 0 {
+	// Only JSON's own whitespace counts: a body of other Unicode spaces (\f, U+00A0, …) is malformed.
+	if len(bytes.Trim(data, " \t\r\n")) == 0 {
 		if emptyOK {
 			return true
 		}
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: a JSON object is required")
 		return false
 	}
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	// json.Valid first: it rejects anything after the one JSON value, including a stray '}' or ']' that
+	// Decoder.More would not report.
+	if !json.Valid(data) {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: malformed JSON (one JSON object expected)")
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(into); err != nil {
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
-		return false
-	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: trailing data after the JSON object")
 		return false
 	}
 	return true
