@@ -137,11 +137,16 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 	}
 }
 
-func deleteSnapshotStep(hypervisorID string, ref activities.SnapshotRef) func(workflow.Context) error {
+// cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's queue.
+func cleanupStep(hypervisorID, activityName string, arg any) func(workflow.Context) error {
 	return func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(hypervisorID)),
-			activities.DeleteSnapshotName, ref).Get(ctx, nil)
+		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(hypervisorID)), activityName,
+			arg).Get(ctx, nil)
 	}
+}
+
+func deleteSnapshotStep(hypervisorID string, ref activities.SnapshotRef) func(workflow.Context) error {
+	return cleanupStep(hypervisorID, activities.DeleteSnapshotName, ref)
 }
 
 // SnapshotWorkflow creates one snapshot on the volume's own storage (guest freeze attempted).
@@ -173,10 +178,7 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			return OperationResult{}, err
 		}
 		backup := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}
-		s.add("delete backup "+backup.BackupID, func(ctx workflow.Context) error {
-			return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(vol.HypervisorID)),
-				activities.DeleteBackupName, backup).Get(ctx, nil)
-		})
+		s.add("delete backup "+backup.BackupID, cleanupStep(vol.HypervisorID, activities.DeleteBackupName, backup))
 		var up activities.UploadBackupResult
 		if err := workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.UploadBackupName,
 			activities.UploadBackupInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
@@ -226,10 +228,8 @@ func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (Operation
 		VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: safety.SnapshotID}).Get(ctx, nil); err != nil {
 		return OperationResult{}, err
 	}
-	s.add("roll back to safety snapshot "+safety.SnapshotID, func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(vol.HypervisorID)),
-			activities.RollbackSnapshotName, safety).Get(ctx, nil)
-	})
+	s.add("roll back to safety snapshot "+safety.SnapshotID,
+		cleanupStep(vol.HypervisorID, activities.RollbackSnapshotName, safety))
 	var res OperationResult
 	if in.Request.ItemKind() == KindSnapshot {
 		if err := workflow.ExecuteActivity(hv, activities.RollbackSnapshotName, activities.SnapshotRef{
@@ -255,11 +255,8 @@ func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (Operation
 
 func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationResult, error) {
 	vol, target := in.Volume, *in.Request.NewVolume
-	s.add("delete new volume "+target.VolumeID, func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(target.HypervisorID)),
-			activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: target.VolumeID,
-				Volume: target.Storage}).Get(ctx, nil)
-	})
+	s.add("delete new volume "+target.VolumeID, cleanupStep(target.HypervisorID, activities.DeleteVolumeName,
+		activities.DeleteVolumeInput{VolumeID: target.VolumeID, Volume: target.Storage}))
 	var r activities.RestoreResult
 	var err error
 	if in.Request.ItemKind() == KindSnapshot {

@@ -512,13 +512,6 @@ func (v *volume) setPolicy(ctx workflow.Context, a PolicyAttachment) (string, er
 	return previous, nil
 }
 
-func (v *volume) items(kind Kind) []Item {
-	if kind == KindSnapshot {
-		return v.st.Snapshots
-	}
-	return v.st.Backups
-}
-
 // makeRoom deletes scheduled items until the item being created (current, already counted as pending) fits
 // under the plan cap: the request and its deletions run as one queued sequence under the volume's lock.
 func (v *volume) makeRoom(ctx workflow.Context, req OperationRequest, current string) error {
@@ -526,7 +519,7 @@ func (v *volume) makeRoom(ctx workflow.Context, req OperationRequest, current st
 	if req.Kind == KindSnapshot {
 		limit, limitErr = v.st.Spec.Plan.MaxSnapshots, errSnapshotLimit()
 	}
-	victims, ok := req.retention().Evictions(v.items(req.Kind), current, countLive(v.items(req.Kind))-limit)
+	victims, ok := req.retention().Evictions(*v.items(req.Kind), current, countLive(*v.items(req.Kind))-limit)
 	if !ok {
 		return limitErr // the validator saw room; only a concurrent change could take it away
 	}
@@ -545,7 +538,7 @@ func (v *volume) makeRoom(ctx workflow.Context, req OperationRequest, current st
 // applyRetention deletes, oldest first, the scheduled items the policy no longer keeps once the new one
 // (current) exists. A failed deletion is logged and left for the next run: the new item is already safe.
 func (v *volume) applyRetention(ctx workflow.Context, req OperationRequest, current string) {
-	for _, it := range req.retention().Expired(v.items(req.Kind), current) {
+	for _, it := range req.retention().Expired(*v.items(req.Kind), current) {
 		if err := v.retentionDelete(ctx, req, it); err != nil {
 			workflow.GetLogger(ctx).Warn("retention could not delete an item; the next run retries",
 				"volume_id", v.volumeID, "operation_id", req.OperationID, "item_id", it.ItemID, "error", err)

@@ -320,11 +320,16 @@ func validateRequest(req OperationRequest, volumeID string) error {
 	return nil
 }
 
-func (v *volume) item(kind Kind, itemID string) (*Item, error) {
-	list := v.st.Snapshots
+// items is the volume's list of snapshots or of backups.
+func (v *volume) items(kind Kind) *[]Item {
 	if kind == KindBackup {
-		list = v.st.Backups
+		return &v.st.Backups
 	}
+	return &v.st.Snapshots
+}
+
+func (v *volume) item(kind Kind, itemID string) (*Item, error) {
+	list := *v.items(kind)
 	for i := range list {
 		if list[i].ItemID == itemID {
 			return &list[i], nil
@@ -655,10 +660,7 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 }
 
 func (v *volume) removeItem(kind Kind, itemID string) {
-	list := &v.st.Snapshots
-	if kind == KindBackup {
-		list = &v.st.Backups
-	}
+	list := v.items(kind)
 	kept := (*list)[:0]
 	for _, it := range *list {
 		if it.ItemID != itemID {
@@ -671,10 +673,7 @@ func (v *volume) removeItem(kind Kind, itemID string) {
 // pruneFailed keeps only the newest failed items of a kind: they hold nothing on storage (the saga cleaned
 // up) and are kept only so users can see what went wrong.
 func (v *volume) pruneFailed(kind Kind) {
-	list := &v.st.Snapshots
-	if kind == KindBackup {
-		list = &v.st.Backups
-	}
+	list := v.items(kind)
 	failed := 0
 	for i := len(*list) - 1; i >= 0; i-- {
 		if (*list)[i].Status == StatusFailed {
