@@ -286,15 +286,9 @@ func (c *Client) Request(ctx context.Context, volumeID string, req workflows.Ope
 	if err := c.acquire(ctx, st.Spec, req.OperationID, volumeID); err != nil {
 		return nil, err
 	}
-	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID: workflows.VolumeWorkflowID(volumeID), UpdateID: req.OperationID,
-		UpdateName: workflows.UpdateRequest, Args: []any{req}, WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
 	var op workflows.Operation
-	if err == nil {
-		err = h.Get(ctx, &op)
-	}
-	if err != nil {
+	if err := c.update(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateRequest, req.OperationID, req,
+		&op); err != nil {
 		// Only a rejection proves the volume did not take the permit. After a transport error the update may
 		// have been accepted: the lease is then claimed, or it expires by itself within a minute.
 		var app *temporal.ApplicationError
@@ -325,18 +319,22 @@ func (c *Client) Abort(ctx context.Context, volumeID, reason string) (*workflows
 	if _, err := c.state(ctx, volumeID); err != nil {
 		return nil, err
 	}
-	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID: workflows.VolumeWorkflowID(volumeID), UpdateName: workflows.UpdateAbort, Args: []any{reason},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
 	var op workflows.Operation
-	if err == nil {
-		err = h.Get(ctx, &op)
-	}
-	if err != nil {
+	if err := c.update(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateAbort, "", reason, &op); err != nil {
 		return nil, typed(err)
 	}
 	return &op, nil
+}
+
+// update sends an Update to a running workflow, waits for it to complete and decodes its result into out. The
+// error is returned as Temporal gave it (callers tell rejections from transport errors, then call typed).
+func (c *Client) update(ctx context.Context, workflowID, name, updateID string, arg, out any) error {
+	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: workflowID,
+		UpdateID: updateID, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted})
+	if err != nil {
+		return err
+	}
+	return h.Get(ctx, out)
 }
 
 // Operation returns one operation, live (with progress) or finished.

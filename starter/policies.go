@@ -158,16 +158,9 @@ func (c *Client) AttachPolicy(ctx context.Context, volumeID, policyID string) (*
 		}
 		out.ScheduleID = workflows.ScheduleID(policyID, volumeID)
 	}
-	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
-		WorkflowID: workflows.VolumeWorkflowID(volumeID), UpdateName: workflows.UpdateSetPolicy,
-		Args:         []any{workflows.PolicyAttachment{PolicyID: policyID}},
-		WaitForStage: client.WorkflowUpdateStageCompleted,
-	})
 	var previous string
-	if err == nil {
-		err = h.Get(ctx, &previous)
-	}
-	if err != nil {
+	if err := c.update(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateSetPolicy, "",
+		workflows.PolicyAttachment{PolicyID: policyID}, &previous); err != nil {
 		return nil, typed(err)
 	}
 	if previous != "" && previous != policyID {
