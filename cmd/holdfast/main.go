@@ -237,17 +237,17 @@ func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
 
 // tokensFromEnv reads HOLDFAST_PANEL_TOKEN (comma-separated) and HOLDFAST_OWNER_TOKENS (owner=token,...).
 func tokensFromEnv() (api.Tokens, error) {
-	t := api.Tokens{Owners: map[string]string{}}
+	var t api.Tokens
 	for _, p := range strings.Split(os.Getenv("HOLDFAST_PANEL_TOKEN"), ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			t.Panel = append(t.Panel, p)
 		}
 	}
-	o, err := dev.Defaults(os.Getenv)
+	owners, err := api.ParseOwnerTokens(os.Getenv("HOLDFAST_OWNER_TOKENS"))
 	if err != nil {
-		return t, err
+		return t, fmt.Errorf("HOLDFAST_OWNER_TOKENS: %w", err)
 	}
-	t.Owners = o.OwnerTokens
+	t.Owners = owners
 	if len(t.Panel) == 0 && len(t.Owners) == 0 {
 		return t, errors.New("no tokens: set HOLDFAST_PANEL_TOKEN and/or HOLDFAST_OWNER_TOKENS")
 	}

@@ -35,6 +35,23 @@ type Tokens struct {
 	Owners map[string]string // token → owner_id
 }
 
+// ParseOwnerTokens reads owner tokens written as "owner=token,owner=token" (HOLDFAST_OWNER_TOKENS) into
+// token → owner_id. Blank input gives an empty map.
+func ParseOwnerTokens(pairs string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(pairs) == "" {
+		return out, nil
+	}
+	for _, pair := range strings.Split(pairs, ",") {
+		owner, token, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || !idRE.MatchString(owner) || token == "" {
+			return nil, fmt.Errorf("owner tokens: want owner=token,..., got %q", pair)
+		}
+		out[token] = owner
+	}
+	return out, nil
+}
+
 // Server is the HTTP API.
 type Server struct {
 	hf     *starter.Client

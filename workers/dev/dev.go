@@ -77,7 +77,7 @@ func Defaults(getenv func(string) string) (Options, error) {
 	o := Options{DataDir: getenv("HOLDFAST_DATA_DIR"), APIAddr: getenv("HOLDFAST_API_ADDR"),
 		PanelToken: getenv("HOLDFAST_PANEL_TOKEN"), TemporalBin: getenv("HOLDFAST_TEMPORAL_BIN"),
 		MetricsAddr:  getenv("HOLDFAST_METRICS_ADDR"),
-		TemporalAddr: "127.0.0.1:7233", UIPort: 8233, OwnerTokens: map[string]string{}}
+		TemporalAddr: "127.0.0.1:7233", UIPort: 8233}
 	if o.DataDir == "" {
 		o.DataDir = ".holdfast"
 	}
@@ -90,15 +90,11 @@ func Defaults(getenv func(string) string) (Options, error) {
 	if o.TemporalBin == "" {
 		o.TemporalBin = filepath.Join("bin", "temporal")
 	}
-	if pairs := strings.TrimSpace(getenv("HOLDFAST_OWNER_TOKENS")); pairs != "" {
-		for _, pair := range strings.Split(pairs, ",") {
-			owner, token, ok := strings.Cut(strings.TrimSpace(pair), "=")
-			if !ok || !config.IDPattern.MatchString(owner) || token == "" {
-				return o, fmt.Errorf("HOLDFAST_OWNER_TOKENS: want owner=token,..., got %q", pair)
-			}
-			o.OwnerTokens[token] = owner
-		}
+	owners, err := api.ParseOwnerTokens(getenv("HOLDFAST_OWNER_TOKENS"))
+	if err != nil {
+		return o, fmt.Errorf("HOLDFAST_OWNER_TOKENS: %w", err)
 	}
+	o.OwnerTokens = owners
 	return o, nil
 }
 
