@@ -119,19 +119,50 @@ func (c *Client) register(ctx context.Context, spec workflows.VolumeSpec) (*Volu
 // policy UseExisting), waits for the update to complete and decodes its result into out (may be nil).
 func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, input any, update, updateID string,
 	arg, out any) error {
-	start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
-		ID: workflowID, TaskQueue: workflows.TaskQueue,
-		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, wf, input)
-	h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
-		StartWorkflowOperation: start,
-		UpdateOptions: client.UpdateWorkflowOptions{UpdateName: update, UpdateID: updateID, Args: []any{arg},
-			WaitForStage: client.WorkflowUpdateStageCompleted},
-	})
-	if err == nil {
-		err = h.Get(ctx, out)
+	if updateID == "" {
+		updateID = NewOperationID()
 	}
-	return typed(err)
+	return typed(retryTransient(ctx, func() error {
+		// A start operation is single-use: each attempt builds its own.
+		start := c.temporal.NewWithStartWorkflowOperation(client.StartWorkflowOptions{
+			ID: workflowID, TaskQueue: workflows.TaskQueue,
+			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+		}, wf, input)
+		h, err := c.temporal.UpdateWithStartWorkflow(ctx, client.UpdateWithStartWorkflowOptions{
+			StartWorkflowOperation: start,
+			UpdateOptions: client.UpdateWorkflowOptions{UpdateName: update, UpdateID: updateID, Args: []any{arg},
+				WaitForStage: client.WorkflowUpdateStageCompleted},
+		})
+		if err != nil {
+			return err
+		}
+		return h.Get(ctx, out)
+	}))
+}
+
+// transientFor bounds how long an update is re-sent after transport errors: the server pushes back on a busy
+// entity (e.g. more than 10 updates in flight on one owner's workflow) and the SDK's wait can time out.
+const transientFor = time.Minute
+
+// retryTransient runs send until it succeeds, fails with an answer (an application error: a rejection or a
+// handler's error; NotFound), ctx ends, or transientFor has passed. Re-sending is safe because every update
+// carries a fixed Update ID, which the server deduplicates.
+func retryTransient(ctx context.Context, send func() error) error {
+	deadline, wait := time.Now().Add(transientFor), 100*time.Millisecond
+	for {
+		err := send()
+		var app *temporal.ApplicationError
+		var nf *serviceerror.NotFound
+		if err == nil || errors.As(err, &app) || errors.As(err, &nf) || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // Volume returns a volume's state, with the active operation's live progress.
@@ -328,13 +359,19 @@ func (c *Client) Abort(ctx context.Context, volumeID, reason string) (*workflows
 
 // update sends an Update to a running workflow, waits for it to complete and decodes its result into out. The
 // error is returned as Temporal gave it (callers tell rejections from transport errors, then call typed).
+// Transport errors are retried for a while with the same Update ID (see retryTransient).
 func (c *Client) update(ctx context.Context, workflowID, name, updateID string, arg, out any) error {
-	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: workflowID,
-		UpdateID: updateID, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted})
-	if err != nil {
-		return err
+	if updateID == "" {
+		updateID = NewOperationID()
 	}
-	return h.Get(ctx, out)
+	return retryTransient(ctx, func() error {
+		h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: workflowID,
+			UpdateID: updateID, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted})
+		if err != nil {
+			return err
+		}
+		return h.Get(ctx, out)
+	})
 }
 
 // Operation returns one operation, live (with progress) or finished.
