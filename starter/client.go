@@ -140,20 +140,24 @@ func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, inp
 	}))
 }
 
-// transientFor bounds how long an update is re-sent after transport errors: the server pushes back on a busy
-// entity (e.g. more than 10 updates in flight on one owner's workflow) and the SDK's wait can time out.
-const transientFor = time.Minute
+// transientFor bounds how long an update is re-sent while the server pushes back on a busy entity (e.g. more
+// than 10 updates in flight on one owner's workflow). Acquiring a permit and then requesting the operation
+// must together stay well inside the permit's one-minute claim window, or an expired lease could let a
+// fourth operation in: 2 × 20 s does.
+const transientFor = 20 * time.Second
 
-// retryTransient runs send until it succeeds, fails with an answer (an application error: a rejection or a
-// handler's error; NotFound), ctx ends, or transientFor has passed. Re-sending is safe because every update
-// carries a fixed Update ID, which the server deduplicates.
+// retryTransient runs send again while the server pushes back (ResourceExhausted, or the SDK's wait for the
+// update timing out) until ctx ends or transientFor has passed. Anything else, answers and an unreachable
+// server alike, returns at once. Re-sending is safe because every update carries a fixed Update ID, which the
+// server deduplicates.
 func retryTransient(ctx context.Context, send func() error) error {
 	deadline, wait := time.Now().Add(transientFor), 100*time.Millisecond
 	for {
 		err := send()
-		var app *temporal.ApplicationError
-		var nf *serviceerror.NotFound
-		if err == nil || errors.As(err, &app) || errors.As(err, &nf) || ctx.Err() != nil || time.Now().After(deadline) {
+		var busy *serviceerror.ResourceExhausted
+		var waitTimeout *client.WorkflowUpdateServiceTimeoutOrCanceledError
+		pushedBack := errors.As(err, &busy) || errors.As(err, &waitTimeout)
+		if !pushedBack || ctx.Err() != nil || time.Now().After(deadline) {
 			return err
 		}
 		select {
