@@ -10,7 +10,10 @@
 // and uploading what is present all succeed.
 package activities
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // TaskQueue returns the task queue of one hypervisor's agent: activities run where the disk is.
 func TaskQueue(hypervisorID string) string { return "hypervisor/" + hypervisorID }
@@ -186,4 +189,145 @@ type Hypervisor interface {
 	CloneSnapshot(ctx context.Context, in CloneSnapshotInput) (RestoreResult, error)
 	// DeleteVolume removes a volume (idempotent).
 	DeleteVolume(ctx context.Context, in DeleteVolumeInput) error
+}
+
+// StorageTaskQueue returns the task queue of the activities that touch only a backup storage (catalog,
+// replication, scrub, garbage collection, deleting a backup). Every agent configured with the storage serves
+// it, so this work never waits on one host: when a hypervisor burns down, any surviving agent takes it.
+func StorageTaskQueue(storage string) string { return "storage/" + storage }
+
+// Storage activity names: the method names of Storage.
+const (
+	ListCatalogName     = "ListCatalog"
+	ReplicateBackupName = "ReplicateBackup"
+	ScrubStorageName    = "ScrubStorage"
+	CollectGarbageName  = "CollectGarbage"
+)
+
+// Manifest labels Holdfast writes on every backup. With them a fresh control plane can rebuild a volume's
+// registration and backup catalog from the storage alone (holdfast recover).
+const (
+	LabelItemName      = "name"
+	LabelOwnerID       = "owner_id"
+	LabelHypervisorID  = "hypervisor_id"
+	LabelConsistency   = "consistency"
+	LabelVolumeName    = "volume_name"
+	LabelPlanID        = "plan_id"
+	LabelVolumeType    = "volume_type"
+	LabelVolumePath    = "volume_path"
+	LabelVolumePool    = "volume_pool"
+	LabelVolumeImage   = "volume_image"
+	LabelScheduled     = "scheduled"
+	LabelOperationID   = "operation_id"
+	LabelVolumeSizeRaw = "volume_size_bytes"
+)
+
+// CatalogInput asks for one page of a storage's catalog: the backups whose manifests sort after After
+// ("volume_id/backup_id"; "" from the start), at most Limit (<= 0: DefaultCatalogPage).
+type CatalogInput struct {
+	Storage string `json:"storage"`
+	After   string `json:"after,omitempty"`
+	Limit   int    `json:"limit,omitempty"`
+}
+
+// DefaultCatalogPage keeps a catalog page well inside Temporal's payload limits.
+const DefaultCatalogPage = 500
+
+// CatalogEntry is one backup found in a storage, read from its manifest.
+type CatalogEntry struct {
+	VolumeID    string            `json:"volume_id"`
+	BackupID    string            `json:"backup_id"`
+	SizeBytes   int64             `json:"size_bytes"`
+	StoredBytes int64             `json:"stored_bytes"`
+	SourceType  string            `json:"source_type,omitempty"`
+	CreatedAt   time.Time         `json:"created_at"`
+	CompletedAt time.Time         `json:"completed_at"`
+	Labels      map[string]string `json:"labels,omitempty"`
+}
+
+// CatalogProblem is a manifest that could not be read (damaged, or encrypted with another key).
+type CatalogProblem struct {
+	VolumeID string `json:"volume_id"`
+	BackupID string `json:"backup_id"`
+	Error    string `json:"error"`
+}
+
+// CatalogPage is one page of a storage's catalog, ordered by (volume_id, backup_id). Next is the After of
+// the following page ("" when this is the last).
+type CatalogPage struct {
+	Entries  []CatalogEntry   `json:"entries"`
+	Problems []CatalogProblem `json:"problems,omitempty"`
+	Next     string           `json:"next,omitempty"`
+}
+
+// ReplicateInput copies backup BackupID of VolumeID from storage From to storage To: the chunks To lacks
+// first, then the manifest (a replica exists iff its manifest does), then verifies the replica.
+type ReplicateInput struct {
+	VolumeID string `json:"volume_id"`
+	BackupID string `json:"backup_id"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+}
+
+// ReplicateResult says what a replication moved and that the replica verified.
+type ReplicateResult struct {
+	ChunksCopied  int   `json:"chunks_copied"`
+	ChunksPresent int   `json:"chunks_present"`
+	BytesCopied   int64 `json:"bytes_copied"`
+	Verified      bool  `json:"verified"`
+}
+
+// ScrubInput verifies every backup of a storage (or of one volume when VolumeID is set) by reading and
+// checking every chunk it references.
+type ScrubInput struct {
+	Storage  string `json:"storage"`
+	VolumeID string `json:"volume_id,omitempty"`
+}
+
+// ScrubFinding is one damaged backup: the chunks it references that are gone or fail their hash.
+type ScrubFinding struct {
+	VolumeID string   `json:"volume_id"`
+	BackupID string   `json:"backup_id"`
+	Missing  []string `json:"missing,omitempty"`
+	Corrupt  []string `json:"corrupt,omitempty"`
+	Error    string   `json:"error,omitempty"`
+}
+
+// ScrubResult is a scrub's report; Damaged is empty when every backup verified.
+type ScrubResult struct {
+	Backups   int            `json:"backups"`
+	Chunks    int            `json:"chunks"`
+	BytesRead int64          `json:"bytes_read"`
+	Damaged   []ScrubFinding `json:"damaged,omitempty"`
+}
+
+// GCInput collects a storage's unreferenced chunks (of one volume when VolumeID is set) older than Grace.
+type GCInput struct {
+	Storage  string        `json:"storage"`
+	VolumeID string        `json:"volume_id,omitempty"`
+	Grace    time.Duration `json:"grace"`
+}
+
+// GCResult says what garbage collection removed.
+type GCResult struct {
+	ChunksDeleted int   `json:"chunks_deleted"`
+	BytesFreed    int64 `json:"bytes_freed"`
+	ChunksKept    int   `json:"chunks_kept"`
+}
+
+// Storage is the set of activities every agent serves on StorageTaskQueue(name) for each backup storage it is
+// configured with. Like Hypervisor, activity names are the method names; DeleteBackup is the same activity as
+// Hypervisor.DeleteBackup, served here so deleting a backup never waits on the host that made it.
+type Storage interface {
+	// ListCatalog returns one page of the backups (manifests) in a storage.
+	ListCatalog(ctx context.Context, in CatalogInput) (CatalogPage, error)
+	// ReplicateBackup copies a backup to another storage (chunks, then manifest) and verifies the copy;
+	// idempotent, heartbeats Progress.
+	ReplicateBackup(ctx context.Context, in ReplicateInput) (ReplicateResult, error)
+	// ScrubStorage verifies every chunk of every backup; damage is reported in the result, not as an error.
+	ScrubStorage(ctx context.Context, in ScrubInput) (ScrubResult, error)
+	// CollectGarbage removes chunks no manifest (nor in-progress backup) references, older than the grace.
+	CollectGarbage(ctx context.Context, in GCInput) (GCResult, error)
+	// DeleteBackup removes a backup's manifest (idempotent).
+	DeleteBackup(ctx context.Context, in BackupRef) error
 }
