@@ -18,6 +18,11 @@ import (
 // TaskQueue returns the task queue of one hypervisor's agent: activities run where the disk is.
 func TaskQueue(hypervisorID string) string { return "hypervisor/" + hypervisorID }
 
+// CleanupTaskQueue is where a hypervisor's agent takes compensations (the same Hypervisor activities) with
+// slots of their own, so that a cleanup never waits behind long transfers and an untaken one means the agent
+// is gone.
+func CleanupTaskQueue(hypervisorID string) string { return TaskQueue(hypervisorID) + "/cleanup" }
+
 // Error types of non-retryable activity failures (temporal.ApplicationError.Type()). Workflows list them in
 // their retry policies and map them onto user-facing errors.
 const (
@@ -207,19 +212,18 @@ const (
 // Manifest labels Holdfast writes on every backup. With them a fresh control plane can rebuild a volume's
 // registration and backup catalog from the storage alone (holdfast recover).
 const (
-	LabelItemName      = "name"
-	LabelOwnerID       = "owner_id"
-	LabelHypervisorID  = "hypervisor_id"
-	LabelConsistency   = "consistency"
-	LabelVolumeName    = "volume_name"
-	LabelPlanID        = "plan_id"
-	LabelVolumeType    = "volume_type"
-	LabelVolumePath    = "volume_path"
-	LabelVolumePool    = "volume_pool"
-	LabelVolumeImage   = "volume_image"
-	LabelScheduled     = "scheduled"
-	LabelOperationID   = "operation_id"
-	LabelVolumeSizeRaw = "volume_size_bytes"
+	LabelItemName     = "name"
+	LabelOwnerID      = "owner_id"
+	LabelHypervisorID = "hypervisor_id"
+	LabelConsistency  = "consistency"
+	LabelVolumeName   = "volume_name"
+	LabelPlanID       = "plan_id"
+	LabelVolumeType   = "volume_type"
+	LabelVolumePath   = "volume_path"
+	LabelVolumePool   = "volume_pool"
+	LabelVolumeImage  = "volume_image"
+	LabelScheduled    = "scheduled"
+	LabelOperationID  = "operation_id"
 )
 
 // CatalogInput asks for one page of a storage's catalog: the backups whose manifests sort after After

@@ -37,6 +37,10 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.PolicyWorkflow)
 	r.RegisterWorkflow(workflows.ScheduledRunWorkflow)
 	r.RegisterWorkflow(workflows.BillingWorkflow)
+	r.RegisterWorkflow(workflows.ReplicateWorkflow)
+	r.RegisterWorkflow(workflows.RecoverWorkflow)
+	r.RegisterWorkflow(workflows.ScrubWorkflow)
+	r.RegisterWorkflow(workflows.CollectGarbageWorkflow)
 }
 
 // StartBilling registers the billing activities on the control worker and makes sure the hourly billing

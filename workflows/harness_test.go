@@ -46,6 +46,25 @@ func (fakeHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput
 	panic("mock me")
 }
 
+// fakeStorage gives the test environment the storage activities' names and signatures (tests mock them).
+type fakeStorage struct{}
+
+var _ activities.Storage = fakeStorage{}
+
+func (fakeStorage) ListCatalog(context.Context, activities.CatalogInput) (activities.CatalogPage, error) {
+	panic("mock me")
+}
+func (fakeStorage) ReplicateBackup(context.Context, activities.ReplicateInput) (activities.ReplicateResult, error) {
+	panic("mock me")
+}
+func (fakeStorage) ScrubStorage(context.Context, activities.ScrubInput) (activities.ScrubResult, error) {
+	panic("mock me")
+}
+func (fakeStorage) CollectGarbage(context.Context, activities.GCInput) (activities.GCResult, error) {
+	panic("mock me")
+}
+func (fakeStorage) DeleteBackup(context.Context, activities.BackupRef) error { panic("mock me") }
+
 func testSpec() VolumeSpec {
 	return VolumeSpec{VolumeID: "vol1", Name: "web-data", OwnerID: "acct-42", HypervisorID: "hv1",
 		Plan:    Plan{PlanID: "standard", MaxSnapshots: 5, MaxBackups: 10},
@@ -75,6 +94,12 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 	env.RegisterWorkflow(RestoreWorkflow)
 	env.RegisterWorkflow(DeleteWorkflow)
 	env.RegisterActivity(&fakeHypervisor{})
+	// DeleteBackup is both a hypervisor and a storage activity: one registration serves both names.
+	env.RegisterActivityWithOptions(fakeStorage{}.ListCatalog, activity.RegisterOptions{Name: activities.ListCatalogName})
+	env.RegisterActivityWithOptions(fakeStorage{}.ReplicateBackup, activity.RegisterOptions{Name: activities.ReplicateBackupName})
+	env.RegisterActivityWithOptions(fakeStorage{}.ScrubStorage, activity.RegisterOptions{Name: activities.ScrubStorageName})
+	env.RegisterActivityWithOptions(fakeStorage{}.CollectGarbage, activity.RegisterOptions{Name: activities.CollectGarbageName})
+	env.RegisterWorkflow(ReplicateWorkflow)
 	env.RegisterActivityWithOptions(func(context.Context, VolumeSpec) error { return nil },
 		activity.RegisterOptions{Name: RegisterVolumeActivity})
 	env.SetTestTimeout(30 * time.Second)
@@ -97,6 +122,9 @@ func (h *harness) mockHypervisor() {
 	e.OnActivity(activities.CloneSnapshotName, mock.Anything, mock.Anything).
 		Return(activities.RestoreResult{SizeBytes: 1 << 30}, nil).Maybe()
 	e.OnActivity(activities.DeleteVolumeName, mock.Anything, mock.Anything).Return(nil).Maybe()
+	e.OnActivity(activities.CollectGarbageName, mock.Anything, mock.Anything).Return(activities.GCResult{}, nil).Maybe()
+	e.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).
+		Return(activities.ReplicateResult{ChunksCopied: 64, BytesCopied: 1 << 28, Verified: true}, nil).Maybe()
 	e.OnSignalExternalWorkflow(mock.Anything, mock.Anything, mock.Anything, mock.Anything, mock.Anything).
 		Return(nil).Maybe()
 }

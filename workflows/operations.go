@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
@@ -21,6 +22,10 @@ const (
 	shortActivityTimeout = 15 * time.Minute
 	heartbeatTimeout     = 30 * time.Second
 	compensationTimeout  = 10 * time.Minute
+	// cleanupPickup is how long a compensation waits for an agent to pick it up. Cleanups have their own
+	// queue (activities.CleanupTaskQueue), never stuck behind long transfers, so an agent that has not taken
+	// one by then is gone: the cleanup is reported incomplete instead of holding the volume's lock.
+	cleanupPickup = 2 * time.Minute
 )
 
 func retryPolicy() *temporal.RetryPolicy {
@@ -57,7 +62,13 @@ func streaming(ctx workflow.Context, hypervisorID string, deadline time.Duration
 // saga collects compensations of the steps that created something, run newest first on failure.
 type saga struct {
 	steps []compensation
+	// waitingOn is the step the operation is in, named in the deadline error (a host that never answers
+	// shows up as the step it never took).
+	waitingOn string
 }
+
+// doing records the step the operation is about to wait on.
+func (s *saga) doing(what string) { s.waitingOn = what }
 
 type compensation struct {
 	what string
@@ -78,17 +89,28 @@ func (s *saga) compensate(ctx workflow.Context) error {
 	for i := len(s.steps) - 1; i >= 0; i-- {
 		if err := s.steps[i].run(dctx); err != nil {
 			workflow.GetLogger(ctx).Error("compensation failed", "step", s.steps[i].what, "error", err)
-			errs = append(errs, fmt.Errorf("%s: %s", s.steps[i].what, rootMessage(err)))
+			errs = append(errs, fmt.Errorf("%s: %s", s.steps[i].what, cleanupFailure(err)))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// cleanupOptions bound a compensation step: retried, but never for longer than compensationTimeout.
+// cleanupFailure says why a compensation did not run, in words an operator can act on.
+func cleanupFailure(err error) string {
+	var timeout *temporal.TimeoutError
+	if errors.As(err, &timeout) && timeout.TimeoutType() == enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START {
+		return fmt.Sprintf("no agent picked it up within %s (host down?); do it once the host is back", cleanupPickup)
+	}
+	return rootMessage(err)
+}
+
+// cleanupOptions bound a compensation step: retried, but never for longer than compensationTimeout, and
+// given up when no agent takes it within cleanupPickup.
 func cleanupOptions(ctx workflow.Context, taskQueue string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              taskQueue,
 		StartToCloseTimeout:    compensationTimeout / 2,
+		ScheduleToStartTimeout: cleanupPickup,
 		ScheduleToCloseTimeout: compensationTimeout,
 		RetryPolicy:            retryPolicy(),
 	})
@@ -125,8 +147,16 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 		logger.Info("operation aborted", "volume_id", in.Volume.VolumeID, "operation_id", in.Request.OperationID)
 		return res, temporal.NewCanceledError("aborted" + suffix)
 	case expired:
+		waiting := ""
+		if s.waitingOn != "" {
+			waiting = " (it was waiting on: " + s.waitingOn + ")"
+		}
+		removed := "its partial artifacts removed"
+		if cleanupErr != nil {
+			removed = "its cleanup attempted"
+		}
 		return res, temporal.NewNonRetryableApplicationError(fmt.Sprintf(
-			"Operation did not finish within %s; it was stopped and its partial artifacts removed.%s", deadline, suffix),
+			"Operation did not finish within %s%s; it was stopped and %s.%s", deadline, waiting, removed, suffix),
 			ErrDeadlineExceeded, nil)
 	default:
 		var app *temporal.ApplicationError
@@ -137,11 +167,20 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 	}
 }
 
-// cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's queue.
+// cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's cleanup queue.
 func cleanupStep(hypervisorID, activityName string, arg any) func(workflow.Context) error {
+	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg)
+}
+
+// deleteBackupStep removes a backup's manifest from one storage, on that storage's queue: any agent
+// configured with the storage does it, so it never waits on the host that made the backup.
+func deleteBackupStep(ref activities.BackupRef) func(workflow.Context) error {
+	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.DeleteBackupName, ref)
+}
+
+func cleanupOn(taskQueue, activityName string, arg any) func(workflow.Context) error {
 	return func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, activities.TaskQueue(hypervisorID)), activityName,
-			arg).Get(ctx, nil)
+		return workflow.ExecuteActivity(cleanupOptions(ctx, taskQueue), activityName, arg).Get(ctx, nil)
 	}
 }
 
@@ -156,6 +195,7 @@ func SnapshotWorkflow(ctx workflow.Context, in OperationInput) (OperationResult,
 		ref := activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: in.Item.ItemID}
 		// Registered before the step: a create that timed out may still have happened.
 		s.add("delete snapshot "+ref.SnapshotID, deleteSnapshotStep(vol.HypervisorID, ref))
+		s.doing("create snapshot on hypervisor " + vol.HypervisorID)
 		var r activities.SnapshotResult
 		err := workflow.ExecuteActivity(onHypervisor(ctx, vol.HypervisorID), activities.CreateSnapshotName,
 			activities.SnapshotInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: ref.SnapshotID,
@@ -171,6 +211,7 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 		tmp := activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage,
 			SnapshotID: "holdfast-backup-" + in.Item.ItemID}
 		s.add("delete snapshot "+tmp.SnapshotID, deleteSnapshotStep(vol.HypervisorID, tmp))
+		s.doing("create snapshot on hypervisor " + vol.HypervisorID)
 		var snap activities.SnapshotResult
 		if err := workflow.ExecuteActivity(onHypervisor(ctx, vol.HypervisorID), activities.CreateSnapshotName,
 			activities.SnapshotInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
@@ -178,13 +219,17 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			return OperationResult{}, err
 		}
 		backup := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}
-		s.add("delete backup "+backup.BackupID, cleanupStep(vol.HypervisorID, activities.DeleteBackupName, backup))
+		if workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+			s.add("delete backup "+backup.BackupID, cleanupStep(vol.HypervisorID, activities.DeleteBackupName, backup))
+		} else {
+			s.add("delete backup "+backup.BackupID, deleteBackupStep(backup))
+		}
+		s.doing("upload on hypervisor " + vol.HypervisorID)
 		var up activities.UploadBackupResult
 		if err := workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.UploadBackupName,
 			activities.UploadBackupInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
 				BackupID: backup.BackupID, ParentBackupID: in.ParentID, Storage: backup.Storage,
-				Labels: map[string]string{"name": in.Item.Name, "owner_id": vol.OwnerID,
-					"hypervisor_id": vol.HypervisorID, "consistency": snap.Consistency}}).Get(ctx, &up); err != nil {
+				Labels: backupLabels(in, snap.Consistency)}).Get(ctx, &up); err != nil {
 			return OperationResult{}, err
 		}
 		// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
@@ -193,10 +238,81 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			workflow.GetLogger(ctx).Error("temporary snapshot left behind", "volume_id", vol.VolumeID,
 				"snapshot_id", tmp.SnapshotID, "error", err)
 		}
-		return OperationResult{SizeBytes: up.SizeBytes, StoredBytes: up.StoredBytes, Consistency: snap.Consistency,
-			FreezeError: snap.FreezeError}, nil
+		res := OperationResult{SizeBytes: up.SizeBytes, StoredBytes: up.StoredBytes, Consistency: snap.Consistency,
+			FreezeError: snap.FreezeError}
+		if vol.BackupReplica != "" && workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == 1 {
+			r, err := replicate(ctx, s, vol, backup)
+			if err != nil {
+				return OperationResult{}, err
+			}
+			res.Replica = r
+		}
+		return res, nil
 	})
 }
+
+// replicationChange versions the off-site copy step of BackupWorkflow and the storage-queue deletion of
+// DeleteWorkflow, so that runs recorded before them replay as they ran.
+const replicationChange = "replication"
+
+// backupLabels are what a backup's manifest carries about its volume and itself: enough for a fresh control
+// plane to register the volume and list the backup again from the storage alone (RecoverWorkflow).
+func backupLabels(in OperationInput, consistency string) map[string]string {
+	vol := in.Volume
+	labels := map[string]string{
+		activities.LabelItemName: in.Item.Name, activities.LabelOwnerID: vol.OwnerID,
+		activities.LabelHypervisorID: vol.HypervisorID, activities.LabelConsistency: consistency,
+		activities.LabelVolumeName: vol.Name, activities.LabelPlanID: vol.Plan.PlanID,
+		activities.LabelVolumeType: vol.Storage.Type, activities.LabelOperationID: in.Request.OperationID,
+	}
+	for k, v := range map[string]string{activities.LabelVolumePath: vol.Storage.Path,
+		activities.LabelVolumePool: vol.Storage.Pool, activities.LabelVolumeImage: vol.Storage.Image} {
+		if v != "" {
+			labels[k] = v
+		}
+	}
+	if in.Item.Scheduled {
+		labels[activities.LabelScheduled] = "true"
+	}
+	return labels
+}
+
+// replicate copies a completed backup to the volume's replica storage (ReplicateWorkflow). When replication
+// is required its failure fails the backup (and the compensation removes the partial replica); otherwise the
+// backup stands and the failure is recorded on it.
+func replicate(ctx workflow.Context, s *saga, vol VolumeSpec, ref activities.BackupRef) (*Replica, error) {
+	copyRef := activities.BackupRef{VolumeID: ref.VolumeID, BackupID: ref.BackupID, Storage: vol.BackupReplica}
+	s.add("delete replica of backup "+ref.BackupID, deleteBackupStep(copyRef))
+	timeout := vol.Deadline
+	if !vol.RequireReplication {
+		timeout = min(vol.Deadline/4, bestEffortReplication)
+	}
+	s.doing("replication to " + vol.BackupReplica)
+	cctx := workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:          ReplicateWorkflowID(ref.VolumeID, ref.BackupID),
+		TaskQueue:           TaskQueue,
+		WaitForCancellation: true,
+	})
+	var r Replica
+	err := workflow.ExecuteChildWorkflow(cctx, ReplicateWorkflow, ReplicateRequest{VolumeID: ref.VolumeID,
+		BackupID: ref.BackupID, From: ref.Storage, To: vol.BackupReplica, Timeout: timeout}).Get(ctx, &r)
+	if err == nil {
+		return &r, nil
+	}
+	if vol.RequireReplication || ctx.Err() != nil {
+		return nil, fmt.Errorf("replication to %s: %w", vol.BackupReplica, err)
+	}
+	workflow.GetLogger(ctx).Error("backup not replicated", "volume_id", ref.VolumeID, "backup_id", ref.BackupID,
+		"replica", vol.BackupReplica, "error", err)
+	if derr := deleteBackupStep(copyRef)(ctx); derr != nil {
+		workflow.GetLogger(ctx).Error("partial replica left behind", "volume_id", ref.VolumeID,
+			"backup_id", ref.BackupID, "replica", vol.BackupReplica, "error", derr)
+	}
+	return &Replica{Storage: vol.BackupReplica, Status: ReplicaFailed, Error: rootMessage(err)}, nil
+}
+
+// bestEffortReplication bounds how long a backup waits for a replica that is not required.
+const bestEffortReplication = 30 * time.Minute
 
 // RestoreWorkflow restores a snapshot or backup in place (after a safety snapshot it rolls back to on failure)
 // or to a new volume (deleted again on failure, registered on success).
@@ -212,6 +328,7 @@ func RestoreWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, 
 func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (OperationResult, error) {
 	vol := in.Volume
 	hv := onHypervisor(ctx, vol.HypervisorID)
+	s.doing("restore on hypervisor " + vol.HypervisorID)
 	// Checked again here: the instance may have started since the request was accepted.
 	var att activities.AttachmentResult
 	if err := workflow.ExecuteActivity(hv, activities.AttachmentName,
@@ -257,6 +374,7 @@ func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationRe
 	vol, target := in.Volume, *in.Request.NewVolume
 	s.add("delete new volume "+target.VolumeID, cleanupStep(target.HypervisorID, activities.DeleteVolumeName,
 		activities.DeleteVolumeInput{VolumeID: target.VolumeID, Volume: target.Storage}))
+	s.doing("restore on hypervisor " + target.HypervisorID)
 	var r activities.RestoreResult
 	var err error
 	if in.Request.ItemKind() == KindSnapshot {
@@ -289,10 +407,60 @@ func DeleteWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 		vol := in.Volume
 		hv := onHypervisor(ctx, vol.HypervisorID)
 		if in.Request.ItemKind() == KindSnapshot {
+			s.doing("delete snapshot on hypervisor " + vol.HypervisorID)
 			return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteSnapshotName,
 				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: in.Item.ItemID}).Get(ctx, nil)
 		}
-		return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteBackupName,
-			activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}).Get(ctx, nil)
+		ref := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}
+		if workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+			return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteBackupName, ref).Get(ctx, nil)
+		}
+		s.doing("delete on storage " + ref.Storage)
+		return OperationResult{}, deleteBackupEverywhere(ctx, in.Item, ref)
 	})
+}
+
+// deleteGCGrace is the age below which an unreferenced chunk survives the collection that follows a delete.
+// The delete holds the volume's lock, so no backup of the volume is writing; the grace only covers a zombie
+// upload from a host Temporal already gave up on.
+const deleteGCGrace = 10 * time.Minute
+
+// deleteBackupEverywhere removes a backup's manifest from its storage and from its replica, on the storages'
+// own queues, then collects the chunks no other backup of the volume uses, per storage. A failed collection
+// does not fail the delete (the backup is gone; the next collection takes the chunks).
+func deleteBackupEverywhere(ctx workflow.Context, it Item, ref activities.BackupRef) error {
+	refs := []activities.BackupRef{ref}
+	if it.Replica != nil {
+		refs = append(refs, activities.BackupRef{VolumeID: ref.VolumeID, BackupID: ref.BackupID, Storage: it.Replica.Storage})
+	}
+	for _, r := range refs {
+		if err := workflow.ExecuteActivity(onStorage(ctx, r.Storage, shortActivityTimeout, false),
+			activities.DeleteBackupName, r).Get(ctx, nil); err != nil {
+			return fmt.Errorf("storage %s: %w", r.Storage, err)
+		}
+	}
+	for _, r := range refs {
+		var gc activities.GCResult
+		if err := workflow.ExecuteActivity(onStorage(ctx, r.Storage, shortActivityTimeout, false), activities.CollectGarbageName,
+			activities.GCInput{Storage: r.Storage, VolumeID: r.VolumeID, Grace: deleteGCGrace}).Get(ctx, &gc); err != nil {
+			workflow.GetLogger(ctx).Warn("garbage collection after delete failed", "volume_id", r.VolumeID,
+				"storage", r.Storage, "error", err)
+		}
+	}
+	return nil
+}
+
+// onStorage routes a storage-only activity to the queue every agent configured with the storage serves;
+// long ones (streaming: replication, scrub) heartbeat, so a dead agent's work moves to another agent.
+func onStorage(ctx workflow.Context, storage string, timeout time.Duration, streaming bool) workflow.Context {
+	o := workflow.ActivityOptions{
+		TaskQueue:           activities.StorageTaskQueue(storage),
+		StartToCloseTimeout: timeout,
+		RetryPolicy:         retryPolicy(),
+		WaitForCancellation: true,
+	}
+	if streaming {
+		o.HeartbeatTimeout = heartbeatTimeout
+	}
+	return workflow.WithActivityOptions(ctx, o)
 }

@@ -100,6 +100,10 @@ type VolumeSpec struct {
 	SizeBytes    int64                `json:"size_bytes"`
 	// BackupStorage is the backup storage of the hypervisor's group ("": none configured).
 	BackupStorage string `json:"backup_storage"`
+	// BackupReplica is the storage every backup is copied to after it is made ("": none); with
+	// RequireReplication a backup only counts as available once its replica verified.
+	BackupReplica      string `json:"backup_replica,omitempty"`
+	RequireReplication bool   `json:"require_replication,omitempty"`
 	// OwnerLimit, Cooldown and Deadline are the guard rails in force for this volume.
 	OwnerLimit int           `json:"owner_limit"`
 	Cooldown   time.Duration `json:"cooldown"`
@@ -119,6 +123,25 @@ type Item struct {
 	Scheduled   bool      `json:"scheduled,omitempty"`
 	OperationID string    `json:"operation_id,omitempty"`
 	Error       string    `json:"error,omitempty"`
+	// Replica is the state of a backup's off-site copy (nil: the storage has no replica).
+	Replica *Replica `json:"replica,omitempty"`
+	// Recovered marks a backup found in storage by a catalog rebuild rather than made by this control plane.
+	Recovered bool `json:"recovered,omitempty"`
+}
+
+// Replication states of a backup's replica.
+const (
+	ReplicaReplicated = "replicated"
+	ReplicaFailed     = "failed"
+)
+
+// Replica is where a backup's copy lives and whether it is complete.
+type Replica struct {
+	Storage      string     `json:"storage"`
+	Status       string     `json:"status"`
+	ReplicatedAt *time.Time `json:"replicated_at,omitempty"`
+	BytesCopied  int64      `json:"bytes_copied,omitempty"`
+	Error        string     `json:"error,omitempty"`
 }
 
 // OperationRequest asks a volume for one operation. The client fills OperationID (also the Update ID, so a
@@ -219,10 +242,11 @@ type OperationInput struct {
 
 // OperationResult is what an operation child returns on success.
 type OperationResult struct {
-	SizeBytes   int64  `json:"size_bytes"`
-	StoredBytes int64  `json:"stored_bytes"`
-	Consistency string `json:"consistency,omitempty"`
-	FreezeError string `json:"freeze_error,omitempty"`
+	SizeBytes   int64    `json:"size_bytes"`
+	StoredBytes int64    `json:"stored_bytes"`
+	Consistency string   `json:"consistency,omitempty"`
+	FreezeError string   `json:"freeze_error,omitempty"`
+	Replica     *Replica `json:"replica,omitempty"`
 }
 
 // AcquireRequest asks an owner's workflow for a permit.

@@ -93,6 +93,10 @@ func (v *volume) registerHandlers(ctx workflow.Context) error {
 		workflow.UpdateHandlerOptions{Validator: v.check}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateImportBackups, v.importBackups,
+		workflow.UpdateHandlerOptions{Validator: v.validateImport}); err != nil {
+		return err
+	}
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateSetPolicy, v.setPolicy,
 		workflow.UpdateHandlerOptions{Validator: v.validateSetPolicy}); err != nil {
 		return err
@@ -606,11 +610,17 @@ func (v *volume) recordMetrics(ctx workflow.Context, req OperationRequest, op *O
 		metrics.OperationFinished(mh, string(req.Kind), result, op.FinishedAt.Sub(op.StartedAt))
 		metrics.InFlight(mh, v.st.Spec.HypervisorID, v.st.Spec.OwnerID, -1)
 	}
-	metrics.Retained(mh, v.volumeID, string(KindSnapshot), retained(v.st.Snapshots, KindSnapshot))
-	metrics.Retained(mh, v.volumeID, string(KindBackup), retained(v.st.Backups, KindBackup))
+	metricsRetained(ctx, v)
 	if err == nil && req.Kind == KindBackup {
 		metrics.LastSuccessfulBackup(mh, v.volumeID, *op.FinishedAt)
 	}
+}
+
+// metricsRetained emits the volume's retained bytes per kind.
+func metricsRetained(ctx workflow.Context, v *volume) {
+	mh := workflow.GetMetricsHandler(ctx)
+	metrics.Retained(mh, v.volumeID, string(KindSnapshot), retained(v.st.Snapshots, KindSnapshot))
+	metrics.Retained(mh, v.volumeID, string(KindBackup), retained(v.st.Backups, KindBackup))
 }
 
 // retained is what a volume keeps per kind, counting available items only: a backup's stored bytes, a
@@ -643,6 +653,7 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 		}
 		it.Status, it.SizeBytes, it.StoredBytes, it.Consistency = StatusAvailable, res.SizeBytes, res.StoredBytes,
 			res.Consistency
+		it.Replica = res.Replica
 		if res.FreezeError != "" {
 			it.Error = "crash-consistent: " + res.FreezeError
 		}

@@ -267,7 +267,7 @@ func TestDeadlineCompensatesAndReleases(t *testing.T) {
 	last := after.Recent[len(after.Recent)-1]
 	assert.Equal(t, StatusFailed, last.Status)
 	assert.Equal(t, ErrDeadlineExceeded, last.Error.Type)
-	assert.Contains(t, last.Error.Message, "did not finish within 2h0m0s")
+	assert.Contains(t, last.Error.Message, "did not finish within 2h0m0s (it was waiting on: upload on hypervisor hv1)")
 	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
 		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
 	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
