@@ -111,9 +111,12 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 	hf := starter.New(tc, cfg)
 	ws := []worker.Worker{workers.NewControl(tc, hf, worker.Options{})}
 	for hypervisorID, impl := range agents {
-		w := worker.New(tc, activities.TaskQueue(hypervisorID), worker.Options{})
-		w.RegisterActivity(impl)
-		ws = append(ws, w)
+		// Like a real agent, each serves its hypervisor's queue and the queue its compensations go to.
+		for _, q := range []string{activities.TaskQueue(hypervisorID), activities.CleanupTaskQueue(hypervisorID)} {
+			w := worker.New(tc, q, worker.Options{})
+			w.RegisterActivity(impl)
+			ws = append(ws, w)
+		}
 	}
 	for _, w := range ws {
 		require.NoError(t, w.Start())
