@@ -5,10 +5,12 @@ package startertest
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +99,7 @@ type Cluster struct {
 	Client   *starter.Client
 	Temporal client.Client
 	Config   *config.Config
+	storages map[string]*switchableStorage
 }
 
 // NewCluster starts a dev server, the control worker, and an agent serving each given hypervisor's
@@ -118,6 +121,22 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 			ws = append(ws, w)
 		}
 	}
+	// Every configured storage's queue is served: by default only DeleteBackup (by the first agent, as a
+	// real agent serves it), until a test gives the storage a full implementation with ServeStorage.
+	storages := map[string]*switchableStorage{}
+	var first activities.Hypervisor
+	for _, id := range sortedKeys(agents) {
+		if first == nil {
+			first = agents[id]
+		}
+	}
+	for name := range cfg.Storages {
+		s := &switchableStorage{impl: deleteOnly{first}}
+		storages[name] = s
+		w := worker.New(tc, activities.StorageTaskQueue(name), worker.Options{})
+		w.RegisterActivity(s)
+		ws = append(ws, w)
+	}
 	for _, w := range ws {
 		require.NoError(t, w.Start())
 	}
@@ -126,7 +145,90 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 			w.Stop()
 		}
 	})
-	return &Cluster{Dev: dev, Client: hf, Temporal: tc, Config: cfg}
+	return &Cluster{Dev: dev, Client: hf, Temporal: tc, Config: cfg, storages: storages}
+}
+
+// ServeStorage makes a configured storage's queue run impl's activities from now on.
+func (c *Cluster) ServeStorage(t testing.TB, storage string, impl activities.Storage) {
+	s, ok := c.storages[storage]
+	require.True(t, ok, "storage %q is not in the cluster's config", storage)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.impl = impl
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// switchableStorage serves a storage queue with an implementation a test may swap.
+type switchableStorage struct {
+	mu   sync.Mutex
+	impl activities.Storage
+}
+
+func (s *switchableStorage) get() activities.Storage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.impl
+}
+
+// ListCatalog is activities.Storage.ListCatalog.
+func (s *switchableStorage) ListCatalog(ctx context.Context, in activities.CatalogInput) (activities.CatalogPage, error) {
+	return s.get().ListCatalog(ctx, in)
+}
+
+// ReplicateBackup is activities.Storage.ReplicateBackup.
+func (s *switchableStorage) ReplicateBackup(ctx context.Context, in activities.ReplicateInput) (activities.ReplicateResult, error) {
+	return s.get().ReplicateBackup(ctx, in)
+}
+
+// ScrubStorage is activities.Storage.ScrubStorage.
+func (s *switchableStorage) ScrubStorage(ctx context.Context, in activities.ScrubInput) (activities.ScrubResult, error) {
+	return s.get().ScrubStorage(ctx, in)
+}
+
+// CollectGarbage is activities.Storage.CollectGarbage.
+func (s *switchableStorage) CollectGarbage(ctx context.Context, in activities.GCInput) (activities.GCResult, error) {
+	return s.get().CollectGarbage(ctx, in)
+}
+
+// DeleteBackup is activities.Storage.DeleteBackup.
+func (s *switchableStorage) DeleteBackup(ctx context.Context, in activities.BackupRef) error {
+	return s.get().DeleteBackup(ctx, in)
+}
+
+// deleteOnly serves a storage's DeleteBackup through a hypervisor agent; the rest is not served.
+type deleteOnly struct{ hv activities.Hypervisor }
+
+var errNotServed = errors.New("startertest: storage activity not served in this cluster (use ServeStorage)")
+
+func (d deleteOnly) ListCatalog(context.Context, activities.CatalogInput) (activities.CatalogPage, error) {
+	return activities.CatalogPage{}, errNotServed
+}
+
+func (d deleteOnly) ReplicateBackup(context.Context, activities.ReplicateInput) (activities.ReplicateResult, error) {
+	return activities.ReplicateResult{}, errNotServed
+}
+
+func (d deleteOnly) ScrubStorage(context.Context, activities.ScrubInput) (activities.ScrubResult, error) {
+	return activities.ScrubResult{}, errNotServed
+}
+
+func (d deleteOnly) CollectGarbage(context.Context, activities.GCInput) (activities.GCResult, error) {
+	return activities.GCResult{}, nil // nothing to collect: the agent stores nothing the test looks at
+}
+
+func (d deleteOnly) DeleteBackup(ctx context.Context, in activities.BackupRef) error {
+	if d.hv == nil {
+		return errNotServed
+	}
+	return d.hv.DeleteBackup(ctx, in)
 }
 
 // Register registers a file volume on hypervisor hv1.
