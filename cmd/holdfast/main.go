@@ -38,6 +38,7 @@ Servers:
   holdfast api --config FILE [--listen ADDR] [--metrics ADDR]     the HTTP API
       (tokens: HOLDFAST_PANEL_TOKEN=t1,t2 and HOLDFAST_OWNER_TOKENS=owner=token,...)
 
+` + adminUsage + `
 CLI (talks to the API; see 'holdfast help cli'):
   snapshot | backup | restore | delete | abort | status | list | watch
 `
@@ -70,6 +71,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], log)
 	case "api":
 		err = runAPI(ctx, args[1:], log)
+	case "recover", "scrub", "gc":
+		err = adminCommands[args[0]](ctx, args[1:], stdout, log)
 	default:
 		fmt.Fprintf(stderr, "holdfast: unknown command %q\n\n%s", args[0], usage)
 		return 2
