@@ -101,30 +101,39 @@ func Defaults(getenv func(string) string) (Options, error) {
 // Config is the dev-mode configuration: one hypervisor "local" whose group stores backups in
 // <data>/backups, and the spec's default plan and limits (overridable for demos and tests).
 func (o Options) Config(libvirtURI string) (*config.Config, error) {
-	dataDir, err := filepath.Abs(o.DataDir)
+	yaml, err := o.configYAML(libvirtURI)
 	if err != nil {
 		return nil, err
 	}
-	yaml := fmt.Sprintf(`
+	return config.Parse(strings.NewReader(yaml))
+}
+
+// ConfigFile is where Run writes the dev configuration, inside the data directory, so that the operator
+// commands (holdfast recover, scrub, gc) can be tried against make run: --config .holdfast/holdfast.yaml.
+const ConfigFile = "holdfast.yaml"
+
+func (o Options) configYAML(libvirtURI string) (string, error) {
+	dataDir, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return "", err
+	}
+	var limits []string
+	if o.Cooldown != nil {
+		limits = append(limits, "cooldown: "+o.Cooldown.String())
+	}
+	if o.Deadline != nil {
+		limits = append(limits, "deadline: "+o.Deadline.String())
+	}
+	return fmt.Sprintf(`
 temporal: {address: %q}
+limits: {%s}
 backup_storages: {%s: {type: fs, path: %q}}
 hypervisor_groups: {local-group: {backup_storage: %s}}
 hypervisors: {%s: {group: local-group, libvirt_uri: %q}}
 plans: {standard: {}}
 billing: {ledger_path: %q}
-`, o.TemporalAddr, StorageName, filepath.Join(dataDir, "backups"), StorageName, HypervisorID, libvirtURI,
-		filepath.Join(dataDir, "billing.jsonl"))
-	cfg, err := config.Parse(strings.NewReader(yaml))
-	if err != nil {
-		return nil, err
-	}
-	if o.Cooldown != nil {
-		cfg.Limits.Cooldown = *o.Cooldown
-	}
-	if o.Deadline != nil {
-		cfg.Limits.Deadline = *o.Deadline
-	}
-	return cfg, cfg.Validate()
+`, o.TemporalAddr, strings.Join(limits, ", "), StorageName, filepath.Join(dataDir, "backups"), StorageName,
+		HypervisorID, libvirtURI, filepath.Join(dataDir, "billing.jsonl")), nil
 }
 
 // Run runs everything until ctx ends, then stops it all (the dev server last).
@@ -148,6 +157,11 @@ func Run(ctx context.Context, o Options) error {
 	cfg, err := o.Config(libvirtURI)
 	if err != nil {
 		return err
+	}
+	if yaml, err := o.configYAML(libvirtURI); err == nil {
+		if err := os.WriteFile(filepath.Join(o.DataDir, ConfigFile), []byte(yaml), 0o644); err != nil {
+			return err
+		}
 	}
 
 	server, err := startTemporal(o)
@@ -380,7 +394,7 @@ func printInfo(w io.Writer, i Info, owners map[string]string) {
 	for token, owner := range owners {
 		fmt.Fprintf(w, "  Owner token      %s (%s)\n", token, owner)
 	}
-	fmt.Fprintf(w, "  Data             %s (volumes/, backups/, billing.jsonl, temporal.db)\n", i.DataDir)
+	fmt.Fprintf(w, "  Data             %s (volumes/, backups/, billing.jsonl, temporal.db, %s)\n", i.DataDir, ConfigFile)
 	if !i.Libvirt {
 		fmt.Fprintf(w, "  libvirt          not reachable: volumes are treated as detached\n")
 	}
