@@ -3,7 +3,9 @@ package backup
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 )
@@ -124,4 +126,43 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 	e.opts.Logger.Info("gc done", "volume_id", volumeID, "manifests", rep.Manifests, "live_chunks", rep.LiveChunks,
 		"deleted_chunks", rep.DeletedChunks, "young_chunks", rep.YoungChunks)
 	return rep, nil
+}
+
+// GCStore runs GC on every volume that has objects in the store, in volume_id order. A volume whose GC fails
+// (an unreadable manifest makes GC sweep nothing there) does not stop the others: its error is returned,
+// joined with the others', after every volume ran. The reports are those of the volumes that succeeded.
+//
+// GC's caveat holds per volume: a backup of a volume racing the sweep of that volume is the one case grace
+// cannot cover, so run it where the control plane keeps operations off the volumes (or accept that risk
+// for volumes no longer backed up). Idempotent.
+func (e *Engine) GCStore(ctx context.Context, grace time.Duration) ([]*GCReport, error) {
+	seen := map[string]bool{}
+	err := e.store.List(ctx, volumesDir, func(oi ObjectInfo) error {
+		if vol, ok := volumeOf(oi.Name); ok {
+			seen[vol] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gc %s: %w", e.store, err)
+	}
+	vols := make([]string, 0, len(seen))
+	for v := range seen {
+		vols = append(vols, v)
+	}
+	sort.Strings(vols)
+	var reps []*GCReport
+	var errs []error
+	for _, v := range vols {
+		rep, err := e.GC(ctx, v, grace)
+		if err != nil {
+			if ctx.Err() != nil {
+				return reps, err
+			}
+			errs = append(errs, err)
+			continue
+		}
+		reps = append(reps, rep)
+	}
+	return reps, errors.Join(errs...)
 }

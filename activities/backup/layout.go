@@ -42,6 +42,16 @@ func parseManifestName(name string) (volumeID, backupID string, ok bool) {
 	return parts[0], strings.TrimSuffix(parts[2], ".json"), true
 }
 
+// volumeOf returns the volume_id of any object under volumes/ (chunk, manifest or journal).
+func volumeOf(name string) (volumeID string, ok bool) {
+	rest, found := strings.CutPrefix(name, volumesDir)
+	if !found {
+		return "", false
+	}
+	volumeID, _, found = strings.Cut(rest, "/")
+	return volumeID, found && validComponent(volumeID) == nil
+}
+
 func checkIDs(volumeID, backupID string) error {
 	if err := validComponent(volumeID); err != nil {
 		return fmt.Errorf("backup: volume_id: %w", err)
