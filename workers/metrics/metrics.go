@@ -30,6 +30,8 @@ type Metrics struct {
 	throughput         *prometheus.GaugeVec
 	guardRailRejection *prometheus.CounterVec
 	throttleWait       *prometheus.CounterVec
+	replicatedBytes    *prometheus.CounterVec
+	scrubDamaged       *prometheus.CounterVec
 }
 
 // New registers Holdfast's agent and API metrics in reg. Calling it twice on
@@ -54,6 +56,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			"Requests refused by a guard rail, by error type (VolumeBusy, Cooldown, SnapshotLimit...).", labelType),
 		throttleWait: counterVec(reg, "holdfast_throttle_wait_seconds_total",
 			"Time copies spent waiting on a hypervisor's rate or concurrency limit.", labelHypervisor),
+		replicatedBytes: counterVec(reg, replicatedBytesName,
+			"Stored bytes replication copied into a backup storage, by destination storage.", labelStorage),
+		scrubDamaged: counterVec(reg, scrubDamagedName,
+			"Damaged backups (chunks missing or corrupt, manifest unusable) found by scrubs, by storage.", labelStorage),
 	}
 }
 
@@ -111,9 +117,9 @@ func (m *Metrics) RestoreWritten(hypervisor string, bytes int64) {
 
 // addBytes ignores negative counts, which prometheus.Counter.Add would
 // panic on; a miscounted progress report must not kill the agent.
-func addBytes(v *prometheus.CounterVec, hypervisor string, bytes int64) {
+func addBytes(v *prometheus.CounterVec, labelValue string, bytes int64) {
 	if bytes > 0 {
-		v.WithLabelValues(hypervisor).Add(float64(bytes))
+		v.WithLabelValues(labelValue).Add(float64(bytes))
 	}
 }
 
@@ -137,5 +143,20 @@ func (m *Metrics) GuardRailRejected(typ string) {
 func (m *Metrics) ThrottleWaited(hypervisor string, d time.Duration) {
 	if m != nil && d > 0 {
 		m.throttleWait.WithLabelValues(hypervisor).Add(d.Seconds())
+	}
+}
+
+// Replicated counts stored bytes a replication copied into storage.
+func (m *Metrics) Replicated(storage string, bytes int64) {
+	if m != nil {
+		addBytes(m.replicatedBytes, storage, bytes)
+	}
+}
+
+// ScrubDamaged counts the damaged backups a scrub of storage found. It is called for every scrub, so the
+// series exists (at 0) before the first damage and an alert can use increase() on it.
+func (m *Metrics) ScrubDamaged(storage string, backups int) {
+	if m != nil && backups >= 0 {
+		m.scrubDamaged.WithLabelValues(storage).Add(float64(backups))
 	}
 }

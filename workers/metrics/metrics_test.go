@@ -153,3 +153,27 @@ func freeAddr(t *testing.T) string {
 	}
 	return addr
 }
+
+func TestStorageMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	m.Replicated("offsite", 4096)
+	m.Replicated("offsite", 0) // an idempotent re-run copies nothing
+	m.ScrubDamaged("local", 0)
+	m.ScrubDamaged("offsite", 2)
+	var none *Metrics
+	none.Replicated("offsite", 1)
+	none.ScrubDamaged("offsite", 1)
+	want := `
+# HELP holdfast_replicated_bytes_total Stored bytes replication copied into a backup storage, by destination storage.
+# TYPE holdfast_replicated_bytes_total counter
+holdfast_replicated_bytes_total{storage="offsite"} 4096
+# HELP holdfast_scrub_damaged_backups_total Damaged backups (chunks missing or corrupt, manifest unusable) found by scrubs, by storage.
+# TYPE holdfast_scrub_damaged_backups_total counter
+holdfast_scrub_damaged_backups_total{storage="local"} 0
+holdfast_scrub_damaged_backups_total{storage="offsite"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), replicatedBytesName, scrubDamagedName); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -21,6 +21,12 @@ const (
 	// rejection type; emitted by ScheduledRunWorkflow so a rejected night is alerted, never silent.
 	ScheduledRunsName = "holdfast_scheduled_runs_total"
 
+	// replicatedBytesName counts stored (compressed, encrypted) bytes replication copied into a backup
+	// storage, by destination storage; scrubDamagedName counts damaged backups scrubs found, by storage.
+	// The agent records both directly in Prometheus (Metrics), not through workflows.
+	replicatedBytesName = "holdfast_replicated_bytes_total"
+	scrubDamagedName    = "holdfast_scrub_damaged_backups_total"
+
 	// conflictsName counts instruments the adapter refused because their
 	// exposed name is already used by a metric of another type. It is
 	// emitted by the adapter itself, so a conflict is visible on /metrics
@@ -38,6 +44,7 @@ const (
 	labelOwner      = "owner"
 	labelVolume     = "volume"
 	labelType       = "type"
+	labelStorage    = "storage"
 )
 
 // Operation results, the values of the result label.
