@@ -91,6 +91,11 @@ func (f *fixture) checkLogs() {
 // run executes one activity in a fresh test environment; details (non-nil) are the heartbeat details of a
 // previous attempt, so the activity runs as a retry would.
 func (f *fixture) run(ctx context.Context, name string, in, out any, details any) error {
+	return runActivity(ctx, f.acts, f.hb, name, in, out, details)
+}
+
+// runActivity executes activity name of impl in a fresh test environment, recording heartbeats in hb.
+func runActivity(ctx context.Context, impl any, hb *heartbeatRecorder, name string, in, out any, details any) error {
 	var s testsuite.WorkflowTestSuite
 	s.SetLogger(tlog.NewStructuredLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
 	env := s.NewTestActivityEnvironment()
@@ -98,8 +103,8 @@ func (f *fixture) run(ctx context.Context, name string, in, out any, details any
 		ctx = context.Background()
 	}
 	env.SetWorkerOptions(worker.Options{BackgroundActivityContext: ctx,
-		Interceptors: []interceptor.WorkerInterceptor{f.hb}})
-	env.RegisterActivity(f.acts)
+		Interceptors: []interceptor.WorkerInterceptor{hb}})
+	env.RegisterActivity(impl)
 	if details != nil {
 		env.SetHeartbeatDetails(details)
 	}
