@@ -132,6 +132,12 @@ type Storage struct {
 	SecretKeyEnv string `yaml:"secret_key_env"`
 	// EncryptionKeyFile, when set, holds a 32-byte key (raw or hex) for client-side AES-256-GCM encryption.
 	EncryptionKeyFile string `yaml:"encryption_key_file"`
+	// Replica names another backup storage that receives a copy of every backup made here (off-site
+	// replication; "": none). Chunks are copied as stored, so it must use the same encryption_key_file.
+	Replica string `yaml:"replica"`
+	// RequireReplication makes a backup count as available only once its replica verified (default false:
+	// replication is best effort, and a backup is available as soon as it is stored here).
+	RequireReplication bool `yaml:"require_replication"`
 }
 
 // Load reads and validates a configuration file.
@@ -281,6 +287,7 @@ func (c *Config) Validate() error {
 		default:
 			bad(f+".type", "must be fs or s3, got %q", s.Type)
 		}
+		c.validateReplica(bad, id, s)
 	}
 	for _, id := range sortedKeys(c.Groups) {
 		g, f := c.Groups[id], "hypervisor_groups."+id
@@ -332,6 +339,28 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validateReplica checks a storage's replication settings: the replica is another configured storage that
+// can read the chunks copied to it as they are (the same encryption key file, or neither encrypted).
+func (c *Config) validateReplica(bad func(string, string, ...any), id string, s *Storage) {
+	f := "backup_storages." + id
+	if s.RequireReplication && s.Replica == "" {
+		bad(f+".require_replication", "needs a replica")
+	}
+	if s.Replica == "" {
+		return
+	}
+	r, ok := c.Storages[s.Replica]
+	switch {
+	case s.Replica == id:
+		bad(f+".replica", "must name another backup storage, not %q itself", id)
+	case !ok:
+		bad(f+".replica", "unknown backup storage %q", s.Replica)
+	case r != nil && r.EncryptionKeyFile != s.EncryptionKeyFile:
+		bad(f+".replica", "replica %q has encryption_key_file %q, this storage %q: chunks are copied as stored, "+
+			"so both must use the same key", s.Replica, r.EncryptionKeyFile, s.EncryptionKeyFile)
+	}
+}
+
 func checkID(bad func(string, string, ...any), field, id string) {
 	if !IDPattern.MatchString(id) {
 		bad(field, "id %q must match %s", id, IDPattern)
@@ -348,6 +377,16 @@ func (c *Config) BackupStorage(hypervisorID string) string {
 		return g.BackupStorage
 	}
 	return ""
+}
+
+// Replica returns the storage that receives a copy of every backup made in storage ("" when none) and
+// whether a backup there counts as available only once replicated.
+func (c *Config) Replica(storage string) (name string, required bool) {
+	s := c.Storages[storage]
+	if s == nil {
+		return "", false
+	}
+	return s.Replica, s.RequireReplication
 }
 
 // HypervisorIDs returns the configured hypervisors, sorted.

@@ -85,6 +85,46 @@ func TestValidationNamesTheField(t *testing.T) {
 	}
 }
 
+func TestReplicaIsAnotherStorageWithTheSameKey(t *testing.T) {
+	c, err := Parse(strings.NewReader(`
+backup_storages:
+  primary: {type: fs, path: /a, encryption_key_file: /etc/k, replica: offsite, require_replication: true}
+  offsite: {type: s3, bucket: b, encryption_key_file: /etc/k}
+  lab: {type: fs, path: /l, replica: lab-copy}
+  lab-copy: {type: fs, path: /m}
+`))
+	require.NoError(t, err)
+	name, required := c.Replica("primary")
+	assert.Equal(t, "offsite", name)
+	assert.True(t, required)
+	name, required = c.Replica("lab")
+	assert.Equal(t, "lab-copy", name)
+	assert.False(t, required, "replication is best effort by default")
+	name, required = c.Replica("offsite")
+	assert.Equal(t, "", name, "a storage without a replica has none")
+	assert.False(t, required)
+	name, _ = c.Replica("nope")
+	assert.Equal(t, "", name)
+
+	cases := map[string]string{
+		"backup_storages: {a: {type: fs, path: /a, replica: b}}":                "backup_storages.a.replica: unknown backup storage \"b\"",
+		"backup_storages: {a: {type: fs, path: /a, replica: a}}":                "backup_storages.a.replica: must name another backup storage",
+		"backup_storages: {a: {type: fs, path: /a, require_replication: true}}": "backup_storages.a.require_replication: needs a replica",
+		`backup_storages: {a: {type: fs, path: /a, replica: b, encryption_key_file: /k},
+                   b: {type: fs, path: /b}}`: "backup_storages.a.replica: replica \"b\" has encryption_key_file \"\"",
+		`backup_storages: {a: {type: fs, path: /a, replica: b},
+                   b: {type: fs, path: /b, encryption_key_file: /k}}`: "same key",
+		`backup_storages: {a: {type: fs, path: /a, replica: b, encryption_key_file: /k1},
+                   b: {type: fs, path: /b, encryption_key_file: /k2}}`: "backup_storages.a.replica",
+	}
+	for in, want := range cases {
+		_, err := Parse(strings.NewReader(in))
+		if assert.Error(t, err, in) {
+			assert.Contains(t, err.Error(), want, in)
+		}
+	}
+}
+
 func TestUnknownFieldsAreRejected(t *testing.T) {
 	_, err := Parse(strings.NewReader("plans: {standard: {max_snapshot: 3}}"))
 	require.Error(t, err)
@@ -97,6 +137,9 @@ func TestDeployExampleIsValid(t *testing.T) {
 	assert.Equal(t, "offsite-s3", c.BackupStorage("hv-fra1-01"))
 	assert.Equal(t, []string{"file", "rbd"}, c.Hypervisors["hv-fra1-01"].Drivers)
 	assert.Equal(t, []string{"file"}, c.Hypervisors["hv-lab-01"].Drivers)
+	replica, required := c.Replica("offsite-s3")
+	assert.Equal(t, "offsite-s3-dr", replica)
+	assert.False(t, required)
 }
 
 func TestPoliciesAreParsedAndValidatedByField(t *testing.T) {
