@@ -84,9 +84,13 @@ func StoreConfig(s *config.Storage) (stores.Config, error) {
 // Agent is one hypervisor's activities and what they hold open.
 type Agent struct {
 	Activities *agent.Activities
+	// Storage is the activities the agent serves on the queue of each backup storage (catalog, replication,
+	// scrub, GC, deleting a backup), over the same engines and bandwidth limit as Activities.
+	Storage *agent.Storage
 	// LibvirtUsed says whether attachment state comes from libvirt (false: volumes are reported detached).
-	LibvirtUsed bool
-	closers     []func()
+	LibvirtUsed  bool
+	hypervisorID string
+	closers      []func()
 }
 
 // Close releases drivers (Ceph connections).
@@ -104,7 +108,7 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 	if !ok {
 		return nil, fmt.Errorf("hypervisor %q is not in the config", hypervisorID)
 	}
-	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt}
+	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt, hypervisorID: hypervisorID}
 	drivers := map[string]volume.Driver{}
 	for _, d := range h.Drivers {
 		switch d {
@@ -147,8 +151,8 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		a.Close()
 		return nil, err
 	}
-	a.Activities = agent.New(agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log,
-		Metrics: m})
+	ac := agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log, Metrics: m}
+	a.Activities, a.Storage = agent.New(ac), agent.NewStorage(ac)
 	return a, nil
 }
 
@@ -169,4 +173,49 @@ func NewAgentWorker(c client.Client, cfg *config.Config, hypervisorID string, a 
 	})
 	w.RegisterActivity(a.Activities)
 	return w
+}
+
+// NewStorageWorkers returns one worker per configured backup storage, on activities.StorageTaskQueue(name),
+// serving the agent's storage activities. Every agent serves every storage (each has an engine for all of
+// them), so storage work goes to whichever agent is alive. Each worker runs at most the hypervisor's
+// concurrency at once: replication and scrubs share the host's bandwidth limit with backups and restores.
+func NewStorageWorkers(c client.Client, cfg *config.Config, a *Agent) []worker.Worker {
+	var ws []worker.Worker
+	for _, name := range cfg.StorageNames() {
+		w := worker.New(c, activities.StorageTaskQueue(name), worker.Options{
+			MaxConcurrentActivityExecutionSize: cfg.Hypervisors[a.hypervisorID].Concurrency,
+			MaxHeartbeatThrottleInterval:       heartbeatThrottle,
+			DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
+		})
+		w.RegisterActivity(a.Storage)
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// Run runs workers until ctx ends or one of them stops on its own (a fatal error), then stops them all and
+// returns the first worker's error (nil when ctx ended and every worker stopped cleanly).
+func Run(ctx context.Context, ws ...worker.Worker) error {
+	stop := make(chan any)
+	errs := make(chan error, len(ws))
+	for _, w := range ws {
+		go func() { errs <- w.Run(stop) }()
+	}
+	var first error
+	running := len(ws)
+	select {
+	case <-ctx.Done():
+	case first = <-errs:
+		running--
+		if first == nil {
+			first = errors.New("workers: a worker stopped on its own")
+		}
+	}
+	close(stop)
+	for ; running > 0; running-- {
+		if err := <-errs; first == nil {
+			first = err
+		}
+	}
+	return first
 }

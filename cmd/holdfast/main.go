@@ -195,8 +195,11 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
-	log.Info("agent starting", "hypervisor_id", *hypervisorID, "libvirt", agent.LibvirtUsed)
-	return workers.NewAgentWorker(c, cfg, *hypervisorID, agent).Run(interruptOn(ctx))
+	log.Info("agent starting", "hypervisor_id", *hypervisorID, "libvirt", agent.LibvirtUsed,
+		"storages", cfg.StorageNames())
+	ws := append([]worker.Worker{workers.NewAgentWorker(c, cfg, *hypervisorID, agent)},
+		workers.NewStorageWorkers(c, cfg, agent)...)
+	return workers.Run(ctx, ws...)
 }
 
 func runAPI(ctx context.Context, args []string, log *slog.Logger) error {

@@ -398,6 +398,9 @@ func (c *Config) Policy(policyID string) *workflows.Policy { return c.Policies[p
 // PolicyIDs returns the config-file policies, sorted.
 func (c *Config) PolicyIDs() []string { return sortedKeys(c.Policies) }
 
+// StorageNames returns the configured backup storages, sorted.
+func (c *Config) StorageNames() []string { return sortedKeys(c.Storages) }
+
 // PlanIDs returns the configured plans, sorted.
 func (c *Config) PlanIDs() []string { return sortedKeys(c.Plans) }
 
@@ -414,6 +417,6 @@ func sortedKeys[V any](m map[string]V) []string {
 func (c *Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "temporal=%s/%s plans=%v hypervisors=%v storages=%v", c.Temporal.Address,
-		c.Temporal.Namespace, c.PlanIDs(), c.HypervisorIDs(), sortedKeys(c.Storages))
+		c.Temporal.Namespace, c.PlanIDs(), c.HypervisorIDs(), c.StorageNames())
 	return b.String()
 }

@@ -105,6 +105,7 @@ backup_storages:
 	assert.False(t, required)
 	name, _ = c.Replica("nope")
 	assert.Equal(t, "", name)
+	assert.Equal(t, []string{"lab", "lab-copy", "offsite", "primary"}, c.StorageNames())
 
 	cases := map[string]string{
 		"backup_storages: {a: {type: fs, path: /a, replica: b}}":                "backup_storages.a.replica: unknown backup storage \"b\"",

@@ -192,6 +192,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer closeBilling()
 	ws := []worker.Worker{control, workers.NewAgentWorker(c, cfg, HypervisorID, agent)}
+	ws = append(ws, workers.NewStorageWorkers(c, cfg, agent)...)
 	for _, w := range ws {
 		if err := w.Start(); err != nil {
 			return err
