@@ -90,6 +90,7 @@ func (c *Client) Spec(req RegisterRequest) (workflows.VolumeSpec, error) {
 			SnapshotCreditValue: plan.SnapshotCreditValue, BackupCreditValue: plan.BackupCreditValue},
 		BackupStorage: c.cfg.BackupStorage(req.HypervisorID), OwnerLimit: c.cfg.Limits.OwnerInFlight,
 		Cooldown: c.cfg.Limits.Cooldown, Deadline: c.cfg.Limits.Deadline}
+	spec.BackupReplica, spec.RequireReplication = c.cfg.Replica(spec.BackupStorage)
 	if err := workflows.ValidateSpec(spec); err != nil {
 		return workflows.VolumeSpec{}, typed(err)
 	}

@@ -163,16 +163,27 @@ const CheckpointEvery = 8
 // 24 s): progress users see, and an abort reaching the activity, are at most this late.
 const heartbeatThrottle = 2 * time.Second
 
-// NewAgentWorker returns the worker of one hypervisor (task queue hypervisor/<id>), bounded by its
-// configured concurrency.
-func NewAgentWorker(c client.Client, cfg *config.Config, hypervisorID string, a *Agent) worker.Worker {
-	w := worker.New(c, activities.TaskQueue(hypervisorID), worker.Options{
-		MaxConcurrentActivityExecutionSize: cfg.Hypervisors[hypervisorID].Concurrency,
-		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
-		DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
-	})
-	w.RegisterActivity(a.Activities)
-	return w
+// cleanupConcurrency bounds the compensations an agent runs at once, apart from its other work.
+const cleanupConcurrency = 4
+
+// NewAgentWorkers returns every worker of one hypervisor's agent: its own queue (hypervisor/<id>, bounded
+// by its configured concurrency), its cleanup queue (compensations, with slots of their own so that they
+// never wait behind long transfers), and one queue per backup storage (NewStorageWorkers).
+func NewAgentWorkers(c client.Client, cfg *config.Config, hypervisorID string, a *Agent) []worker.Worker {
+	ws := make([]worker.Worker, 0, 2+len(cfg.Storages))
+	for queue, slots := range map[string]int{
+		activities.TaskQueue(hypervisorID):        cfg.Hypervisors[hypervisorID].Concurrency,
+		activities.CleanupTaskQueue(hypervisorID): cleanupConcurrency,
+	} {
+		w := worker.New(c, queue, worker.Options{
+			MaxConcurrentActivityExecutionSize: slots,
+			MaxHeartbeatThrottleInterval:       heartbeatThrottle,
+			DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
+		})
+		w.RegisterActivity(a.Activities)
+		ws = append(ws, w)
+	}
+	return append(ws, NewStorageWorkers(c, cfg, a)...)
 }
 
 // NewStorageWorkers returns one worker per configured backup storage, on activities.StorageTaskQueue(name),

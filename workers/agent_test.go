@@ -79,12 +79,12 @@ hypervisors: {hv1: {group: g, libvirt_uri: none}}
 	a, err := workers.NewAgent(ctx, cfg, "hv1", nil, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	defer a.Close()
-	storageWorkers := workers.NewStorageWorkers(c, cfg, a)
-	require.Len(t, storageWorkers, 2, "one worker per configured storage")
+	agentWorkers := workers.NewAgentWorkers(c, cfg, "hv1", a)
+	require.Len(t, agentWorkers, 4, "the hypervisor queue, its cleanup queue, and one per configured storage")
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- workers.Run(runCtx, append(storageWorkers, workers.NewAgentWorker(c, cfg, "hv1", a))...)
+		done <- workers.Run(runCtx, agentWorkers...)
 	}()
 
 	const testQueue = "workers-test"

@@ -197,8 +197,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	defer c.Close()
 	log.Info("agent starting", "hypervisor_id", *hypervisorID, "libvirt", agent.LibvirtUsed,
 		"storages", cfg.StorageNames())
-	ws := append([]worker.Worker{workers.NewAgentWorker(c, cfg, *hypervisorID, agent)},
-		workers.NewStorageWorkers(c, cfg, agent)...)
+	ws := workers.NewAgentWorkers(c, cfg, *hypervisorID, agent)
 	return workers.Run(ctx, ws...)
 }
 

@@ -191,8 +191,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer closeBilling()
-	ws := []worker.Worker{control, workers.NewAgentWorker(c, cfg, HypervisorID, agent)}
-	ws = append(ws, workers.NewStorageWorkers(c, cfg, agent)...)
+	ws := append([]worker.Worker{control}, workers.NewAgentWorkers(c, cfg, HypervisorID, agent)...)
 	for _, w := range ws {
 		if err := w.Start(); err != nil {
 			return err
