@@ -126,6 +126,7 @@ type options struct {
 	inPlace              bool
 	newVolume, newName   string
 	plan, hypervisor     string
+	path, pool           string
 }
 
 func nameFlag(fs *flag.FlagSet, o *options) {
@@ -145,6 +146,8 @@ func restoreFlags(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.newName, "new-name", "", "`NAME` of the new volume (default: its ID)")
 	fs.StringVar(&o.plan, "plan", "", "`PLAN` of the new volume (default: the source's)")
 	fs.StringVar(&o.hypervisor, "hypervisor", "", "`HYPERVISOR` of the new volume (default: the source's)")
+	fs.StringVar(&o.path, "path", "", "put the new volume at this file `PATH` on its hypervisor (default: beside the source)")
+	fs.StringVar(&o.pool, "pool", "", "put the new volume in this Ceph `POOL` (image: the new volume's ID)")
 }
 
 func deleteFlags(fs *flag.FlagSet, o *options) {

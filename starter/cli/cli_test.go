@@ -186,6 +186,19 @@ func TestRestore(t *testing.T) {
 			code: ExitOK, requests: 1,
 		},
 		{
+			name: "new volume elsewhere, at a path", args: []string{"restore", "vol1", "--backup", "back-1", "--new-volume", "vol2",
+				"--hypervisor", "hv2", "--path", "/srv/volumes/vol2.qcow2"},
+			body: `{"backup_id":"back-1","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2","hypervisor_id":"hv2",` +
+				`"storage":{"type":"file","path":"/srv/volumes/vol2.qcow2"}}`, code: ExitOK, requests: 1,
+		},
+		{
+			name: "new volume in a Ceph pool", args: []string{"restore", "vol1", "--backup", "back-1", "--new-volume", "vol2", "--pool", "rbd-b"},
+			body: `{"backup_id":"back-1","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2",` +
+				`"storage":{"type":"rbd","pool":"rbd-b","image":"vol2"}}`, code: ExitOK, requests: 1,
+		},
+		{name: "path and pool", args: []string{"restore", "vol1", "--backup", "b", "--new-volume", "v2", "--path", "/x", "--pool", "p"}, code: ExitUsage},
+		{name: "path in place", args: []string{"restore", "vol1", "--backup", "b", "--in-place", "--confirm", "x", "--path", "/x"}, code: ExitUsage},
+		{
 			name: "unknown backup", args: []string{"restore", "vol1", "--backup", "nope", "--new-volume", "vol2"},
 			body: `{"backup_id":"nope","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2"}`, code: ExitRejected, requests: 1,
 			stderr: "error: NotFound: Item nope not found.\n",

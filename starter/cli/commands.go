@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+
+	"github.com/holdfast/holdfast/activities"
 )
 
 // itemRequest is the body of POST .../snapshots and .../backups. An empty name is left out so the API
@@ -28,6 +30,8 @@ type restoreRequest struct {
 	NewVolumeName string `json:"new_volume_name,omitempty"`
 	Plan          string `json:"plan,omitempty"`
 	HypervisorID  string `json:"hypervisor_id,omitempty"`
+	// Storage places the new volume (default: beside the source, on the target hypervisor).
+	Storage *activities.VolumeRef `json:"storage,omitempty"`
 }
 
 func runSnapshot(ctx context.Context, inv *invocation, args []string) error {
@@ -59,8 +63,8 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 	case o.inPlace && o.newVolume != "":
 		return usagef("restore: --in-place and --new-volume exclude each other")
 	case o.inPlace:
-		if o.newName != "" || o.plan != "" || o.hypervisor != "" {
-			return usagef("restore: --new-name, --plan and --hypervisor apply only to --new-volume")
+		if o.newName != "" || o.plan != "" || o.hypervisor != "" || o.path != "" || o.pool != "" {
+			return usagef("restore: --new-name, --plan, --hypervisor, --path and --pool apply only to --new-volume")
 		}
 		// The API checks the name; requiring the flag here only saves a round trip for the common slip.
 		if o.confirm == "" {
@@ -80,6 +84,14 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 		}
 		req.Mode, req.NewVolumeID, req.NewVolumeName = "new_volume", o.newVolume, name
 		req.Plan, req.HypervisorID = o.plan, o.hypervisor
+		switch {
+		case o.path != "" && o.pool != "":
+			return usagef("restore: --path and --pool exclude each other")
+		case o.path != "":
+			req.Storage = &activities.VolumeRef{Type: "file", Path: o.path}
+		case o.pool != "":
+			req.Storage = &activities.VolumeRef{Type: "rbd", Pool: o.pool, Image: o.newVolume}
+		}
 	default:
 		return usagef("restore: say where to: --in-place --confirm <volume name>, or --new-volume NEW_ID")
 	}

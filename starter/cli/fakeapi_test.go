@@ -224,6 +224,12 @@ func (f *fakeAPI) restore(w http.ResponseWriter, r *http.Request) {
 		NewVolumeName string `json:"new_volume_name"`
 		Plan          string `json:"plan"`
 		HypervisorID  string `json:"hypervisor_id"`
+		Storage       *struct {
+			Type  string `json:"type"`
+			Path  string `json:"path"`
+			Pool  string `json:"pool"`
+			Image string `json:"image"`
+		} `json:"storage"`
 	}
 	if !strictDecode(w, r, &req) {
 		return
