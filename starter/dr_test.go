@@ -92,6 +92,7 @@ hypervisors: {hv1: {group: g1, libvirt_uri: none}}
 	const size = 9 << 20 // two full chunks and a partial one
 	versions := map[string][][]byte{}
 	backups := map[string][]string{}
+	var lastOp string
 	for _, vol := range []string{"web", "db"} {
 		path := filepath.Join(siteA, "volumes", vol+".raw")
 		_, err := a.Client.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: vol, Name: vol + "-disk",
@@ -104,6 +105,11 @@ hypervisors: {hv1: {group: g1, libvirt_uri: none}}
 			op := a.wait(t, started, err)
 			versions[vol] = append(versions[vol], data)
 			backups[vol] = append(backups[vol], op.ItemID)
+			lastOp = op.OperationID
+		}
+		if vol == "web" {
+			recordHistory(t, a.Client, workflows.OperationWorkflowID(lastOp), "backup-replicated")
+			recordHistory(t, a.Client, workflows.ReplicateWorkflowID(vol, backups[vol][1]), "replicate")
 		}
 		v, err := a.Client.Volume(ctx, vol)
 		require.NoError(t, err)
@@ -143,6 +149,7 @@ hypervisors: {hv2: {group: g2, libvirt_uri: none}}
 	require.NoError(t, err)
 	assert.Equal(t, workflows.RecoverResult{Storage: "offsite", Manifests: 4, Volumes: 2, Known: 4}, *again,
 		"a second run changes nothing")
+	recordHistory(t, b.Client, workflows.RecoverWorkflowID("offsite"), "recover")
 	_, err = b.Client.Recover(ctx, starter.RecoverOptions{Storage: "nope"})
 	assert.Equal(t, `store: unknown backup storage "nope"`, err.Error())
 

@@ -164,8 +164,8 @@ func TestIntegrationStateSurvivesServerRestartMidOperation(t *testing.T) {
 	assert.Equal(t, workflows.StatusAvailable, v.Backups[0].Status)
 	assert.Equal(t, "nightly", v.Backups[0].Name)
 	assert.Nil(t, v.Active)
-	recordHistory(t, c, workflows.VolumeWorkflowID("vol1"), "volume-backup-across-restart")
-	recordHistory(t, c, workflows.OperationWorkflowID(op.OperationID), "backup-across-restart")
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-backup-across-restart")
+	recordHistory(t, c.hf, workflows.OperationWorkflowID(op.OperationID), "backup-across-restart")
 }
 
 func TestIntegrationAbortReleasesTheLock(t *testing.T) {
@@ -183,8 +183,8 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 	final, err := c.hf.Watch(ctx, op.OperationID, 200*time.Millisecond, nil)
 	require.NoError(t, err)
 	assert.Equal(t, workflows.StatusAborted, final.Status)
-	recordHistory(t, c, workflows.VolumeWorkflowID("vol1"), "volume-abort")
-	recordHistory(t, c, workflows.OperationWorkflowID(op.OperationID), "backup-aborted")
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-abort")
+	recordHistory(t, c.hf, workflows.OperationWorkflowID(op.OperationID), "backup-aborted")
 	_, err = c.hf.Abort(ctx, "vol1", "again")
 	assert.Equal(t, workflows.ErrNoActiveOperation, typeOf(err))
 	_, err = c.hf.Snapshot(ctx, "nope", "")
@@ -196,12 +196,12 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 
 // recordHistory saves a workflow's history for the replay test (workers/testdata/histories) when
 // HOLDFAST_RECORD_HISTORIES=1: re-record after an intentional, versioned change to workflow code.
-func recordHistory(t *testing.T, c *cluster, workflowID, name string) {
+func recordHistory(t *testing.T, hf *starter.Client, workflowID, name string) {
 	if os.Getenv("HOLDFAST_RECORD_HISTORIES") != "1" {
 		return
 	}
 	ctx := context.Background()
-	iter := c.hf.Temporal().GetWorkflowHistory(ctx, workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	iter := hf.Temporal().GetWorkflowHistory(ctx, workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	history := &historypb.History{}
 	for iter.HasNext() {
 		ev, err := iter.Next()

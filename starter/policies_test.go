@@ -71,7 +71,7 @@ func TestIntegrationSecondsIntervalScheduleKeepsExactlyKeepLast(t *testing.T) {
 
 	// The volume's history now holds scheduled runs that made room and applied retention: the replay test
 	// keeps that (versioned) path from breaking running workflows.
-	recordHistory(t, &cluster{Cluster: c, hf: hf, hv: hv}, workflows.VolumeWorkflowID("vol1"), "volume-scheduled-retention")
+	recordHistory(t, hf, workflows.VolumeWorkflowID("vol1"), "volume-scheduled-retention")
 
 	// Detach: the schedule goes, the volume no longer names a policy, the retained backups stay.
 	a, err = hf.AttachPolicy(ctx, "vol1", "")
