@@ -177,11 +177,12 @@ hypervisors: {%s: {group: recovery, libvirt_uri: none, concurrency: %d}}
 	if err := os.RemoveAll(restoreDir); err != nil {
 		return err
 	}
+	restoreStart := time.Now()
 	restoreTook, err := restoreAll(ctx, site.client, seeded.big, restoreDir)
 	if err != nil {
 		return err
 	}
-	rto := time.Since(rtoStart)
+	rto := restoreStart.Sub(rtoStart) + restoreTook
 	for _, b := range seeded.big {
 		if err := sameContent(b.source, restoredPath(restoreDir, b)); err != nil {
 			return fmt.Errorf("volume %s restored wrong: %w", b.volumeID, err)
