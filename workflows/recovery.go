@@ -120,6 +120,9 @@ type RecoverInput struct {
 	FallbackHypervisor string         `json:"fallback_hypervisor,omitempty"`
 	After              string         `json:"after,omitempty"`
 	Result             *RecoverResult `json:"result,omitempty"`
+	// LastVolumeID is the last volume of the previous page: when the next page starts with it, it is not
+	// counted again.
+	LastVolumeID string `json:"last_volume_id,omitempty"`
 }
 
 // RecoverVolumeInput is one volume found in a storage: its backups, newest last.
@@ -179,7 +182,7 @@ func RecoverWorkflow(ctx workflow.Context, in RecoverInput) (RecoverResult, erro
 	if in.Result != nil {
 		res = *in.Result
 	}
-	after := in.After
+	after, last := in.After, in.LastVolumeID
 	for {
 		var page activities.CatalogPage
 		if err := workflow.ExecuteActivity(onStorage(ctx, in.Storage, shortActivityTimeout, false),
@@ -190,7 +193,10 @@ func RecoverWorkflow(ctx workflow.Context, in RecoverInput) (RecoverResult, erro
 		for _, p := range page.Problems {
 			res.problem(RecoverProblem{VolumeID: p.VolumeID, BackupID: p.BackupID, Error: p.Error})
 		}
-		recoverVolumes(ctx, in, groupByVolume(page.Entries), &res)
+		recoverVolumes(ctx, in, groupByVolume(page.Entries), last, &res)
+		if n := len(page.Entries); n > 0 {
+			last = page.Entries[n-1].VolumeID
+		}
 		if page.Next == "" {
 			workflow.GetLogger(ctx).Info("catalog rebuilt", "storage", in.Storage, "manifests", res.Manifests,
 				"volumes", res.Volumes, "registered", res.Registered, "imported", res.Imported)
@@ -199,7 +205,7 @@ func RecoverWorkflow(ctx workflow.Context, in RecoverInput) (RecoverResult, erro
 		after = page.Next
 		if workflow.GetInfo(ctx).GetContinueAsNewSuggested() {
 			return res, workflow.NewContinueAsNewError(ctx, RecoverWorkflow, RecoverInput{Storage: in.Storage,
-				FallbackHypervisor: in.FallbackHypervisor, After: after, Result: &res})
+				FallbackHypervisor: in.FallbackHypervisor, After: after, Result: &res, LastVolumeID: last})
 		}
 	}
 }
@@ -217,8 +223,10 @@ func groupByVolume(entries []activities.CatalogEntry) [][]activities.CatalogEntr
 }
 
 // recoverVolumes runs RecoverVolume for each volume of a page, recoverParallelism at a time. A volume that
-// appears on two pages is recovered twice; the second import finds its first backups known.
-func recoverVolumes(ctx workflow.Context, in RecoverInput, volumes [][]activities.CatalogEntry, res *RecoverResult) {
+// appears on two pages (the previous page ended with lastVolumeID) is recovered twice, counted once; the
+// second import finds its first backups known.
+func recoverVolumes(ctx workflow.Context, in RecoverInput, volumes [][]activities.CatalogEntry, lastVolumeID string,
+	res *RecoverResult) {
 	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{TaskQueue: TaskQueue,
 		StartToCloseTimeout: time.Minute, ScheduleToCloseTimeout: 10 * time.Minute, RetryPolicy: retryPolicy()})
 	for start := 0; start < len(volumes); start += recoverParallelism {
@@ -240,7 +248,9 @@ func recoverVolumes(ctx workflow.Context, in RecoverInput, volumes [][]activitie
 				res.problem(RecoverProblem{VolumeID: volumeID, Error: r.Skipped})
 				continue
 			}
-			res.Volumes++
+			if volumeID != lastVolumeID {
+				res.Volumes++
+			}
 			res.Imported += r.Imported
 			res.Known += r.Known
 			if r.Registered {
