@@ -18,9 +18,13 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.temporal.io/sdk/client"
 
+	"github.com/holdfast/holdfast/activities/backup/fs"
+	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/starter/startertest"
 	"github.com/holdfast/holdfast/workers"
+	"github.com/holdfast/holdfast/workflows"
 )
 
 // TestMain lets the test binary stand in for the holdfast binary: the end-to-end tests start it as real
@@ -44,30 +48,68 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 type e2e struct {
 	t      *testing.T
+	dev    *startertest.DevServer
 	dir    string
 	config string
 	api    string
-	procs  map[string]*exec.Cmd
+	// store is the backup storage "local" that every hypervisor's group uses.
+	store stores.Config
+	// env is added to every process's environment (an S3 store's keys).
+	env   []string
+	procs map[string]*exec.Cmd
 	// metrics is each process's /metrics address.
 	metrics map[string]string
+	// temporal is a client of the dev server, dialled on first use.
+	temporal client.Client
 }
 
 const panelToken = "panel-e2e"
 
+// e2eOptions vary the config the processes share; the zero value is the lifecycle test's.
+type e2eOptions struct {
+	// limits is the config's limits mapping (default {cooldown: 1s}).
+	limits string
+	// hv1Bandwidth and hv2Bandwidth throttle each agent's backup and restore I/O (bytes/s, 0: unlimited).
+	hv1Bandwidth, hv2Bandwidth int64
+	// store is the shared backup storage (default: an fs store in <dir>/backups). An S3 store's keys reach
+	// the processes through the environment, never the file.
+	store *stores.Config
+	// ledger turns billing on, with its JSON-lines ledger at <dir>/billing.jsonl.
+	ledger bool
+}
+
+// newE2E starts a dev server and real worker, agent (hv1, hv2) and API processes; hv1 is throttled to
+// bandwidth bytes/s.
 func newE2E(t *testing.T, bandwidth int64) *e2e {
+	return startE2E(t, e2eOptions{hv1Bandwidth: bandwidth})
+}
+
+func startE2E(t *testing.T, o e2eOptions) *e2e {
 	dev := startertest.StartDevServer(t)
 	dir := t.TempDir()
-	e := &e2e{t: t, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
+	e := &e2e{t: t, dev: dev, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
 		procs: map[string]*exec.Cmd{}, metrics: map[string]string{}}
+	if o.limits == "" {
+		o.limits = "{cooldown: 1s}"
+	}
+	e.store = stores.Config{Type: "fs", FS: fs.Config{Path: filepath.Join(dir, "backups")}}
+	if o.store != nil {
+		e.store = *o.store
+	}
+	billing := ""
+	if o.ledger {
+		billing = fmt.Sprintf("billing: {ledger_path: %q}", e.ledgerPath())
+	}
 	cfg := fmt.Sprintf(`
 temporal: {address: %q}
-limits: {cooldown: 1s}
-backup_storages: {local: {type: fs, path: %q}}
+limits: %s
+backup_storages: {local: %s}
 hypervisor_groups: {g1: {backup_storage: local}}
 hypervisors:
   hv1: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d}
-  hv2: {group: g1, libvirt_uri: none}
-`, dev.Address, filepath.Join(dir, "backups"), bandwidth)
+  hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d}
+%s
+`, dev.Address, o.limits, e.storageYAML(), o.hv1Bandwidth, o.hv2Bandwidth, billing)
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
 	e.start("worker", "worker", "--config", e.config)
@@ -84,12 +126,34 @@ hypervisors:
 	return e
 }
 
+// storageYAML renders e.store as the config's backup storage (an S3 store's keys go into e.env).
+func (e *e2e) storageYAML() string {
+	if e.store.Type != "s3" {
+		return fmt.Sprintf("{type: fs, path: %q}", e.store.FS.Path)
+	}
+	s := e.store.S3
+	e.env = append(e.env, "HOLDFAST_E2E_S3_ACCESS_KEY="+s.AccessKey, "HOLDFAST_E2E_S3_SECRET_KEY="+s.SecretKey)
+	return fmt.Sprintf("{type: s3, endpoint: %q, bucket: %q, path_style: true, "+
+		"access_key_env: HOLDFAST_E2E_S3_ACCESS_KEY, secret_key_env: HOLDFAST_E2E_S3_SECRET_KEY}", s.Endpoint, s.Bucket)
+}
+
+func (e *e2e) ledgerPath() string { return filepath.Join(e.dir, "billing.jsonl") }
+
+// client returns a Temporal client of the dev server (closed when the test ends).
+func (e *e2e) client() client.Client {
+	if e.temporal == nil {
+		c, err := client.Dial(client.Options{HostPort: e.dev.Address, Logger: startertest.QuietLogger{}})
+		require.NoError(e.t, err)
+		e.t.Cleanup(c.Close)
+		e.temporal = c
+	}
+	return e.temporal
+}
+
 func (e *e2e) start(name string, args ...string) {
 	e.metrics[name] = startertest.FreeAddress(e.t)
 	args = append(args, "--metrics", e.metrics[name])
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "HOLDFAST_E2E_MAIN=1", "HOLDFAST_PANEL_TOKEN="+panelToken,
-		"HOLDFAST_OWNER_TOKENS=alice=alice-token,bob=bob-token")
+	cmd := e.command(args...)
 	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
 	require.NoError(e.t, err)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -106,6 +170,16 @@ func (e *e2e) start(name string, args ...string) {
 		}
 		logf.Close()
 	})
+}
+
+// command is the holdfast binary (this test binary standing in for it) run with args, in the processes'
+// shared environment.
+func (e *e2e) command(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "HOLDFAST_E2E_MAIN=1", "HOLDFAST_PANEL_TOKEN="+panelToken,
+		"HOLDFAST_OWNER_TOKENS=alice=alice-token,bob=bob-token")
+	cmd.Env = append(cmd.Env, e.env...)
+	return cmd
 }
 
 // kill -9s a process, as a crash would.
@@ -134,6 +208,14 @@ func (e *e2e) call(method, path, token string, body any) (int, map[string]any) {
 	return resp.StatusCode, out
 }
 
+// begin starts an operation that must be accepted at once, and returns its operation_id.
+func (e *e2e) begin(method, path string, body any) string {
+	e.t.Helper()
+	status, out := e.call(method, path, panelToken, body)
+	require.Equal(e.t, 202, status, "%s %s: %v", method, path, out)
+	return out["operation_id"].(string)
+}
+
 // operation starts an operation (retrying through the 1 s cooldown) and waits for its end.
 func (e *e2e) operation(method, path string, body any) map[string]any {
 	e.t.Helper()
@@ -150,13 +232,51 @@ func (e *e2e) operation(method, path string, body any) map[string]any {
 	return e.wait(accepted["operation_id"].(string))
 }
 
-func (e *e2e) wait(operationID string) map[string]any {
-	var op map[string]any
-	startertest.WaitFor(e.t, "operation "+operationID, func() bool {
-		_, op = e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
-		return op["finished_at"] != nil
+func (e *e2e) wait(operationID string) map[string]any { return e.waitWithin(operationID, time.Minute) }
+
+// waitWithin waits at most limit for an operation to end, and returns it.
+func (e *e2e) waitWithin(operationID string, limit time.Duration) map[string]any {
+	e.t.Helper()
+	end := time.Now().Add(limit)
+	for {
+		_, op := e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
+		if op["finished_at"] != nil {
+			return op
+		}
+		if time.Now().After(end) {
+			e.t.Fatalf("operation %s did not end within %s: %v\n%s", operationID, limit, op, e.pending(operationID))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// pending describes what an operation's workflow is waiting on (for failure messages).
+func (e *e2e) pending(operationID string) string {
+	resp, err := e.client().DescribeWorkflowExecution(context.Background(), workflows.OperationWorkflowID(operationID), "")
+	if err != nil {
+		return "describe: " + err.Error()
+	}
+	var b strings.Builder
+	for _, pa := range resp.GetPendingActivities() {
+		fmt.Fprintf(&b, "pending activity %s (%s), attempt %d, last failure: %s\n", pa.GetActivityType().GetName(),
+			pa.GetState(), pa.GetAttempt(), pa.GetLastFailure().GetMessage())
+	}
+	return b.String()
+}
+
+// waitProgress waits until a running operation reports at least bytes done, and returns what it reported.
+func (e *e2e) waitProgress(operationID string, bytes float64) float64 {
+	e.t.Helper()
+	var done float64
+	startertest.WaitFor(e.t, fmt.Sprintf("operation %s past %.0f bytes", operationID, bytes), func() bool {
+		_, op := e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
+		require.Nil(e.t, op["finished_at"], "operation %s ended before the fault: %v", operationID, op)
+		if p, ok := op["progress"].(map[string]any); ok {
+			done = p["bytes_done"].(float64)
+		}
+		return done >= bytes
 	})
-	return op
+	return done
 }
 
 func (e *e2e) scrape(process string) string {
@@ -177,6 +297,18 @@ func metricValue(exposition, prefix string) string {
 		}
 	}
 	return ""
+}
+
+// logged returns a process's JSON log records whose message is msg, oldest first.
+func (e *e2e) logged(process, msg string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(string(readFile(e.t, filepath.Join(e.dir, process+".log"))), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
 }
 
 func (e *e2e) volumePath(name string) string { return filepath.Join(e.dir, "volumes", name+".img") }
@@ -284,17 +416,8 @@ func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
 	e := newE2E(t, 12<<20)
 	original := makeVolume(t, e.volumePath("db"), 96<<20, 96<<20)
 	e.register("db", "alice", "hv1")
-	status, accepted := e.call("POST", "/v1/volumes/db/backups", panelToken, map[string]any{"name": "b"})
-	require.Equal(t, 202, status, "%v", accepted)
-	opID := accepted["operation_id"].(string)
-	var before float64
-	startertest.WaitFor(t, "backup under way", func() bool {
-		_, op := e.call("GET", "/v1/operations/"+opID, panelToken, nil)
-		if p, ok := op["progress"].(map[string]any); ok {
-			before = p["bytes_done"].(float64)
-		}
-		return before >= 24<<20
-	})
+	opID := e.begin("POST", "/v1/volumes/db/backups", map[string]any{"name": "b"})
+	before := e.waitProgress(opID, 24<<20)
 	e.kill("agent-hv1")
 	time.Sleep(time.Second)
 	e.start("agent-hv1b", "agent", "--config", e.config, "--hypervisor", "hv1")
@@ -308,15 +431,9 @@ func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
 	assert.True(t, bytes.Equal(original, readFile(t, filepath.Join(e.dir, "volumes", "db-copy.img"))))
 	// The retried attempt resumed from its heartbeat checkpoint, not from offset 0: it re-read at most one
 	// checkpoint batch (8 chunks) of what the killed agent had already reported done.
-	var resumed *float64
-	for _, line := range strings.Split(string(readFile(t, filepath.Join(e.dir, "agent-hv1b.log"))), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "resuming upload" {
-			v := rec["next_offset"].(float64)
-			resumed = &v
-		}
-	}
-	require.NotNil(t, resumed, "the restarted agent did not resume the upload")
-	assert.Greater(t, *resumed, 0.0)
-	assert.GreaterOrEqual(t, *resumed, before-float64(workers.CheckpointEvery*4<<20))
+	resumes := e.logged("agent-hv1b", "resuming upload")
+	require.NotEmpty(t, resumes, "the restarted agent did not resume the upload")
+	resumed := resumes[len(resumes)-1]["next_offset"].(float64)
+	assert.Greater(t, resumed, 0.0)
+	assert.GreaterOrEqual(t, resumed, before-float64(workers.CheckpointEvery*4<<20))
 }
