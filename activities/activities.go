@@ -36,10 +36,14 @@ const (
 	ErrCorrupt = "Corrupt"
 	// ErrNoBackupStorage: the hypervisor has no backup storage configured (or not the one named).
 	ErrNoBackupStorage = "NoBackupStorage"
+	// ErrNoSpace: a disk (the fs backup storage, or a restore's target) is full or over quota. Retrying
+	// until the deadline would hold the volume's lock for nothing; an operator must make room.
+	ErrNoSpace = "NoSpace"
 )
 
 // NonRetryable lists the error types a retry can never fix.
-var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage}
+var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage,
+	ErrNoSpace}
 
 // VolumeRef says where a volume's bytes live. Type is "file" (qcow2 or raw, detected) or "rbd".
 type VolumeRef struct {

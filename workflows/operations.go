@@ -104,17 +104,22 @@ func cleanupFailure(err error) string {
 	return rootMessage(err)
 }
 
-// cleanupOptions bound a compensation step: retried, but never for longer than compensationTimeout, and
-// given up when no agent takes it within cleanupPickup.
-func cleanupOptions(ctx workflow.Context, taskQueue string) workflow.Context {
+// cleanupOptions bound a compensation step: retried, but never for longer than total, and given up when no
+// agent takes it within cleanupPickup.
+func cleanupOptions(ctx workflow.Context, taskQueue string, total time.Duration) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              taskQueue,
-		StartToCloseTimeout:    compensationTimeout / 2,
-		ScheduleToStartTimeout: cleanupPickup,
-		ScheduleToCloseTimeout: compensationTimeout,
+		StartToCloseTimeout:    min(compensationTimeout/2, total),
+		ScheduleToStartTimeout: min(cleanupPickup, total),
+		ScheduleToCloseTimeout: total,
 		RetryPolicy:            retryPolicy(),
 	})
 }
+
+// storageCleanupTimeout bounds a compensation on a backup storage. What it removes (a journal, a manifest
+// written just before a later step failed) is also what garbage collection removes, so a storage that is
+// down does not get to hold the volume's lock: the step is reported incomplete and GC finishes it.
+const storageCleanupTimeout = 2 * time.Minute
 
 // runSaga runs body under the volume's deadline. On failure, abort (cancellation by the volume workflow) or
 // deadline it compensates, then reports: aborted → a CanceledError; deadline → DeadlineExceeded.
@@ -169,18 +174,18 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 
 // cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's cleanup queue.
 func cleanupStep(hypervisorID, activityName string, arg any) func(workflow.Context) error {
-	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg)
+	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, compensationTimeout)
 }
 
 // deleteBackupStep removes a backup's manifest from one storage, on that storage's queue: any agent
 // configured with the storage does it, so it never waits on the host that made the backup.
 func deleteBackupStep(ref activities.BackupRef) func(workflow.Context) error {
-	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.DeleteBackupName, ref)
+	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.DeleteBackupName, ref, storageCleanupTimeout)
 }
 
-func cleanupOn(taskQueue, activityName string, arg any) func(workflow.Context) error {
+func cleanupOn(taskQueue, activityName string, arg any, total time.Duration) func(workflow.Context) error {
 	return func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, taskQueue), activityName, arg).Get(ctx, nil)
+		return workflow.ExecuteActivity(cleanupOptions(ctx, taskQueue, total), activityName, arg).Get(ctx, nil)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"syscall"
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
@@ -153,6 +154,8 @@ func classify(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.As(err, &appErr):
 		return err // already typed (validation inside this package)
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return temporal.NewNonRetryableApplicationError(msg, activities.ErrNoSpace, err)
 	case errors.Is(err, volume.ErrAttachedRunning):
 		if op == activities.DeleteVolumeName {
 			msg = "Cannot delete a volume attached to a running instance"
