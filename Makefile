@@ -42,9 +42,12 @@ services-down: $(addprefix services-down-,$(SERVICES))
 test: tools
 	@scripts/with-services.sh $(MAKE) --no-print-directory test-go
 
+# The fault-injection suite (scripts/mk/faults.mk) runs on its own, after the rest: it loads the machine
+# with dev servers, MinIOs and killed processes, which would only make the timing of the others noisy.
 test-go:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -skip '^TestFault' ./...
+	$(MAKE) --no-print-directory test-faults
 
 ## test-unit: tests that need no service (the ones that do skip, naming their make target).
 test-unit:

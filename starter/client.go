@@ -147,17 +147,19 @@ func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, inp
 // fourth operation in: 2 × 20 s does.
 const transientFor = 20 * time.Second
 
-// retryTransient runs send again while the server pushes back (ResourceExhausted, or the SDK's wait for the
-// update timing out) until ctx ends or transientFor has passed. Anything else, answers and an unreachable
-// server alike, returns at once. Re-sending is safe because every update carries a fixed Update ID, which the
-// server deduplicates.
+// retryTransient runs send again while the server pushes back (ResourceExhausted, the SDK's wait for the
+// update timing out, or one of its RPCs hitting its own deadline) until ctx ends or transientFor has passed.
+// Anything else, answers and an unreachable server alike, returns at once. Re-sending is safe because every
+// update carries a fixed Update ID, which the server deduplicates.
 func retryTransient(ctx context.Context, send func() error) error {
 	deadline, wait := time.Now().Add(transientFor), 100*time.Millisecond
 	for {
 		err := send()
 		var busy *serviceerror.ResourceExhausted
 		var waitTimeout *client.WorkflowUpdateServiceTimeoutOrCanceledError
-		pushedBack := errors.As(err, &busy) || errors.As(err, &waitTimeout)
+		// A deadline the SDK put on one RPC (not ours: ctx is still live) is the server being slow, too.
+		rpcTimeout := errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
+		pushedBack := errors.As(err, &busy) || errors.As(err, &waitTimeout) || rpcTimeout
 		if !pushedBack || ctx.Err() != nil || time.Now().After(deadline) {
 			return err
 		}
