@@ -97,54 +97,45 @@ func TestBackupIsReplicatedAndDeleteRemovesBothCopies(t *testing.T) {
 	}, log.list())
 }
 
-func TestRequiredReplicationFailureFailsTheBackupAndRemovesBothCopies(t *testing.T) {
+// backupWithFailingReplication runs one backup whose replication fails with msg, and returns the volume's
+// state a minute later, the backup's id and the storage calls made.
+func backupWithFailingReplication(t *testing.T, required bool, msg string) (VolumeState, string, []string) {
 	h := newHarness(t)
 	var log queueLog
 	h.env.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).Return(
-		activities.ReplicateResult{}, temporal.NewNonRetryableApplicationError("offsite bucket refused the write",
-			activities.ErrInvalidArgument, nil)).Once()
+		activities.ReplicateResult{}, temporal.NewNonRetryableApplicationError(msg, activities.ErrInvalidArgument, nil)).Once()
 	h.mockStorage(&log)
 	h.mockHypervisor()
 	var b *reply
 	var after VolumeState
-	h.at(time.Second, func() { h.register(replicatedSpec(true)) })
+	h.at(time.Second, func() { h.register(replicatedSpec(required)) })
 	h.at(2*time.Second, func() { b = h.request(OperationRequest{Kind: KindBackup, Name: "nightly"}) })
 	h.at(time.Minute, func() { after = h.state() })
 	h.run(time.Hour, VolumeInput{})
-
 	requireAccepted(t, b)
 	require.Nil(t, after.Active, "lock released")
-	bk := findItem(after.Backups, b.op.ItemID)
+	return after, b.op.ItemID, log.list()
+}
+
+func TestRequiredReplicationFailureFailsTheBackupAndRemovesBothCopies(t *testing.T) {
+	after, id, calls := backupWithFailingReplication(t, true, "offsite bucket refused the write")
+	bk := findItem(after.Backups, id)
 	require.NotNil(t, bk)
 	assert.Equal(t, StatusFailed, bk.Status, "a backup that must be replicated is not available without its replica")
 	assert.Contains(t, bk.Error, "offsite bucket refused the write")
-	id := b.op.ItemID
-	assert.Equal(t, []string{"storage/offsite delete offsite " + id, "storage/local delete local " + id}, log.list())
+	assert.Equal(t, []string{"storage/offsite delete offsite " + id, "storage/local delete local " + id}, calls)
 }
 
 func TestBestEffortReplicationFailureKeepsTheBackupAvailable(t *testing.T) {
-	h := newHarness(t)
-	var log queueLog
-	h.env.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).Return(
-		activities.ReplicateResult{}, temporal.NewNonRetryableApplicationError("offsite unreachable",
-			activities.ErrInvalidArgument, nil)).Once()
-	h.mockStorage(&log)
-	h.mockHypervisor()
-	var b *reply
-	var after VolumeState
-	h.at(time.Second, func() { h.register(replicatedSpec(false)) })
-	h.at(2*time.Second, func() { b = h.request(OperationRequest{Kind: KindBackup, Name: "nightly"}) })
-	h.at(time.Minute, func() { after = h.state() })
-	h.run(time.Hour, VolumeInput{})
-
-	bk := findItem(after.Backups, b.op.ItemID)
+	after, id, calls := backupWithFailingReplication(t, false, "offsite unreachable")
+	bk := findItem(after.Backups, id)
 	require.NotNil(t, bk)
 	assert.Equal(t, StatusAvailable, bk.Status)
 	require.NotNil(t, bk.Replica)
 	assert.Equal(t, ReplicaFailed, bk.Replica.Status)
 	assert.Contains(t, bk.Replica.Error, "offsite unreachable")
 	// The partial replica is removed; the primary copy stays.
-	assert.Equal(t, []string{"storage/offsite delete offsite " + b.op.ItemID}, log.list())
+	assert.Equal(t, []string{"storage/offsite delete offsite " + id}, calls)
 }
 
 func TestImportBackupsIsIdempotentAndKeepsCreationOrder(t *testing.T) {

@@ -6,11 +6,12 @@ package startertest
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,7 +126,7 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 	// real agent serves it), until a test gives the storage a full implementation with ServeStorage.
 	storages := map[string]*switchableStorage{}
 	var first activities.Hypervisor
-	for _, id := range sortedKeys(agents) {
+	for _, id := range slices.Sorted(maps.Keys(agents)) {
 		if first == nil {
 			first = agents[id]
 		}
@@ -155,15 +156,6 @@ func (c *Cluster) ServeStorage(t testing.TB, storage string, impl activities.Sto
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.impl = impl
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // switchableStorage serves a storage queue with an implementation a test may swap.
