@@ -457,6 +457,12 @@ func addOptional(m map[string]any, it workflows.Item) {
 	if it.Scheduled {
 		m["scheduled"] = true
 	}
+	if it.Replica != nil {
+		m["replica"] = it.Replica
+	}
+	if it.Recovered {
+		m["recovered"] = true
+	}
 }
 
 // ---- plumbing ----

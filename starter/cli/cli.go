@@ -68,7 +68,7 @@ var commands = []*command{
 		name: "restore",
 		synopsis: []string{
 			"restore VOLUME (--snapshot ID | --backup ID) --in-place --confirm VOLUME_NAME",
-			"restore VOLUME (--snapshot ID | --backup ID) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H]",
+			"restore VOLUME (--snapshot ID | --backup ID) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H] [--path P | --pool P]",
 		},
 		summary: "restore over VOLUME (confirm with its name), or into a new volume NEW_ID beside it\n" +
 			"(named NEW_ID unless --new-name; plan and hypervisor default to the source's)",
