@@ -251,6 +251,10 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 				return OperationResult{}, err
 			}
 			res.Replica = r
+			if len(in.Unreplicated) > 0 && r.Status == ReplicaReplicated &&
+				workflow.GetVersion(ctx, catchUpChange, workflow.DefaultVersion, 1) == 1 {
+				res.CaughtUp = catchUp(ctx, vol, backup.Storage, in.Unreplicated)
+			}
 		}
 		return res, nil
 	})
@@ -314,6 +318,26 @@ func replicate(ctx workflow.Context, s *saga, vol VolumeSpec, ref activities.Bac
 			"backup_id", ref.BackupID, "replica", vol.BackupReplica, "error", derr)
 	}
 	return &Replica{Storage: vol.BackupReplica, Status: ReplicaFailed, Error: rootMessage(err)}, nil
+}
+
+// catchUpChange versions the catch-up of earlier failed replicas in BackupWorkflow.
+const catchUpChange = "replication-catch-up"
+
+// catchUp retries replicating earlier backups whose best-effort replication failed, once this backup's own
+// replica shows the replica storage is back. Best effort: a failure is recorded again, never fails the backup.
+func catchUp(ctx workflow.Context, vol VolumeSpec, storage string, backupIDs []string) map[string]*Replica {
+	out := map[string]*Replica{}
+	for _, id := range backupIDs {
+		s := &saga{} // a failed catch-up removes nothing: the earlier backup's primary copy stands
+		ref := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: id, Storage: storage}
+		r, err := replicate(ctx, s, VolumeSpec{VolumeID: vol.VolumeID, BackupReplica: vol.BackupReplica,
+			Deadline: vol.Deadline}, ref)
+		if err != nil { // cancelled: the operation is being aborted
+			break
+		}
+		out[id] = r
+	}
+	return out
 }
 
 // bestEffortReplication bounds how long a backup waits for a replica that is not required.

@@ -255,3 +255,39 @@ func TestRecoveredItemFallsBackToTheBackupIDForAName(t *testing.T) {
 	e.Labels[activities.LabelItemName] = "nightly"
 	assert.Equal(t, "nightly", RecoveredItem("offsite", e).Name)
 }
+
+func TestNextBackupCatchesUpAFailedBestEffortReplica(t *testing.T) {
+	h := newHarness(t)
+	var log queueLog
+	h.env.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).Return(
+		activities.ReplicateResult{}, temporal.NewNonRetryableApplicationError("offsite unreachable",
+			activities.ErrInvalidArgument, nil)).Once()
+	h.env.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, in activities.ReplicateInput) (activities.ReplicateResult, error) {
+			log.add(ctx, "replicate "+in.BackupID)
+			return activities.ReplicateResult{Verified: true}, nil
+		})
+	h.mockStorage(&log)
+	h.mockHypervisor()
+	var first, second *reply
+	var between, after VolumeState
+	h.at(time.Second, func() { h.register(replicatedSpec(false)) })
+	h.at(2*time.Second, func() { first = h.request(OperationRequest{Kind: KindBackup, Name: "monday"}) })
+	h.at(time.Minute, func() {
+		between = h.state()
+		second = h.request(OperationRequest{Kind: KindBackup, Name: "tuesday"})
+	})
+	h.at(2*time.Minute, func() { after = h.state() })
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, first)
+	requireAccepted(t, second)
+	assert.Equal(t, ReplicaFailed, findItem(between.Backups, first.op.ItemID).Replica.Status)
+	for _, id := range []string{first.op.ItemID, second.op.ItemID} {
+		bk := findItem(after.Backups, id)
+		require.NotNil(t, bk.Replica, id)
+		assert.Equal(t, ReplicaReplicated, bk.Replica.Status, "%s has its off-site copy now", id)
+	}
+	assert.Equal(t, []string{"storage/offsite delete offsite " + first.op.ItemID, // the partial replica
+		"storage/local replicate " + second.op.ItemID, "storage/local replicate " + first.op.ItemID}, log.list())
+}

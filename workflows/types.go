@@ -236,6 +236,9 @@ type OperationInput struct {
 	Request   OperationRequest `json:"request"`
 	Item      Item             `json:"item"`
 	ParentID  string           `json:"parent_backup_id,omitempty"`
+	// Unreplicated are earlier available backups whose best-effort replication failed: a backup retries them
+	// after its own (catch-up), so one outage of the replica does not leave them without a copy for good.
+	Unreplicated []string `json:"unreplicated,omitempty"`
 	Source    *Item            `json:"source,omitempty"`
 	StartedAt time.Time        `json:"started_at"`
 }
@@ -247,6 +250,8 @@ type OperationResult struct {
 	Consistency string   `json:"consistency,omitempty"`
 	FreezeError string   `json:"freeze_error,omitempty"`
 	Replica     *Replica `json:"replica,omitempty"`
+	// CaughtUp are the replicas of earlier backups this backup retried (by backup id), whatever their outcome.
+	CaughtUp map[string]*Replica `json:"caught_up,omitempty"`
 }
 
 // AcquireRequest asks an owner's workflow for a permit.

@@ -475,6 +475,7 @@ func (v *volume) run(ctx workflow.Context) {
 		in.Item = *it
 		if req.Kind == KindBackup {
 			in.ParentID = v.lastAvailableBackup()
+			in.Unreplicated = v.unreplicated()
 		}
 	case KindRestore:
 		op.Status = StatusRestoring
@@ -545,6 +546,20 @@ func operationWorkflow(kind Kind) any {
 	default:
 		return DeleteWorkflow
 	}
+}
+
+// maxCatchUp bounds the earlier backups one backup retries replicating, newest first.
+const maxCatchUp = 3
+
+// unreplicated lists the newest available backups whose replication failed.
+func (v *volume) unreplicated() []string {
+	var ids []string
+	for i := len(v.st.Backups) - 1; i >= 0 && len(ids) < maxCatchUp; i-- {
+		if it := v.st.Backups[i]; it.Status == StatusAvailable && it.Replica != nil && it.Replica.Status == ReplicaFailed {
+			ids = append(ids, it.ItemID)
+		}
+	}
+	return ids
 }
 
 func (v *volume) lastAvailableBackup() string {
@@ -654,6 +669,11 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 		it.Status, it.SizeBytes, it.StoredBytes, it.Consistency = StatusAvailable, res.SizeBytes, res.StoredBytes,
 			res.Consistency
 		it.Replica = res.Replica
+		for id, r := range res.CaughtUp {
+			if earlier, e := v.item(KindBackup, id); e == nil && earlier.Status == StatusAvailable {
+				earlier.Replica = r
+			}
+		}
 		if res.FreezeError != "" {
 			it.Error = "crash-consistent: " + res.FreezeError
 		}
