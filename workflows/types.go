@@ -232,15 +232,15 @@ type VolumeInput struct {
 
 // OperationInput starts an operation child workflow.
 type OperationInput struct {
-	Volume    VolumeSpec       `json:"volume"`
-	Request   OperationRequest `json:"request"`
-	Item      Item             `json:"item"`
-	ParentID  string           `json:"parent_backup_id,omitempty"`
+	Volume   VolumeSpec       `json:"volume"`
+	Request  OperationRequest `json:"request"`
+	Item     Item             `json:"item"`
+	ParentID string           `json:"parent_backup_id,omitempty"`
 	// Unreplicated are earlier available backups whose best-effort replication failed: a backup retries them
 	// after its own (catch-up), so one outage of the replica does not leave them without a copy for good.
-	Unreplicated []string `json:"unreplicated,omitempty"`
-	Source    *Item            `json:"source,omitempty"`
-	StartedAt time.Time        `json:"started_at"`
+	Unreplicated []string  `json:"unreplicated,omitempty"`
+	Source       *Item     `json:"source,omitempty"`
+	StartedAt    time.Time `json:"started_at"`
 }
 
 // OperationResult is what an operation child returns on success.
