@@ -175,15 +175,21 @@ func NewAgentWorkers(c client.Client, cfg *config.Config, hypervisorID string, a
 		activities.TaskQueue(hypervisorID):        cfg.Hypervisors[hypervisorID].Concurrency,
 		activities.CleanupTaskQueue(hypervisorID): cleanupConcurrency,
 	} {
-		w := worker.New(c, queue, worker.Options{
-			MaxConcurrentActivityExecutionSize: slots,
-			MaxHeartbeatThrottleInterval:       heartbeatThrottle,
-			DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
-		})
-		w.RegisterActivity(a.Activities)
-		ws = append(ws, w)
+		ws = append(ws, newActivityWorker(c, queue, slots, a.Activities))
 	}
 	return append(ws, NewStorageWorkers(c, cfg, a)...)
+}
+
+// newActivityWorker is a worker on queue running at most slots of impl's activities at once, with the
+// agent's heartbeat throttle.
+func newActivityWorker(c client.Client, queue string, slots int, impl any) worker.Worker {
+	w := worker.New(c, queue, worker.Options{
+		MaxConcurrentActivityExecutionSize: slots,
+		MaxHeartbeatThrottleInterval:       heartbeatThrottle,
+		DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
+	})
+	w.RegisterActivity(impl)
+	return w
 }
 
 // NewStorageWorkers returns one worker per configured backup storage, on activities.StorageTaskQueue(name),
@@ -193,13 +199,8 @@ func NewAgentWorkers(c client.Client, cfg *config.Config, hypervisorID string, a
 func NewStorageWorkers(c client.Client, cfg *config.Config, a *Agent) []worker.Worker {
 	var ws []worker.Worker
 	for _, name := range cfg.StorageNames() {
-		w := worker.New(c, activities.StorageTaskQueue(name), worker.Options{
-			MaxConcurrentActivityExecutionSize: cfg.Hypervisors[a.hypervisorID].Concurrency,
-			MaxHeartbeatThrottleInterval:       heartbeatThrottle,
-			DefaultHeartbeatThrottleInterval:   heartbeatThrottle,
-		})
-		w.RegisterActivity(a.Storage)
-		ws = append(ws, w)
+		ws = append(ws, newActivityWorker(c, activities.StorageTaskQueue(name),
+			cfg.Hypervisors[a.hypervisorID].Concurrency, a.Storage))
 	}
 	return ws
 }

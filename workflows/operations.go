@@ -328,10 +328,12 @@ const catchUpChange = "replication-catch-up"
 func catchUp(ctx workflow.Context, vol VolumeSpec, storage string, backupIDs []string) map[string]*Replica {
 	out := map[string]*Replica{}
 	for _, id := range backupIDs {
-		s := &saga{} // a failed catch-up removes nothing: the earlier backup's primary copy stands
+		// Never required (the earlier backup already counts), and a failed catch-up removes nothing: its
+		// compensations go to a saga of its own that never runs.
+		bestEffort := vol
+		bestEffort.RequireReplication = false
 		ref := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: id, Storage: storage}
-		r, err := replicate(ctx, s, VolumeSpec{VolumeID: vol.VolumeID, BackupReplica: vol.BackupReplica,
-			Deadline: vol.Deadline}, ref)
+		r, err := replicate(ctx, &saga{}, bestEffort, ref)
 		if err != nil { // cancelled: the operation is being aborted
 			break
 		}
@@ -445,7 +447,7 @@ func DeleteWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			return OperationResult{}, workflow.ExecuteActivity(hv, activities.DeleteBackupName, ref).Get(ctx, nil)
 		}
 		s.doing("delete on storage " + ref.Storage)
-		return OperationResult{}, deleteBackupEverywhere(ctx, in.Item, ref)
+		return OperationResult{}, deleteBackupEverywhere(ctx, vol.VolumeID, in.Item)
 	})
 }
 
@@ -457,10 +459,10 @@ const deleteGCGrace = 10 * time.Minute
 // deleteBackupEverywhere removes a backup's manifest from its storage and from its replica, on the storages'
 // own queues, then collects the chunks no other backup of the volume uses, per storage. A failed collection
 // does not fail the delete (the backup is gone; the next collection takes the chunks).
-func deleteBackupEverywhere(ctx workflow.Context, it Item, ref activities.BackupRef) error {
-	refs := []activities.BackupRef{ref}
+func deleteBackupEverywhere(ctx workflow.Context, volumeID string, it Item) error {
+	refs := []activities.BackupRef{{VolumeID: volumeID, BackupID: it.ItemID, Storage: it.Storage}}
 	if it.Replica != nil {
-		refs = append(refs, activities.BackupRef{VolumeID: ref.VolumeID, BackupID: ref.BackupID, Storage: it.Replica.Storage})
+		refs = append(refs, activities.BackupRef{VolumeID: volumeID, BackupID: it.ItemID, Storage: it.Replica.Storage})
 	}
 	for _, r := range refs {
 		if err := workflow.ExecuteActivity(onStorage(ctx, r.Storage, shortActivityTimeout, false),
@@ -469,9 +471,8 @@ func deleteBackupEverywhere(ctx workflow.Context, it Item, ref activities.Backup
 		}
 	}
 	for _, r := range refs {
-		var gc activities.GCResult
 		if err := workflow.ExecuteActivity(onStorage(ctx, r.Storage, shortActivityTimeout, false), activities.CollectGarbageName,
-			activities.GCInput{Storage: r.Storage, VolumeID: r.VolumeID, Grace: deleteGCGrace}).Get(ctx, &gc); err != nil {
+			activities.GCInput{Storage: r.Storage, VolumeID: r.VolumeID, Grace: deleteGCGrace}).Get(ctx, nil); err != nil {
 			workflow.GetLogger(ctx).Warn("garbage collection after delete failed", "volume_id", r.VolumeID,
 				"storage", r.Storage, "error", err)
 		}

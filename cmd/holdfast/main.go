@@ -71,11 +71,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runAgent(ctx, args[1:], log)
 	case "api":
 		err = runAPI(ctx, args[1:], log)
-	case "recover", "scrub", "gc":
-		err = adminCommands[args[0]](ctx, args[1:], stdout, log)
 	default:
-		fmt.Fprintf(stderr, "holdfast: unknown command %q\n\n%s", args[0], usage)
-		return 2
+		admin, ok := adminCommands[args[0]]
+		if !ok {
+			fmt.Fprintf(stderr, "holdfast: unknown command %q\n\n%s", args[0], usage)
+			return 2
+		}
+		err = admin(ctx, args[1:], stdout, log)
 	}
 	if err != nil {
 		var usageErr usageError

@@ -98,20 +98,12 @@ func Defaults(getenv func(string) string) (Options, error) {
 	return o, nil
 }
 
-// Config is the dev-mode configuration: one hypervisor "local" whose group stores backups in
-// <data>/backups, and the spec's default plan and limits (overridable for demos and tests).
-func (o Options) Config(libvirtURI string) (*config.Config, error) {
-	yaml, err := o.configYAML(libvirtURI)
-	if err != nil {
-		return nil, err
-	}
-	return config.Parse(strings.NewReader(yaml))
-}
-
 // ConfigFile is where Run writes the dev configuration, inside the data directory, so that the operator
 // commands (holdfast recover, scrub, gc) can be tried against make run: --config .holdfast/holdfast.yaml.
 const ConfigFile = "holdfast.yaml"
 
+// configYAML is the dev-mode configuration: one hypervisor "local" whose group stores backups in
+// <data>/backups, and the spec's default plan and limits (overridable for demos and tests).
 func (o Options) configYAML(libvirtURI string) (string, error) {
 	dataDir, err := filepath.Abs(o.DataDir)
 	if err != nil {
@@ -154,14 +146,16 @@ func Run(ctx context.Context, o Options) error {
 	if libvirtURI == "" {
 		libvirtURI = detectLibvirt()
 	}
-	cfg, err := o.Config(libvirtURI)
+	yaml, err := o.configYAML(libvirtURI)
 	if err != nil {
 		return err
 	}
-	if yaml, err := o.configYAML(libvirtURI); err == nil {
-		if err := os.WriteFile(filepath.Join(o.DataDir, ConfigFile), []byte(yaml), 0o644); err != nil {
-			return err
-		}
+	cfg, err := config.Parse(strings.NewReader(yaml))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(o.DataDir, ConfigFile), []byte(yaml), 0o644); err != nil {
+		return err
 	}
 
 	server, err := startTemporal(o)
