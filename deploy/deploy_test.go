@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/workflows"
 )
 
 // kubeconform and its schemas are built by `make tools` (scripts/mk/ops.mk): the binary from source
@@ -454,4 +455,26 @@ func parseEnvFile(t *testing.T, path string) map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// The documented setup and the compose stack register every search attribute the workflows upsert, with
+// its type: a missing one stops the control worker at start.
+func TestSearchAttributesRegisteredAsTheWorkflowsNeed(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	compose, err := os.ReadFile("docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sa := range workflows.SearchAttributes {
+		cmd := "temporal operator search-attribute create --namespace holdfast --name " + sa.Name + " --type " + sa.Type
+		if !strings.Contains(string(readme), cmd) {
+			t.Errorf("deploy/README.md lacks %q", cmd)
+		}
+		if !regexp.MustCompile(`for sa in [^;]*\b` + sa.Name + `=` + sa.Type + `\b`).Match(compose) {
+			t.Errorf("docker-compose.yml temporal-setup does not register %s=%s", sa.Name, sa.Type)
+		}
+	}
 }

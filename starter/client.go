@@ -17,8 +17,10 @@ import (
 	"strings"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
@@ -407,15 +409,19 @@ func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.
 	return nil, &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
 }
 
-// operationVolume finds an operation's volume from its child workflow's search attributes. An operation
-// accepted a moment ago may not have started its child yet, so a missing child is retried briefly.
+// operationVolume finds an operation's volume: from its child workflow's search attributes (read from the
+// workflow itself, so it is current), or else from the volume workflow whose SearchOperations lists it (an
+// operation aborted before it started never had a child). An operation accepted a moment ago may be in
+// neither yet, so a miss is retried briefly.
 func (c *Client) operationVolume(ctx context.Context, operationID string) (string, error) {
+	notFound := &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+	if !workflows.ValidID(operationID) {
+		return "", notFound
+	}
 	for attempt := 0; ; attempt++ {
 		resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
 		if err == nil {
-			field := resp.GetWorkflowExecutionInfo().GetSearchAttributes().GetIndexedFields()[workflows.SearchVolume]
-			var volumeID string
-			if field != nil && converter.GetDefaultDataConverter().FromPayload(field, &volumeID) == nil && volumeID != "" {
+			if volumeID := keyword(resp.GetWorkflowExecutionInfo().GetSearchAttributes(), workflows.SearchVolume); volumeID != "" {
 				return volumeID, nil
 			}
 		}
@@ -423,8 +429,12 @@ func (c *Client) operationVolume(ctx context.Context, operationID string) (strin
 		if err != nil && !errors.As(err, &nf) {
 			return "", typed(err)
 		}
+		volumeID, err := c.indexedVolume(ctx, operationID)
+		if err != nil || volumeID != "" {
+			return volumeID, err
+		}
 		if attempt >= 10 {
-			return "", &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+			return "", notFound
 		}
 		select {
 		case <-ctx.Done():
@@ -432,6 +442,37 @@ func (c *Client) operationVolume(ctx context.Context, operationID string) (strin
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// indexedVolume looks the operation up in the volume workflows' SearchOperations ("" if none lists it).
+func (c *Client) indexedVolume(ctx context.Context, operationID string) (string, error) {
+	resp, err := c.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
+		PageSize: 1,
+		Query:    fmt.Sprintf("%s = '%s'", workflows.SearchOperations, operationID), // a ValidID has no quote
+	})
+	if err != nil {
+		return "", typed(err)
+	}
+	for _, ex := range resp.GetExecutions() {
+		if volumeID := keyword(ex.GetSearchAttributes(), workflows.SearchVolume); volumeID != "" {
+			return volumeID, nil
+		}
+		if id, ok := strings.CutPrefix(ex.GetExecution().GetWorkflowId(), workflows.VolumeWorkflowID("")); ok {
+			return id, nil
+		}
+	}
+	return "", nil
+}
+
+// keyword decodes one Keyword search attribute ("" if absent).
+func keyword(sa *commonpb.SearchAttributes, name string) string {
+	var v string
+	if field := sa.GetIndexedFields()[name]; field != nil {
+		if converter.GetDefaultDataConverter().FromPayload(field, &v) != nil {
+			return ""
+		}
+	}
+	return v
 }
 
 // progress reads the live progress an operation's running activity heartbeats. Reading it from the server's

@@ -14,6 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/holdfast/holdfast/activities"
@@ -213,4 +215,56 @@ func recordHistory(t *testing.T, hf *starter.Client, workflowID, name string) {
 	dir := filepath.Join("..", "workers", "testdata", "histories")
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, name+".json"), data, 0o644))
+}
+
+// A request and an abort reaching the volume together: the operation ends aborted before its child workflow
+// starts, and GET /v1/operations/{id} still finds it (through the volume's SearchOperations).
+func TestIntegrationOperationAbortedBeforeItStartedIsFound(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	c.register(t, "vol1", "acct-1")
+	startControl := c.StopControl(t)
+
+	update := func(name, id string, arg any, out any) error {
+		h, err := c.Temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+			WorkflowID: workflows.VolumeWorkflowID("vol1"), UpdateName: name, UpdateID: id, Args: []any{arg},
+			WaitForStage: client.WorkflowUpdateStageCompleted})
+		if err != nil {
+			return err
+		}
+		return h.Get(ctx, out)
+	}
+	var wg sync.WaitGroup
+	var accepted, aborted workflows.Operation
+	var requestErr, abortErr error
+	wg.Go(func() {
+		requestErr = update(workflows.UpdateRequest, "op-early",
+			workflows.OperationRequest{Kind: workflows.KindSnapshot, OperationID: "op-early"}, &accepted)
+	})
+	time.Sleep(time.Second) // admitted in this order, delivered in one workflow task once a worker polls
+	wg.Go(func() { abortErr = update(workflows.UpdateAbort, "abort-early", "changed my mind", &aborted) })
+	time.Sleep(time.Second)
+	startControl()
+	wg.Wait()
+	require.NoError(t, requestErr)
+	require.NoError(t, abortErr)
+	assert.Equal(t, workflows.StatusPending, accepted.Status)
+	assert.Equal(t, "op-early", aborted.OperationID)
+
+	_, err := c.Temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID("op-early"), "")
+	var nf *serviceerror.NotFound
+	require.ErrorAs(t, err, &nf, "the operation was meant to end before its child started")
+	op, err := c.hf.Operation(ctx, "op-early")
+	require.NoError(t, err)
+	assert.Equal(t, workflows.StatusAborted, op.Status)
+	assert.Equal(t, "vol1", op.VolumeID)
+	v, err := c.hf.Volume(ctx, "vol1")
+	require.NoError(t, err)
+	assert.Nil(t, v.Active)
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-aborted-before-start")
+
+	for _, id := range []string{"op-never-existed", "op' OR HoldfastVolume = 'vol1"} {
+		_, err = c.hf.Operation(ctx, id)
+		assert.Equal(t, workflows.ErrNotFound, typeOf(err), id)
+	}
 }

@@ -35,6 +35,10 @@ const (
 	SearchOwner           = "HoldfastOwner"
 	SearchHypervisor      = "HoldfastHypervisor"
 	SearchActiveOperation = "HoldfastActiveOperation"
+	// SearchOperations (KeywordList, on volume workflows) lists the volume's recent and active operation
+	// ids: it finds an operation's volume when the operation never got a child workflow (aborted before it
+	// started, or failed making room at the plan cap).
+	SearchOperations = "HoldfastOperations"
 )
 
 // VolumeWorkflowID and OwnerWorkflowID are the entity IDs.
@@ -300,5 +304,26 @@ var idRegexp = regexp.MustCompile(idPattern)
 
 func validID(s string) bool { return idRegexp.MatchString(s) }
 
-// SearchAttributeNames are the custom search attributes (all Keyword) to register on the namespace.
-var SearchAttributeNames = []string{SearchVolume, SearchOwner, SearchHypervisor, SearchActiveOperation}
+// SearchAttribute is a custom search attribute to register on the namespace; Type is spelled as the
+// temporal CLI takes it (--type, and NAME=TYPE in start-dev's --search-attribute).
+type SearchAttribute struct{ Name, Type string }
+
+// SearchAttributes are the custom search attributes Holdfast's workflows upsert: a namespace without
+// them fails their workflow tasks, so workers check for them at start.
+var SearchAttributes = []SearchAttribute{
+	{SearchVolume, "Keyword"}, {SearchOwner, "Keyword"}, {SearchHypervisor, "Keyword"},
+	{SearchActiveOperation, "Keyword"}, {SearchOperations, "KeywordList"},
+}
+
+// DevServerSearchAttributeArgs are the `temporal server start-dev` flags that register SearchAttributes.
+func DevServerSearchAttributeArgs() []string {
+	var args []string
+	for _, sa := range SearchAttributes {
+		args = append(args, "--search-attribute", sa.Name+"="+sa.Type)
+	}
+	return args
+}
+
+// ValidID reports whether s is a well-formed identifier (api.md); an operation id from a URL is checked
+// before it goes into a visibility query.
+func ValidID(s string) bool { return validID(s) }

@@ -26,6 +26,17 @@ var (
 	saOwner      = temporal.NewSearchAttributeKeyKeyword(SearchOwner)
 	saHypervisor = temporal.NewSearchAttributeKeyKeyword(SearchHypervisor)
 	saActive     = temporal.NewSearchAttributeKeyKeyword(SearchActiveOperation)
+	saOperations = temporal.NewSearchAttributeKeyKeywordList(SearchOperations)
+)
+
+// Versioned changes of the volume workflow: runs recorded before them replay as they ran.
+const (
+	// operationIndexChange upserts SearchOperations on every accepted request.
+	operationIndexChange = "operation-index"
+	// releaseAfterClaimChange sends a permit's release only once its claim has been delivered: two signals
+	// in flight at once may reach the owner in either order, and a claim arriving after its release would
+	// re-add the lease for hours.
+	releaseAfterClaimChange = "release-after-claim"
 )
 
 type volume struct {
@@ -37,6 +48,8 @@ type volume struct {
 	abortRequested bool
 	// running is true while an operation's child workflow runs.
 	running bool
+	// claiming counts permit claims not yet delivered to the owner's workflow.
+	claiming int
 }
 
 // VolumeWorkflow is one volume's entity and mutex (ID volume/<volume_id>). Requests arrive as Updates whose
@@ -53,6 +66,7 @@ func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
 	}
 	if v.st.Registered {
 		v.upsertIdentity(ctx)
+		v.indexOperations(ctx)
 	}
 	for {
 		ready := func() bool { return v.st.Queued != nil || v.shouldContinueAsNew(ctx) }
@@ -395,9 +409,33 @@ func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, 
 	}
 	accepted := *op // the main loop may start the operation while the claim below is in flight
 	v.st.Queued = &req
+	v.indexOperations(ctx)
+	v.claiming++
 	v.signalOwner(ctx, SignalClaim, ClaimSignal{LeaseID: req.OwnerLease, VolumeID: v.volumeID,
 		TTL: v.st.Spec.Deadline + time.Hour}, req.OwnerLease)
+	v.claiming--
 	return accepted, nil
+}
+
+// indexOperations sets SearchOperations to the operations the volume's state can answer for (recent and
+// active), so GET /v1/operations/{id} finds the volume of an operation that never had a child workflow.
+func (v *volume) indexOperations(ctx workflow.Context) {
+	if workflow.GetVersion(ctx, operationIndexChange, workflow.DefaultVersion, 1) < 1 {
+		return
+	}
+	ids := make([]string, 0, len(v.st.Recent)+1)
+	for _, op := range v.st.Recent {
+		ids = append(ids, op.OperationID)
+	}
+	if v.st.Active != nil {
+		ids = append(ids, v.st.Active.OperationID)
+	}
+	if len(ids) == 0 {
+		return
+	}
+	if err := workflow.UpsertTypedSearchAttributes(ctx, saOperations.ValueSet(ids)); err != nil {
+		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", err)
+	}
 }
 
 // checkDetached asks the hypervisor, live, whether a running instance uses the volume.
@@ -597,6 +635,10 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	v.st.CooldownUntil = now.Add(v.st.Spec.Cooldown)
 	if e := workflow.UpsertTypedSearchAttributes(ctx, saActive.ValueUnset()); e != nil {
 		workflow.GetLogger(ctx).Warn("search attribute not updated", "volume_id", v.volumeID, "error", e)
+	}
+	if workflow.GetVersion(ctx, releaseAfterClaimChange, workflow.DefaultVersion, 1) == 1 {
+		// An abort of a request still claiming its permit: the release must not overtake the claim.
+		_ = workflow.Await(ctx, func() bool { return v.claiming == 0 })
 	}
 	v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: req.OwnerLease}, req.OwnerLease)
 	workflow.GetLogger(ctx).Info("operation finished", "volume_id", v.volumeID, "operation_id", op.OperationID,

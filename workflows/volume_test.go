@@ -381,6 +381,48 @@ func TestPermitIsClaimedOnAcceptAndReleasedOnCompletion(t *testing.T) {
 	h.env.AssertExpectations(t)
 }
 
+// An abort that lands while the request is still claiming its permit: the release must reach the owner
+// after the claim (two signals in flight may arrive in either order, and a late claim re-adds the lease for
+// hours), and the operation is listed in the volume's SearchOperations. (The abort of a request whose child
+// never started is TestIntegrationOperationAbortedBeforeItStartedIsFound.)
+func TestAbortWhileClaimingReleasesThePermitAfterTheClaim(t *testing.T) {
+	h := newHarness(t)
+	const claimTakes = 10 * time.Second
+	// Run fires when a mock returns: after After's delay, i.e. when the signal is delivered.
+	var claimDelivered, releaseSent time.Time
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalClaim, mock.Anything).
+		Run(func(mock.Arguments) { claimDelivered = h.env.Now() }).After(claimTakes).Return(nil).Once()
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalRelease,
+		ReleaseSignal{LeaseID: "op-queued"}).Run(func(mock.Arguments) { releaseSent = h.env.Now() }).Return(nil).Once()
+	var indexed [][]string
+	h.env.OnUpsertTypedSearchAttributes(mock.Anything).Run(func(args mock.Arguments) {
+		if ids, ok := args.Get(0).(temporal.SearchAttributes).GetKeywordList(saOperations); ok {
+			indexed = append(indexed, ids)
+		}
+	}).Return(nil).Maybe()
+	h.mockHypervisor()
+	var o, abort *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() {
+		o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-queued"})
+		abort = h.update(UpdateAbort, "changed my mind")
+	})
+	h.run(time.Hour, VolumeInput{})
+
+	requireAccepted(t, o)
+	require.True(t, abort.done)
+	require.NoError(t, abort.err)
+	h.env.AssertExpectations(t)
+	require.False(t, claimDelivered.IsZero())
+	assert.False(t, releaseSent.Before(claimDelivered),
+		"release sent at %s, before the claim was delivered at %s", releaseSent, claimDelivered)
+	st := h.state()
+	require.Len(t, st.Recent, 1)
+	assert.Equal(t, StatusAborted, st.Recent[0].Status)
+	require.NotEmpty(t, indexed, "SearchOperations never upserted")
+	assert.Equal(t, []string{"op-queued"}, indexed[len(indexed)-1])
+}
+
 func TestInvalidRequestsNameTheField(t *testing.T) {
 	h := newHarness(t)
 	h.mockHypervisor()

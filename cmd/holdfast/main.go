@@ -161,6 +161,12 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
+	if err := workers.CheckSearchAttributes(ctx, c, cfg.Temporal.Namespace); err != nil {
+		if !errors.Is(err, workers.ErrSearchAttributesUnchecked) {
+			return err
+		}
+		log.Warn("could not check the namespace's search attributes; make sure they are registered", "error", err)
+	}
 	hf := starter.New(c, cfg)
 	if err := hf.SyncConfigPolicies(ctx); err != nil {
 		return err

@@ -76,10 +76,7 @@ func StartDevServer(t testing.TB) *DevServer {
 }
 
 func (d *DevServer) start() {
-	var args []string
-	for _, name := range workflows.SearchAttributeNames {
-		args = append(args, "--search-attribute", name+"=Keyword")
-	}
+	args := workflows.DevServerSearchAttributeArgs()
 	s, err := testsuite.StartDevServer(context.Background(), testsuite.DevServerOptions{
 		ExistingPath: d.bin, DBFilename: d.db, LogLevel: "error", ExtraArgs: args,
 		ClientOptions: &client.Options{HostPort: d.Address, Namespace: "default"},
@@ -101,6 +98,7 @@ type Cluster struct {
 	Temporal client.Client
 	Config   *config.Config
 	storages map[string]*switchableStorage
+	control  worker.Worker
 }
 
 // NewCluster starts a dev server, the control worker, and an agent serving each given hypervisor's
@@ -113,7 +111,8 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 	require.NoError(t, err)
 	t.Cleanup(tc.Close)
 	hf := starter.New(tc, cfg)
-	ws := []worker.Worker{workers.NewControl(tc, hf, worker.Options{})}
+	control := workers.NewControl(tc, hf, worker.Options{})
+	ws := []worker.Worker{control}
 	for hypervisorID, impl := range agents {
 		// Like a real agent, each serves its hypervisor's queue and the queue its compensations go to.
 		for _, q := range []string{activities.TaskQueue(hypervisorID), activities.CleanupTaskQueue(hypervisorID)} {
@@ -146,7 +145,18 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 			w.Stop()
 		}
 	})
-	return &Cluster{Dev: dev, Client: hf, Temporal: tc, Config: cfg, storages: storages}
+	return &Cluster{Dev: dev, Client: hf, Temporal: tc, Config: cfg, storages: storages, control: control}
+}
+
+// StopControl stops the control worker (workflows make no progress; updates sent meanwhile queue up on
+// the server and reach the workflow together) and returns the function that starts a fresh one.
+func (c *Cluster) StopControl(t testing.TB) (start func()) {
+	c.control.Stop()
+	return func() {
+		c.control = workers.NewControl(c.Temporal, c.Client, worker.Options{})
+		require.NoError(t, c.control.Start())
+		t.Cleanup(c.control.Stop)
+	}
 }
 
 // ServeStorage makes a configured storage's queue run impl's activities from now on.

@@ -268,9 +268,7 @@ func startTemporal(o Options) (*temporalServer, error) {
 	}
 	args := []string{"server", "start-dev", "--ip", host, "--port", port, "--ui-port", fmt.Sprint(o.UIPort),
 		"--db-filename", filepath.Join(o.DataDir, "temporal.db"), "--log-level", "warn"}
-	for _, name := range workflows.SearchAttributeNames {
-		args = append(args, "--search-attribute", name+"=Keyword")
-	}
+	args = append(args, workflows.DevServerSearchAttributeArgs()...)
 	logFile, err := os.OpenFile(filepath.Join(o.DataDir, "temporal.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
