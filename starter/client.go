@@ -149,20 +149,14 @@ func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, inp
 // fourth operation in: 2 × 20 s does.
 const transientFor = 20 * time.Second
 
-// retryTransient runs send again while the server pushes back (ResourceExhausted, the SDK's wait for the
-// update timing out, or one of its RPCs hitting its own deadline) until ctx ends or transientFor has passed.
-// Anything else, answers and an unreachable server alike, returns at once. Re-sending is safe because every
-// update carries a fixed Update ID, which the server deduplicates.
+// retryTransient runs send again while the server pushes back (see transient) until ctx ends or transientFor
+// has passed. Anything else, answers and an unreachable server alike, returns at once. Re-sending is safe:
+// every update carries a fixed Update ID, which the server deduplicates, and queries only read.
 func retryTransient(ctx context.Context, send func() error) error {
 	deadline, wait := time.Now().Add(transientFor), 100*time.Millisecond
 	for {
 		err := send()
-		var busy *serviceerror.ResourceExhausted
-		var waitTimeout *client.WorkflowUpdateServiceTimeoutOrCanceledError
-		// A deadline the SDK put on one RPC (not ours: ctx is still live) is the server being slow, too.
-		rpcTimeout := errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil
-		pushedBack := errors.As(err, &busy) || errors.As(err, &waitTimeout) || rpcTimeout
-		if !pushedBack || ctx.Err() != nil || time.Now().After(deadline) {
+		if !transient(ctx, err) || time.Now().After(deadline) {
 			return err
 		}
 		select {
@@ -173,6 +167,29 @@ func retryTransient(ctx context.Context, send func() error) error {
 		wait = min(2*wait, 2*time.Second)
 	}
 }
+
+// transient reports a control plane too busy to answer in time, while the caller still waits: the server's
+// ResourceExhausted (e.g. more than 10 updates in flight on one owner's workflow), the SDK's wait for an
+// update timing out, a query no worker picked up in time, or one RPC hitting the deadline the SDK put on it
+// (not ours: ctx is still live). An unreachable server (Unavailable) is not: the SDK already retried it.
+func transient(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	var busy *serviceerror.ResourceExhausted
+	var deadline *serviceerror.DeadlineExceeded
+	var waitTimeout *client.WorkflowUpdateServiceTimeoutOrCanceledError
+	return errors.As(err, &busy) || errors.As(err, &deadline) || errors.As(err, &waitTimeout) ||
+		errors.Is(err, context.DeadlineExceeded)
+}
+
+// ErrUnavailable is the type of the answer given when the control plane stays too busy to answer within
+// transientFor (HTTP 503 with Retry-After). A read may simply be sent again. A request may or may not have
+// been taken: the volume's active_operation tells, and sending it again is answered VolumeBusy if it was.
+const ErrUnavailable = "Unavailable"
+
+// unavailableRetryAfter is the Retry-After given with ErrUnavailable, in seconds.
+const unavailableRetryAfter = 5
 
 // Volume returns a volume's state, with the active operation's live progress.
 func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
@@ -190,7 +207,11 @@ func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
 }
 
 func (c *Client) state(ctx context.Context, volumeID string) (*workflows.VolumeState, error) {
-	res, err := c.temporal.QueryWorkflow(ctx, workflows.VolumeWorkflowID(volumeID), "", workflows.QueryState)
+	var res converter.EncodedValue
+	err := retryTransient(ctx, func() (err error) {
+		res, err = c.temporal.QueryWorkflow(ctx, workflows.VolumeWorkflowID(volumeID), "", workflows.QueryState)
+		return err
+	})
 	if err != nil {
 		var nf *serviceerror.NotFound
 		if errors.As(err, &nf) {
@@ -553,6 +574,10 @@ func typed(err error) error {
 	var nf *serviceerror.NotFound
 	if errors.As(err, &nf) {
 		return &Error{Type: workflows.ErrNotFound, Message: strings.TrimSpace(nf.Message)}
+	}
+	if transient(context.Background(), err) {
+		return &Error{Type: ErrUnavailable, RetryAfter: unavailableRetryAfter,
+			Message: fmt.Sprintf("Holdfast is too busy to answer now. Try again in %d seconds.", unavailableRetryAfter)}
 	}
 	return err
 }

@@ -524,7 +524,7 @@ func StatusOf(errType string) int {
 		return http.StatusBadRequest
 	case workflows.ErrNotFound:
 		return http.StatusNotFound
-	case workflows.ErrHypervisorDown:
+	case workflows.ErrHypervisorDown, starter.ErrUnavailable:
 		return http.StatusServiceUnavailable
 	default:
 		return http.StatusInternalServerError
@@ -539,12 +539,15 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		return
 	}
 	status := StatusOf(e.Type)
-	if status == http.StatusInternalServerError {
+	switch {
+	case status == http.StatusInternalServerError:
 		s.log.Error("request failed", "type", e.Type, "error", e.Message)
-	} else if s.OnRejection != nil {
+	case e.Type == starter.ErrUnavailable: // not a guard rail: Temporal or the workers are overloaded
+		s.log.Warn("control plane too busy to answer in time; answered 503")
+	case s.OnRejection != nil:
 		s.OnRejection(e.Type)
 	}
-	if e.Type == workflows.ErrCooldown && e.RetryAfter > 0 {
+	if (e.Type == workflows.ErrCooldown || e.Type == starter.ErrUnavailable) && e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(e.RetryAfter, 10))
 	}
 	writeError(w, status, e.Type, e.Message)

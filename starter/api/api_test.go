@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/starter/startertest"
 )
@@ -326,4 +327,23 @@ func TestAPIPolicies(t *testing.T) {
 	require.Error(t, err)
 	_, attached := e.do("GET", "/v1/volumes/v1", "alice-token", nil).body["policy_id"]
 	assert.False(t, attached)
+}
+
+// With no control worker to answer, a request is retried for a while and then answered 503 Unavailable
+// with Retry-After, never a bare 500; once a worker is back the same request succeeds.
+func TestAPIControlPlaneTooBusyIsUnavailableNotInternal(t *testing.T) {
+	e := newEnv(t)
+	r := e.do("PUT", "/v1/volumes/v1", "panel-secret", volumeBody("alice", "hv1"))
+	require.Equal(t, 200, r.status, r.raw)
+	startControl := e.cluster.StopControl(t)
+
+	start := time.Now()
+	r = e.do("GET", "/v1/volumes/v1", "alice-token", nil)
+	t.Logf("answered after %s", time.Since(start).Round(time.Millisecond))
+	requireError(t, r, 503, starter.ErrUnavailable, "Holdfast is too busy to answer now. Try again in 5 seconds.")
+	assert.Equal(t, "5", r.header.Get("Retry-After"))
+
+	startControl()
+	r = e.do("GET", "/v1/volumes/v1", "alice-token", nil)
+	require.Equal(t, 200, r.status, r.raw)
 }
