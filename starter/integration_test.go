@@ -241,9 +241,14 @@ func TestIntegrationOperationAbortedBeforeItStartedIsFound(t *testing.T) {
 		requestErr = update(workflows.UpdateRequest, "op-early",
 			workflows.OperationRequest{Kind: workflows.KindSnapshot, OperationID: "op-early"}, &accepted)
 	})
-	time.Sleep(time.Second) // admitted in this order, delivered in one workflow task once a worker polls
+	// The request is admitted once the idle volume workflow has a workflow task pending; the abort goes after
+	// it, and both reach the workflow in the one task a worker picks up once one polls.
+	waitFor(t, "request admitted", func() bool {
+		resp, err := c.Temporal.DescribeWorkflowExecution(ctx, workflows.VolumeWorkflowID("vol1"), "")
+		return err == nil && resp.GetPendingWorkflowTask() != nil
+	})
 	wg.Go(func() { abortErr = update(workflows.UpdateAbort, "abort-early", "changed my mind", &aborted) })
-	time.Sleep(time.Second)
+	time.Sleep(2 * time.Second)
 	startControl()
 	wg.Wait()
 	require.NoError(t, requestErr)
