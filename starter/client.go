@@ -143,8 +143,8 @@ func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, inp
 	}))
 }
 
-// transientFor bounds how long an update is re-sent while the server pushes back on a busy entity (e.g. more
-// than 10 updates in flight on one owner's workflow). Acquiring a permit and then requesting the operation
+// transientFor bounds how long an update or a query is re-sent while the server pushes back on a busy entity
+// (e.g. more than 10 updates in flight on one owner's workflow). Acquiring a permit and then requesting the operation
 // must together stay well inside the permit's one-minute claim window, or an expired lease could let a
 // fourth operation in: 2 × 20 s does.
 const transientFor = 20 * time.Second
@@ -465,7 +465,8 @@ func (c *Client) operationVolume(ctx context.Context, operationID string) (strin
 	}
 }
 
-// indexedVolume looks the operation up in the volume workflows' SearchOperations ("" if none lists it).
+// indexedVolume looks the operation up in the volume workflows' SearchOperations ("" if none lists it); the
+// volume is the one in the listing workflow's ID (volume/<volume_id>).
 func (c *Client) indexedVolume(ctx context.Context, operationID string) (string, error) {
 	resp, err := c.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 		PageSize: 1,
@@ -475,9 +476,6 @@ func (c *Client) indexedVolume(ctx context.Context, operationID string) (string,
 		return "", typed(err)
 	}
 	for _, ex := range resp.GetExecutions() {
-		if volumeID := keyword(ex.GetSearchAttributes(), workflows.SearchVolume); volumeID != "" {
-			return volumeID, nil
-		}
 		if id, ok := strings.CutPrefix(ex.GetExecution().GetWorkflowId(), workflows.VolumeWorkflowID("")); ok {
 			return id, nil
 		}
