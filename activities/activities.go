@@ -45,12 +45,20 @@ const (
 var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage,
 	ErrNoSpace}
 
-// VolumeRef says where a volume's bytes live. Type is "file" (qcow2 or raw, detected) or "rbd".
+// VolumeRef says where a volume's bytes live. Type is "file" or "rbd".
 type VolumeRef struct {
-	Type  string `json:"type"`
-	Path  string `json:"path,omitempty"`
-	Pool  string `json:"pool,omitempty"`
-	Image string `json:"image,omitempty"`
+	Type string `json:"type"`
+	Path string `json:"path,omitempty"`
+	// Format of a file volume ("raw" or "qcow2"), stated at registration or derived from the path's
+	// extension by the control plane, and recorded with the volume: never guessed from the file's bytes,
+	// which a guest writes.
+	Format string `json:"format,omitempty"`
+	Pool   string `json:"pool,omitempty"`
+	Image  string `json:"image,omitempty"`
+	// CreatedBy is the operation that creates this volume (a restore to a new volume): the driver creates it
+	// exclusively, reuses it only on a retry of that same operation, and deletes it only for that operation.
+	// Empty for volumes Holdfast did not create. Never taken from a caller: the control plane sets it.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 // Progress is what long activities heartbeat: it is shown to users (phase, rate, ETA) and it is the resume

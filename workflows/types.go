@@ -203,6 +203,8 @@ type Operation struct {
 	StartedAt   time.Time            `json:"started_at"`
 	FinishedAt  *time.Time           `json:"finished_at,omitempty"`
 	Scheduled   bool                 `json:"scheduled,omitempty"`
+	// NewVolumeID is the volume a restore to a new volume creates (chosen by Holdfast for owner tokens).
+	NewVolumeID string `json:"new_volume_id,omitempty"`
 }
 
 // ErrorInfo is a typed error as users see it.

@@ -121,9 +121,8 @@ func (a *Activities) driver(field string, ref activities.VolumeRef) (volume.Driv
 	if !ok {
 		return nil, volume.Ref{}, invalid(fmt.Sprintf("%s: volume type %q is not served by this hypervisor", field, ref.Type))
 	}
-	// Format is left empty: existing images are probed from their header, and a new file volume's format
-	// follows its path's extension (the driver's rule), which is all activities.VolumeRef can say.
-	return d, volume.Ref{Type: volume.Type(ref.Type), Path: ref.Path, Pool: ref.Pool, Image: ref.Image}, nil
+	return d, volume.Ref{Type: volume.Type(ref.Type), Path: ref.Path, Format: volume.Format(ref.Format),
+		Pool: ref.Pool, Image: ref.Image, CreatedBy: ref.CreatedBy}, nil
 }
 
 // engine returns the backup engine of a storage.

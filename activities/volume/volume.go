@@ -43,6 +43,9 @@ type Ref struct {
 	// Pool and Image name an RBD image.
 	Pool  string `json:"pool,omitempty"`
 	Image string `json:"image,omitempty"`
+	// CreatedBy names the operation creating this volume (CreateVolume, CreateVolumeFromSnapshot) or allowed
+	// to delete it (DeleteVolume); empty for volumes the caller did not create.
+	CreatedBy string `json:"created_by,omitempty"`
 }
 
 func (r Ref) String() string {

@@ -113,6 +113,12 @@ type Hypervisor struct {
 	CephConf string `yaml:"ceph_conf"`
 	// Drivers are the volume types this host serves: file, rbd (default [file]).
 	Drivers []string `yaml:"drivers"`
+	// VolumeRoots are the directories file volumes may live in (absolute, clean). Registrations outside them
+	// are refused, and a restore to a new volume creates its file in the first one. None: no file volumes.
+	VolumeRoots []string `yaml:"volume_roots"`
+	// RBDPools are the Ceph pools RBD volumes may live in; a restore creates new images in the first one.
+	// None: no RBD volumes.
+	RBDPools []string `yaml:"rbd_pools"`
 }
 
 // Storage is a backup storage: "fs" (local directory or NFS mount) or "s3".
