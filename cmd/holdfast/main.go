@@ -230,7 +230,7 @@ func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
 	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
 	handler := api.New(starter.New(c, cfg), tokens, health, log)
 	handler.OnRejection = m.GuardRailRejected
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := api.NewHTTPServer(handler)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err

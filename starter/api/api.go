@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,6 +27,9 @@ import (
 )
 
 const maxBody = 1 << 20
+
+// ErrRequestTimeout is the error type of a request whose body did not arrive within the body timeout (408).
+const ErrRequestTimeout = "RequestTimeout"
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
@@ -61,6 +65,8 @@ type Server struct {
 	mux    *http.ServeMux
 	// OnRejection, when set, is told of each guard-rail rejection (metrics).
 	OnRejection func(errType string)
+	// BodyTimeout bounds how long a request's body may take to arrive (default BodyReadTimeout).
+	BodyTimeout time.Duration
 }
 
 // New returns the API handler. health reports whether Temporal is reachable (GET /healthz).
@@ -87,7 +93,10 @@ func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, 
 	return s
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.limitBodyTime(w, r)
+	s.mux.ServeHTTP(w, r)
+}
 
 // caller is who a request acts for: ownerID "" means a panel token (any owner).
 type caller struct{ ownerID string }
@@ -482,11 +491,14 @@ func decode(w http.ResponseWriter, r *http.Request, into any, emptyOK bool) bool
 	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		switch {
+		case errors.As(err, &tooBig):
 			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: larger than 1 MiB")
-			return false
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			writeError(w, http.StatusRequestTimeout, ErrRequestTimeout, "body: not received in time")
+		default: // the client went away mid-body; the error text would only name addresses
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: could not be read")
 		}
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
 		return false
 	}
 	// Only JSON's own whitespace counts: a body of other Unicode spaces (\f, U+00A0, …) is malformed.
@@ -524,6 +536,8 @@ func StatusOf(errType string) int {
 		return http.StatusBadRequest
 	case workflows.ErrNotFound:
 		return http.StatusNotFound
+	case ErrRequestTimeout:
+		return http.StatusRequestTimeout
 	case workflows.ErrHypervisorDown, starter.ErrUnavailable:
 		return http.StatusServiceUnavailable
 	default:

@@ -200,7 +200,7 @@ func Run(ctx context.Context, o Options) error {
 	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
 	handler := api.New(hf, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, health, o.Log)
 	handler.OnRejection = m.GuardRailRejected
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	srv := api.NewHTTPServer(handler)
 	go func() { _ = srv.Serve(ln) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
