@@ -232,7 +232,7 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if e.codec.aead != nil {
 		m.Encryption = EncryptionAES
 	}
-	data, err := EncodeManifest(m)
+	data, err := encodeManifest(m, e.codec.macKey)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", req.BackupID, err)
 	}

@@ -47,11 +47,12 @@ var (
 
 // codec turns chunk plaintext into stored objects and back. Safe for concurrent use.
 type codec struct {
-	idKey []byte      // nil: plain BLAKE3 ids
-	aead  cipher.AEAD // nil: no encryption
-	keyID string      // fingerprint of the key, recorded in manifests; "" without a key
-	dec   *zstd.Decoder
-	encs  sync.Pool // *zstd.Encoder: EncodeAll on one encoder is not meant for concurrent use
+	idKey  []byte      // nil: plain BLAKE3 ids
+	macKey []byte      // nil: manifests are not authenticated (no key); see Manifest.MAC
+	aead   cipher.AEAD // nil: no encryption
+	keyID  string      // fingerprint of the key, recorded in manifests; "" without a key
+	dec    *zstd.Decoder
+	encs   sync.Pool // *zstd.Encoder: EncodeAll on one encoder is not meant for concurrent use
 }
 
 func newCodec(key []byte, maxChunk int64, concurrency int) (*codec, error) {
@@ -65,6 +66,9 @@ func newCodec(key []byte, maxChunk int64, concurrency int) (*codec, error) {
 		blake3.DeriveKey("holdfast 2025 chunk id", key, c.idKey)
 		encKey := make([]byte, 32)
 		blake3.DeriveKey("holdfast 2025 chunk encryption", key, encKey)
+		// The manifest MAC key is derived too, never the store key itself: a MAC is an oracle on its key.
+		c.macKey = make([]byte, 32)
+		blake3.DeriveKey("holdfast 2025 manifest mac", key, c.macKey)
 		check := make([]byte, 16)
 		blake3.DeriveKey("holdfast 2025 key check", key, check)
 		c.keyID = hex.EncodeToString(check)

@@ -2,12 +2,14 @@
 //
 // It owns the Store interface (the contract every backend passes, see storetest), the storage-neutral
 // backup format (fixed 4 MiB chunks named by BLAKE3 content hash, zstd, optional AES-256-GCM, one manifest
-// per backup written last, everything under volumes/{volume_id}/), and the Engine that streams images:
+// per backup written last and, in an encrypted store, authenticated by a MAC under the store key,
+// everything under volumes/{volume_id}/), and the Engine that streams images:
 // Backup (bounded parallel read → zero-skip → hash → dedup → compress → encrypt → upload, throttled,
 // resumable from a journal checkpoint), Restore (fetch → verify → decompress → write, sparse-aware),
 // Verify (scrub), Delete, GC (mark and sweep with a grace period) and List (the disaster-recovery catalog).
 //
 // It must never talk to Temporal, the control plane or a volume driver: activities hand it an io.ReaderAt
 // or io.WriterAt and pass its Progress into heartbeats. It must never make a backup visible before all of
-// its chunks are stored, never delete a chunk a manifest references, and never log secrets or keys.
+// its chunks are stored, never delete a chunk a manifest references, never log secrets or keys,
+// and never hand out a manifest of an encrypted store that the store key does not authenticate.
 package backup

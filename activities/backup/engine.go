@@ -175,7 +175,9 @@ func (e *Engine) throttle(ctx context.Context, n int64) error {
 	return nil
 }
 
-// Manifest reads and validates one backup's manifest. A missing backup wraps ErrNotExist.
+// Manifest reads and validates one backup's manifest. A missing backup wraps ErrNotExist. In an encrypted
+// store the manifest must carry a valid MAC (see Manifest.MAC), else the error wraps ErrUnauthenticated: every
+// reader of manifests (restore, verify, replicate, catalog, scrub, GC) goes through here.
 func (e *Engine) Manifest(ctx context.Context, volumeID, backupID string) (*Manifest, error) {
 	if err := checkIDs(volumeID, backupID); err != nil {
 		return nil, err
@@ -188,6 +190,9 @@ func (e *Engine) Manifest(ctx context.Context, volumeID, backupID string) (*Mani
 		return nil, err
 	}
 	m, err := DecodeManifest(data)
+	if err == nil && e.codec.macKey != nil {
+		err = m.authenticate(e.codec.macKey, e.codec.keyID)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest of backup %s of volume %s: %w", backupID, volumeID, err)
 	}

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -61,39 +62,66 @@ type Manifest struct {
 	Chunks        []ChunkRef        `json:"chunks"`       // by offset
 	ZeroRanges    []Extent          `json:"zero_ranges"`  // by offset; together with Chunks covers [0, Size)
 	StoredBytes   int64             `json:"stored_bytes"` // sum of StoredSize over distinct chunks: what this backup holds alone
-	// ManifestHash is SHA-256 (hex) of the manifest's JSON encoding with this field empty: a torn or
-	// bit-flipped manifest is refused instead of restoring garbage.
+	// ManifestHash is SHA-256 (hex) of the manifest's JSON encoding with this field empty (MAC included): a
+	// torn or bit-flipped manifest is refused instead of restoring garbage. It proves nothing about who wrote
+	// the manifest: anyone who can write to the store can recompute it.
 	ManifestHash string `json:"manifest_hash"`
+	// MAC authenticates the manifest in an encrypted store: HMAC-SHA256 (hex) of its canonical encoding
+	// (ManifestHash and MAC empty) under a key derived from the store key. Whoever can write to the bucket
+	// but lacks the key cannot forge or alter a manifest (its labels name the owner and the volume recover
+	// registers), nor move one to another volume or backup (both ids are inside what it covers). An
+	// encrypted store refuses a manifest without a valid MAC, including those written before manifests
+	// carried one.
+	//
+	// An unencrypted store has no key and writes no MAC: its manifests cannot be authenticated, only checked
+	// for damage (ManifestHash), so recover must treat their labels as untrusted input.
+	MAC string `json:"mac,omitempty"`
 }
 
-// ErrInvalidManifest wraps every reason DecodeManifest refuses its input.
-var ErrInvalidManifest = errors.New("invalid manifest")
+var (
+	// ErrInvalidManifest wraps every reason DecodeManifest, and the engine reading a manifest, refuse it.
+	ErrInvalidManifest = errors.New("invalid manifest")
+	// ErrUnauthenticated refuses a manifest of an encrypted store whose MAC is missing or wrong: forged,
+	// altered, or written with another key. It wraps ErrInvalidManifest, so everything that treats a damaged
+	// manifest as a problem (catalog, scrub, GC) treats this one the same way.
+	ErrUnauthenticated = fmt.Errorf("%w: manifest is not authenticated by this store's key", ErrInvalidManifest)
+)
 
-// EncodeManifest validates m, fills in ManifestHash and returns the JSON to store.
+// EncodeManifest validates m, fills in ManifestHash and returns the JSON to store. It writes no MAC (it
+// has no key): it is what an unencrypted store writes. The engine of an encrypted store adds the MAC.
 func EncodeManifest(m *Manifest) ([]byte, error) {
+	return encodeManifest(m, nil)
+}
+
+// encodeManifest is EncodeManifest with a MAC under macKey when macKey is not nil.
+func encodeManifest(m *Manifest, macKey []byte) ([]byte, error) {
 	c := *m
-	c.ManifestHash = ""
-	if c.Chunks == nil {
-		c.Chunks = []ChunkRef{}
-	}
-	if c.ZeroRanges == nil {
-		c.ZeroRanges = []Extent{}
-	}
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(&c)
+	body, err := c.canonical()
 	if err != nil {
+		return nil, err
+	}
+	c.ManifestHash, c.MAC = "", ""
+	c.normalize()
+	if macKey != nil {
+		c.MAC = hex.EncodeToString(manifestMAC(macKey, body))
+	}
+	if body, err = json.Marshal(&c); err != nil { // ManifestHash still empty, MAC set
 		return nil, err
 	}
 	sum := sha256.Sum256(body)
 	c.ManifestHash = hex.EncodeToString(sum[:])
-	m.ManifestHash = c.ManifestHash
+	m.ManifestHash, m.MAC = c.ManifestHash, c.MAC
 	return json.Marshal(&c)
 }
 
 // DecodeManifest parses and fully validates a manifest: version, ids, chunk geometry, exact coverage of the
 // volume by chunks and zero ranges, and the manifest hash. It never panics on any input (fuzzed).
+//
+// It does not check the MAC (it has no key): a manifest it returns is well-formed, not authentic. Anything
+// that trusts a manifest's content reads it through the Engine, which does.
 func DecodeManifest(data []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(data, &m); err != nil {
@@ -105,12 +133,7 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 	want := m.ManifestHash
 	c := m
 	c.ManifestHash = ""
-	if c.Chunks == nil {
-		c.Chunks = []ChunkRef{}
-	}
-	if c.ZeroRanges == nil {
-		c.ZeroRanges = []Extent{}
-	}
+	c.normalize()
 	body, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidManifest, err)
@@ -120,6 +143,59 @@ func DecodeManifest(data []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: manifest hash mismatch (torn or modified manifest)", ErrInvalidManifest)
 	}
 	return &m, nil
+}
+
+// authenticate checks m's MAC under macKey. keyID is the fingerprint of the store key: when m names another
+// one (written with another key, or a forgery that did not copy it) the error also wraps ErrWrongKey.
+func (m *Manifest) authenticate(macKey []byte, keyID string) error {
+	refuse := func(why string) error {
+		if m.KeyID != keyID {
+			return fmt.Errorf("%w (%s; it names another key): %w", ErrUnauthenticated, why, ErrWrongKey)
+		}
+		return fmt.Errorf("%w (%s)", ErrUnauthenticated, why)
+	}
+	if m.MAC == "" {
+		return refuse("it carries no MAC: forged, or written before manifests were authenticated")
+	}
+	got, err := hex.DecodeString(m.MAC)
+	if err != nil {
+		return refuse("its MAC is not hex")
+	}
+	body, err := m.canonical()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidManifest, err)
+	}
+	if !hmac.Equal(got, manifestMAC(macKey, body)) {
+		return refuse("MAC mismatch: forged, altered, or written with another key")
+	}
+	return nil
+}
+
+// canonical is the encoding the MAC covers: the manifest's JSON with ManifestHash and MAC empty and nil
+// lists as empty ones. Go's encoding is deterministic (struct order, sorted label keys), and it is computed
+// from the decoded value, so what the MAC vouches for is exactly what the engine uses: unknown, duplicate
+// or differently-cased keys in the stored bytes are not part of it.
+func (m *Manifest) canonical() ([]byte, error) {
+	c := *m
+	c.ManifestHash, c.MAC = "", ""
+	c.normalize()
+	return json.Marshal(&c)
+}
+
+// normalize makes nil lists empty, so that a decoded manifest encodes as the one that was written.
+func (m *Manifest) normalize() {
+	if m.Chunks == nil {
+		m.Chunks = []ChunkRef{}
+	}
+	if m.ZeroRanges == nil {
+		m.ZeroRanges = []Extent{}
+	}
+}
+
+func manifestMAC(key, body []byte) []byte {
+	h := hmac.New(sha256.New, key)
+	_, _ = h.Write(body)
+	return h.Sum(nil)
 }
 
 func (m *Manifest) validate() error {

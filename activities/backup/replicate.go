@@ -136,7 +136,7 @@ func (e *Engine) Replicate(ctx context.Context, dst *Engine, volumeID, backupID 
 	// The commit point. The manifest is re-encoded from its verified decode, which is byte-identical to what
 	// Backup wrote (the encoding is canonical) and can never be a torn copy.
 	prog.report(Progress{Phase: PhaseCommit, BytesDone: total, BytesTotal: total}, true)
-	data, err := EncodeManifest(m)
+	data, err := encodeManifest(m, dst.codec.macKey)
 	if err != nil {
 		return fail(err)
 	}
