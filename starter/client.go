@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -86,8 +85,12 @@ func (c *Client) Spec(req RegisterRequest) (workflows.VolumeSpec, error) {
 	if _, ok := c.cfg.Hypervisors[req.HypervisorID]; !ok {
 		return workflows.VolumeSpec{}, invalid("hypervisor_id: unknown hypervisor %q", req.HypervisorID)
 	}
+	storage, err := c.cfg.Placement(req.HypervisorID, req.Storage)
+	if err != nil {
+		return workflows.VolumeSpec{}, invalid("%s", err)
+	}
 	spec := workflows.VolumeSpec{VolumeID: req.VolumeID, Name: req.Name, OwnerID: req.OwnerID,
-		HypervisorID: req.HypervisorID, Storage: req.Storage, SizeBytes: req.SizeBytes,
+		HypervisorID: req.HypervisorID, Storage: storage, SizeBytes: req.SizeBytes,
 		Plan: workflows.Plan{PlanID: planID, MaxSnapshots: plan.MaxSnapshots, MaxBackups: plan.MaxBackups,
 			SnapshotCreditValue: plan.SnapshotCreditValue, BackupCreditValue: plan.BackupCreditValue},
 		BackupStorage: c.cfg.BackupStorage(req.HypervisorID), OwnerLimit: c.cfg.Limits.OwnerInFlight,
@@ -109,13 +112,44 @@ func (c *Client) RegisterVolume(ctx context.Context, req RegisterRequest) (*Volu
 	return c.register(ctx, spec)
 }
 
+// register claims the volume's location for it (no two volumes ever share a file or an image), then registers
+// it. A volume moved to another location gives its old one back; a refused registration gives back the
+// location it had just claimed.
 func (c *Client) register(ctx context.Context, spec workflows.VolumeSpec) (*Volume, error) {
+	location := workflows.LocationWorkflowID(spec.HypervisorID, spec.Storage)
+	previous := ""
+	if old, err := c.state(ctx, spec.VolumeID); err == nil {
+		previous = workflows.LocationWorkflowID(old.Spec.HypervisorID, old.Spec.Storage)
+	}
+	if err := c.claim(ctx, location, spec.VolumeID); err != nil {
+		return nil, err
+	}
 	var st workflows.VolumeState
 	if err := c.updateWithStart(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.VolumeWorkflow,
 		workflows.VolumeInput{VolumeID: spec.VolumeID}, workflows.UpdateRegister, "", spec, &st); err != nil {
+		if isType(err, workflows.ErrInvalidArgument) && previous != location {
+			c.unclaim(location, spec.VolumeID)
+		}
 		return nil, err
 	}
+	if previous != "" && previous != location {
+		c.unclaim(previous, spec.VolumeID)
+	}
 	return withCooldown(st), nil
+}
+
+// claim takes a location for a volume; another volume's location is InvalidArgument naming storage.
+func (c *Client) claim(ctx context.Context, locationID, volumeID string) error {
+	return c.updateWithStart(ctx, locationID, workflows.LocationWorkflow, workflows.LocationInput{},
+		workflows.UpdateClaim, "", workflows.LocationClaim{VolumeID: volumeID}, nil)
+}
+
+// unclaim gives a location back (best effort, bounded: a location left claimed refuses other volumes, it
+// never lets one in).
+func (c *Client) unclaim(locationID, volumeID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = c.update(ctx, locationID, workflows.UpdateUnclaim, "", workflows.LocationClaim{VolumeID: volumeID}, nil)
 }
 
 // updateWithStart sends an Update to an entity workflow, starting it first when it does not run (conflict
@@ -252,7 +286,11 @@ func (c *Client) Backup(ctx context.Context, volumeID, name string) (*workflows.
 }
 
 // RestoreRequest restores a snapshot or a backup in place (Confirm repeats the volume's name) or to a new
-// volume (NewVolumeID; the rest defaults to the source's plan, hypervisor and storage location).
+// volume. A new volume's ID is NewVolumeID, or one Holdfast chooses when it is empty (always, for owner
+// tokens); it inherits the source's plan and hypervisor unless Plan and HypervisorID name others, and lives
+// where Holdfast places it (the hypervisor's first volume root or RBD pool, under a name Holdfast chooses)
+// unless Storage names a location inside the hypervisor's roots that nothing occupies yet. Owners never
+// choose plan, hypervisor, storage or ID (the HTTP API refuses them).
 type RestoreRequest struct {
 	SnapshotID    string                `json:"snapshot_id,omitempty"`
 	BackupID      string                `json:"backup_id,omitempty"`
@@ -265,37 +303,55 @@ type RestoreRequest struct {
 	Storage       *activities.VolumeRef `json:"storage,omitempty"`
 }
 
-// Restore requests a restore.
+// Restore requests a restore. A restore to a new volume first reserves the new volume's ID and claims its
+// location, atomically, so a concurrent restore or registration of the same ID or location is refused at
+// once; both are given back when the request is refused, and by the restore's compensation when it fails.
 func (c *Client) Restore(ctx context.Context, volumeID string, req RestoreRequest) (*workflows.Operation, error) {
 	op := workflows.OperationRequest{Kind: workflows.KindRestore, SnapshotID: req.SnapshotID, BackupID: req.BackupID,
 		Mode: req.Mode, Confirm: req.Confirm}
-	if req.Mode == workflows.ModeNewVolume {
-		spec, err := c.newVolumeSpec(ctx, volumeID, req)
-		if err != nil {
-			return nil, err
-		}
-		op.NewVolume = &spec
+	if req.Mode != workflows.ModeNewVolume {
+		return c.Request(ctx, volumeID, op)
 	}
-	return c.Request(ctx, volumeID, op)
+	op.OperationID = NewOperationID()
+	spec, err := c.newVolumeSpec(ctx, volumeID, op.OperationID, req)
+	if err != nil {
+		return nil, err
+	}
+	op.NewVolume = &spec
+	release, err := c.reservePlacement(ctx, spec, op.OperationID)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.Request(ctx, volumeID, op)
+	var e *Error
+	if errors.As(err, &e) && e.Type != ErrUnavailable {
+		release() // refused: nothing runs that would use them
+	}
+	return res, err
 }
 
 // newVolumeSpec resolves the volume a restore creates: it inherits the source's owner, plan and hypervisor
-// unless the request names others, and lives beside the source unless a storage is given.
-func (c *Client) newVolumeSpec(ctx context.Context, volumeID string, req RestoreRequest) (workflows.VolumeSpec, error) {
-	if req.NewVolumeID == "" {
-		return workflows.VolumeSpec{}, invalid("new_volume_id: is required for mode new_volume")
+// unless the request names others; its location is placed by Holdfast (or checked, when a panel names one)
+// and marked as created by operationID, so the driver creates it exclusively and only this restore's
+// compensation may delete it.
+func (c *Client) newVolumeSpec(ctx context.Context, volumeID, operationID string, req RestoreRequest) (workflows.VolumeSpec, error) {
+	newVolumeID := req.NewVolumeID
+	if newVolumeID == "" {
+		newVolumeID = NewVolumeID()
+	} else if !workflows.ValidID(newVolumeID) {
+		return workflows.VolumeSpec{}, invalid("new_volume_id: must match %s", config.IDPattern)
+	}
+	if newVolumeID == volumeID {
+		return workflows.VolumeSpec{}, invalid("new_volume_id: must differ from the source volume")
 	}
 	src, err := c.state(ctx, volumeID)
 	if err != nil {
 		return workflows.VolumeSpec{}, err
 	}
-	if _, err := c.state(ctx, req.NewVolumeID); err == nil {
-		return workflows.VolumeSpec{}, invalid("new_volume_id: volume %s already exists", req.NewVolumeID)
-	}
-	reg := RegisterRequest{VolumeID: req.NewVolumeID, Name: req.NewVolumeName, OwnerID: src.Spec.OwnerID,
+	reg := RegisterRequest{VolumeID: newVolumeID, Name: req.NewVolumeName, OwnerID: src.Spec.OwnerID,
 		HypervisorID: req.HypervisorID, Plan: req.Plan}
 	if reg.Name == "" {
-		reg.Name = req.NewVolumeID
+		reg.Name = newVolumeID
 	}
 	if reg.HypervisorID == "" {
 		reg.HypervisorID = src.Spec.HypervisorID
@@ -306,19 +362,71 @@ func (c *Client) newVolumeSpec(ctx context.Context, volumeID string, req Restore
 	if req.Storage != nil {
 		reg.Storage = *req.Storage
 	} else {
-		reg.Storage = besideSource(src.Spec.Storage, req.NewVolumeID)
+		ref, err := c.cfg.NewVolumeRef(reg.HypervisorID, src.Spec.Storage.Type, config.FormatOf(src.Spec.Storage), operationID)
+		if err != nil {
+			return workflows.VolumeSpec{}, invalid("%s", err)
+		}
+		ref.CreatedBy = "" // placement refuses a caller's created_by; set below, after the check
+		reg.Storage = ref
 	}
-	return c.Spec(reg)
+	spec, err := c.Spec(reg)
+	if err != nil {
+		return workflows.VolumeSpec{}, err
+	}
+	spec.Storage.CreatedBy = operationID
+	return spec, nil
 }
 
-// besideSource places a new volume next to its source: the same directory (same format) or the same pool.
-func besideSource(src activities.VolumeRef, newVolumeID string) activities.VolumeRef {
-	if src.Type == "rbd" {
-		return activities.VolumeRef{Type: "rbd", Pool: src.Pool, Image: newVolumeID}
+// reservePlacement reserves a new volume's ID and claims its location for the restore operationID. The
+// returned func gives both back.
+func (c *Client) reservePlacement(ctx context.Context, spec workflows.VolumeSpec, operationID string) (func(), error) {
+	if err := c.updateWithStart(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.VolumeWorkflow,
+		workflows.VolumeInput{VolumeID: spec.VolumeID}, workflows.UpdateReserve, "",
+		workflows.Reservation{OperationID: operationID}, nil); err != nil {
+		return nil, err
 	}
-	ext := filepath.Ext(src.Path)
-	return activities.VolumeRef{Type: "file", Path: filepath.Join(filepath.Dir(src.Path), newVolumeID+ext)}
+	in := workflows.ReleasePlacementInput{OperationID: operationID, VolumeID: spec.VolumeID,
+		HypervisorID: spec.HypervisorID, Storage: spec.Storage}
+	release := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = c.releasePlacement(ctx, in)
+	}
+	if err := c.claim(ctx, workflows.LocationWorkflowID(spec.HypervisorID, spec.Storage), spec.VolumeID); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = c.update(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.UpdateUnreserve, "",
+			workflows.Reservation{OperationID: operationID}, nil)
+		return nil, err
+	}
+	return release, nil
 }
+
+// releasePlacement gives back what reservePlacement took, unless the volume got registered meanwhile (then
+// the location is its own).
+func (c *Client) releasePlacement(ctx context.Context, in workflows.ReleasePlacementInput) error {
+	if st, err := c.state(ctx, in.VolumeID); err == nil && st.Spec.Storage.CreatedBy == in.OperationID {
+		return nil
+	}
+	if err := c.update(ctx, workflows.VolumeWorkflowID(in.VolumeID), workflows.UpdateUnreserve, "",
+		workflows.Reservation{OperationID: in.OperationID}, nil); err != nil && !isNotFound(err) {
+		return err
+	}
+	err := c.update(ctx, workflows.LocationWorkflowID(in.HypervisorID, in.Storage), workflows.UpdateUnclaim, "",
+		workflows.LocationClaim{VolumeID: in.VolumeID}, nil)
+	if err != nil && !isNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	var nf *serviceerror.NotFound
+	return errors.As(err, &nf)
+}
+
+// NewVolumeID returns a fresh volume ID for a volume whose ID Holdfast chooses.
+func NewVolumeID() string { return "vol-" + strings.TrimPrefix(NewOperationID(), "op-") }
 
 // DeleteSnapshot deletes a snapshot; confirm repeats its name.
 func (c *Client) DeleteSnapshot(ctx context.Context, volumeID, snapshotID, confirm string) (*workflows.Operation, error) {

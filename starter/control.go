@@ -25,3 +25,9 @@ func (a *ControlActivities) RegisterVolume(ctx context.Context, spec workflows.V
 	}
 	return err
 }
+
+// ReleasePlacement gives back the ID and location a failed restore to a new volume reserved (activity
+// workflows.ReleasePlacementActivity). Idempotent; a volume the restore did register keeps both.
+func (a *ControlActivities) ReleasePlacement(ctx context.Context, in workflows.ReleasePlacementInput) error {
+	return a.Client.releasePlacement(ctx, in)
+}

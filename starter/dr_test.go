@@ -86,8 +86,8 @@ backup_storages:
   local: {type: fs, path: %q, replica: offsite, require_replication: true}
   offsite: {type: fs, path: %q}
 hypervisor_groups: {g1: {backup_storage: local}}
-hypervisors: {hv1: {group: g1, libvirt_uri: none}}
-`, filepath.Join(siteA, "backups"), offsite), "hv1")
+hypervisors: {hv1: {group: g1, libvirt_uri: none, volume_roots: [%q]}}
+`, filepath.Join(siteA, "backups"), offsite, filepath.Join(siteA, "volumes")), "hv1")
 
 	const size = 9 << 20 // two full chunks and a partial one
 	versions := map[string][][]byte{}
@@ -129,8 +129,9 @@ hypervisors: {hv1: {group: g1, libvirt_uri: none}}
 limits: {cooldown: 0s}
 backup_storages: {offsite: {type: fs, path: %q}}
 hypervisor_groups: {g2: {backup_storage: offsite}}
-hypervisors: {hv2: {group: g2, libvirt_uri: none}}
-`, offsite), "hv2")
+hypervisors: {hv2: {group: g2, libvirt_uri: none, volume_roots: [%q, %q]}}
+`, offsite,
+		filepath.Join(siteB, "volumes"), filepath.Join(siteA, "volumes")), "hv2")
 	_, err := b.Client.Volume(ctx, "web")
 	require.Error(t, err, "site B starts empty")
 	blocked, err := b.Client.Recover(ctx, starter.RecoverOptions{Storage: "offsite"})

@@ -28,7 +28,7 @@ const testConfig = `
 limits: {cooldown: 0s}
 backup_storages: {local: {type: fs, path: /tmp/holdfast-test-backups}}
 hypervisor_groups: {g1: {backup_storage: local}}
-hypervisors: {hv1: {group: g1}}
+hypervisors: {hv1: {group: g1, volume_roots: [/vols]}}
 `
 
 type cluster struct {
@@ -192,7 +192,7 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 	_, err = c.hf.Snapshot(ctx, "nope", "")
 	assert.Equal(t, workflows.ErrNotFound, typeOf(err))
 	_, err = c.hf.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: "v9", Name: "v9", OwnerID: "a",
-		HypervisorID: "hv1", Plan: "gold", Storage: activities.VolumeRef{Type: "file", Path: "/v"}})
+		HypervisorID: "hv1", Plan: "gold", Storage: activities.VolumeRef{Type: "file", Path: "/vols/v9.qcow2"}})
 	assert.Equal(t, "plan: unknown plan \"gold\"", err.Error())
 }
 

@@ -41,6 +41,7 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.RecoverWorkflow)
 	r.RegisterWorkflow(workflows.ScrubWorkflow)
 	r.RegisterWorkflow(workflows.CollectGarbageWorkflow)
+	r.RegisterWorkflow(workflows.LocationWorkflow)
 }
 
 // StartBilling registers the billing activities on the control worker and makes sure the hourly billing

@@ -102,6 +102,8 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 	env.RegisterWorkflow(ReplicateWorkflow)
 	env.RegisterActivityWithOptions(func(context.Context, VolumeSpec) error { return nil },
 		activity.RegisterOptions{Name: RegisterVolumeActivity})
+	env.RegisterActivityWithOptions(func(context.Context, ReleasePlacementInput) error { return nil },
+		activity.RegisterOptions{Name: ReleasePlacementActivity})
 	env.SetTestTimeout(30 * time.Second)
 	return &harness{t: t, env: env}
 }
@@ -122,6 +124,7 @@ func (h *harness) mockHypervisor() {
 	e.OnActivity(activities.CloneSnapshotName, mock.Anything, mock.Anything).
 		Return(activities.RestoreResult{SizeBytes: 1 << 30}, nil).Maybe()
 	e.OnActivity(activities.DeleteVolumeName, mock.Anything, mock.Anything).Return(nil).Maybe()
+	e.OnActivity(ReleasePlacementActivity, mock.Anything, mock.Anything).Return(nil).Maybe()
 	e.OnActivity(activities.CollectGarbageName, mock.Anything, mock.Anything).Return(activities.GCResult{}, nil).Maybe()
 	e.OnActivity(activities.ReplicateBackupName, mock.Anything, mock.Anything).
 		Return(activities.ReplicateResult{ChunksCopied: 64, BytesCopied: 1 << 28, Verified: true}, nil).Maybe()

@@ -403,6 +403,13 @@ func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (Operation
 
 func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationResult, error) {
 	vol, target := in.Volume, *in.Request.NewVolume
+	if workflow.GetVersion(ctx, placementChange, workflow.DefaultVersion, 1) >= 1 {
+		// Added first, so it runs last: the ID and location are given back once the volume is gone.
+		s.add("release new volume id "+target.VolumeID, cleanupOn(TaskQueue, ReleasePlacementActivity,
+			ReleasePlacementInput{OperationID: in.Request.OperationID, VolumeID: target.VolumeID,
+				HypervisorID: target.HypervisorID, Storage: target.Storage}, placementReleaseTimeout))
+	}
+	// The driver deletes the new volume only if this operation created it (target.Storage.CreatedBy).
 	s.add("delete new volume "+target.VolumeID, cleanupStep(target.HypervisorID, activities.DeleteVolumeName,
 		activities.DeleteVolumeInput{VolumeID: target.VolumeID, Volume: target.Storage}))
 	s.doing("restore on hypervisor " + target.HypervisorID)

@@ -224,6 +224,9 @@ type VolumeState struct {
 	Recent        []Operation `json:"recent_operations"`
 	// Queued holds an accepted request not yet started (it survives continue-as-new).
 	Queued *OperationRequest `json:"queued,omitempty"`
+	// Reservation is the restore operation that holds this (unregistered) volume ID until it registers the
+	// volume it creates, or gives the ID back ("": none).
+	Reservation string `json:"reservation,omitempty"`
 	// PolicyID is the policy the volume is attached to ("": none); its schedule is ScheduleID(PolicyID, id).
 	PolicyID string `json:"policy_id,omitempty"`
 	// CooldownRemainingSeconds is filled by the state query (never stored).

@@ -3,6 +3,7 @@ package workflows
 import (
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"time"
 
@@ -107,6 +108,13 @@ func (v *volume) registerHandlers(ctx workflow.Context) error {
 		workflow.UpdateHandlerOptions{Validator: v.check}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateReserve, v.reserve,
+		workflow.UpdateHandlerOptions{Validator: v.validateReserve}); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandler(ctx, UpdateUnreserve, v.unreserve); err != nil {
+		return err
+	}
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateImportBackups, v.importBackups,
 		workflow.UpdateHandlerOptions{Validator: v.validateImport}); err != nil {
 		return err
@@ -139,6 +147,9 @@ func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
 	if err := ValidateSpec(spec); err != nil {
 		return err
 	}
+	if err := v.checkReservation(spec); err != nil {
+		return err
+	}
 	if v.st.Active != nil {
 		return errVolumeBusy(v.st.Active.Kind)
 	}
@@ -167,14 +178,25 @@ func ValidateSpec(spec VolumeSpec) error {
 	case spec.Deadline < time.Minute:
 		return errInvalid("deadline: must be at least 1m")
 	}
-	switch spec.Storage.Type {
+	if spec.SizeBytes < 0 {
+		return errInvalid("size_bytes: must not be negative")
+	}
+	if spec.Storage.CreatedBy != "" && !validID(spec.Storage.CreatedBy) {
+		return errInvalid("storage.created_by: must match %s", idPattern)
+	}
+	switch s := spec.Storage; s.Type {
 	case "file":
-		if !strings.HasPrefix(spec.Storage.Path, "/") {
-			return errInvalid("storage.path: must be an absolute path")
+		// The placement rules (inside a volume root) are the client's, against the config; these hold for
+		// any spec, wherever it came from.
+		if !path.IsAbs(s.Path) || path.Clean(s.Path) != s.Path || strings.ContainsRune(s.Path, 0) {
+			return errInvalid("storage.path: must be a clean absolute path")
+		}
+		if s.Format != "" && s.Format != "raw" && s.Format != "qcow2" {
+			return errInvalid("storage.format: must be raw or qcow2")
 		}
 	case "rbd":
-		if spec.Storage.Pool == "" || spec.Storage.Image == "" {
-			return errInvalid("storage: rbd needs pool and image")
+		if !validID(s.Pool) || !validID(s.Image) {
+			return errInvalid("storage: rbd pool and image must match %s", idPattern)
 		}
 	default:
 		return errInvalid("storage.type: must be file or rbd")
@@ -191,6 +213,7 @@ func (v *volume) register(ctx workflow.Context, spec VolumeSpec) (VolumeState, e
 	}
 	v.st.Spec = spec
 	v.st.Registered = true
+	v.st.Reservation = ""
 	v.upsertIdentity(ctx)
 	return v.st, nil
 }
@@ -378,6 +401,9 @@ func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, 
 	now := workflow.Now(ctx)
 	op := &Operation{OperationID: req.OperationID, VolumeID: v.volumeID, Kind: req.Kind, Status: StatusPending,
 		StartedAt: now, Scheduled: req.Scheduled}
+	if req.NewVolume != nil {
+		op.NewVolumeID = req.NewVolume.VolumeID
+	}
 	v.st.Active = op // the lock is held from here on
 	v.abortRequested = false
 	if req.Kind == KindRestore && req.Mode == ModeInPlace {

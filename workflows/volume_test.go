@@ -364,6 +364,61 @@ func TestRestoreToNewVolumeRegistersItAndCleansUpOnFailure(t *testing.T) {
 		activities.DeleteVolumeInput{VolumeID: "broken", Volume: broken.Storage})
 	h.env.AssertActivityNotCalled(t, activities.DeleteVolumeName, mock.Anything,
 		activities.DeleteVolumeInput{VolumeID: "copy", Volume: nv.Storage})
+	// The failed restore gives its new volume's ID and location back; the one that succeeded keeps them.
+	h.env.AssertActivityCalled(t, ReleasePlacementActivity, mock.Anything, ReleasePlacementInput{
+		OperationID: fail.op.OperationID, VolumeID: "broken", HypervisorID: "hv2", Storage: broken.Storage})
+	h.env.AssertActivityNotCalled(t, ReleasePlacementActivity, mock.Anything, ReleasePlacementInput{
+		OperationID: ok.op.OperationID, VolumeID: "copy", HypervisorID: "hv2", Storage: nv.Storage})
+	assert.Equal(t, "copy", ok.op.NewVolumeID, "the operation names the volume it creates")
+}
+
+// A volume ID reserved by a restore is registered by that restore only: a second restore, the panel, or a
+// restore that did not reserve it are all refused at once, and after registration it cannot be reserved again.
+func TestReservedVolumeIDIsRegisteredOnlyByItsRestore(t *testing.T) {
+	h := newHarness(t)
+	created := func(by string) VolumeSpec {
+		s := testSpec()
+		s.Storage.CreatedBy = by
+		return s
+	}
+	var first, second, panel, stranger, own, again, reserveAfter *reply
+	h.at(time.Second, func() { first = h.update(UpdateReserve, Reservation{OperationID: "op-a"}) })
+	h.at(2*time.Second, func() {
+		second = h.update(UpdateReserve, Reservation{OperationID: "op-b"})
+		panel = h.update(UpdateRegister, testSpec())
+		stranger = h.update(UpdateRegister, created("op-b"))
+	})
+	h.at(3*time.Second, func() { own = h.update(UpdateRegister, created("op-a")) })
+	h.at(4*time.Second, func() {
+		again = h.update(UpdateRegister, created("op-a"))
+		reserveAfter = h.update(UpdateReserve, Reservation{OperationID: "op-c"})
+	})
+	h.run(time.Hour, VolumeInput{VolumeID: "vol1"})
+	require.NoError(t, first.err)
+	requireRejected(t, second, ErrInvalidArgument, "new_volume_id: volume vol1 is being created by another restore")
+	requireRejected(t, panel, ErrInvalidArgument, "volume_id: volume vol1 is being created by a restore")
+	requireRejected(t, stranger, ErrInvalidArgument, "volume_id: volume vol1 was not reserved by operation op-b")
+	require.NoError(t, own.err)
+	require.NoError(t, again.err, "a retried registration by the same restore is idempotent")
+	requireRejected(t, reserveAfter, ErrInvalidArgument, "new_volume_id: volume vol1 already exists")
+	st := h.state()
+	assert.True(t, st.Registered)
+	assert.Empty(t, st.Reservation)
+}
+
+// An ID given back by a failed restore is free again, for anyone.
+func TestUnreservedVolumeIDIsFreeAgain(t *testing.T) {
+	h := newHarness(t)
+	var stale, panel *reply
+	h.at(time.Second, func() { h.update(UpdateReserve, Reservation{OperationID: "op-a"}) })
+	h.at(2*time.Second, func() {
+		stale = h.update(UpdateUnreserve, Reservation{OperationID: "op-other"})
+		h.update(UpdateUnreserve, Reservation{OperationID: "op-a"})
+	})
+	h.at(3*time.Second, func() { panel = h.update(UpdateRegister, testSpec()) })
+	h.run(time.Hour, VolumeInput{VolumeID: "vol1"})
+	require.NoError(t, stale.err)
+	require.NoError(t, panel.err)
 }
 
 func TestPermitIsClaimedOnAcceptAndReleasedOnCompletion(t *testing.T) {
@@ -441,7 +496,7 @@ func TestInvalidRequestsNameTheField(t *testing.T) {
 	assert.Contains(t, badMode.err.Error(), "mode")
 	requireRejected(t, both, ErrInvalidArgument, "snapshot_id: give exactly one of snapshot_id and backup_id")
 	requireRejected(t, missing, ErrNotFound, "Snapshot nope not found on volume vol1.")
-	requireRejected(t, badSpec, ErrInvalidArgument, "storage.path: must be an absolute path")
+	requireRejected(t, badSpec, ErrInvalidArgument, "storage.path: must be a clean absolute path")
 }
 
 func TestOperationMetricsAreEmitted(t *testing.T) {

@@ -106,10 +106,11 @@ limits: %s
 backup_storages: {local: %s}
 hypervisor_groups: {g1: {backup_storage: local}}
 hypervisors:
-  hv1: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d}
-  hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d}
+  hv1: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
+  hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
 %s
-`, dev.Address, o.limits, e.storageYAML(), o.hv1Bandwidth, o.hv2Bandwidth, billing)
+`, dev.Address, o.limits, e.storageYAML(), o.hv1Bandwidth, filepath.Join(dir, "volumes"), o.hv2Bandwidth,
+		filepath.Join(dir, "volumes"), billing)
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
 	e.start("worker", "worker", "--config", e.config)

@@ -25,7 +25,7 @@ limits: {cooldown: 5m}
 plans: {standard: {max_snapshots: 1}}
 backup_storages: {local: {type: fs, path: /tmp/holdfast-api-test}}
 hypervisor_groups: {g1: {backup_storage: local}, bare: {}}
-hypervisors: {hv1: {group: g1}, hv2: {group: bare}}
+hypervisors: {hv1: {group: g1, volume_roots: [/var/lib/holdfast/volumes]}, hv2: {group: bare, volume_roots: [/var/lib/holdfast/volumes]}}
 policies: {from-config: {kind: snapshot, every: 24h, keep_last: 3}}
 `
 
@@ -236,7 +236,8 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 	requireError(t, e.do("POST", "/v1/volumes/v1/restore", "p", map[string]any{"snapshot_id": snapID,
 		"mode": "in_place", "confirm": "web-data"}), 409, "AttachedRunning",
 		"Cannot restore in-place while attached to a running instance")
-	// A new volume has no running-instance restriction; the new volume is registered beside the source.
+	// A new volume has no running-instance restriction; it is placed by Holdfast in the hypervisor's first
+	// volume root, under a name of its own, in the source's format.
 	r := e.do("POST", "/v1/volumes/v1/restore", "p", map[string]any{"snapshot_id": snapID, "mode": "new_volume",
 		"new_volume_id": "v1-copy", "new_volume_name": "copy"})
 	require.Equal(t, 202, r.status, r.raw)
@@ -244,7 +245,7 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 	nv := e.do("GET", "/v1/volumes/v1-copy", "p", nil)
 	assert.Equal(t, "copy", nv.body["name"])
 	assert.Equal(t, "alice", nv.body["owner_id"])
-	assert.Equal(t, "/var/lib/holdfast/volumes/v1-copy.qcow2", nv.body["storage"].(map[string]any)["path"])
+	assert.Regexp(t, `^/var/lib/holdfast/volumes/holdfast-op-[0-9a-f]+\.qcow2$`, nv.body["storage"].(map[string]any)["path"])
 	del := e.do("DELETE", "/v1/volumes/v1/snapshots/"+snapID+"?confirm=s1", "p", nil)
 	require.Equal(t, 202, del.status, del.raw)
 	assert.Equal(t, "delete", del.body["kind"])

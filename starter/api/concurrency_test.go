@@ -286,7 +286,7 @@ limits: {cooldown: 0s}
 plans: {standard: {max_snapshots: 100, max_backups: 100}}
 backup_storages: {local: {type: fs, path: %s}}
 hypervisor_groups: {g1: {backup_storage: local}}
-hypervisors: {hv1: {group: g1}}
+hypervisors: {hv1: {group: g1, volume_roots: [/vols]}}
 `, t.TempDir())
 	volumeOwner := map[string]string{}
 	ownerVolumes := map[string][]string{}

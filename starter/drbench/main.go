@@ -104,6 +104,11 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	bucket := fmt.Sprintf("hf-bench-dr-%08x", rand.Uint32())
+	// Recovered volumes keep the paths the seeded site gave them; restores go to a root of their own.
+	restoreRoot, err := filepath.Abs(filepath.Join(o.dir, "restored"))
+	if err != nil {
+		return err
+	}
 	cfg, err := config.Parse(bytes.NewReader(fmt.Appendf(nil, `
 backup_storages:
   %s:
@@ -115,8 +120,8 @@ backup_storages:
     secret_key_env: HOLDFAST_TEST_S3_SECRET_KEY
     encryption_key_file: %s
 hypervisor_groups: {recovery: {backup_storage: %s}}
-hypervisors: {%s: {group: recovery, libvirt_uri: none, concurrency: %d}}
-`, storage, o.endpoint, bucket, keyFile, storage, hypervisor, o.parallel)))
+hypervisors: {%s: {group: recovery, libvirt_uri: none, concurrency: %d, volume_roots: [/var/lib/holdfast/volumes, %q]}}
+`, storage, o.endpoint, bucket, keyFile, storage, hypervisor, o.parallel, restoreRoot)))
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -327,6 +328,16 @@ func (c *Config) Validate() error {
 		}
 		if h.BandwidthBytesPerSecond < 0 {
 			bad(f+".bandwidth_bytes_per_second", "must not be negative, got %d", h.BandwidthBytesPerSecond)
+		}
+		for i, root := range h.VolumeRoots {
+			if !filepath.IsAbs(root) || filepath.Clean(root) != root || root == "/" {
+				bad(fmt.Sprintf("%s.volume_roots[%d]", f, i), "must be a clean absolute directory other than /, got %q", root)
+			}
+		}
+		for i, pool := range h.RBDPools {
+			if !IDPattern.MatchString(pool) {
+				bad(fmt.Sprintf("%s.rbd_pools[%d]", f, i), "must match %s, got %q", IDPattern, pool)
+			}
 		}
 	}
 	for _, id := range sortedKeys(c.Policies) {

@@ -1,0 +1,152 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+// Volume formats of file volumes, as recorded with a volume.
+const (
+	FormatRaw   = "raw"
+	FormatQCOW2 = "qcow2"
+)
+
+// FormatOf is a file volume's format: the one stated, or else the one its path's extension names (.qcow2;
+// .raw or .img). Never the file's bytes: a raw volume's guest writes those. "" when neither says.
+func FormatOf(ref activities.VolumeRef) string {
+	if ref.Format != "" {
+		return ref.Format
+	}
+	switch filepath.Ext(ref.Path) {
+	case ".qcow2":
+		return FormatQCOW2
+	case ".raw", ".img":
+		return FormatRaw
+	}
+	return ""
+}
+
+// Extension is the file extension Holdfast gives a new file volume of a format.
+func Extension(format string) string {
+	if format == FormatQCOW2 {
+		return ".qcow2"
+	}
+	return ".raw"
+}
+
+// Placement checks that a volume's location is one hypervisorID may hold, and returns the ref as Holdfast
+// records it (format stated, path clean). A file volume's path must be absolute, clean, free of control
+// characters and strictly inside one of the hypervisor's volume_roots; an RBD image must be in one of its
+// rbd_pools. Errors name the field (storage.path, storage.pool, …) and never echo a host path back.
+// Whether the path is a regular file is the driver's to check on the hypervisor, at every use.
+func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activities.VolumeRef, error) {
+	h := c.Hypervisors[hypervisorID]
+	if h == nil {
+		return ref, fmt.Errorf("hypervisor_id: unknown hypervisor %q", hypervisorID)
+	}
+	if ref.CreatedBy != "" {
+		return ref, fmt.Errorf("storage.created_by: is set by Holdfast, never by a caller")
+	}
+	switch ref.Type {
+	case "file":
+		if ref.Pool != "" || ref.Image != "" {
+			return ref, fmt.Errorf("storage: a file volume has no pool or image")
+		}
+		if err := checkPath(ref.Path, h.VolumeRoots); err != nil {
+			return ref, err
+		}
+		switch ref.Format = FormatOf(ref); ref.Format {
+		case FormatRaw, FormatQCOW2:
+		case "":
+			return ref, fmt.Errorf("storage.format: is required (raw or qcow2) when the path does not end in " +
+				".qcow2, .raw or .img")
+		default:
+			return ref, fmt.Errorf("storage.format: must be raw or qcow2")
+		}
+	case "rbd":
+		if ref.Path != "" || ref.Format != "" {
+			return ref, fmt.Errorf("storage: an rbd volume has no path or format")
+		}
+		if !IDPattern.MatchString(ref.Pool) {
+			return ref, fmt.Errorf("storage.pool: must match %s", IDPattern)
+		}
+		if !IDPattern.MatchString(ref.Image) {
+			return ref, fmt.Errorf("storage.image: must match %s", IDPattern)
+		}
+		if !contains(h.RBDPools, ref.Pool) {
+			return ref, fmt.Errorf("storage.pool: not one of the pools hypervisor %s keeps volumes in", hypervisorID)
+		}
+	default:
+		return ref, fmt.Errorf("storage.type: must be file or rbd")
+	}
+	return ref, nil
+}
+
+// maxPath bounds a volume path (PATH_MAX less room for the driver's metadata beside it).
+const maxPath = 1024
+
+func checkPath(path string, roots []string) error {
+	switch {
+	case path == "":
+		return fmt.Errorf("storage.path: is required for type file")
+	case len(path) > maxPath:
+		return fmt.Errorf("storage.path: longer than %d bytes", maxPath)
+	case strings.IndexFunc(path, isControl) >= 0:
+		return fmt.Errorf("storage.path: must not contain control characters")
+	case !filepath.IsAbs(path):
+		return fmt.Errorf("storage.path: must be an absolute path")
+	case filepath.Clean(path) != path:
+		return fmt.Errorf("storage.path: must be clean (no '..', '.', '//' or trailing '/')")
+	case strings.HasPrefix(filepath.Base(path), "."):
+		return fmt.Errorf("storage.path: a volume's file name must not start with '.' (Holdfast keeps its metadata there)")
+	}
+	for _, root := range roots {
+		if strings.HasPrefix(path, root+"/") {
+			return nil
+		}
+	}
+	return fmt.Errorf("storage.path: must be inside one of the hypervisor's volume roots")
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0xfffd }
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// NewVolumeRef is where a restore creates a new volume on hypervisorID: a name Holdfast chooses (from the
+// operation creating it, never from a tenant) in the hypervisor's first volume root or RBD pool, of the given
+// type and format. CreatedBy is the operation, so the driver creates it exclusively and only that operation's
+// compensation may delete it.
+func (c *Config) NewVolumeRef(hypervisorID, volumeType, format, operationID string) (activities.VolumeRef, error) {
+	h := c.Hypervisors[hypervisorID]
+	if h == nil {
+		return activities.VolumeRef{}, fmt.Errorf("hypervisor_id: unknown hypervisor %q", hypervisorID)
+	}
+	name := "holdfast-" + operationID
+	switch volumeType {
+	case "file":
+		if len(h.VolumeRoots) == 0 {
+			return activities.VolumeRef{}, fmt.Errorf("hypervisor_id: hypervisor %s has no volume_roots for file volumes", hypervisorID)
+		}
+		if format != FormatRaw {
+			format = FormatQCOW2
+		}
+		return activities.VolumeRef{Type: "file", Path: filepath.Join(h.VolumeRoots[0], name+Extension(format)),
+			Format: format, CreatedBy: operationID}, nil
+	case "rbd":
+		if len(h.RBDPools) == 0 {
+			return activities.VolumeRef{}, fmt.Errorf("hypervisor_id: hypervisor %s has no rbd_pools for RBD volumes", hypervisorID)
+		}
+		return activities.VolumeRef{Type: "rbd", Pool: h.RBDPools[0], Image: name, CreatedBy: operationID}, nil
+	}
+	return activities.VolumeRef{}, fmt.Errorf("storage.type: must be file or rbd")
+}

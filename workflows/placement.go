@@ -1,0 +1,157 @@
+package workflows
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities"
+)
+
+// Placement: which volume holds a volume ID before it is registered, and which volume holds a location
+// (a file on a hypervisor, an RBD image). Both are decided atomically by one entity workflow each, so two
+// concurrent restores, or a panel registration racing a customer's restore, can never end up sharing one.
+
+// Update names of reservations (on VolumeWorkflow) and location claims (on LocationWorkflow).
+const (
+	UpdateReserve   = "reserve"
+	UpdateUnreserve = "unreserve"
+	UpdateClaim     = "claim"
+	UpdateUnclaim   = "unclaim"
+)
+
+// ReleasePlacementActivity is the control-plane activity that gives up what a failed restore to a new volume
+// reserved: the new volume's ID and its location (input ReleasePlacementInput).
+const ReleasePlacementActivity = "ReleasePlacement"
+
+// placementChange makes a restore to a new volume give its reservation and location back on failure.
+const placementChange = "placement-release"
+
+// Reservation holds a volume ID for the restore creating that volume.
+type Reservation struct {
+	OperationID string `json:"operation_id"`
+}
+
+// ReleasePlacementInput names what a failed restore gives back.
+type ReleasePlacementInput struct {
+	OperationID  string               `json:"operation_id"`
+	VolumeID     string               `json:"volume_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Storage      activities.VolumeRef `json:"storage"`
+}
+
+// LocationClaim asks a location for a volume.
+type LocationClaim struct {
+	VolumeID string `json:"volume_id"`
+}
+
+// LocationWorkflowID is the ID of the entity that says which volume holds a location. A file is a location
+// on its hypervisor; an RBD image is one cluster-wide. The key is hashed: paths may be long.
+func LocationWorkflowID(hypervisorID string, ref activities.VolumeRef) string {
+	key := "rbd\x00" + ref.Pool + "\x00" + ref.Image
+	if ref.Type != "rbd" {
+		key = "file\x00" + hypervisorID + "\x00" + ref.Path
+	}
+	sum := sha256.Sum256([]byte(key))
+	return "location/" + hex.EncodeToString(sum[:16])
+}
+
+// LocationInput starts (or continues) a LocationWorkflow.
+type LocationInput struct {
+	Holder string `json:"holder,omitempty"`
+}
+
+// LocationWorkflow holds one location for one volume: a claim by another volume is refused until the holder
+// gives it up.
+func LocationWorkflow(ctx workflow.Context, in LocationInput) error {
+	holder := in.Holder
+	validateClaim := func(ctx workflow.Context, c LocationClaim) error {
+		if !validID(c.VolumeID) {
+			return errInvalid("volume_id: must match %s", idPattern)
+		}
+		if holder != "" && holder != c.VolumeID {
+			return errInvalid("storage: already used by another volume")
+		}
+		return nil
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateClaim, func(ctx workflow.Context, c LocationClaim) error {
+		if err := validateClaim(ctx, c); err != nil {
+			return err
+		}
+		holder = c.VolumeID
+		return nil
+	}, workflow.UpdateHandlerOptions{Validator: validateClaim}); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandler(ctx, UpdateUnclaim, func(ctx workflow.Context, c LocationClaim) error {
+		if holder == c.VolumeID {
+			holder = ""
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryState, func() (string, error) { return holder, nil }); err != nil {
+		return err
+	}
+	// An idle location costs one row: it keeps running, so a claim never races the workflow's end.
+	if err := workflow.Await(ctx, func() bool { return workflow.GetInfo(ctx).GetContinueAsNewSuggested() }); err != nil {
+		return err
+	}
+	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+		return err
+	}
+	return workflow.NewContinueAsNewError(ctx, LocationWorkflow, LocationInput{Holder: holder})
+}
+
+// ---- reservations on the volume entity ----
+
+func (v *volume) validateReserve(ctx workflow.Context, r Reservation) error {
+	switch {
+	case !validID(r.OperationID):
+		return errInvalid("operation_id: must match %s", idPattern)
+	case v.st.Registered:
+		return errInvalid("new_volume_id: volume %s already exists", v.volumeID)
+	case v.st.Reservation != "" && v.st.Reservation != r.OperationID:
+		return errInvalid("new_volume_id: volume %s is being created by another restore", v.volumeID)
+	}
+	return nil
+}
+
+// reserve holds the (unregistered) volume ID for the restore that will create the volume: registration then
+// accepts only that restore's registration, and a second restore to the same ID is refused at once.
+func (v *volume) reserve(ctx workflow.Context, r Reservation) error {
+	if err := v.validateReserve(ctx, r); err != nil {
+		return err
+	}
+	v.st.Reservation = r.OperationID
+	return nil
+}
+
+// unreserve gives the ID back (the restore failed or was refused); only its holder can.
+func (v *volume) unreserve(ctx workflow.Context, r Reservation) error {
+	if v.st.Reservation == r.OperationID {
+		v.st.Reservation = ""
+	}
+	return nil
+}
+
+// checkReservation is registration's rule: a restore (its spec's storage names the creating operation) may
+// register only the ID it reserved, and no one else may register an ID a restore holds.
+func (v *volume) checkReservation(spec VolumeSpec) error {
+	by := spec.Storage.CreatedBy
+	switch {
+	case by == "" && v.st.Reservation != "":
+		return errInvalid("volume_id: volume %s is being created by a restore", v.volumeID)
+	case by == "" || by == v.st.Reservation:
+		return nil
+	case v.st.Registered && v.st.Spec.Storage.CreatedBy == by:
+		return nil // the same restore registering again (a retried activity)
+	}
+	return errInvalid("volume_id: volume %s was not reserved by operation %s", v.volumeID, by)
+}
+
+// placementReleaseTimeout bounds the control activity that gives a failed restore's placement back.
+const placementReleaseTimeout = time.Minute
