@@ -1,6 +1,10 @@
 // Package file is the volume driver for qcow2 and raw image files used by libvirt/QEMU domains on the
 // hypervisor the agent runs on.
 //
+// An image's format is the one recorded with its volume, never one guessed from its bytes (which a raw
+// volume's guest writes), and every qemu tool is told it; a volume is a regular file, never a symlink or a
+// device; a qcow2 image that points at another file (backing or data file) is refused (see image.go).
+//
 // It owns the image files it is given, their snapshots and its metadata directory next to each image
 // (".<image>.holdfast/": snapshot records, and the copies that are raw volumes' snapshots). It asks libvirt
 // (domains package) who uses an image and whether that domain runs, freezes guests, and drives QEMU's block
@@ -24,6 +28,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"libvirt.org/go/libvirt"
@@ -48,43 +53,6 @@ const NoLibvirt = "none"
 func New(uri string) *Driver { return &Driver{LibvirtURI: uri} }
 
 func (d *Driver) Type() volume.Type { return volume.TypeFile }
-
-// image is a file volume as found on disk.
-type image struct {
-	path   string
-	format volume.Format
-	size   int64
-}
-
-func (d *Driver) probe(vol volume.Ref) (image, error) {
-	if vol.Type != volume.TypeFile {
-		return image{}, fmt.Errorf("file driver: volume type %q: %w", vol.Type, volume.ErrUnsupported)
-	}
-	if !filepath.IsAbs(vol.Path) {
-		return image{}, fmt.Errorf("file driver: path %q is not absolute", vol.Path)
-	}
-	path := filepath.Clean(vol.Path)
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return image{}, volume.NotFound(vol.String())
-		}
-		return image{}, err
-	}
-	defer f.Close()
-	if isQCOW2(f) {
-		h, err := readHeader(f)
-		if err != nil {
-			return image{}, fmt.Errorf("%s: %w", path, err)
-		}
-		return image{path: path, format: volume.FormatQCOW2, size: int64(h.size)}, nil
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return image{}, err
-	}
-	return image{path: path, format: volume.FormatRaw, size: st.Size()}, nil
-}
 
 func (d *Driver) Size(ctx context.Context, vol volume.Ref) (int64, error) {
 	img, err := d.probe(vol)
@@ -222,9 +190,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string
 
 func (d *Driver) snapshotOffline(ctx context.Context, img image, name string) error {
 	if img.format == volume.FormatQCOW2 {
-		return qemuImg(ctx, "snapshot", "-c", name, img.path)
+		return qemuImgSnapshot(ctx, img, "-c", name)
 	}
-	return copyAtomically(ctx, img.path, rawSnapPath(img.path, name))
+	return copyAtomically(ctx, img.path, rawSnapPath(img.path, name), rawSnapPath(img.path, name)+".partial")
 }
 
 func (d *Driver) snapshotRunning(ctx context.Context, conn *libvirt.Connect, domain string, img image, name string) error {
@@ -243,17 +211,17 @@ func (d *Driver) snapshotRunning(ctx context.Context, conn *libvirt.Connect, dom
 	if err != nil {
 		return err
 	}
-	err = copyAtomically(ctx, img.path, rawSnapPath(img.path, name))
+	err = copyAtomically(ctx, img.path, rawSnapPath(img.path, name), rawSnapPath(img.path, name)+".partial")
 	if rerr := resume(); rerr != nil && err == nil {
 		err = fmt.Errorf("resume %s: %w", domain, rerr)
 	}
 	return err
 }
 
-// copyAtomically copies src to dst through a temporary file, so that a crash never leaves a partial copy
-// that looks like a snapshot.
-func copyAtomically(ctx context.Context, src, dst string) error {
-	tmp := dst + ".partial"
+// copyAtomically copies src to dst through tmp (on dst's filesystem, in the volume's metadata directory so
+// that no name next to the image is ever written), so that a crash never leaves a partial copy that looks
+// like a snapshot or a half rolled back volume.
+func copyAtomically(ctx context.Context, src, dst, tmp string) error {
 	if err := copySparse(ctx, src, tmp); err != nil {
 		os.Remove(tmp)
 		return err
@@ -301,7 +269,7 @@ func (d *Driver) findSnapshot(img image, name string) (volume.Snapshot, bool, er
 func (d *Driver) list(img image) ([]volume.Snapshot, error) {
 	var out []volume.Snapshot
 	if img.format == volume.FormatQCOW2 {
-		f, err := os.Open(img.path)
+		f, err := openNoFollow(img.path)
 		if err != nil {
 			return nil, err
 		}
@@ -383,7 +351,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string
 				map[string]string{"device": node, "name": name}); err != nil {
 				return err
 			}
-		} else if err := qemuImg(ctx, "snapshot", "-d", name, img.path); err != nil {
+		} else if err := qemuImgSnapshot(ctx, img, "-d", name); err != nil {
 			return err
 		}
 	}
@@ -407,10 +375,11 @@ func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name stri
 		return err
 	}
 	if img.format == volume.FormatQCOW2 {
-		return qemuImg(ctx, "snapshot", "-a", name, img.path)
+		return qemuImgSnapshot(ctx, img, "-a", name)
 	}
-	// Copy next to the image and rename over it: the volume is never half rolled back.
-	return copyAtomically(ctx, rawSnapPath(img.path, name), img.path)
+	// Copy beside the image (in its metadata directory) and rename over it: the volume is never half rolled
+	// back.
+	return copyAtomically(ctx, rawSnapPath(img.path, name), img.path, filepath.Join(metaDir(img.path), ".rollback.partial"))
 }
 
 func (d *Driver) OpenSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Reader, error) {
@@ -447,26 +416,19 @@ func openWriter(ctx context.Context, img image) (volume.Writer, error) {
 		// qemu-nbd takes QEMU's image lock, so a domain started meanwhile fails instead of sharing writes.
 		return startQemuNBD(ctx, img.path, string(img.format))
 	}
-	f, err := os.OpenFile(img.path, os.O_RDWR, 0)
+	f, err := os.OpenFile(img.path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, err
 	}
 	return &rawWriter{f: f, size: img.size}, nil
 }
 
-func formatFor(vol volume.Ref) volume.Format {
-	if vol.Format != "" {
-		return vol.Format
-	}
-	if strings.HasSuffix(vol.Path, ".qcow2") {
-		return volume.FormatQCOW2
-	}
-	return volume.FormatRaw
-}
-
 func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("create %s: size %d", vol, size)
+	}
+	if st, err := os.Lstat(filepath.Clean(vol.Path)); err == nil && !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w", vol, volume.ErrExists) // a symlink or device is never reused
 	}
 	img, err := d.probe(vol)
 	switch {
@@ -478,11 +440,13 @@ func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (
 	case !errors.Is(err, volume.ErrNotFound):
 		return nil, err
 	}
-	path := filepath.Clean(vol.Path)
+	path, format, err := checkRef(vol)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	format := formatFor(vol)
 	// Created under a temporary name and renamed: a crash never leaves a half-created image behind at path.
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".creating")
 	os.Remove(tmp)
@@ -531,23 +495,37 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 }
 
 func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
-	img, err := d.probe(vol)
-	if errors.Is(err, volume.ErrNotFound) {
-		return os.RemoveAll(metaDir(filepath.Clean(vol.Path)))
-	}
+	// Not probed: deleting reads no image data, so an image the driver refuses to serve (a qcow2 with a
+	// backing file) can still be deleted. Only a regular file is ever a volume.
+	path, _, err := checkRef(vol)
 	if err != nil {
 		return err
 	}
-	if err := d.refuseRunning(vol, img.path); err != nil {
+	if _, err := lstat(vol, path); errors.Is(err, volume.ErrNotFound) {
+		return os.RemoveAll(metaDir(path))
+	} else if err != nil {
 		return err
 	}
-	if err := os.Remove(img.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := d.refuseRunning(vol, path); err != nil {
 		return err
 	}
-	return os.RemoveAll(metaDir(img.path))
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return os.RemoveAll(metaDir(path))
+}
+
+// qemuImgSnapshot runs `qemu-img snapshot` (op -c, -d or -a) on a qcow2 image. The subcommand has no -f, so
+// the image goes in as --image-opts, which states the format (driver=qcow2) instead of letting QEMU probe it.
+func qemuImgSnapshot(ctx context.Context, img image, op, name string) error {
+	if img.format != volume.FormatQCOW2 {
+		return fmt.Errorf("qemu-img snapshot on a %s image: %w", img.format, volume.ErrUnsupported)
+	}
+	return qemuImg(ctx, "snapshot", "--image-opts", op, name, imageOpts(img))
 }
 
 // qemuImg runs qemu-img, bounded by ctx and a generous timeout (snapshot operations rewrite metadata only).
+// Every caller names the image's format (-f, or driver= in --image-opts): qemu-img never probes it.
 func qemuImg(ctx context.Context, args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()

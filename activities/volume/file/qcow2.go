@@ -57,20 +57,22 @@ type qcowSnapshot struct {
 	diskSize uint64 // 0 when the entry predates the extra data field
 }
 
-func isQCOW2(f io.ReaderAt) bool {
-	var b [4]byte
-	_, err := f.ReadAt(b[:], 0)
-	return err == nil && binary.BigEndian.Uint32(b[:]) == qcowMagic
-}
+// errNotQCOW2: a file recorded as qcow2 is not one. Never a reason to read it as raw instead: its format is
+// what was recorded, and a mismatch needs an operator.
+var errNotQCOW2 = fmt.Errorf("recorded as qcow2 but not a qcow2 image: %w", volume.ErrUnsupported)
 
+// readHeader reads and validates the header of an image recorded as qcow2.
 func readHeader(f io.ReaderAt) (qcowHeader, error) {
 	var b [105]byte
 	if n, err := f.ReadAt(b[:], 0); n < 72 {
+		if err == nil || errors.Is(err, io.EOF) {
+			return qcowHeader{}, errNotQCOW2 // too short to be one
+		}
 		return qcowHeader{}, fmt.Errorf("read qcow2 header: %w", err)
 	}
 	be := binary.BigEndian
 	if be.Uint32(b[0:]) != qcowMagic {
-		return qcowHeader{}, errors.New("not a qcow2 image")
+		return qcowHeader{}, errNotQCOW2
 	}
 	h := qcowHeader{
 		version:         be.Uint32(b[4:]),
@@ -89,21 +91,38 @@ func readHeader(f io.ReaderAt) (qcowHeader, error) {
 			h.compressionType = b[104]
 		}
 	}
+	if h.version < 2 {
+		return qcowHeader{}, fmt.Errorf("qcow2 version %d: %w", h.version, volume.ErrUnsupported)
+	}
 	if h.clusterBits < 9 || h.clusterBits > 21 {
-		return qcowHeader{}, fmt.Errorf("qcow2: bad cluster_bits %d", h.clusterBits)
+		return qcowHeader{}, fmt.Errorf("qcow2: bad cluster_bits %d: %w", h.clusterBits, volume.ErrUnsupported)
 	}
 	return h, nil
 }
 
+// standalone refuses an image whose data lives partly in another file: a backing file or an external data
+// file is a host path written in the image, and opening it (as QEMU would) reads or writes a file that is
+// not the volume. The path itself is not repeated in the error.
+func (h qcowHeader) standalone() error {
+	switch {
+	case h.backingOffset != 0:
+		return fmt.Errorf("qcow2 image with a backing file: %w", volume.ErrUnsupported)
+	case h.incompatible&incompatDataFile != 0:
+		return fmt.Errorf("qcow2 image with an external data file: %w", volume.ErrUnsupported)
+	}
+	return nil
+}
+
 // supported says why this reader cannot serve an image, or nil.
 func (h qcowHeader) supported() error {
+	if err := h.standalone(); err != nil {
+		return err
+	}
 	switch {
 	case h.cryptMethod != 0:
 		return fmt.Errorf("encrypted qcow2: %w", volume.ErrUnsupported)
-	case h.backingOffset != 0:
-		return fmt.Errorf("qcow2 with a backing file: %w", volume.ErrUnsupported)
-	case h.incompatible&(incompatDataFile|incompatExtL2) != 0:
-		return fmt.Errorf("qcow2 with external data file or extended L2 entries: %w", volume.ErrUnsupported)
+	case h.incompatible&incompatExtL2 != 0:
+		return fmt.Errorf("qcow2 with extended L2 entries: %w", volume.ErrUnsupported)
 	}
 	return nil
 }
@@ -338,7 +357,7 @@ type qcowSnapshotReader struct {
 }
 
 func openQCOWSnapshot(path, name string) (*qcowSnapshotReader, error) {
-	f, err := os.Open(path)
+	f, err := openNoFollow(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, volume.NotFound(path)

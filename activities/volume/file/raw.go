@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/holdfast/holdfast/activities/volume"
 )
@@ -49,7 +50,7 @@ func dataExtents(ctx context.Context, f *os.File, size int64) ([]volume.Extent, 
 
 // copySparse makes dst (created or truncated) a copy of src, holes included, and syncs it.
 func copySparse(ctx context.Context, src, dst string) error {
-	in, err := os.Open(src)
+	in, err := openNoFollow(src)
 	if err != nil {
 		return err
 	}
@@ -58,7 +59,7 @@ func copySparse(ctx context.Context, src, dst string) error {
 	if err != nil {
 		return err
 	}
-	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -99,7 +100,7 @@ type rawReader struct {
 }
 
 func openRaw(path string, sibling func(string) string) (*rawReader, error) {
-	f, err := os.Open(path)
+	f, err := openNoFollow(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, volume.NotFound(path)
