@@ -100,13 +100,20 @@ func checkPath(path string, roots []string) error {
 		return fmt.Errorf("storage.path: must be an absolute path")
 	case filepath.Clean(path) != path:
 		return fmt.Errorf("storage.path: must be clean (no '..', '.', '//' or trailing '/')")
-	case strings.HasPrefix(filepath.Base(path), "."):
-		return fmt.Errorf("storage.path: a volume's file name must not start with '.' (Holdfast keeps its metadata there)")
 	}
 	for _, root := range roots {
-		if strings.HasPrefix(path, root+"/") {
-			return nil
+		rel, ok := strings.CutPrefix(path, root+"/")
+		if !ok {
+			continue
 		}
+		for _, part := range strings.Split(rel, "/") {
+			if strings.HasPrefix(part, ".") {
+				// Holdfast keeps a volume's metadata in .<name>.holdfast beside it, and a hidden name is
+				// nothing a panel places a disk under.
+				return fmt.Errorf("storage.path: no name below the volume root may start with '.'")
+			}
+		}
+		return nil
 	}
 	return fmt.Errorf("storage.path: must be inside one of the hypervisor's volume roots")
 }
