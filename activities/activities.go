@@ -232,6 +232,7 @@ const (
 	LabelPlanID       = "plan_id"
 	LabelVolumeType   = "volume_type"
 	LabelVolumePath   = "volume_path"
+	LabelVolumeFormat = "volume_format"
 	LabelVolumePool   = "volume_pool"
 	LabelVolumeImage  = "volume_image"
 	LabelScheduled    = "scheduled"

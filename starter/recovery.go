@@ -132,14 +132,16 @@ func (a *ControlActivities) RecoverVolume(ctx context.Context, in workflows.Reco
 }
 
 // recoveredRegistration rebuilds a volume's registration from its newest backup's labels. It returns why not
-// when it cannot.
+// when it cannot. The labels are only as trustworthy as the store (authenticated in an encrypted store, not
+// in a plain one), so the registration goes through the same placement rules as the panel's: a path outside
+// the hypervisor's volume roots, or a location another volume holds, is skipped and reported.
 func (c *Client) recoveredRegistration(in workflows.RecoverVolumeInput) (RegisterRequest, string) {
 	newest := in.Backups[len(in.Backups)-1]
 	l := newest.Labels
 	req := RegisterRequest{VolumeID: in.VolumeID, Name: l[activities.LabelVolumeName], OwnerID: l[activities.LabelOwnerID],
 		HypervisorID: l[activities.LabelHypervisorID], Plan: l[activities.LabelPlanID], SizeBytes: newest.SizeBytes,
 		Storage: activities.VolumeRef{Type: l[activities.LabelVolumeType], Path: l[activities.LabelVolumePath],
-			Pool: l[activities.LabelVolumePool], Image: l[activities.LabelVolumeImage]}}
+			Format: l[activities.LabelVolumeFormat], Pool: l[activities.LabelVolumePool], Image: l[activities.LabelVolumeImage]}}
 	if req.OwnerID == "" || req.Storage.Type == "" {
 		return req, fmt.Sprintf("backup %s carries no volume labels (owner, storage): register the volume by hand, "+
 			"then run recover again", newest.BackupID)

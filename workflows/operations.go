@@ -275,7 +275,7 @@ func backupLabels(in OperationInput, consistency string) map[string]string {
 		activities.LabelVolumeType: vol.Storage.Type, activities.LabelOperationID: in.Request.OperationID,
 	}
 	for k, v := range map[string]string{activities.LabelVolumePath: vol.Storage.Path,
-		activities.LabelVolumePool: vol.Storage.Pool, activities.LabelVolumeImage: vol.Storage.Image} {
+		activities.LabelVolumeFormat: vol.Storage.Format, activities.LabelVolumePool: vol.Storage.Pool, activities.LabelVolumeImage: vol.Storage.Image} {
 		if v != "" {
 			labels[k] = v
 		}
