@@ -87,15 +87,12 @@ func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, 
 	s.mux.HandleFunc("GET /v1/operations/{operation_id}", s.auth(s.getOperation))
 	s.mux.HandleFunc("PUT /v1/policies/{policy_id}", s.auth(s.putPolicy))
 	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}/policy", s.auth(s.putVolumePolicy))
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "NotFound", "No such endpoint: "+r.Method+" "+r.URL.Path)
-	})
 	return s
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.limitBodyTime(w, r)
-	s.mux.ServeHTTP(w, r)
+	s.route(w, r)
 }
 
 // caller is who a request acts for: ownerID "" means a panel token (any owner).
@@ -538,6 +535,8 @@ func StatusOf(errType string) int {
 		return http.StatusNotFound
 	case ErrRequestTimeout:
 		return http.StatusRequestTimeout
+	case ErrMethodNotAllowed:
+		return http.StatusMethodNotAllowed
 	case workflows.ErrHypervisorDown, starter.ErrUnavailable:
 		return http.StatusServiceUnavailable
 	default:
