@@ -5,17 +5,14 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
 	"net/http"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -480,45 +477,6 @@ func pathID(w http.ResponseWriter, r *http.Request, field string) (string, bool)
 		return "", false
 	}
 	return id, true
-}
-
-// decode reads a strict JSON body: unknown fields, trailing data, malformed JSON and bodies over 1 MiB are
-// 400s. An empty body is allowed where every field is optional.
-func decode(w http.ResponseWriter, r *http.Request, into any, emptyOK bool) bool {
-	data, err := io.ReadAll(r.Body)
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		switch {
-		case errors.As(err, &tooBig):
-			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: larger than 1 MiB")
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			writeError(w, http.StatusRequestTimeout, ErrRequestTimeout, "body: not received in time")
-		default: // the client went away mid-body; the error text would only name addresses
-			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: could not be read")
-		}
-		return false
-	}
-	// Only JSON's own whitespace counts: a body of other Unicode spaces (\f, U+00A0, …) is malformed.
-	if len(bytes.Trim(data, " \t\r\n")) == 0 {
-		if emptyOK {
-			return true
-		}
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: a JSON object is required")
-		return false
-	}
-	// json.Valid first: it rejects anything after the one JSON value, including a stray '}' or ']' that
-	// Decoder.More would not report.
-	if !json.Valid(data) {
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: malformed JSON (one JSON object expected)")
-		return false
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "body: "+err.Error())
-		return false
-	}
-	return true
 }
 
 // StatusOf maps an error type to its HTTP status (api.md's table).
