@@ -235,16 +235,40 @@ func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
 	if !decode(w, r, &b, false) {
 		return
 	}
+	if msg := restoreRefusal(b, c); msg != "" {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, msg)
+		return
+	}
 	v, ok := s.volume(w, r, c)
 	if !ok {
 		return
 	}
-	if b.Mode == workflows.ModeNewVolume && c.ownerID != "" {
-		// An owner restores into its own account only (the new volume inherits the source's owner).
-		b.Storage = nil
-	}
 	op, err := s.hf.Restore(r.Context(), v.Spec.VolumeID, b)
 	s.accepted(w, op, err)
+}
+
+// restoreRefusal checks what the caller may put in a restore, before anything is looked up. An owner token
+// never places a volume: the new volume's ID, storage, hypervisor and plan are Holdfast's and the provider's
+// (the new volume inherits the source's owner, plan and hypervisor; the starter client picks its ID), so
+// each is refused by name instead of being honoured or silently dropped. A new_volume_id is checked here so
+// that a bad one is reported as new_volume_id, not as the volume_id it would become.
+func restoreRefusal(b starter.RestoreRequest, c caller) string {
+	if c.ownerID != "" {
+		switch {
+		case b.NewVolumeID != "":
+			return "new_volume_id: chosen by Holdfast for owner tokens; omit it"
+		case b.Storage != nil:
+			return "storage: chosen by Holdfast for owner tokens; omit it"
+		case b.HypervisorID != "":
+			return "hypervisor_id: the new volume stays on the source's hypervisor for owner tokens; omit it"
+		case b.Plan != "":
+			return "plan: the new volume keeps the source's plan for owner tokens; omit it"
+		}
+	}
+	if b.NewVolumeID != "" && !idRE.MatchString(b.NewVolumeID) {
+		return "new_volume_id: must match " + idRE.String()
+	}
+	return ""
 }
 
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, c caller) {
@@ -283,8 +307,10 @@ func (s *Server) accepted(w http.ResponseWriter, op *workflows.Operation, err er
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID,
-		"kind": op.Kind, "item_id": op.ItemID, "status": op.Status})
+	view := map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
+		"item_id": op.ItemID, "status": op.Status}
+	addNewVolume(view, op)
+	writeJSON(w, http.StatusAccepted, view)
 }
 
 func (s *Server) postAbort(w http.ResponseWriter, r *http.Request, c caller) {
@@ -413,9 +439,19 @@ func progress(p *activities.Progress) *progressView {
 }
 
 func operationView(op *workflows.Operation) map[string]any {
-	return map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
+	view := map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
 		"item_id": op.ItemID, "status": op.Status, "progress": progress(op.Progress), "error": op.Error,
 		"started_at": op.StartedAt, "finished_at": op.FinishedAt}
+	addNewVolume(view, op)
+	return view
+}
+
+// addNewVolume names the volume a restore creates (beyond v1: only present for restores to a new volume;
+// for owner tokens it is the caller's only way to learn the ID Holdfast chose).
+func addNewVolume(view map[string]any, op *workflows.Operation) {
+	if op.NewVolumeID != "" {
+		view["new_volume_id"] = op.NewVolumeID
+	}
 }
 
 func volumeView(v *starter.Volume) map[string]any {
