@@ -1,7 +1,9 @@
 // Package api serves Holdfast's panel-facing HTTP JSON API (shared/docs/api.md is its contract): bearer
 // tokens, owner scoping (another owner's volume is a 404 exactly like a missing one), strict JSON bodies of
-// at most 1 MiB, and typed errors mapped to status codes. It delegates every decision to the starter client,
-// so HTTP and Go callers get the same answers; it never talks to hypervisors or storage itself.
+// at most 1 MiB read within a deadline (strict.go), canonical paths with 404/405 answered as JSON
+// (routing.go), and typed errors mapped to status codes, naming the field and nothing internal. It delegates
+// every decision to the starter client, so HTTP and Go callers get the same answers; it never talks to
+// hypervisors or storage itself.
 package api
 
 import (
@@ -136,7 +138,10 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	if s.health != nil {
 		if err := s.health(ctx); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+			// Anyone may ask: the error (addresses, ports) goes to the log only.
+			s.log.Warn("health check: Temporal unreachable", "error", err)
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable",
+				"error": "Temporal is not reachable from the API."})
 			return
 		}
 	}
