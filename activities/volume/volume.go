@@ -37,8 +37,8 @@ type Ref struct {
 	Type Type `json:"type"`
 	// Path is the absolute path of a file volume's image.
 	Path string `json:"path,omitempty"`
-	// Format of a file volume. Existing images are probed from their header, so it matters only when a volume
-	// is created; empty means qcow2 for a Path ending in ".qcow2", raw otherwise.
+	// Format of a file volume, as recorded at registration: never probed from the image's bytes (which a
+	// raw volume's guest writes). Empty means qcow2 for a Path ending in ".qcow2", raw otherwise.
 	Format Format `json:"format,omitempty"`
 	// Pool and Image name an RBD image.
 	Pool  string `json:"pool,omitempty"`
@@ -147,8 +147,21 @@ type Writer interface {
 //   - A Reader from OpenSnapshot keeps returning the snapshot's bytes while the volume keeps changing.
 //     The caller serialises operations on one volume (the volume workflow is its mutex): deleting or rolling
 //     back to a snapshot while a Reader of it is open is not supported.
-//   - CreateVolume and CreateVolumeFromSnapshot refuse with ErrExists when the destination already exists
-//     with a different size; an existing destination of the same size is reused (a retried restore).
+//   - CreateVolume and CreateVolumeFromSnapshot create the destination exclusively: never over an existing
+//     volume or file, never adopting one. An existing destination is reused only by a retry of the
+//     operation that created it (the same non-empty Ref.CreatedBy) and at the size it was created with;
+//     anything else there (another operation's volume, one created by no operation, a symlink or device),
+//     and any existing destination when CreatedBy is empty, is refused with ErrExists and left untouched.
+//     The creator is recorded durably and creation never replaces the final name, so that no crash at any
+//     point lets another operation claim the volume.
+//   - DeleteVolume with a non-empty Ref.CreatedBy (a compensation) deletes only a volume that operation
+//     created; any other is left untouched and the call returns an error wrapping ErrNotOwned. With an empty
+//     CreatedBy it deletes the volume there. A missing volume is success either way.
+//   - Nothing a guest wrote decides how a volume is read: its format is Ref.Format (or, when empty, derived
+//     from its name), never guessed from its contents, and a reference stored in the volume to data outside
+//     it (a qcow2 backing or external data file) is refused with ErrUnsupported, never followed.
+//   - A volume is what the driver stores volumes as (a regular file, an RBD image): a symlink, device or other
+//     object at a volume's location is refused with ErrUnsupported, before anything is created beside it.
 type Driver interface {
 	// Type returns the Ref.Type this driver serves.
 	Type() Type
@@ -166,11 +179,14 @@ type Driver interface {
 	OpenSnapshot(ctx context.Context, vol Ref, name string) (Reader, error)
 	// OpenWriter opens the existing volume for an in-place restore.
 	OpenWriter(ctx context.Context, vol Ref) (Writer, error)
-	// CreateVolume creates a new volume of size bytes (reading as zeros) and opens it for writing.
+	// CreateVolume creates a new volume of size bytes (reading as zeros), exclusively, on behalf of
+	// vol.CreatedBy, and opens it for writing.
 	CreateVolume(ctx context.Context, vol Ref, size int64) (Writer, error)
-	// CreateVolumeFromSnapshot creates dst with the contents of src's snapshot.
+	// CreateVolumeFromSnapshot creates dst (exclusively, on behalf of dst.CreatedBy) with the contents of
+	// src's snapshot.
 	CreateVolumeFromSnapshot(ctx context.Context, src Ref, snapshot string, dst Ref) error
-	// DeleteVolume removes the volume and its snapshots; a missing volume is not an error. It refuses with
+	// DeleteVolume removes the volume and its snapshots; a missing volume is not an error. With
+	// vol.CreatedBy it removes only a volume that operation created (ErrNotOwned otherwise). It refuses with
 	// ErrAttachedRunning when a running domain uses the volume.
 	DeleteVolume(ctx context.Context, vol Ref) error
 	// Attachment reports whether a libvirt domain uses the volume, which, and whether it runs.
@@ -184,6 +200,9 @@ var (
 	ErrAttachedRunning = errors.New("volume is attached to a running instance")
 	// ErrExists: the destination volume exists and does not match the request.
 	ErrExists = errors.New("volume already exists")
+	// ErrNotOwned: the volume exists but was not created by the operation named in Ref.CreatedBy, so that
+	// operation may not delete it.
+	ErrNotOwned = errors.New("volume not created by this operation")
 	// ErrChangesUnavailable: changed extents cannot be computed; read the allocated extents instead.
 	ErrChangesUnavailable = errors.New("changed extents unavailable")
 	// ErrUnsupported: the request is valid but this driver cannot serve it for this volume.

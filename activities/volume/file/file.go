@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -378,8 +379,22 @@ func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name stri
 		return qemuImgSnapshot(ctx, img, "-a", name)
 	}
 	// Copy beside the image (in its metadata directory) and rename over it: the volume is never half rolled
-	// back.
-	return copyAtomically(ctx, rawSnapPath(img.path, name), img.path, filepath.Join(metaDir(img.path), ".rollback.partial"))
+	// back. The image is then a new file, so an owner record moves to it.
+	before, err := os.Lstat(img.path)
+	if err != nil {
+		return err
+	}
+	owner, owned := readOwner(img.path)
+	owned = owned && createdBy(img.path, before, owner.CreatedBy)
+	err = copyAtomically(ctx, rawSnapPath(img.path, name), img.path, filepath.Join(metaDir(img.path), ".rollback.partial"))
+	if err != nil || !owned {
+		return err
+	}
+	after, err := os.Lstat(img.path)
+	if err != nil {
+		return err
+	}
+	return writeOwner(img.path, owner.CreatedBy, after)
 }
 
 func (d *Driver) OpenSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Reader, error) {
@@ -423,58 +438,46 @@ func openWriter(ctx context.Context, img image) (volume.Writer, error) {
 	return &rawWriter{f: f, size: img.size}, nil
 }
 
+// CreateVolume creates the volume exclusively (see owner.go): an existing file at its path is reused only
+// by a retry of the operation that created it (vol.CreatedBy), at the size it was created with.
 func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("create %s: size %d", vol, size)
-	}
-	if st, err := os.Lstat(filepath.Clean(vol.Path)); err == nil && !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w", vol, volume.ErrExists) // a symlink or device is never reused
-	}
-	img, err := d.probe(vol)
-	switch {
-	case err == nil:
-		if img.size != size {
-			return nil, fmt.Errorf("%s is %d bytes, not %d: %w", vol, img.size, size, volume.ErrExists)
-		}
-		return d.OpenWriter(ctx, vol) // a retried restore reuses its volume
-	case !errors.Is(err, volume.ErrNotFound):
-		return nil, err
 	}
 	path, format, err := checkRef(vol)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	st, err := os.Lstat(path)
+	switch {
+	case err == nil:
+		return d.reuse(ctx, vol, path, st, size)
+	case !errors.Is(err, fs.ErrNotExist):
 		return nil, err
 	}
-	// Created under a temporary name and renamed: a crash never leaves a half-created image behind at path.
-	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".creating")
-	os.Remove(tmp)
-	switch format {
-	case volume.FormatQCOW2:
-		// compat=1.1: persistent dirty bitmaps and zero clusters need qcow2 v3.
-		if err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", tmp, fmt.Sprint(size)); err != nil {
-			return nil, err
-		}
-	case volume.FormatRaw:
-		f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, err
-		}
-		err = f.Truncate(size)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("format %q: %w", format, volume.ErrUnsupported)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := create(ctx, vol, path, format, size); err != nil {
 		return nil, err
 	}
 	return openWriter(ctx, image{path: path, format: format, size: size})
+}
+
+// reuse opens the volume found at path for a retry of the operation that created it; anything else there
+// (another operation's volume, a file no operation created, a symlink or device) is refused with ErrExists.
+func (d *Driver) reuse(ctx context.Context, vol volume.Ref, path string, st fs.FileInfo, size int64) (volume.Writer, error) {
+	if !st.Mode().IsRegular() || !createdBy(path, st, vol.CreatedBy) {
+		return nil, fmt.Errorf("%s: %w", vol, volume.ErrExists)
+	}
+	if err := settleClaim(path, st, vol.CreatedBy); err != nil {
+		return nil, err
+	}
+	img, err := d.probe(vol)
+	if err != nil {
+		return nil, err
+	}
+	if img.size != size {
+		return nil, fmt.Errorf("%s: created at another size: %w", vol, volume.ErrExists)
+	}
+	return d.OpenWriter(ctx, vol)
 }
 
 func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, snapshot string, dst volume.Ref) error {
@@ -494,6 +497,8 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 	return w.Close()
 }
 
+// DeleteVolume deletes the volume and its metadata. With vol.CreatedBy (a compensation) it deletes only a
+// volume that operation created, and otherwise nothing (ErrNotOwned); without, whatever volume is there.
 func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
 	// Not probed: deleting reads no image data, so an image the driver refuses to serve (a qcow2 with a
 	// backing file) can still be deleted. Only a regular file is ever a volume.
@@ -501,16 +506,48 @@ func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
 	if err != nil {
 		return err
 	}
-	if _, err := lstat(vol, path); errors.Is(err, volume.ErrNotFound) {
-		return os.RemoveAll(metaDir(path))
-	} else if err != nil {
+	op := vol.CreatedBy
+	if op != "" {
+		// Ownership is decided and acted on without a creator of this directory in between (see owner.go).
+		unlock, err := lockDir(filepath.Dir(path))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err == nil {
+			defer unlock()
+		}
+	}
+	st, err := lstat(vol, path)
+	if errors.Is(err, volume.ErrNotFound) {
+		if op == "" {
+			return os.RemoveAll(metaDir(path))
+		}
+		// Only this operation's leftovers: a claim from an attempt interrupted before its link, and the
+		// metadata of a deletion interrupted after the image went.
+		if err := removeClaim(path, op); err != nil {
+			return err
+		}
+		if r, ok := readOwner(path); ok && r.CreatedBy == op {
+			return os.RemoveAll(metaDir(path))
+		}
+		return nil
+	}
+	if err != nil {
 		return err
+	}
+	if op != "" && !createdBy(path, st, op) {
+		return fmt.Errorf("%s: %w", vol, volume.ErrNotOwned)
 	}
 	if err := d.refuseRunning(vol, path); err != nil {
 		return err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	if op != "" {
+		if err := removeClaim(path, op); err != nil {
+			return err
+		}
 	}
 	return os.RemoveAll(metaDir(path))
 }

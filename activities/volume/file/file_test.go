@@ -11,14 +11,17 @@ import (
 	"github.com/holdfast/holdfast/activities/volume/volumetest"
 )
 
-func harness(t *testing.T, format volume.Format) volumetest.Harness {
-	uri := os.Getenv("HOLDFAST_LIBVIRT_URI")
-	volumetest.RequireLibvirt(t, uri)
+func harness(t *testing.T, format volume.Format, uri string) volumetest.Harness {
+	noLibvirt := uri == file.NoLibvirt
+	if !noLibvirt {
+		volumetest.RequireLibvirt(t, uri)
+	}
 	dir := t.TempDir()
 	n := 0
 	return volumetest.Harness{
 		Driver:     file.New(uri),
 		LibvirtURI: uri,
+		NoLibvirt:  noLibvirt,
 		NewRef: func(t *testing.T) volume.Ref {
 			n++
 			return volume.Ref{Type: volume.TypeFile, Format: format,
@@ -31,5 +34,18 @@ func harness(t *testing.T, format volume.Format) volumetest.Harness {
 	}
 }
 
-func TestConformanceQCOW2(t *testing.T) { volumetest.Run(t, harness(t, volume.FormatQCOW2)) }
-func TestConformanceRaw(t *testing.T)   { volumetest.Run(t, harness(t, volume.FormatRaw)) }
+func libvirtURI() string { return os.Getenv("HOLDFAST_LIBVIRT_URI") }
+
+func TestConformanceQCOW2(t *testing.T) {
+	volumetest.Run(t, harness(t, volume.FormatQCOW2, libvirtURI()))
+}
+func TestConformanceRaw(t *testing.T) { volumetest.Run(t, harness(t, volume.FormatRaw, libvirtURI())) }
+
+// The same suite without libvirt (holdfast dev on a bare machine): everything but running domains, so the
+// driver's contract is checked even where no libvirtd runs.
+func TestConformanceQCOW2NoLibvirt(t *testing.T) {
+	volumetest.Run(t, harness(t, volume.FormatQCOW2, file.NoLibvirt))
+}
+func TestConformanceRawNoLibvirt(t *testing.T) {
+	volumetest.Run(t, harness(t, volume.FormatRaw, file.NoLibvirt))
+}

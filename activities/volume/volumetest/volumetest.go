@@ -37,6 +37,9 @@ type Harness struct {
 	DiskXML func(vol volume.Ref, dev string) string
 	// LibvirtURI is the libvirt the driver consults (empty: the system daemon).
 	LibvirtURI string
+	// NoLibvirt says the driver was built without libvirt (every volume detached): the running-domain
+	// checks are skipped, even under CI, because a harness with libvirt runs them.
+	NoLibvirt bool
 }
 
 // RequireService skips the test locally when a service is unavailable, naming the make target that starts
@@ -72,6 +75,8 @@ func Run(t *testing.T, h Harness) {
 	t.Run("InPlaceRestore", func(t *testing.T) { testInPlace(t, h) })
 	t.Run("Idempotence", func(t *testing.T) { testIdempotence(t, h) })
 	t.Run("RunningDomain", func(t *testing.T) { testRunning(t, h) })
+	t.Run("CreateIsExclusive", func(t *testing.T) { testCreateExclusive(t, h) })
+	t.Run("DeleteOnlyOwnVolume", func(t *testing.T) { testDeleteOwn(t, h) })
 }
 
 func ctxFor(t *testing.T) context.Context {
@@ -106,11 +111,19 @@ func pattern(n int64, seed uint64) []byte {
 
 func (m model) clone() model { return append(model(nil), m...) }
 
-// create makes a fresh volume holding a few written regions and returns its model.
+// create makes a fresh volume holding a few written regions and returns its model. No operation owns it
+// (CreatedBy is empty), like a volume registered by the control plane.
 func create(t *testing.T, h Harness) (volume.Ref, model) {
+	t.Helper()
+	return createBy(t, h, "")
+}
+
+// createBy is create by operation op (Ref.CreatedBy), which then owns the volume.
+func createBy(t *testing.T, h Harness, op string) (volume.Ref, model) {
 	t.Helper()
 	ctx := ctxFor(t)
 	vol := h.NewRef(t)
+	vol.CreatedBy = op
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -252,15 +265,17 @@ func testRestoreToNew(t *testing.T, h Harness) {
 	want := m.clone()
 	write(t, h, vol, m, 0, 1*MiB, 30)
 	dst := h.NewRef(t)
+	dst.CreatedBy = "op-restore-1"
 	t.Cleanup(func() { _ = h.Driver.DeleteVolume(context.Background(), dst) })
 	require.NoError(t, h.Driver.CreateVolumeFromSnapshot(ctxFor(t), vol, "s1", dst))
-	// Idempotent: a retried restore-to-new succeeds.
+	// Idempotent: a retry of the operation that created it reuses its volume.
 	require.NoError(t, h.Driver.CreateVolumeFromSnapshot(ctxFor(t), vol, "s1", dst))
 	snapshot(t, h, dst, "check")
 	readAll(t, h, dst, "check", want)
 
 	// Restore-to-new from a stream (a backup): CreateVolume + WriteAt.
 	dst2 := h.NewRef(t)
+	dst2.CreatedBy = "op-restore-2"
 	t.Cleanup(func() { _ = h.Driver.DeleteVolume(context.Background(), dst2) })
 	w, err := h.Driver.CreateVolume(ctxFor(t), dst2, Size)
 	require.NoError(t, err)
@@ -270,8 +285,91 @@ func testRestoreToNew(t *testing.T, h Harness) {
 	snapshot(t, h, dst2, "check")
 	readAll(t, h, dst2, "check", fresh)
 
+	// Even its creator cannot take it at another size.
 	_, err = h.Driver.CreateVolume(ctxFor(t), dst2, Size*2)
 	require.ErrorIs(t, err, volume.ErrExists)
+}
+
+// testCreateExclusive: a volume is created only where nothing exists, and an existing one is reused only by
+// a retry of the operation that created it (the same Ref.CreatedBy). A restore aimed at a neighbour's volume
+// must neither overwrite nor adopt it, whatever its size.
+func testCreateExclusive(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	vol, m := createBy(t, h, "op-neighbour")
+	registered, mr := create(t, h) // created by no operation, as a registered volume is
+	src, _ := create(t, h)
+	snapshot(t, h, src, "s1")
+
+	for _, target := range []volume.Ref{vol, registered} {
+		for _, by := range []string{"op-intruder", ""} {
+			intruder := target
+			intruder.CreatedBy = by
+			for _, size := range []int64{Size, 2 * Size} {
+				w, err := h.Driver.CreateVolume(ctx, intruder, size)
+				if err == nil {
+					w.Close()
+				}
+				require.ErrorIs(t, err, volume.ErrExists, "CreateVolume(%s by %q, %d) over an existing volume", target, by, size)
+			}
+			err := h.Driver.CreateVolumeFromSnapshot(ctx, src, "s1", intruder)
+			require.ErrorIs(t, err, volume.ErrExists, "CreateVolumeFromSnapshot onto %s by %q", target, by)
+		}
+	}
+	// Nothing was written to either.
+	snapshot(t, h, vol, "check")
+	readAll(t, h, vol, "check", m)
+	snapshot(t, h, registered, "check")
+	readAll(t, h, registered, "check", mr)
+
+	// The creating operation's retry reuses its volume, at the size it created.
+	w, err := h.Driver.CreateVolume(ctx, vol, Size)
+	require.NoError(t, err, "a retry of the creating operation")
+	require.Equal(t, Size, w.Size())
+	require.NoError(t, w.Close())
+	_, err = h.Driver.CreateVolume(ctx, vol, 2*Size)
+	require.ErrorIs(t, err, volume.ErrExists)
+}
+
+// testDeleteOwn: DeleteVolume with Ref.CreatedBy deletes only a volume that operation created (the
+// compensation of a failed restore); anything else is left alone with ErrNotOwned. Without CreatedBy it
+// deletes whatever volume is there.
+func testDeleteOwn(t *testing.T, h Harness) {
+	ctx := ctxFor(t)
+	vol, m := createBy(t, h, "op-a")
+	registered, _ := create(t, h)
+	for _, target := range []volume.Ref{vol, registered} {
+		other := target
+		other.CreatedBy = "op-b"
+		err := h.Driver.DeleteVolume(ctx, other)
+		require.ErrorIs(t, err, volume.ErrNotOwned, "DeleteVolume(%s) by an operation that did not create it", target)
+		size, err := h.Driver.Size(ctx, target)
+		require.NoError(t, err, "the volume survives a refused delete")
+		require.Equal(t, Size, size)
+	}
+	snapshot(t, h, vol, "check")
+	readAll(t, h, vol, "check", m)
+
+	// Its creator deletes it (idempotently), snapshots included.
+	require.NoError(t, h.Driver.DeleteVolume(ctx, vol))
+	require.NoError(t, h.Driver.DeleteVolume(ctx, vol))
+	_, err := h.Driver.Size(ctx, vol)
+	require.ErrorIs(t, err, volume.ErrNotFound)
+
+	// Another operation then creates a volume at the same place: a late compensation of the first one (a
+	// retried delete) must not take it.
+	again := vol
+	again.CreatedBy = "op-c"
+	w, err := h.Driver.CreateVolume(ctx, again, Size)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	t.Cleanup(func() { _ = h.Driver.DeleteVolume(context.Background(), again) })
+	list, err := h.Driver.ListSnapshots(ctx, again)
+	require.NoError(t, err)
+	require.Empty(t, list, "a new volume at a deleted volume's place starts without its snapshots")
+	require.ErrorIs(t, h.Driver.DeleteVolume(ctx, vol), volume.ErrNotOwned)
+	_, err = h.Driver.Size(ctx, again)
+	require.NoError(t, err)
+	require.NoError(t, h.Driver.DeleteVolume(ctx, again))
 }
 
 func testChanged(t *testing.T, h Harness) {
@@ -351,6 +449,9 @@ func testIdempotence(t *testing.T, h Harness) {
 }
 
 func testRunning(t *testing.T, h Harness) {
+	if h.NoLibvirt {
+		t.Skip("driver without libvirt: the libvirt harness runs the running-domain checks")
+	}
 	RequireLibvirt(t, h.LibvirtURI)
 	ctx := ctxFor(t)
 	vol, m := create(t, h)
