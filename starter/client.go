@@ -241,6 +241,19 @@ func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
 }
 
 func (c *Client) state(ctx context.Context, volumeID string) (*workflows.VolumeState, error) {
+	st, err := c.entityState(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Registered {
+		return nil, notFound(volumeID)
+	}
+	return st, nil
+}
+
+// entityState is a volume workflow's state, registered or not (a deregistered volume still answers for
+// its operations).
+func (c *Client) entityState(ctx context.Context, volumeID string) (*workflows.VolumeState, error) {
 	var res converter.EncodedValue
 	err := retryTransient(ctx, func() (err error) {
 		res, err = c.temporal.QueryWorkflow(ctx, workflows.VolumeWorkflowID(volumeID), "", workflows.QueryState)
@@ -256,9 +269,6 @@ func (c *Client) state(ctx context.Context, volumeID string) (*workflows.VolumeS
 	var st workflows.VolumeState
 	if err := res.Get(&st); err != nil {
 		return nil, err
-	}
-	if !st.Registered {
-		return nil, notFound(volumeID)
 	}
 	return &st, nil
 }
@@ -428,6 +438,28 @@ func isNotFound(err error) bool {
 // NewVolumeID returns a fresh volume ID for a volume whose ID Holdfast chooses.
 func NewVolumeID() string { return "vol-" + strings.TrimPrefix(NewOperationID(), "op-") }
 
+// Deregister removes a volume from Holdfast (confirm repeats its name): it is detached from its policy,
+// its snapshots are deleted, and its backups too unless keepBackupsFor keeps them (for its owner, who may
+// register it again meanwhile and gets them back). Its disk is left as it is. Refused while an operation
+// runs (VolumeBusy); the volume's cooldown does not apply.
+func (c *Client) Deregister(ctx context.Context, volumeID, confirm string, keepBackupsFor time.Duration) (*workflows.Operation, error) {
+	st, err := c.state(ctx, volumeID)
+	if err != nil {
+		return nil, err
+	}
+	if confirm != st.Spec.Name {
+		return nil, &Error{Type: workflows.ErrConfirmationMismatch,
+			Message: fmt.Sprintf("Confirmation does not match: type the volume name %q to confirm.", st.Spec.Name)}
+	}
+	if st.PolicyID != "" {
+		if _, err := c.AttachPolicy(ctx, volumeID, ""); err != nil {
+			return nil, err
+		}
+	}
+	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindDeregister, Confirm: confirm,
+		KeepBackupsFor: keepBackupsFor})
+}
+
 // DeleteSnapshot deletes a snapshot; confirm repeats its name.
 func (c *Client) DeleteSnapshot(ctx context.Context, volumeID, snapshotID, confirm string) (*workflows.Operation, error) {
 	return c.Request(ctx, volumeID, workflows.OperationRequest{Kind: workflows.KindDelete, SnapshotID: snapshotID,
@@ -518,7 +550,7 @@ func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.
 	if err != nil {
 		return nil, err
 	}
-	st, err := c.state(ctx, volumeID)
+	st, err := c.entityState(ctx, volumeID)
 	if err != nil {
 		return nil, err
 	}

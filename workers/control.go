@@ -42,6 +42,7 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.ScrubWorkflow)
 	r.RegisterWorkflow(workflows.CollectGarbageWorkflow)
 	r.RegisterWorkflow(workflows.LocationWorkflow)
+	r.RegisterWorkflow(workflows.DeregisterWorkflow)
 }
 
 // StartBilling registers the billing activities on the control worker and makes sure the hourly billing

@@ -93,6 +93,7 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 	env.RegisterWorkflow(BackupWorkflow)
 	env.RegisterWorkflow(RestoreWorkflow)
 	env.RegisterWorkflow(DeleteWorkflow)
+	env.RegisterWorkflow(DeregisterWorkflow)
 	env.RegisterActivity(&fakeHypervisor{})
 	// DeleteBackup is both a hypervisor and a storage activity: one registration serves both names.
 	env.RegisterActivityWithOptions(fakeStorage{}.ListCatalog, activity.RegisterOptions{Name: activities.ListCatalogName})

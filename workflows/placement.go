@@ -114,6 +114,8 @@ func (v *volume) validateReserve(ctx workflow.Context, r Reservation) error {
 		return errInvalid("operation_id: must match %s", idPattern)
 	case v.st.Registered:
 		return errInvalid("new_volume_id: volume %s already exists", v.volumeID)
+	case v.st.BackupsKeptUntil != nil:
+		return errInvalid("new_volume_id: volume %s was deregistered and its backups are kept", v.volumeID)
 	case v.st.Reservation != "" && v.st.Reservation != r.OperationID:
 		return errInvalid("new_volume_id: volume %s is being created by another restore", v.volumeID)
 	}

@@ -59,6 +59,9 @@ const (
 	KindBackup   Kind = "backup"
 	KindRestore  Kind = "restore"
 	KindDelete   Kind = "delete"
+	// KindDeregister removes a volume from Holdfast (DELETE /v1/volumes/{volume_id}): its snapshots are
+	// deleted, its backups too unless kept for a retention period; its disk is the panel's and stays.
+	KindDeregister Kind = "deregister"
 )
 
 // Status of an item (snapshot, backup) or of an operation.
@@ -172,6 +175,9 @@ type OperationRequest struct {
 	// must still be attached to it) and the retention to apply, at the plan cap and after success.
 	PolicyID  string     `json:"policy_id,omitempty"`
 	Retention *Retention `json:"retention,omitempty"`
+	// KeepBackupsFor, with a deregistration, keeps the volume's backups (restorable by the panel, their ID
+	// reserved) for this long before they are deleted; 0 deletes them with the volume.
+	KeepBackupsFor time.Duration `json:"keep_backups_for,omitempty"`
 }
 
 // ItemKind says whether a restore or delete is about a snapshot or a backup.
@@ -227,6 +233,9 @@ type VolumeState struct {
 	// Reservation is the restore operation that holds this (unregistered) volume ID until it registers the
 	// volume it creates, or gives the ID back ("": none).
 	Reservation string `json:"reservation,omitempty"`
+	// BackupsKeptUntil is set on a deregistered volume whose backups are kept for a while: until then its ID
+	// cannot be registered again, and then its backups are deleted.
+	BackupsKeptUntil *time.Time `json:"backups_kept_until,omitempty"`
 	// PolicyID is the policy the volume is attached to ("": none); its schedule is ScheduleID(PolicyID, id).
 	PolicyID string `json:"policy_id,omitempty"`
 	// CooldownRemainingSeconds is filled by the state query (never stored).
@@ -250,6 +259,9 @@ type OperationInput struct {
 	Unreplicated []string  `json:"unreplicated,omitempty"`
 	Source       *Item     `json:"source,omitempty"`
 	StartedAt    time.Time `json:"started_at"`
+	// Snapshots and Backups are what a deregistration deletes.
+	Snapshots []Item `json:"snapshots,omitempty"`
+	Backups   []Item `json:"backups,omitempty"`
 }
 
 // OperationResult is what an operation child returns on success.

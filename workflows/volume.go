@@ -70,8 +70,12 @@ func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
 		v.indexOperations(ctx)
 	}
 	for {
-		ready := func() bool { return v.st.Queued != nil || v.shouldContinueAsNew(ctx) }
-		if wait := v.cooldownRemaining(ctx); wait > 0 {
+		ready := func() bool { return v.st.Queued != nil || v.shouldContinueAsNew(ctx) || v.purgeDue(ctx) }
+		wait := v.cooldownRemaining(ctx)
+		if kept := v.keptRemaining(ctx); kept > 0 && (wait <= 0 || kept < wait) {
+			wait = kept // a deregistered volume's kept backups are deleted when their period ends
+		}
+		if wait > 0 {
 			// The cooldown is a durable timer: it survives worker and server restarts.
 			if _, err := workflow.AwaitWithTimeout(ctx, wait, ready); err != nil {
 				return err
@@ -89,6 +93,10 @@ func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
 			// A request accepted meanwhile is carried in st.Queued and started by the next run.
 			return workflow.NewContinueAsNewError(ctx, VolumeWorkflow,
 				VolumeInput{VolumeID: v.volumeID, State: &v.st})
+		}
+		if v.purgeDue(ctx) {
+			v.purgeKept(ctx)
+			continue
 		}
 		v.run(ctx)
 	}
@@ -148,6 +156,9 @@ func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
 		return err
 	}
 	if err := v.checkReservation(spec); err != nil {
+		return err
+	}
+	if err := v.checkKept(spec); err != nil {
 		return err
 	}
 	if v.st.Active != nil {
@@ -214,6 +225,7 @@ func (v *volume) register(ctx workflow.Context, spec VolumeSpec) (VolumeState, e
 	v.st.Spec = spec
 	v.st.Registered = true
 	v.st.Reservation = ""
+	v.st.BackupsKeptUntil = nil // registered again by its owner: its kept backups are its own again
 	v.upsertIdentity(ctx)
 	return v.st, nil
 }
@@ -246,7 +258,7 @@ func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
 	if v.st.Active != nil {
 		return errVolumeBusy(v.st.Active.Kind)
 	}
-	if wait := v.cooldownRemaining(ctx); wait > 0 {
+	if wait := v.cooldownRemaining(ctx); wait > 0 && req.Kind != KindDeregister {
 		return errCooldown(int64((wait + time.Second - 1) / time.Second))
 	}
 	if req.PolicyID != "" && req.PolicyID != v.st.PolicyID {
@@ -287,10 +299,13 @@ func (r OperationRequest) retention() Retention {
 
 // checkItem checks the snapshot or backup a restore or delete names, and the confirmation typed for it.
 func (v *volume) checkItem(req OperationRequest) error {
+	spec := v.st.Spec
+	if req.Kind == KindDeregister && req.Confirm != spec.Name {
+		return errConfirmation("volume", spec.Name)
+	}
 	if req.Kind != KindRestore && req.Kind != KindDelete {
 		return nil
 	}
-	spec := v.st.Spec
 	it, err := v.item(req.ItemKind(), req.ItemID())
 	if err != nil {
 		return err
@@ -329,8 +344,16 @@ func validateRequest(req OperationRequest, volumeID string) error {
 	if req.Scheduled && req.Kind != KindSnapshot && req.Kind != KindBackup {
 		return errInvalid("kind: only snapshots and backups are scheduled")
 	}
+	if req.KeepBackupsFor != 0 && req.Kind != KindDeregister {
+		return errInvalid("keep_backups_for: only a deregistration keeps backups")
+	}
 	switch req.Kind {
 	case KindSnapshot, KindBackup:
+		return nil
+	case KindDeregister:
+		if req.KeepBackupsFor < 0 || req.KeepBackupsFor > maxKeepBackups {
+			return errInvalid("keep_backups_for: must be between 0 and %s", maxKeepBackups)
+		}
 		return nil
 	case KindRestore, KindDelete:
 		if (req.SnapshotID == "") == (req.BackupID == "") {
@@ -550,6 +573,9 @@ func (v *volume) run(ctx workflow.Context) {
 		it, _ := v.item(req.ItemKind(), req.ItemID())
 		it.Status = StatusDeleting
 		in.Item = *it
+	case KindDeregister:
+		op.Status = StatusDeleting
+		in.Snapshots, in.Backups = v.st.Snapshots, v.st.Backups
 	}
 	mh := workflow.GetMetricsHandler(ctx) // replay-safe: nothing is recorded while replaying
 	metrics.OperationStarted(mh, string(req.Kind))
@@ -607,6 +633,8 @@ func operationWorkflow(kind Kind) any {
 		return BackupWorkflow
 	case KindRestore:
 		return RestoreWorkflow
+	case KindDeregister:
+		return DeregisterWorkflow
 	default:
 		return DeleteWorkflow
 	}
@@ -651,6 +679,9 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 		op.Status = status
 	}
 	v.recordItem(req, op, res, err)
+	if err == nil && req.Kind == KindDeregister {
+		v.deregistered(ctx, req)
+	}
 	if err == nil && res.SizeBytes > 0 && !(req.Kind == KindRestore && req.Mode == ModeNewVolume) {
 		v.st.Spec.SizeBytes = res.SizeBytes
 	}
