@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -245,8 +246,10 @@ func testRoundTrip(t *testing.T, format, otherFormat string) {
 		require.Equal(t, size, p.BytesTotal)
 	}
 
-	// Restore to a new volume: byte-identical to the volume at snapshot time.
+	// Restore to a new volume: byte-identical to the volume at snapshot time. The control plane names the
+	// operation that creates it.
 	target := f.ref("copy." + otherFormat)
+	target.CreatedBy = "op-restore-vol2"
 	var res activities.RestoreResult
 	require.NoError(t, f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
 		SourceVolumeID: "vol1", BackupID: "b1", Storage: storage, TargetVolumeID: "vol2", Target: target, Create: true}, &res, nil))
@@ -256,17 +259,23 @@ func testRoundTrip(t *testing.T, format, otherFormat string) {
 	require.NotEmpty(t, restoreHBs)
 	require.Equal(t, backup.PhaseDone, restoreHBs[len(restoreHBs)-1].Phase)
 
-	// A retried restore to the same new volume reuses it and is still identical.
+	// A retry of that operation reuses its volume (which its first attempt wrote) and is still identical.
 	require.NoError(t, f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
 		SourceVolumeID: "vol1", BackupID: "b1", Storage: storage, TargetVolumeID: "vol2", Target: target, Create: true}, &res, nil))
 	requireSame(t, atSnapshot, f.contents(target), "retried restore to new volume")
-	// Whatever already sits at a new volume's path with the right size (an earlier attempt, or a stale image)
-	// is reused by the driver, so none of its bytes may survive the restore.
+	// Whatever else sits at a new volume's path, even with the right size (a neighbour's disk, a stale
+	// image), is refused and left untouched, and no other operation's compensation deletes it.
 	stale := f.ref("stale." + otherFormat)
-	f.createVolume(stale, size, 4, volume.Extent{Offset: 0, Length: size})
-	require.NoError(t, f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
-		SourceVolumeID: "vol1", BackupID: "b1", Storage: storage, TargetVolumeID: "vol4", Target: stale, Create: true}, &res, nil))
-	requireSame(t, atSnapshot, f.contents(stale), "restore over a stale same-size volume")
+	staleBytes := f.createVolume(stale, size, 4, volume.Extent{Offset: 0, Length: size})
+	for _, by := range []string{"op-restore-vol4", ""} {
+		stale.CreatedBy = by
+		err := f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
+			SourceVolumeID: "vol1", BackupID: "b1", Storage: storage, TargetVolumeID: "vol4", Target: stale, Create: true}, &res, nil)
+		requireType(t, err, activities.ErrInvalidArgument)
+	}
+	stale.CreatedBy = "op-restore-vol4"
+	require.Error(t, f.run(ctx, activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: "vol4", Volume: stale}, nil, nil))
+	requireSame(t, staleBytes, f.contents(stale), "a volume in the way of a restore")
 
 	// In place, over data that changed since: zero ranges are written too, so stale bytes do not survive.
 	requireSame(t, current, f.contents(vol), "volume before in-place restore")
@@ -281,10 +290,19 @@ func testRoundTrip(t *testing.T, format, otherFormat string) {
 		activities.SnapshotRef{VolumeID: "vol1", Volume: vol, SnapshotID: "s1"}, nil, nil))
 	requireSame(t, atSnapshot, f.contents(vol), "rollback")
 	clone := f.ref("clone." + format)
-	require.NoError(t, f.run(ctx, activities.CloneSnapshotName, activities.CloneSnapshotInput{
-		SourceVolumeID: "vol1", Source: vol, SnapshotID: "s1", TargetVolumeID: "vol3", Target: clone}, &res, nil))
-	require.Equal(t, size, res.SizeBytes)
-	requireSame(t, atSnapshot, f.contents(clone), "clone")
+	clone.CreatedBy = "op-clone-vol3"
+	for range 2 { // a retried clone reuses its target
+		require.NoError(t, f.run(ctx, activities.CloneSnapshotName, activities.CloneSnapshotInput{
+			SourceVolumeID: "vol1", Source: vol, SnapshotID: "s1", TargetVolumeID: "vol3", Target: clone}, &res, nil))
+		require.Equal(t, size, res.SizeBytes)
+		requireSame(t, atSnapshot, f.contents(clone), "clone")
+	}
+	// A clone onto an existing volume is refused, and that volume is untouched.
+	err = f.run(ctx, activities.CloneSnapshotName, activities.CloneSnapshotInput{
+		SourceVolumeID: "vol1", Source: vol, SnapshotID: "s1", TargetVolumeID: "vol5",
+		Target: activities.VolumeRef{Type: "file", Path: stale.Path, CreatedBy: "op-clone-vol5"}}, &res, nil)
+	requireType(t, err, activities.ErrInvalidArgument)
+	requireSame(t, staleBytes, f.contents(stale), "a volume in the way of a clone")
 
 	// A parent that retention already deleted does not fail the next backup.
 	require.NoError(t, f.run(ctx, activities.UploadBackupName, activities.UploadBackupInput{
@@ -302,6 +320,53 @@ func testRoundTrip(t *testing.T, format, otherFormat string) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 	err = f.run(ctx, activities.RollbackSnapshotName, activities.SnapshotRef{VolumeID: "vol1", Volume: vol, SnapshotID: "s1"}, nil, nil)
 	requireType(t, err, activities.ErrNotFound)
+}
+
+// TestGuestWrittenQCOW2HeaderOnRawVolume: the guest of a raw volume wrote a qcow2 header naming a host file as
+// its backing file. The backup holds the guest's bytes, is catalogued raw and restores them; the host file
+// is never read.
+func TestGuestWrittenQCOW2HeaderOnRawVolume(t *testing.T) {
+	const size = 4 * MiB
+	f := newFixture(t, backup.Options{Concurrency: 2})
+	ctx := context.Background()
+	const secretText = "HOLDFAST-HOST-SECRET "
+	secret := filepath.Join(f.dir, "host-secret")
+	require.NoError(t, os.WriteFile(secret, bytes.Repeat([]byte(secretText), 1<<16), 0o600))
+	hostile := filepath.Join(f.dir, "hostile.qcow2")
+	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", hostile, "8M").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	header, err := os.ReadFile(hostile)
+	require.NoError(t, err)
+	disk := make([]byte, size)
+	copy(disk, header)
+
+	for i, vol := range []activities.VolumeRef{
+		{Type: "file", Path: filepath.Join(f.dir, "guest.raw"), Format: "raw"},
+		{Type: "file", Path: filepath.Join(f.dir, "guest.img")}, // registered before formats were recorded
+	} {
+		require.NoError(t, os.WriteFile(vol.Path, disk, 0o600))
+		volumeID, backupID := fmt.Sprintf("guest%d", i), fmt.Sprintf("b%d", i)
+		var snap activities.SnapshotResult
+		require.NoError(t, f.run(ctx, activities.CreateSnapshotName,
+			activities.SnapshotInput{VolumeID: volumeID, Volume: vol, SnapshotID: "s1"}, &snap, nil))
+		require.Equal(t, int64(size), snap.SizeBytes)
+		var up activities.UploadBackupResult
+		require.NoError(t, f.run(ctx, activities.UploadBackupName, activities.UploadBackupInput{
+			VolumeID: volumeID, Volume: vol, SnapshotID: "s1", BackupID: backupID, Storage: storage}, &up, nil))
+		m, err := f.engine.Manifest(ctx, volumeID, backupID)
+		require.NoError(t, err)
+		require.Equal(t, "raw", m.SourceType)
+		require.Equal(t, int64(size), m.Size)
+
+		target := activities.VolumeRef{Type: "file", Path: filepath.Join(f.dir, fmt.Sprintf("restored%d.raw", i)),
+			Format: "raw", CreatedBy: "op-restore-" + volumeID}
+		require.NoError(t, f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
+			SourceVolumeID: volumeID, BackupID: backupID, Storage: storage, TargetVolumeID: "new-" + volumeID,
+			Target: target, Create: true}, nil, nil))
+		got := f.contents(target)
+		requireSame(t, disk, got, "restore of a raw volume holding a qcow2 header")
+		require.NotContains(t, string(got), secretText)
+	}
 }
 
 // TestUploadResumes interrupts an upload half way, then runs the retry with the last heartbeat's details, as

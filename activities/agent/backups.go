@@ -1,12 +1,11 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -178,19 +177,17 @@ func resumeFloor(c *backup.Checkpoint) int64 {
 	return c.NextOffset
 }
 
-// sourceType is what the catalog records as the backup's origin: "rbd", or the file volume's on-disk format
-// ("qcow2"/"raw", read from its header because activities.VolumeRef does not carry it).
+// sourceType is what the catalog records as the backup's origin: "rbd", or the file volume's recorded format
+// (the driver's rule: Ref.Format, else the path's extension), never the image's first bytes, which a raw
+// volume's guest writes.
 func sourceType(ref volume.Ref) string {
 	if ref.Type != volume.TypeFile {
 		return string(ref.Type)
 	}
-	f, err := os.Open(ref.Path)
-	if err != nil {
-		return string(ref.Type)
+	if ref.Format != "" {
+		return string(ref.Format)
 	}
-	defer f.Close()
-	magic := make([]byte, 4)
-	if _, err := f.ReadAt(magic, 0); err == nil && bytes.Equal(magic, []byte("QFI\xfb")) {
+	if filepath.Ext(ref.Path) == ".qcow2" {
 		return string(volume.FormatQCOW2)
 	}
 	return string(volume.FormatRaw)
@@ -268,9 +265,9 @@ func openTarget(ctx context.Context, d volume.Driver, ref volume.Ref, size int64
 		w, err := d.OpenWriter(ctx, ref)
 		return w, false, err
 	}
-	// CreateVolume reuses an existing volume of the same size (a retried restore), and that one does not
-	// read as zeros: its earlier attempt wrote into it, or, worse, it is something else that happens to
-	// live there. Zero ranges are then written too, so the result is byte-identical either way.
+	// CreateVolume reuses an existing volume only for a retry of the operation that created it
+	// (ref.CreatedBy; anything else there is refused with ErrExists), and that one does not read as zeros:
+	// the earlier attempt wrote into it. Zero ranges are then written too, so the result is byte-identical.
 	_, err := d.Size(ctx, ref)
 	existed := err == nil
 	if err != nil && !errors.Is(err, volume.ErrNotFound) {

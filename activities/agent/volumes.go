@@ -104,7 +104,8 @@ func (a *Activities) RollbackSnapshot(ctx context.Context, in activities.Snapsho
 }
 
 // CloneSnapshot creates Target holding snapshot SnapshotID of Source. Idempotent: the driver reuses a
-// target of the right size left by an earlier attempt and rewrites it from the snapshot.
+// target left by an earlier attempt of the same operation (Target.CreatedBy) and rewrites it from the
+// snapshot; any other existing target is refused (ErrExists), never overwritten.
 //
 // BytesWritten is reported as 0: the driver copies (file) or clones and flattens (rbd) internally and does
 // not say how much it wrote.
@@ -138,7 +139,8 @@ func (a *Activities) CloneSnapshot(ctx context.Context, in activities.CloneSnaps
 	return activities.RestoreResult{SizeBytes: size}, nil
 }
 
-// DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume).
+// DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume). With
+// Volume.CreatedBy the driver deletes only a volume that operation created (volume.ErrNotOwned otherwise).
 // Idempotent: a missing volume is success. Refused (ErrAttachedRunning) while a running instance uses it.
 func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolumeInput) error {
 	if err := checkID("volume_id", in.VolumeID); err != nil {
