@@ -164,7 +164,10 @@ func TestAPIAuthAndValidation(t *testing.T) {
 func TestAPIGuardRailsThroughHTTP(t *testing.T) {
 	e := newEnv(t)
 	for _, v := range []string{"v1", "v2", "v3", "v4"} {
-		require.Equal(t, 200, e.do("PUT", "/v1/volumes/"+v, "panel-secret", volumeBody("alice", "hv1")).status)
+		body := volumeBody("alice", "hv1") // each on its own file: one file is one volume
+		body["storage"] = map[string]any{"type": "file", "path": "/var/lib/holdfast/volumes/" + v + ".qcow2"}
+		r := e.do("PUT", "/v1/volumes/"+v, "panel-secret", body)
+		require.Equal(t, 200, r.status, r.raw)
 	}
 	require.Equal(t, 200, e.do("PUT", "/v1/volumes/bare", "panel-secret", volumeBody("alice", "hv2")).status)
 	requireError(t, e.do("POST", "/v1/volumes/bare/backups", "alice-token", nil), 409, "NoBackupStorage",
