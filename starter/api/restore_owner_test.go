@@ -2,8 +2,16 @@ package api_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/startertest"
 )
 
 // An owner token never chooses where or on what a new volume lives, nor its ID: each such field is a 400
@@ -41,4 +49,38 @@ func TestAPIBadNewVolumeIDNamesItsField(t *testing.T) {
 		requireRefused(t, a, http.StatusBadRequest, "InvalidArgument",
 			"new_volume_id: must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 	}
+}
+
+// Through the real control plane: an owner restores to a new volume without naming it, the 202 and the
+// operation give the ID Holdfast chose, and the volume under that ID is the owner's.
+func TestAPIOwnerRestoreLearnsTheNewVolumeID(t *testing.T) {
+	hv := startertest.NewGatedHypervisor()
+	hv.Gate.Open()
+	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
+		map[string]activities.Hypervisor{"hv1": hv})
+	ts := httptest.NewServer(api.New(c.Client, api.Tokens{Panel: []string{"p"}, Owners: map[string]string{"alice-token": "alice"}},
+		nil, nil))
+	t.Cleanup(ts.Close)
+	e := &env{t: t, url: ts.URL, client: ts.Client()}
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
+	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "alice-token", map[string]any{"name": "s1"}).status)
+	snapID := e.availableSnapshot("v1", "alice-token")
+
+	r := e.do("POST", "/v1/volumes/v1/restore", "alice-token", map[string]any{"snapshot_id": snapID,
+		"mode": "new_volume", "new_volume_name": "copy"})
+	require.Equal(t, 202, r.status, r.raw)
+	newID, _ := r.body["new_volume_id"].(string)
+	require.NotEmpty(t, newID, r.raw)
+	assert.NotEqual(t, "v1", newID)
+	op := e.do("GET", "/v1/operations/"+r.body["operation_id"].(string), "alice-token", nil)
+	assert.Equal(t, newID, op.body["new_volume_id"], op.raw)
+	startertest.WaitFor(t, "new volume", func() bool { return e.do("GET", "/v1/volumes/"+newID, "alice-token", nil).status == 200 })
+	nv := e.do("GET", "/v1/volumes/"+newID, "alice-token", nil)
+	assert.Equal(t, "alice", nv.body["owner_id"])
+	assert.Equal(t, "copy", nv.body["name"])
+
+	// Other operations keep exactly the v1 shape.
+	snap := e.do("POST", "/v1/volumes/"+newID+"/snapshots", "alice-token", nil)
+	require.Equal(t, 202, snap.status, snap.raw)
+	assert.NotContains(t, snap.body, "new_volume_id")
 }
