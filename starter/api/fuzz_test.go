@@ -95,7 +95,7 @@ func newOfflineHandler(t testing.TB) http.Handler {
 limits: {cooldown: 0s}
 backup_storages: {local: {type: fs, path: /tmp/holdfast-fuzz-unused}}
 hypervisor_groups: {g1: {backup_storage: local}}
-hypervisors: {hv1: {group: g1}}
+hypervisors: {hv1: {group: g1, volume_roots: [/var/lib/holdfast/volumes]}}
 `))
 		if err != nil {
 			panic(err)
