@@ -1,10 +1,12 @@
 // Package rbd is the volume driver for Ceph RBD images, through librbd (go-ceph, built with -tags pacific).
 //
 // It owns one RADOS connection per Driver, the images it is given and their snapshots, and a small JSON record
-// per snapshot in the image's metadata (key "holdfast.snapshot.<name>": consistency and freeze error). It asks
-// libvirt (domains package) which domain has the image as an rbd disk. It must never change pools, cluster
-// configuration or a domain's definition, and must never block forever: every RADOS/RBD operation is bounded
-// by the client's op timeouts, so a full or dead OSD fails calls instead of hanging the activity.
+// per snapshot in the image's metadata (key "holdfast.snapshot.<name>": consistency and freeze error).
+// Whether an image is in use is asked of the cluster (the clients watching or locking it, wherever they run)
+// and of the local libvirt (which domain has it as a disk, to freeze its guest), see inuse.go. It must never
+// change pools, cluster configuration or a domain's definition, never overwrite or delete an image another
+// client uses, and never block forever: every RADOS/RBD operation is bounded by the client's op timeouts, so
+// a full or dead OSD fails calls instead of hanging the activity.
 package rbd
 
 import (
@@ -33,9 +35,13 @@ type Config struct {
 	CephConf string
 	// User is the cephx user without "client." (empty: admin).
 	User string
-	// LibvirtURI is the libvirt connection for attachment checks; empty means domains.DefaultURI.
+	// LibvirtURI is the libvirt connection for attachment checks; empty means domains.DefaultURI, NoLibvirt
+	// none (a host without a hypervisor daemon: only the cluster is asked).
 	LibvirtURI string
 }
+
+// NoLibvirt as Config.LibvirtURI runs the driver without libvirt.
+const NoLibvirt = "none"
 
 // Driver serves volume.TypeRBD volumes.
 type Driver struct {
@@ -158,32 +164,6 @@ func (d *Driver) Size(ctx context.Context, vol volume.Ref) (int64, error) {
 	return int64(size), err
 }
 
-func (d *Driver) attachment(vol volume.Ref) (domains.Found, error) {
-	conn, err := domains.Open(d.cfg.LibvirtURI)
-	if err != nil {
-		return domains.Found{}, err
-	}
-	defer conn.Close()
-	name := vol.Pool + "/" + vol.Image
-	return domains.Find(conn, func(dk domains.Disk) bool { return dk.RBD == name })
-}
-
-func (d *Driver) Attachment(ctx context.Context, vol volume.Ref) (volume.Attachment, error) {
-	f, err := d.attachment(vol)
-	return f.Attachment, err
-}
-
-func (d *Driver) refuseRunning(vol volume.Ref) error {
-	f, err := d.attachment(vol)
-	if err != nil {
-		return err
-	}
-	if f.Running {
-		return &volume.AttachedRunningError{Volume: vol, Domain: f.Domain}
-	}
-	return nil
-}
-
 func (d *Driver) list(img *librbd.Image) ([]volume.Snapshot, error) {
 	infos, err := img.GetSnapshotNames()
 	if err != nil {
@@ -242,22 +222,28 @@ func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string
 		return s, nil // idempotent
 	}
 	snap := volume.Snapshot{Name: name, Consistency: volume.ConsistencyOffline}
-	found, err := d.attachment(vol)
+	u, err := d.usage(vol)
 	if err != nil {
 		return volume.Snapshot{}, err
 	}
 	thaw := func() {}
-	if found.Running {
+	switch {
+	case u.local.Running:
 		conn, err := domains.Open(d.cfg.LibvirtURI)
 		if err != nil {
 			return volume.Snapshot{}, err
 		}
 		defer conn.Close()
-		thaw, snap.FreezeError = domains.Freeze(conn, found.Domain)
+		thaw, snap.FreezeError = domains.Freeze(conn, u.local.Domain)
 		snap.Consistency = volume.ConsistencyApplication
 		if snap.FreezeError != "" {
 			snap.Consistency = volume.ConsistencyCrash
 		}
+	case u.remote != "":
+		// Written by a client this host's libvirt does not know (a VM elsewhere): nothing here can freeze it.
+		snap.Consistency = volume.ConsistencyCrash
+		snap.FreezeError = fmt.Sprintf("in use by %s, not by a domain of this host: its guest cannot be frozen "+
+			"from here", u.remote)
 	}
 	// librbd asks the exclusive-lock owner (a running QEMU) to flush its cache before the snapshot is taken.
 	_, err = img.CreateSnapshot(name)
