@@ -151,7 +151,8 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		a.Close()
 		return nil, err
 	}
-	ac := agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log, Metrics: m}
+	ac := agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log, Metrics: m,
+		VolumeRoots: h.VolumeRoots, RBDPools: h.RBDPools}
 	a.Activities, a.Storage = agent.New(ac), agent.NewStorage(ac)
 	return a, nil
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"syscall"
 
 	"go.temporal.io/sdk/activity"
@@ -43,12 +44,18 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics records bytes and throughput (nil: none).
 	Metrics *metrics.Metrics
+	// VolumeRoots and RBDPools are where this host's volumes may live (the hypervisor's volume_roots and
+	// rbd_pools). The control plane places volumes there already; the agent, which runs as root, checks
+	// again before any driver touches a path or an image, and refuses links below a root.
+	VolumeRoots []string
+	RBDPools    []string
 }
 
 // Activities is the hypervisor agent's activity set. Register it with worker.RegisterActivity: every exported
 // method is an activity, named as in activities.Hypervisor, so it must have no other exported methods.
 type Activities struct {
 	hypervisorID string
+	roots, pools []string
 	drivers      map[string]volume.Driver
 	engines      map[string]*backup.Engine
 	log          *slog.Logger
@@ -65,6 +72,8 @@ func New(cfg Config) *Activities {
 		drivers:      make(map[string]volume.Driver, len(cfg.Drivers)),
 		engines:      make(map[string]*backup.Engine, len(cfg.Engines)),
 		log:          cfg.Logger,
+		roots:        cfg.VolumeRoots,
+		pools:        cfg.RBDPools,
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -121,8 +130,27 @@ func (a *Activities) driver(field string, ref activities.VolumeRef) (volume.Driv
 	if !ok {
 		return nil, volume.Ref{}, invalid(fmt.Sprintf("%s: volume type %q is not served by this hypervisor", field, ref.Type))
 	}
+	if err := a.placed(ref); err != nil {
+		return nil, volume.Ref{}, invalid(fmt.Sprintf("%s: %v", field, err))
+	}
 	return d, volume.Ref{Type: volume.Type(ref.Type), Path: ref.Path, Format: volume.Format(ref.Format),
 		Pool: ref.Pool, Image: ref.Image, CreatedBy: ref.CreatedBy}, nil
+}
+
+// placed checks that a volume lives where this hypervisor keeps volumes: a file inside a volume root with
+// no link on the way to it, an image in one of its pools.
+func (a *Activities) placed(ref activities.VolumeRef) error {
+	if ref.Type == string(volume.TypeRBD) {
+		if !slices.Contains(a.pools, ref.Pool) {
+			return errors.New("pool is not one this hypervisor keeps volumes in")
+		}
+		return nil
+	}
+	root, err := volume.InsideRoots(ref.Path, a.roots)
+	if err != nil {
+		return fmt.Errorf("path %w", err)
+	}
+	return volume.NoSymlinkBelow(root, ref.Path)
 }
 
 // engine returns the backup engine of a storage.
@@ -167,7 +195,8 @@ func classify(ctx context.Context, op string, err error) error {
 		return temporal.NewNonRetryableApplicationError(msg, activities.ErrCorrupt, err)
 	case errors.Is(err, volume.ErrNotFound), errors.Is(err, backup.ErrNotExist):
 		return temporal.NewNonRetryableApplicationError(msg, activities.ErrNotFound, err)
-	case errors.Is(err, backup.ErrWrongKey), errors.Is(err, volume.ErrExists), errors.Is(err, volume.ErrUnsupported):
+	case errors.Is(err, backup.ErrWrongKey), errors.Is(err, volume.ErrExists), errors.Is(err, volume.ErrUnsupported),
+		errors.Is(err, volume.ErrNotOwned):
 		// Each needs an operator (the storage's key, a volume in the way, a driver that cannot do this):
 		// retrying for the operation's whole deadline would only delay the answer.
 		return temporal.NewNonRetryableApplicationError(msg, activities.ErrInvalidArgument, err)

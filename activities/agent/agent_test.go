@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/interceptor"
 	tlog "go.temporal.io/sdk/log"
@@ -66,7 +67,7 @@ func newFixture(t *testing.T, opts backup.Options) *fixture {
 	require.NoError(t, err)
 	drv := &countingDriver{Driver: file.New(uri)}
 	f := &fixture{t: t, dir: dir, driver: drv, store: st, engine: eng, hb: &heartbeatRecorder{}, logs: logs,
-		acts: agent.New(agent.Config{HypervisorID: "hv1", Logger: logger,
+		acts: agent.New(agent.Config{HypervisorID: "hv1", Logger: logger, VolumeRoots: []string{dir},
 			Drivers: map[string]volume.Driver{"file": drv}, Engines: map[string]*backup.Engine{storage: eng}})}
 	t.Cleanup(f.checkLogs)
 	return f
@@ -274,7 +275,8 @@ func testRoundTrip(t *testing.T, format, otherFormat string) {
 		requireType(t, err, activities.ErrInvalidArgument)
 	}
 	stale.CreatedBy = "op-restore-vol4"
-	require.Error(t, f.run(ctx, activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: "vol4", Volume: stale}, nil, nil))
+	// Its compensation finds nothing of its own there: it succeeds and leaves the file as it is.
+	require.NoError(t, f.run(ctx, activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: "vol4", Volume: stale}, nil, nil))
 	requireSame(t, staleBytes, f.contents(stale), "a volume in the way of a restore")
 
 	// In place, over data that changed since: zero ranges are written too, so stale bytes do not survive.
@@ -640,4 +642,50 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// The agent runs as root: it checks again that what it is asked to touch lives in one of its roots, with
+// no link on the way, whatever the control plane sent.
+func TestSecurityAgentTouchesOnlyItsRoots(t *testing.T) {
+	f := newFixture(t, backup.Options{})
+	ctx := context.Background()
+	outside := filepath.Join(t.TempDir(), "secret.raw")
+	require.NoError(t, os.WriteFile(outside, bytes.Repeat([]byte{7}, 1<<20), 0o600))
+	require.NoError(t, os.Symlink(filepath.Dir(outside), filepath.Join(f.dir, "link")))
+	for name, ref := range map[string]activities.VolumeRef{
+		"outside the roots": {Type: "file", Path: outside, Format: "raw"},
+		"through a link":    {Type: "file", Path: filepath.Join(f.dir, "link", "secret.raw"), Format: "raw"},
+		"traversal":         {Type: "file", Path: f.dir + "/../" + filepath.Base(outside), Format: "raw"},
+		"rbd pool":          {Type: "rbd", Pool: "rbd", Image: "x"},
+	} {
+		err := f.run(ctx, activities.CreateSnapshotName,
+			activities.SnapshotInput{VolumeID: "vol1", Volume: ref, SnapshotID: "s1"}, nil, nil)
+		requireType(t, err, activities.ErrInvalidArgument)
+		err = f.run(ctx, activities.DeleteVolumeName, activities.DeleteVolumeInput{VolumeID: "vol1", Volume: ref}, nil, nil)
+		requireType(t, err, activities.ErrInvalidArgument)
+		assert.NotContains(t, err.Error(), outside, name)
+	}
+	require.FileExists(t, outside)
+	_, err := os.Stat(filepath.Join(filepath.Dir(outside), ".secret.raw.holdfast"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "nothing was created next to the file")
+}
+
+// A compensation meets a volume its operation did not create (the target was in the way): it leaves it
+// as it is and succeeds, instead of retrying until the deadline.
+func TestDeleteVolumeLeavesWhatItDidNotCreate(t *testing.T) {
+	f := newFixture(t, backup.Options{})
+	ctx := context.Background()
+	ref := f.ref("theirs.raw")
+	ref.Format = "raw"
+	require.NoError(t, os.WriteFile(ref.Path, bytes.Repeat([]byte{9}, 1<<20), 0o600))
+	ref.CreatedBy = "op-mine"
+	require.NoError(t, f.run(ctx, activities.DeleteVolumeName,
+		activities.DeleteVolumeInput{VolumeID: "vol1", Volume: ref}, nil, nil))
+	assert.Equal(t, bytes.Repeat([]byte{9}, 1<<20), readAll(t, ref.Path))
+}
+
+func readAll(t *testing.T, path string) []byte {
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
 }

@@ -60,7 +60,7 @@ func TestBackupOfAFileVolumeRestoresOntoRBDElsewhere(t *testing.T) {
 
 	// hv2 has only the rbd driver and the same backup storage; hv1's agent is not involved from here on.
 	hv2 := agent.New(agent.Config{HypervisorID: "hv2", Drivers: map[string]volume.Driver{"rbd": d},
-		Engines: map[string]*backup.Engine{storage: f.engine}})
+		Engines: map[string]*backup.Engine{storage: f.engine}, RBDPools: []string{pool}})
 	target := activities.VolumeRef{Type: "rbd", Pool: pool, Image: fmt.Sprintf("xstore-%d-%d", os.Getpid(), rand.Uint32())}
 	t.Cleanup(func() {
 		_ = runActivity(ctx, hv2, f.hb, activities.DeleteVolumeName,

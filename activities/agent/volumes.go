@@ -140,8 +140,9 @@ func (a *Activities) CloneSnapshot(ctx context.Context, in activities.CloneSnaps
 }
 
 // DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume). With
-// Volume.CreatedBy the driver deletes only a volume that operation created (volume.ErrNotOwned otherwise).
-// Idempotent: a missing volume is success. Refused (ErrAttachedRunning) while a running instance uses it.
+// Volume.CreatedBy the driver deletes only a volume that operation created; one it did not create is left
+// untouched and the compensation succeeds (nothing of its own was there). Idempotent: a missing volume is
+// success. Refused (ErrAttachedRunning) while a running instance uses it.
 func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolumeInput) error {
 	if err := checkID("volume_id", in.VolumeID); err != nil {
 		return err
@@ -151,7 +152,14 @@ func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolum
 		return err
 	}
 	log := a.logger(ctx, in.VolumeID)
-	if err := d.DeleteVolume(ctx, ref); err != nil && !errors.Is(err, volume.ErrNotFound) {
+	err = d.DeleteVolume(ctx, ref)
+	if errors.Is(err, volume.ErrNotOwned) {
+		// A compensation removes what its operation created, and this operation created nothing here (its
+		// target was in the way): there is nothing of its own to delete, and the file is not touched.
+		log.Warn("volume not created by this operation; left as it is", "created_by", in.Volume.CreatedBy)
+		return nil
+	}
+	if err != nil && !errors.Is(err, volume.ErrNotFound) {
 		log.Error("delete volume failed", "error", err)
 		return classify(ctx, activities.DeleteVolumeName, err)
 	}

@@ -3,9 +3,9 @@ package config
 import (
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/volume"
 )
 
 // Volume formats of file volumes, as recorded with a volume.
@@ -55,8 +55,8 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 		if ref.Pool != "" || ref.Image != "" {
 			return ref, fmt.Errorf("storage: a file volume has no pool or image")
 		}
-		if err := checkPath(ref.Path, h.VolumeRoots); err != nil {
-			return ref, err
+		if _, err := volume.InsideRoots(ref.Path, h.VolumeRoots); err != nil {
+			return ref, fmt.Errorf("storage.path: %w", err)
 		}
 		switch ref.Format = FormatOf(ref); ref.Format {
 		case FormatRaw, FormatQCOW2:
@@ -84,41 +84,6 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 	}
 	return ref, nil
 }
-
-// maxPath bounds a volume path (PATH_MAX less room for the driver's metadata beside it).
-const maxPath = 1024
-
-func checkPath(path string, roots []string) error {
-	switch {
-	case path == "":
-		return fmt.Errorf("storage.path: is required for type file")
-	case len(path) > maxPath:
-		return fmt.Errorf("storage.path: longer than %d bytes", maxPath)
-	case strings.IndexFunc(path, isControl) >= 0:
-		return fmt.Errorf("storage.path: must not contain control characters")
-	case !filepath.IsAbs(path):
-		return fmt.Errorf("storage.path: must be an absolute path")
-	case filepath.Clean(path) != path:
-		return fmt.Errorf("storage.path: must be clean (no '..', '.', '//' or trailing '/')")
-	}
-	for _, root := range roots {
-		rel, ok := strings.CutPrefix(path, root+"/")
-		if !ok {
-			continue
-		}
-		for _, part := range strings.Split(rel, "/") {
-			if strings.HasPrefix(part, ".") {
-				// Holdfast keeps a volume's metadata in .<name>.holdfast beside it, and a hidden name is
-				// nothing a panel places a disk under.
-				return fmt.Errorf("storage.path: no name below the volume root may start with '.'")
-			}
-		}
-		return nil
-	}
-	return fmt.Errorf("storage.path: must be inside one of the hypervisor's volume roots")
-}
-
-func isControl(r rune) bool { return r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0xfffd }
 
 func contains(list []string, s string) bool {
 	for _, v := range list {
