@@ -77,6 +77,7 @@ func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, 
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}", s.auth(s.putVolume))
 	s.mux.HandleFunc("GET /v1/volumes/{volume_id}", s.auth(s.getVolume))
+	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}", s.auth(s.deleteVolume))
 	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/snapshots", s.auth(s.postSnapshot))
 	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/backups", s.auth(s.postBackup))
 	s.mux.HandleFunc("POST /v1/volumes/{volume_id}/restore", s.auth(s.postRestore))
@@ -205,8 +206,37 @@ func (s *Server) volume(w http.ResponseWriter, r *http.Request, c caller) (*star
 
 func (s *Server) getVolume(w http.ResponseWriter, r *http.Request, c caller) {
 	if v, ok := s.volume(w, r, c); ok {
+		if c.ownerID != "" {
+			v = volumeForOwner(v)
+		}
 		writeJSON(w, http.StatusOK, volumeView(v))
 	}
+}
+
+// deleteVolume deregisters a volume (panel token only; ?confirm=<volume name>, optional
+// ?keep_backups_for=<duration> such as 720h): its snapshots are deleted, its backups too unless kept for
+// that long, its disk is left as it is. Refused while an operation runs.
+func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request, c caller) {
+	volumeID, ok := pathID(w, r, "volume_id")
+	if !ok {
+		return
+	}
+	if c.ownerID != "" {
+		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may deregister volumes.")
+		return
+	}
+	var keep time.Duration
+	if raw := r.URL.Query().Get("keep_backups_for"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument,
+				"keep_backups_for: must be a duration such as 720h")
+			return
+		}
+		keep = d
+	}
+	op, err := s.hf.Deregister(r.Context(), volumeID, r.URL.Query().Get("confirm"), keep)
+	s.accepted(w, op, err)
 }
 
 // ---- operations ----
@@ -346,6 +376,9 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request, c caller) 
 	if err != nil {
 		s.fail(w, err)
 		return
+	}
+	if c.ownerID != "" {
+		op = forOwner(op)
 	}
 	writeJSON(w, http.StatusOK, operationView(op))
 }

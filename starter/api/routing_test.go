@@ -12,7 +12,7 @@ import (
 func TestAPIWrongMethodIsMethodNotAllowed(t *testing.T) {
 	for _, c := range []struct{ method, target, allow string }{
 		{"GET", "/v1/volumes/v1/snapshots", "POST"},
-		{"POST", "/v1/volumes/v1", "GET, HEAD, PUT"},
+		{"POST", "/v1/volumes/v1", "DELETE, GET, HEAD, PUT"},
 		{"DELETE", "/v1/operations/op-1", "GET, HEAD"},
 		{"GET", "/v1/volumes/v1/restore", "POST"},
 		{"POST", "/v1/volumes/v1/snapshots/s1", "DELETE"},
