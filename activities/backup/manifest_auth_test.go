@@ -254,7 +254,8 @@ func TestUnencryptedStoreManifestsUnauthenticated(t *testing.T) {
 		}
 		// A torn or bit-flipped manifest is still refused by the hash.
 		data := getManifest(t, st, "vol-p", "b1")
-		putManifest(t, st, "vol-p", "b1", bytes.Replace(data, []byte(`"source_type":"raw"`), []byte(`"source_type":"raX"`), 1))
+		flipped := bytes.Replace(data, []byte(`"source_type":"raw"`), []byte(`"source_type":"raX"`), 1)
+		putManifest(t, st, "vol-p", "b1", flipped)
 		if _, err := e.Manifest(context.Background(), "vol-p", "b1"); !errors.Is(err, backup.ErrInvalidManifest) {
 			t.Fatalf("bit-flipped manifest: %v", err)
 		}

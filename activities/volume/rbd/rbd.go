@@ -1,12 +1,13 @@
 // Package rbd is the volume driver for Ceph RBD images, through librbd (go-ceph, built with -tags pacific).
 //
-// It owns one RADOS connection per Driver, the images it is given and their snapshots, and a small JSON record
-// per snapshot in the image's metadata (key "holdfast.snapshot.<name>": consistency and freeze error).
-// Whether an image is in use is asked of the cluster (the clients watching or locking it, wherever they run)
-// and of the local libvirt (which domain has it as a disk, to freeze its guest), see inuse.go. It must never
-// change pools, cluster configuration or a domain's definition, never overwrite or delete an image another
-// client uses, and never block forever: every RADOS/RBD operation is bounded by the client's op timeouts, so
-// a full or dead OSD fails calls instead of hanging the activity.
+// It owns one RADOS connection per Driver, the images it is given and their snapshots, and small records in
+// an image's metadata: "holdfast.snapshot.<name>" per snapshot (consistency and freeze error) and
+// "holdfast.created_by" (the operation that created the image, see create.go). Whether an image is in use
+// is asked of the cluster (the clients watching or locking it, wherever they run) and of the local libvirt
+// (which domain has it as a disk, to freeze its guest), see inuse.go. It must never change pools, cluster
+// configuration or a domain's definition, never overwrite or delete an image another client uses or another
+// operation created, and never block forever: every RADOS/RBD operation is bounded by the client's op
+// timeouts, so a full or dead OSD fails calls instead of hanging the activity.
 package rbd
 
 import (
@@ -356,129 +357,6 @@ func (d *Driver) OpenWriter(ctx context.Context, vol volume.Ref) (volume.Writer,
 		return nil, err
 	}
 	return &writer{img: img, size: size}, nil
-}
-
-func (d *Driver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
-	if size <= 0 {
-		return nil, fmt.Errorf("create %s: size %d", vol, size)
-	}
-	if err := d.createOrReuse(vol, size, func(io *rados.IOContext) error {
-		opts := librbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		return librbd.CreateImage(io, vol.Image, uint64(size), opts)
-	}); err != nil {
-		return nil, err
-	}
-	return d.OpenWriter(ctx, vol)
-}
-
-// createOrReuse runs create unless vol exists; an existing vol of the right size is reused (a retry).
-func (d *Driver) createOrReuse(vol volume.Ref, size int64, create func(*rados.IOContext) error) error {
-	io, err := d.ioctx(vol)
-	if err != nil {
-		return err
-	}
-	cur, err := d.Size(context.Background(), vol)
-	switch {
-	case err == nil && cur == size:
-		return nil
-	case err == nil:
-		return fmt.Errorf("%s is %d bytes, not %d: %w", vol, cur, size, volume.ErrExists)
-	case !errors.Is(err, volume.ErrNotFound):
-		return err
-	}
-	if err := create(io); err != nil {
-		return fmt.Errorf("create %s: %w", vol, err)
-	}
-	return nil
-}
-
-// CreateVolumeFromSnapshot clones the snapshot inside the cluster and flattens the clone, so the new volume
-// shares nothing with its source (the snapshot can be deleted later) and no byte crosses the network to us.
-func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, snapshot string, dst volume.Ref) error {
-	r, err := d.OpenSnapshot(ctx, src, snapshot)
-	if err != nil {
-		return err
-	}
-	size := r.Size()
-	r.Close()
-	srcIO, err := d.ioctx(src)
-	if err != nil {
-		return err
-	}
-	img, err := d.open(src, "", false)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	snap := img.GetSnapshot(snapshot)
-	if err := d.createOrReuse(dst, size, func(dstIO *rados.IOContext) error {
-		// Clone format 1 needs a protected parent snapshot; unprotected again once the clone is flattened.
-		if p, err := snap.IsProtected(); err == nil && !p {
-			if err := snap.Protect(); err != nil && !errors.Is(err, librbd.ErrExist) {
-				return fmt.Errorf("protect %s@%s: %w", src, snapshot, err)
-			}
-		}
-		opts := librbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
-	}); err != nil {
-		return err
-	}
-	clone, err := d.open(dst, "", false)
-	if err != nil {
-		return err
-	}
-	// Flatten of an image without a parent (a retry after it completed) is a no-op error: ignore that case.
-	if _, perr := clone.GetParent(); perr == nil {
-		if err := clone.Flatten(); err != nil {
-			clone.Close()
-			return fmt.Errorf("flatten %s: %w", dst, err)
-		}
-	}
-	clone.Close()
-	if p, err := snap.IsProtected(); err == nil && p {
-		// Other clones may still depend on it (EBUSY): then it stays protected until they are flattened.
-		_ = snap.Unprotect()
-	}
-	return nil
-}
-
-func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
-	io, err := d.ioctx(vol)
-	if err != nil {
-		return err
-	}
-	if err := d.refuseRunning(vol); err != nil {
-		return err
-	}
-	img, err := d.open(vol, "", false)
-	if errors.Is(err, volume.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	snaps, err := d.list(img)
-	if err == nil {
-		for _, s := range snaps {
-			sn := img.GetSnapshot(s.Name)
-			if p, _ := sn.IsProtected(); p {
-				_ = sn.Unprotect()
-			}
-			if err = sn.Remove(); err != nil {
-				break
-			}
-		}
-	}
-	img.Close()
-	if err != nil {
-		return fmt.Errorf("delete snapshots of %s: %w", vol, err)
-	}
-	if err := librbd.RemoveImage(io, vol.Image); err != nil && !errors.Is(err, librbd.ErrNotFound) {
-		return fmt.Errorf("remove %s: %w", vol, err)
-	}
-	return nil
 }
 
 // reader reads an image opened at a snapshot.
