@@ -2,6 +2,9 @@ package backup
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +50,34 @@ type journalSegment struct {
 	To            int64      `json:"to"`
 	Chunks        []ChunkRef `json:"chunks"`
 	ZeroRanges    []Extent   `json:"zero_ranges"`
+	// MAC authenticates the segment in an encrypted store, as Manifest.MAC does a manifest: a resumed backup
+	// records what its journal says for the range it covers, without reading it again, so a segment written
+	// by someone without the key must not count. It covers the volume and backup ids too, so a genuine
+	// segment of another backup does not count either.
+	MAC string `json:"mac,omitempty"`
+}
+
+// journalMAC is the MAC of seg (its MAC field aside) as a segment of backupID of volumeID.
+func (c *codec) journalMAC(volumeID, backupID string, seg journalSegment) (string, error) {
+	seg.MAC = ""
+	body, err := json.Marshal(&seg)
+	if err != nil {
+		return "", err
+	}
+	h := hmac.New(sha256.New, c.jrnKey)
+	fmt.Fprintf(h, "%s\x00%s\x00", volumeID, backupID)
+	_, _ = h.Write(body)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// authenticJournal reports whether seg may be resumed from: always without a key (an unencrypted store
+// cannot tell), else when its MAC is valid.
+func (c *codec) authenticJournal(volumeID, backupID string, seg journalSegment) bool {
+	if c.jrnKey == nil {
+		return true
+	}
+	want, err := c.journalMAC(volumeID, backupID, seg)
+	return err == nil && hmac.Equal([]byte(seg.MAC), []byte(want))
 }
 
 // chunkResult is what a worker learned about one chunk.
@@ -366,6 +397,13 @@ func (e *Engine) writeJournal(ctx context.Context, req BackupRequest, st *backup
 		Parent: req.Parent, KeyID: e.codec.keyID, CreatedAt: st.createdAt,
 		From: st.journalled, To: st.next, Chunks: st.chunks[st.segChunks:], ZeroRanges: st.segZeros,
 	}
+	if e.codec.jrnKey != nil {
+		mac, err := e.codec.journalMAC(req.VolumeID, req.BackupID, seg)
+		if err != nil {
+			return err
+		}
+		seg.MAC = mac
+	}
 	data, err := json.Marshal(&seg)
 	if err != nil {
 		return err
@@ -381,8 +419,9 @@ func (e *Engine) writeJournal(ctx context.Context, req BackupRequest, st *backup
 	return nil
 }
 
-// loadJournal replays the journal of an earlier run of req. Segments that do not chain or that were
-// written for different parameters are ignored from there on: resuming from less is always correct.
+// loadJournal replays the journal of an earlier run of req. Segments that do not chain, that were written
+// for different parameters, or that the store key does not authenticate are ignored from there on: resuming
+// from less is always correct.
 func (e *Engine) loadJournal(ctx context.Context, req BackupRequest, st *backupState) error {
 	var names []string
 	err := e.store.List(ctx, journalPrefix(req.VolumeID, req.BackupID), func(oi ObjectInfo) error {
@@ -403,7 +442,8 @@ func (e *Engine) loadJournal(ctx context.Context, req BackupRequest, st *backupS
 		var seg journalSegment
 		if err := json.Unmarshal(data, &seg); err != nil || seg.Seq != i || seg.From != st.next ||
 			seg.FormatVersion != FormatVersion || seg.Size != req.Size || seg.ChunkSize != e.opts.ChunkSize ||
-			seg.Parent != req.Parent || seg.KeyID != e.codec.keyID || seg.To > req.Size || seg.To <= seg.From {
+			seg.Parent != req.Parent || seg.KeyID != e.codec.keyID || seg.To > req.Size || seg.To <= seg.From ||
+			!e.codec.authenticJournal(req.VolumeID, req.BackupID, seg) {
 			break
 		}
 		if i == 0 {

@@ -49,6 +49,7 @@ var (
 type codec struct {
 	idKey  []byte      // nil: plain BLAKE3 ids
 	macKey []byte      // nil: manifests are not authenticated (no key); see Manifest.MAC
+	jrnKey []byte      // nil: resume journals are not authenticated (no key); see journalSegment.MAC
 	aead   cipher.AEAD // nil: no encryption
 	keyID  string      // fingerprint of the key, recorded in manifests; "" without a key
 	dec    *zstd.Decoder
@@ -69,6 +70,8 @@ func newCodec(key []byte, maxChunk int64, concurrency int) (*codec, error) {
 		// The manifest MAC key is derived too, never the store key itself: a MAC is an oracle on its key.
 		c.macKey = make([]byte, 32)
 		blake3.DeriveKey("holdfast 2025 manifest mac", key, c.macKey)
+		c.jrnKey = make([]byte, 32)
+		blake3.DeriveKey("holdfast 2025 journal mac", key, c.jrnKey)
 		check := make([]byte, 16)
 		blake3.DeriveKey("holdfast 2025 key check", key, check)
 		c.keyID = hex.EncodeToString(check)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"regexp"
 	"strings"
@@ -260,4 +261,94 @@ func TestUnencryptedStoreManifestsUnauthenticated(t *testing.T) {
 			t.Fatalf("bit-flipped manifest: %v", err)
 		}
 	})
+}
+
+// A resume journal decides what a resumed backup records for the range it covers, so in an encrypted store
+// it is authenticated too: a forged segment claiming the whole volume is zeros is ignored, and the resumed
+// backup reads the source again instead of recording it.
+func TestForgedJournalNotResumed(t *testing.T) {
+	eachStore(t, func(t *testing.T, st backup.Store) {
+		ctx := context.Background()
+		img := makeImage(35, testChunk, "RARB", 20*testChunk)
+		e := newEngine(t, st, func(o *backup.Options) {
+			o.Key = authKey
+			o.CheckpointEvery = 3
+			o.ProgressInterval = time.Nanosecond
+		})
+		var last backup.Progress
+		_, err := e.Backup(ctx, backup.BackupRequest{VolumeID: "vol-j", BackupID: "b1",
+			Source: &readCounter{r: bytes.NewReader(img), failAt: 12 * testChunk}, Size: int64(len(img)),
+			SourceType: "raw", Progress: func(p backup.Progress) { last = p }})
+		if err == nil || last.NextOffset == 0 {
+			t.Fatalf("crashing backup: %v, checkpoint %d", err, last.NextOffset)
+		}
+		var segments []string
+		if err := st.List(ctx, "volumes/vol-j/inprogress/b1/", func(oi backup.ObjectInfo) error {
+			segments = append(segments, oi.Name)
+			return nil
+		}); err != nil || len(segments) == 0 {
+			t.Fatalf("journal: %v %v", segments, err)
+		}
+		// Segment 0, rewritten by someone without the key: everything is zeros, all done.
+		first := "volumes/vol-j/inprogress/b1/00000000.json"
+		data, err := backup.ReadAll(ctx, st, first, 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seg map[string]any
+		if err := json.Unmarshal(data, &seg); err != nil {
+			t.Fatal(err)
+		}
+		seg["to"] = len(img)
+		seg["chunks"] = []any{}
+		seg["zero_ranges"] = []any{map[string]any{"offset": 0, "length": len(img)}}
+		forged, _ := json.Marshal(seg)
+		putBytes(t, st, first, forged)
+		for _, n := range segments {
+			if n != first {
+				if err := st.Delete(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+
+		resumed := &readCounter{r: bytes.NewReader(img)}
+		doBackup(t, e, "vol-j", "b1", img, func(r *backup.BackupRequest) {
+			r.Source = resumed
+			r.Resume = &backup.Checkpoint{NextOffset: int64(len(img))}
+		})
+		if resumed.read.Load() == 0 {
+			t.Error("the resumed backup trusted the forged journal and read nothing")
+		}
+		if got := restoreBytes(t, e, "vol-j", "b1", int64(len(img))); !bytes.Equal(got, img) {
+			t.Fatal("the resumed backup restores the forged journal's zeros")
+		}
+
+		// The genuine journal of an encrypted store is resumed from as before.
+		_, err = e.Backup(ctx, backup.BackupRequest{VolumeID: "vol-j", BackupID: "b2",
+			Source: &readCounter{r: bytes.NewReader(img), failAt: 12 * testChunk}, Size: int64(len(img)),
+			SourceType: "raw", Progress: func(p backup.Progress) { last = p }})
+		if err == nil || last.NextOffset == 0 {
+			t.Fatalf("crashing backup: %v, checkpoint %d", err, last.NextOffset)
+		}
+		resumed = &readCounter{r: bytes.NewReader(img)}
+		doBackup(t, e, "vol-j", "b2", img, func(r *backup.BackupRequest) {
+			r.Source = resumed
+			r.Resume = last.Checkpoint()
+		})
+		if got := resumed.read.Load(); got > int64(len(img))-last.NextOffset {
+			t.Errorf("resume from a genuine journal read %d bytes; checkpoint was at %d of %d", got,
+				last.NextOffset, len(img))
+		}
+		if got := restoreBytes(t, e, "vol-j", "b2", int64(len(img))); !bytes.Equal(got, img) {
+			t.Fatal("resumed backup restores wrong bytes")
+		}
+	})
+}
+
+func putBytes(t *testing.T, st backup.Store, name string, data []byte) {
+	t.Helper()
+	if err := backup.PutBytes(context.Background(), st, name, data); err != nil {
+		t.Fatal(err)
+	}
 }
