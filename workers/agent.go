@@ -115,11 +115,8 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		case "file":
 			drivers["file"] = file.New(h.LibvirtURI)
 		case "rbd":
-			uri := h.LibvirtURI
-			if uri == file.NoLibvirt {
-				uri = ""
-			}
-			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: uri})
+			// "none" means none for both drivers: the rbd driver then asks the cluster alone who uses an image.
+			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: h.LibvirtURI})
 			if err != nil {
 				a.Close()
 				return nil, fmt.Errorf("hypervisors.%s: rbd driver: %w", hypervisorID, err)
