@@ -1,4 +1,4 @@
-// Package api serves Holdfast's panel-facing HTTP JSON API (shared/docs/api.md is its contract): bearer
+// Package api serves Holdfast's panel-facing HTTP JSON API (docs/api.md is its contract): bearer
 // tokens, owner scoping (another owner's volume is a 404 exactly like a missing one), strict JSON bodies of
 // at most 1 MiB read within a deadline (strict.go), canonical paths with 404/405 answered as JSON
 // (routing.go), and typed errors mapped to status codes, naming the field and nothing internal. It delegates

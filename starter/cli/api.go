@@ -22,7 +22,7 @@ const maxResponseBytes = 8 << 20
 // and are polled), so a request that takes longer than this is stuck.
 const requestTimeout = 30 * time.Second
 
-// apiClient speaks the HTTP API of ../shared/docs/api.md and nothing else: the CLI must get exactly the
+// apiClient speaks the HTTP API of docs/api.md and nothing else: the CLI must get exactly the
 // answers a panel gets, so it never reaches Temporal or the workers itself.
 type apiClient struct {
 	base  string // scheme://host[:port][/prefix], no trailing slash

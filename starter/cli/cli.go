@@ -2,7 +2,7 @@
 // abort, status, list and watch, with human output and a live progress bar, or --json for scripts, and exit
 // codes that tell a request the API rejected (a guard rail) from an operation that failed.
 //
-// It talks only to the HTTP API of ../shared/docs/api.md, with the caller's token, and must never reach
+// It talks only to the HTTP API of docs/api.md, with the caller's token, and must never reach
 // Temporal, the workers or the volumes directly: a CLI that bypassed the API could bypass its auth, its owner
 // scoping and its guard rails. It never decides a guard rail itself either; it shows the API's verdict.
 package cli

@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-// fakeAPI serves the parts of ../shared/docs/api.md the CLI calls, with the contract's auth, strict JSON,
+// fakeAPI serves the parts of docs/api.md the CLI calls, with the contract's auth, strict JSON,
 // status codes, error bodies and exact messages, and a little state (active operation, cooldown, items)
 // so that guard rails come from the state rather than from a canned answer.
 type fakeAPI struct {
