@@ -183,7 +183,13 @@ const (
 	RestoreBackupName    = "RestoreBackup"
 	CloneSnapshotName    = "CloneSnapshot"
 	DeleteVolumeName     = "DeleteVolume"
+	InspectVolumeName    = "InspectVolume"
 )
+
+// InspectResult is what a hypervisor found at a volume's location when it was registered.
+type InspectResult struct {
+	SizeBytes int64 `json:"size_bytes"`
+}
 
 // Hypervisor is the set of activities one hypervisor agent serves on TaskQueue(hypervisor_id). A worker
 // registers an implementation with worker.RegisterActivity, so activity names are these method names.
@@ -206,6 +212,10 @@ type Hypervisor interface {
 	CloneSnapshot(ctx context.Context, in CloneSnapshotInput) (RestoreResult, error)
 	// DeleteVolume removes a volume (idempotent).
 	DeleteVolume(ctx context.Context, in DeleteVolumeInput) error
+	// InspectVolume checks, on the hypervisor, that a volume being registered is one it may serve: inside its
+	// roots or pools, a regular file (no link on the way) or an RBD image, of the recorded format. It returns
+	// the volume's size. Read-only.
+	InspectVolume(ctx context.Context, in AttachmentInput) (InspectResult, error)
 }
 
 // StorageTaskQueue returns the task queue of the activities that touch only a backup storage (catalog,

@@ -103,13 +103,31 @@ func (c *Client) Spec(req RegisterRequest) (workflows.VolumeSpec, error) {
 }
 
 // RegisterVolume registers or updates a volume, creating its entity workflow on first use
-// (Update-With-Start).
+// (Update-With-Start). The volume's hypervisor first checks, live, that the location holds a volume it may
+// serve (a regular file of the stated format inside its roots with no link on the way, or an RBD image in its
+// pools): a refusal is InvalidArgument naming storage, no answer is HypervisorUnavailable.
 func (c *Client) RegisterVolume(ctx context.Context, req RegisterRequest) (*Volume, error) {
 	spec, err := c.Spec(req)
 	if err != nil {
 		return nil, err
 	}
+	if err := c.inspect(ctx, spec); err != nil {
+		return nil, err
+	}
 	return c.register(ctx, spec)
+}
+
+// inspect runs the registration check (workflows.InspectWorkflow) and waits for its answer.
+func (c *Client) inspect(ctx context.Context, spec workflows.VolumeSpec) error {
+	run, err := c.temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: workflows.InspectWorkflowID(NewOperationID()), TaskQueue: workflows.TaskQueue,
+		WorkflowExecutionTimeout: time.Minute,
+	}, workflows.InspectWorkflow, workflows.InspectInput{VolumeID: spec.VolumeID, HypervisorID: spec.HypervisorID,
+		Storage: spec.Storage})
+	if err != nil {
+		return typed(err)
+	}
+	return typed(run.Get(ctx, nil))
 }
 
 // register claims the volume's location for it (no two volumes ever share a file or an image), then registers

@@ -107,7 +107,7 @@ func (a *ControlActivities) RecoverVolume(ctx context.Context, in workflows.Reco
 			res.Skipped = why
 			return res, nil
 		}
-		if _, err := a.Client.RegisterVolume(ctx, req); err != nil {
+		if _, err := a.Client.registerRecovered(ctx, req); err != nil {
 			if isType(err, workflows.ErrInvalidArgument) {
 				res.Skipped = "cannot register: " + err.Error()
 				return res, nil
@@ -160,4 +160,15 @@ func (c *Client) recoveredRegistration(in workflows.RecoverVolumeInput) (Registe
 		req.Plan = "" // the default plan: the one it had is no longer offered
 	}
 	return req, ""
+}
+
+// registerRecovered registers a volume found in a storage: through the placement rules like any other, but
+// without asking its hypervisor about the file (after a site loss there is none: its backups are what is
+// left, to be restored elsewhere).
+func (c *Client) registerRecovered(ctx context.Context, req RegisterRequest) (*Volume, error) {
+	spec, err := c.Spec(req)
+	if err != nil {
+		return nil, err
+	}
+	return c.register(ctx, spec)
 }

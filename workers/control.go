@@ -43,6 +43,7 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.CollectGarbageWorkflow)
 	r.RegisterWorkflow(workflows.LocationWorkflow)
 	r.RegisterWorkflow(workflows.DeregisterWorkflow)
+	r.RegisterWorkflow(workflows.InspectWorkflow)
 }
 
 // StartBilling registers the billing activities on the control worker and makes sure the hourly billing

@@ -42,6 +42,9 @@ func (fakeHypervisor) RestoreBackup(context.Context, activities.RestoreBackupInp
 func (fakeHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }
+func (fakeHypervisor) InspectVolume(context.Context, activities.AttachmentInput) (activities.InspectResult, error) {
+	panic("mock me")
+}
 func (fakeHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
 	panic("mock me")
 }

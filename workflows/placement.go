@@ -3,8 +3,10 @@ package workflows
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/holdfast/holdfast/activities"
@@ -157,3 +159,38 @@ func (v *volume) checkReservation(spec VolumeSpec) error {
 
 // placementReleaseTimeout bounds the control activity that gives a failed restore's placement back.
 const placementReleaseTimeout = time.Minute
+
+// InspectInput asks a hypervisor about a volume being registered.
+type InspectInput struct {
+	VolumeID     string               `json:"volume_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Storage      activities.VolumeRef `json:"storage"`
+}
+
+// InspectWorkflowID is the ID of one registration check.
+func InspectWorkflowID(checkID string) string { return "inspect/" + checkID }
+
+// InspectWorkflow asks the volume's hypervisor, before a panel's registration is taken, whether the location
+// holds a volume it may serve (activities.Hypervisor.InspectVolume): a refusal is InvalidArgument naming
+// storage, no answer within attachmentTimeout is HypervisorUnavailable.
+func InspectWorkflow(ctx workflow.Context, in InspectInput) (activities.InspectResult, error) {
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              activities.TaskQueue(in.HypervisorID),
+		ScheduleToCloseTimeout: attachmentTimeout,
+		StartToCloseTimeout:    attachmentTimeout / 2,
+		RetryPolicy:            &temporal.RetryPolicy{MaximumAttempts: 2, NonRetryableErrorTypes: activities.NonRetryable},
+	})
+	var res activities.InspectResult
+	err := workflow.ExecuteActivity(actx, activities.InspectVolumeName,
+		activities.AttachmentInput{VolumeID: in.VolumeID, Volume: in.Storage}).Get(ctx, &res)
+	var app *temporal.ApplicationError
+	switch {
+	case err == nil:
+		return res, nil
+	case errors.As(err, &app) && app.Type() == activities.ErrNotFound:
+		return res, errInvalid("storage: no volume at that location on hypervisor %s", in.HypervisorID)
+	case errors.As(err, &app) && app.Type() != "":
+		return res, errInvalid("storage: hypervisor %s refused it: %s", in.HypervisorID, app.Message())
+	}
+	return res, userError(ErrHypervisorDown, "Hypervisor %s did not answer the registration check.", in.HypervisorID)
+}

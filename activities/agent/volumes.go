@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
+
+	"go.temporal.io/sdk/temporal"
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/volume"
@@ -137,6 +140,34 @@ func (a *Activities) CloneSnapshot(ctx context.Context, in activities.CloneSnaps
 	}
 	log.Info("volume cloned from snapshot", "size_bytes", size)
 	return activities.RestoreResult{SizeBytes: size}, nil
+}
+
+// InspectVolume checks a volume being registered, on this host, before anything is done to it: placement
+// (the agent's roots and pools, no link below a root) and what the driver finds there (a regular file of the
+// recorded format, a qcow2 without backing or data file, an RBD image). Read-only, so idempotent.
+func (a *Activities) InspectVolume(ctx context.Context, in activities.AttachmentInput) (activities.InspectResult, error) {
+	if err := checkID("volume_id", in.VolumeID); err != nil {
+		return activities.InspectResult{}, err
+	}
+	d, ref, err := a.driver("storage", in.Volume)
+	if err != nil {
+		return activities.InspectResult{}, err
+	}
+	size, err := d.Size(ctx, ref)
+	if err == nil {
+		return activities.InspectResult{SizeBytes: size}, nil
+	}
+	a.logger(ctx, in.VolumeID).Warn("volume refused at registration", "error", err)
+	err = classify(ctx, activities.InspectVolumeName, err)
+	var app *temporal.ApplicationError
+	if !errors.As(err, &app) {
+		return activities.InspectResult{}, err
+	}
+	// The panel reads this answer: it says what is wrong, not where on the host.
+	msg := strings.TrimPrefix(app.Message(), activities.InspectVolumeName+": ")
+	msg = strings.ReplaceAll(msg, ref.String()+": ", "")
+	msg = strings.ReplaceAll(msg, ref.Path, "the volume's path")
+	return activities.InspectResult{}, temporal.NewNonRetryableApplicationError(msg, app.Type(), nil)
 }
 
 // DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume). With

@@ -266,9 +266,29 @@ func TestSecurityPlacementRules(t *testing.T) {
 			requireRefusedIn(t, e.dir, status, out, 400, c.field)
 		})
 	}
+	// What only the hypervisor can see: links, directories, a missing file, a qcow2 reading a host file.
+	secret := filepath.Join(e.dir, "host-secret")
+	require.NoError(t, os.WriteFile(secret, []byte("HOST-SECRET"), 0o600))
+	require.NoError(t, os.Symlink(secret, filepath.Join(root, "link.img")))
+	require.NoError(t, os.Mkdir(filepath.Join(root, "dir.img"), 0o755))
+	require.NoError(t, os.Symlink(e.dir, filepath.Join(root, "up")))
+	out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw",
+		filepath.Join(root, "backed.qcow2"), "1M").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	for name, path := range map[string]string{"symlink to a host file": root + "/link.img",
+		"directory": root + "/dir.img", "link below the root": root + "/up/host-secret.img",
+		"missing file": root + "/nothing.img", "qcow2 with a host backing file": root + "/backed.qcow2"} {
+		t.Run(name, func(t *testing.T) {
+			status, out := e.call("PUT", "/v1/volumes/intruder", panelToken, map[string]any{"name": "n",
+				"owner_id": "bob", "hypervisor_id": "hv1", "plan": "standard",
+				"storage": map[string]any{"type": "file", "path": path}})
+			requireRefusedIn(t, e.dir, status, out, 400, "storage")
+		})
+	}
+	assert.Equal(t, []byte("HOST-SECRET"), readFile(t, secret))
 	status, _ := e.call("GET", "/v1/volumes/intruder", panelToken, nil)
 	assert.Equal(t, 404, status, "nothing was registered")
-	for _, p := range []string{"/dev/.null.holdfast", "/etc/.shadow.holdfast"} {
+	for _, p := range []string{"/dev/.null.holdfast", "/etc/.shadow.holdfast", filepath.Join(e.dir, ".host-secret.holdfast")} {
 		_, err := os.Stat(p)
 		assert.ErrorIs(t, err, os.ErrNotExist, "%s must not exist", p)
 	}

@@ -191,6 +191,10 @@ func (h *recordingHypervisor) CloneSnapshot(_ context.Context, in activities.Clo
 }
 
 // DeleteVolume is not expected.
+func (h *recordingHypervisor) InspectVolume(context.Context, activities.AttachmentInput) (activities.InspectResult, error) {
+	return activities.InspectResult{SizeBytes: 1 << 30}, nil
+}
+
 func (h *recordingHypervisor) DeleteVolume(_ context.Context, in activities.DeleteVolumeInput) error {
 	h.note(fmt.Sprintf("DeleteVolume %+v", in))
 	return nil

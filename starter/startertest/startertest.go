@@ -348,3 +348,8 @@ func (g *GatedHypervisor) CloneSnapshot(context.Context, activities.CloneSnapsho
 func (g *GatedHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
 	return nil
 }
+
+// InspectVolume implements activities.Hypervisor: every location holds a 1 GiB volume.
+func (g *GatedHypervisor) InspectVolume(context.Context, activities.AttachmentInput) (activities.InspectResult, error) {
+	return activities.InspectResult{SizeBytes: 1 << 30}, nil
+}
