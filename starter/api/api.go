@@ -151,13 +151,21 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 
 // ---- volumes ----
 
+// panelOnly answers 403 to an owner token for what only the provider may do, and says whether to go on.
+func panelOnly(w http.ResponseWriter, c caller, what string) bool {
+	if c.ownerID != "" {
+		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may "+what+".")
+		return false
+	}
+	return true
+}
+
 func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 	volumeID, ok := pathID(w, r, "volume_id")
 	if !ok {
 		return
 	}
-	if c.ownerID != "" {
-		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may register volumes.")
+	if !panelOnly(w, c, "register volumes") {
 		return
 	}
 	var b starter.RegisterRequest
@@ -221,8 +229,7 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request, c caller) 
 	if !ok {
 		return
 	}
-	if c.ownerID != "" {
-		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may deregister volumes.")
+	if !panelOnly(w, c, "deregister volumes") {
 		return
 	}
 	var keep time.Duration
@@ -391,8 +398,7 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request, c caller) {
 	if !ok {
 		return
 	}
-	if c.ownerID != "" {
-		writeError(w, http.StatusForbidden, "Forbidden", "Only a panel token may define policies.")
+	if !panelOnly(w, c, "define policies") {
 		return
 	}
 	var p workflows.Policy
