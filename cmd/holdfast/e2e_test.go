@@ -429,7 +429,9 @@ func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
 	restored := e.operation("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID,
 		"mode": "new_volume", "new_volume_id": "db-copy"})
 	require.Equal(t, "completed", restored["status"], "%v", restored)
-	assert.True(t, bytes.Equal(original, readFile(t, filepath.Join(e.dir, "volumes", "db-copy.img"))))
+	status, copyVol := e.call("GET", "/v1/volumes/db-copy", panelToken, nil)
+	require.Equal(t, 200, status, "%v", copyVol)
+	assert.True(t, bytes.Equal(original, readFile(t, copyVol["storage"].(map[string]any)["path"].(string))))
 	// The retried attempt resumed from its heartbeat checkpoint, not from offset 0: it re-read at most one
 	// checkpoint batch (8 chunks) of what the killed agent had already reported done.
 	resumes := e.logged("agent-hv1b", "resuming upload")
