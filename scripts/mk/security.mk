@@ -11,7 +11,7 @@ test-security: tools
 	@scripts/with-services.sh $(MAKE) --no-print-directory test-security-go
 
 test-security-go:
-	$(GO) test -count=1 -timeout $(SECURITY_TIMEOUT) -run '^TestSecurity' ./cmd/holdfast/ ./starter/api/ ./activities/agent/
+	$(GO) test -count=1 -timeout $(SECURITY_TIMEOUT) -run '^TestSecurity' ./cmd/holdfast/ ./starter/ ./starter/api/ ./activities/agent/
 	$(GO) test -count=1 -run '^TestAPI(SlowBody|HTTPServer|StrictJSON|TypeErrors|WrongMethod|NonCanonical|OwnerRestore|BadNewVolumeID|Healthz|Deregister)' ./starter/api/
 	$(GO) test -count=1 -run '^Test(Placement|NewVolumeRef|VolumeRoots)' ./workers/config/
 	$(GO) test -count=1 -run '^Test(Reserved|Unreserved|Deregister|RestoreToNewVolume)' ./workflows/
