@@ -95,6 +95,7 @@ hypervisors: {hv1: {group: g1, libvirt_uri: none, volume_roots: [%q]}}
 	var lastOp string
 	for _, vol := range []string{"web", "db"} {
 		path := filepath.Join(siteA, "volumes", vol+".raw")
+		writeVolume(t, path, make([]byte, size)) // the hypervisor checks the file at registration
 		_, err := a.Client.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: vol, Name: vol + "-disk",
 			OwnerID: "acct-" + vol, HypervisorID: "hv1", Storage: activities.VolumeRef{Type: "file", Path: path}})
 		require.NoError(t, err)

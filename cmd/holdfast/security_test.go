@@ -184,9 +184,11 @@ func TestSecurityRestoreReservesItsNewVolumeID(t *testing.T) {
 		makeVolume(t, e.volumePath(v), 16<<20, 16<<20)
 		e.register(v, "alice", "hv1")
 	}
-	snaps := map[string]string{}
+	// Backups, so that the restores stream through hv1's throttle and take seconds (a snapshot clone is a
+	// local copy, too quick to race against).
+	backups := map[string]string{}
 	for _, v := range []string{"src1", "src2"} {
-		snaps[v] = itemID(t, e.operation("POST", "/v1/volumes/"+v+"/snapshots", map[string]any{"name": "s"}))
+		backups[v] = itemID(t, e.operation("POST", "/v1/volumes/"+v+"/backups", map[string]any{"name": "b"}))
 	}
 	var wg sync.WaitGroup
 	statuses := map[string]int{}
@@ -196,7 +198,7 @@ func TestSecurityRestoreReservesItsNewVolumeID(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			status, out := e.callAs("POST", "/v1/volumes/"+v+"/restore", panelToken, map[string]any{
-				"snapshot_id": snaps[v], "mode": "new_volume", "new_volume_id": "twin"})
+				"backup_id": backups[v], "mode": "new_volume", "new_volume_id": "twin"})
 			mu.Lock()
 			defer mu.Unlock()
 			statuses[v] = status
@@ -224,6 +226,8 @@ func TestSecurityRestoreReservesItsNewVolumeID(t *testing.T) {
 		"owner_id": "bob", "hypervisor_id": "hv1", "plan": "standard",
 		"storage": map[string]any{"type": "file", "path": e.volumePath("other")}})
 	e.requireRefused(status, out, 400, "volume_id")
+	_, running := e.call("GET", "/v1/operations/"+opID, panelToken, nil)
+	require.Nil(t, running["finished_at"], "the registration must have raced a running restore: %v", running)
 	assert.Equal(t, "completed", e.wait(opID)["status"])
 	status, twin := e.call("GET", "/v1/volumes/twin", panelToken, nil)
 	require.Equal(t, 200, status)
