@@ -229,6 +229,7 @@ const (
 	ReplicateBackupName = "ReplicateBackup"
 	ScrubStorageName    = "ScrubStorage"
 	CollectGarbageName  = "CollectGarbage"
+	AbandonBackupName   = "AbandonBackup"
 )
 
 // Manifest labels Holdfast writes on every backup. With them a fresh control plane can rebuild a volume's
@@ -357,4 +358,8 @@ type Storage interface {
 	CollectGarbage(ctx context.Context, in GCInput) (GCResult, error)
 	// DeleteBackup removes a backup's manifest (idempotent).
 	DeleteBackup(ctx context.Context, in BackupRef) error
+	// AbandonBackup is a failed or aborted backup's compensation: it removes everything that backup left in
+	// the storage — its manifest if written, its resume journal and in-progress marker, and the chunks it
+	// uploaded that no other backup references — at once, not after a GC grace. Idempotent.
+	AbandonBackup(ctx context.Context, in BackupRef) error
 }

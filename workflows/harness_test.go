@@ -66,7 +66,8 @@ func (fakeStorage) ScrubStorage(context.Context, activities.ScrubInput) (activit
 func (fakeStorage) CollectGarbage(context.Context, activities.GCInput) (activities.GCResult, error) {
 	panic("mock me")
 }
-func (fakeStorage) DeleteBackup(context.Context, activities.BackupRef) error { panic("mock me") }
+func (fakeStorage) DeleteBackup(context.Context, activities.BackupRef) error  { panic("mock me") }
+func (fakeStorage) AbandonBackup(context.Context, activities.BackupRef) error { panic("mock me") }
 
 func testSpec() VolumeSpec {
 	return VolumeSpec{VolumeID: "vol1", Name: "web-data", OwnerID: "acct-42", HypervisorID: "hv1",

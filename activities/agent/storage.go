@@ -191,3 +191,9 @@ func (s *Storage) CollectGarbage(ctx context.Context, in activities.GCInput) (ac
 func (s *Storage) DeleteBackup(ctx context.Context, in activities.BackupRef) error {
 	return s.a.DeleteBackup(ctx, in)
 }
+
+// AbandonBackup is a failed or aborted backup's compensation. For now it removes what DeleteBackup removes;
+// the chunks the backup uploaded go at the next garbage collection.
+func (s *Storage) AbandonBackup(ctx context.Context, in activities.BackupRef) error {
+	return s.DeleteBackup(ctx, in)
+}

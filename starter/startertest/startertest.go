@@ -205,6 +205,11 @@ func (s *switchableStorage) DeleteBackup(ctx context.Context, in activities.Back
 	return s.get().DeleteBackup(ctx, in)
 }
 
+// AbandonBackup is activities.Storage.AbandonBackup.
+func (s *switchableStorage) AbandonBackup(ctx context.Context, in activities.BackupRef) error {
+	return s.get().AbandonBackup(ctx, in)
+}
+
 // deleteOnly serves a storage's DeleteBackup through a hypervisor agent; the rest is not served.
 type deleteOnly struct{ hv activities.Hypervisor }
 
@@ -231,6 +236,11 @@ func (d deleteOnly) DeleteBackup(ctx context.Context, in activities.BackupRef) e
 		return errNotServed
 	}
 	return d.hv.DeleteBackup(ctx, in)
+}
+
+// AbandonBackup removes the backup as DeleteBackup does (the agent stores nothing the test looks at).
+func (d deleteOnly) AbandonBackup(ctx context.Context, in activities.BackupRef) error {
+	return d.DeleteBackup(ctx, in)
 }
 
 // Register registers a file volume on hypervisor hv1.
