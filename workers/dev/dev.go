@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -222,9 +223,16 @@ func Run(ctx context.Context, o Options) error {
 	if o.Ready != nil {
 		o.Ready(info)
 	}
-	<-ctx.Done()
-	fmt.Fprintln(o.Out, "holdfast dev: stopping")
-	return nil
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(o.Out, "holdfast dev: stopping")
+		return nil
+	case err := <-server.done:
+		// Without its server nothing here works: say so and stop, rather than stay up answering 503.
+		server.exited = fmt.Errorf("the Temporal dev server exited (%v); its log is %s", err, server.log)
+		fmt.Fprintln(o.Out, "holdfast dev:", server.exited, "- stopping")
+		return server.exited
+	}
 }
 
 func randomToken() string {
@@ -248,6 +256,9 @@ func detectLibvirt() string {
 type temporalServer struct {
 	cmd  *exec.Cmd
 	done chan error
+	log  string
+	// exited is why the server stopped on its own (nil while it runs, or when stop stopped it).
+	exited error
 }
 
 func startTemporal(o Options) (*temporalServer, error) {
@@ -274,18 +285,33 @@ func startTemporal(o Options) (*temporalServer, error) {
 	}
 	cmd := exec.Command(o.TemporalBin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Its own process group: a Ctrl-C reaches us, and we stop the server in order, after the workers.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	// Its own process group: a Ctrl-C reaches us, and we stop the server in order, after the workers. And it
+	// dies with us whatever kills us (kill -9 included): the kernel signals it when its parent thread goes.
+	// The thread that starts it is locked for the server's life, because Pdeathsig follows that thread.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	s := &temporalServer{cmd: cmd, done: make(chan error, 1), log: logFile.Name()}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the server, which Pdeathsig then kills
+		if err := cmd.Start(); err != nil {
+			logFile.Close()
+			started <- err
+			return
+		}
+		started <- nil
+		s.done <- cmd.Wait()
 		logFile.Close()
+	}()
+	if err := <-started; err != nil {
 		return nil, err
 	}
-	s := &temporalServer{cmd: cmd, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait(); logFile.Close() }()
 	return s, nil
 }
 
 func (s *temporalServer) stop() {
+	if s.exited != nil {
+		return // it is gone already
+	}
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.done:
