@@ -44,6 +44,7 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.LocationWorkflow)
 	r.RegisterWorkflow(workflows.DeregisterWorkflow)
 	r.RegisterWorkflow(workflows.InspectWorkflow)
+	r.RegisterWorkflow(workflows.CleanupWorkflow)
 }
 
 // StartBilling registers the billing activities on the control worker and makes sure the hourly billing

@@ -98,12 +98,14 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 	env.RegisterWorkflow(RestoreWorkflow)
 	env.RegisterWorkflow(DeleteWorkflow)
 	env.RegisterWorkflow(DeregisterWorkflow)
+	env.RegisterWorkflow(CleanupWorkflow)
 	env.RegisterActivity(&fakeHypervisor{})
 	// DeleteBackup is both a hypervisor and a storage activity: one registration serves both names.
 	env.RegisterActivityWithOptions(fakeStorage{}.ListCatalog, activity.RegisterOptions{Name: activities.ListCatalogName})
 	env.RegisterActivityWithOptions(fakeStorage{}.ReplicateBackup, activity.RegisterOptions{Name: activities.ReplicateBackupName})
 	env.RegisterActivityWithOptions(fakeStorage{}.ScrubStorage, activity.RegisterOptions{Name: activities.ScrubStorageName})
 	env.RegisterActivityWithOptions(fakeStorage{}.CollectGarbage, activity.RegisterOptions{Name: activities.CollectGarbageName})
+	env.RegisterActivityWithOptions(fakeStorage{}.AbandonBackup, activity.RegisterOptions{Name: activities.AbandonBackupName})
 	env.RegisterWorkflow(ReplicateWorkflow)
 	env.RegisterActivityWithOptions(func(context.Context, VolumeSpec) error { return nil },
 		activity.RegisterOptions{Name: RegisterVolumeActivity})
@@ -124,6 +126,7 @@ func (h *harness) mockHypervisor() {
 	e.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).
 		Return(activities.UploadBackupResult{SizeBytes: 1 << 30, StoredBytes: 1 << 28}, nil).Maybe()
 	e.OnActivity(activities.DeleteBackupName, mock.Anything, mock.Anything).Return(nil).Maybe()
+	e.OnActivity(activities.AbandonBackupName, mock.Anything, mock.Anything).Return(nil).Maybe()
 	e.OnActivity(activities.RestoreBackupName, mock.Anything, mock.Anything).
 		Return(activities.RestoreResult{SizeBytes: 1 << 30}, nil).Maybe()
 	e.OnActivity(activities.CloneSnapshotName, mock.Anything, mock.Anything).

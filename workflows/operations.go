@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -72,11 +73,11 @@ func (s *saga) doing(what string) { s.waitingOn = what }
 
 type compensation struct {
 	what string
-	run  func(ctx workflow.Context) error
+	step cleanup
 }
 
-func (s *saga) add(what string, run func(ctx workflow.Context) error) {
-	s.steps = append(s.steps, compensation{what: what, run: run})
+func (s *saga) add(what string, step cleanup) {
+	s.steps = append(s.steps, compensation{what: what, step: step})
 }
 
 // compensate runs in a context disconnected from the operation's (which may be cancelled or past its
@@ -85,14 +86,89 @@ func (s *saga) add(what string, run func(ctx workflow.Context) error) {
 func (s *saga) compensate(ctx workflow.Context) error {
 	dctx, cancel := workflow.NewDisconnectedContext(ctx)
 	defer cancel()
+	deferLater := workflow.GetVersion(ctx, deferredCleanupChange, workflow.DefaultVersion, 1) == 1
 	var errs []error
 	for i := len(s.steps) - 1; i >= 0; i-- {
-		if err := s.steps[i].run(dctx); err != nil {
-			workflow.GetLogger(ctx).Error("compensation failed", "step", s.steps[i].what, "error", err)
-			errs = append(errs, fmt.Errorf("%s: %s", s.steps[i].what, cleanupFailure(err)))
+		c := s.steps[i]
+		err := c.step.run(dctx)
+		if err == nil {
+			continue
 		}
+		workflow.GetLogger(ctx).Error("compensation failed", "step", c.what, "error", err)
+		if deferLater && noAgent(err) {
+			// The host is gone for now: the operation ends (its lock goes) and the step waits for the host.
+			if id, derr := deferCleanup(dctx, c, i); derr == nil {
+				errs = append(errs, fmt.Errorf("%s: no agent took it within %s; it runs when the host is back (%s)",
+					c.what, cleanupPickup, id))
+				continue
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: %s", c.what, cleanupFailure(err)))
 	}
 	return errors.Join(errs...)
+}
+
+// deferredCleanupChange hands compensations no agent took to a CleanupWorkflow that waits for the host.
+const deferredCleanupChange = "deferred-cleanup"
+
+// noAgent reports a step that no agent picked up in time (its host is down).
+func noAgent(err error) bool {
+	var timeout *temporal.TimeoutError
+	return errors.As(err, &timeout) && timeout.TimeoutType() == enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START
+}
+
+// laterCleanupWait bounds how long a deferred compensation waits for its host to come back.
+const laterCleanupWait = 30 * 24 * time.Hour
+
+// CleanupInput is a compensation handed over to a CleanupWorkflow: one activity and its input.
+type CleanupInput struct {
+	What      string          `json:"what"`
+	TaskQueue string          `json:"task_queue"`
+	Activity  string          `json:"activity"`
+	Input     json.RawMessage `json:"input"`
+}
+
+// CleanupWorkflowID names the deferred compensation i of an operation.
+func CleanupWorkflowID(operationID string, i int) string {
+	return fmt.Sprintf("cleanup/%s/%d", operationID, i)
+}
+
+// deferCleanup starts (abandoned to outlive the operation) the CleanupWorkflow that runs c once its host is
+// back, and returns its workflow ID.
+func deferCleanup(ctx workflow.Context, c compensation, i int) (string, error) {
+	in, err := json.Marshal(c.step.arg)
+	if err != nil {
+		return "", err
+	}
+	id := CleanupWorkflowID(workflow.GetInfo(ctx).WorkflowExecution.ID, i)
+	// A context of its own, never cancelled: cancelling the context a child was started in cancels the child,
+	// and this one must outlive the compensation and the operation.
+	own, _ := workflow.NewDisconnectedContext(ctx)
+	cctx := workflow.WithChildOptions(own, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: TaskQueue,
+		ParentClosePolicy: enumspb.PARENT_CLOSE_POLICY_ABANDON})
+	f := workflow.ExecuteChildWorkflow(cctx, CleanupWorkflow, CleanupInput{What: c.what, TaskQueue: c.step.taskQueue,
+		Activity: c.step.activity, Input: in})
+	return id, f.GetChildWorkflowExecution().Get(ctx, nil)
+}
+
+// CleanupWorkflow runs one compensation whose host was down when its operation ended: it waits for an agent
+// to take it (up to laterCleanupWait), retrying failures, so what an aborted or failed operation left behind
+// is removed when the host comes back.
+func CleanupWorkflow(ctx workflow.Context, in CleanupInput) error {
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              in.TaskQueue,
+		ScheduleToCloseTimeout: laterCleanupWait,
+		StartToCloseTimeout:    compensationTimeout,
+		HeartbeatTimeout:       heartbeatTimeout,
+		RetryPolicy:            retryPolicy(),
+	})
+	err := workflow.ExecuteActivity(actx, in.Activity, in.Input).Get(ctx, nil)
+	if err != nil {
+		workflow.GetLogger(ctx).Error("deferred cleanup failed", "what", in.What, "error", err)
+		return err
+	}
+	workflow.GetLogger(ctx).Info("deferred cleanup done", "what", in.What)
+	return nil
 }
 
 // cleanupFailure says why a compensation did not run, in words an operator can act on.
@@ -138,7 +214,7 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 		}
 	})
 	s := &saga{}
-	res, err := body(opCtx, s)
+	res, err := runBody(ctx, opCtx, s, body)
 	if err == nil {
 		return res, nil
 	}
@@ -172,24 +248,80 @@ func runSaga(ctx workflow.Context, in OperationInput, body func(ctx workflow.Con
 	}
 }
 
+// cancelGrace is how long an aborted or expired operation waits for its running step to stop before it
+// compensates anyway. A live agent learns of the cancellation at its next heartbeat, stops and removes what
+// it was writing; a dead one never answers, and its activity would otherwise hold the operation until the
+// heartbeat (or start-to-close) timeout.
+const cancelGrace = 5 * time.Second
+
+// boundedCancelChange makes an aborted or expired operation stop waiting for its step after cancelGrace.
+const boundedCancelChange = "bounded-cancel"
+
+// runBody runs an operation's body. Once opCtx is cancelled (abort, deadline) it waits at most cancelGrace
+// for the body to return, then reports the cancellation: the step's worker may be gone, and the compensation
+// must start within seconds. The body goes on in its own coroutine and ends at its next step (its context is
+// cancelled); the activity it waited on is cancelled too and, should it still be running, stops at its next
+// heartbeat.
+func runBody(ctx, opCtx workflow.Context, s *saga, body func(ctx workflow.Context, s *saga) (OperationResult, error)) (OperationResult, error) {
+	if workflow.GetVersion(ctx, boundedCancelChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		return body(opCtx, s)
+	}
+	var res OperationResult
+	var err error
+	done := false
+	workflow.Go(opCtx, func(gctx workflow.Context) {
+		res, err = body(gctx, s)
+		done = true
+	})
+	// Waited on in a disconnected context: an abort cancels ctx, and this wait must outlive it.
+	wctx, cancel := workflow.NewDisconnectedContext(ctx)
+	defer cancel()
+	_ = workflow.Await(wctx, func() bool { return done || opCtx.Err() != nil })
+	if done {
+		return res, err
+	}
+	if ok, _ := workflow.AwaitWithTimeout(wctx, cancelGrace, func() bool { return done }); ok {
+		return res, err
+	}
+	workflow.GetLogger(ctx).Warn("step did not stop within the grace; compensating anyway",
+		"step", s.waitingOn, "grace", cancelGrace)
+	return OperationResult{}, temporal.NewCanceledError("the step did not stop in time")
+}
+
+// cleanup is a compensation (or final cleanup): one activity on a task queue, bounded by total.
+type cleanup struct {
+	taskQueue, activity string
+	arg                 any
+	total               time.Duration
+}
+
+func (c cleanup) run(ctx workflow.Context) error {
+	return workflow.ExecuteActivity(cleanupOptions(ctx, c.taskQueue, c.total), c.activity, c.arg).Get(ctx, nil)
+}
+
 // cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's cleanup queue.
-func cleanupStep(hypervisorID, activityName string, arg any) func(workflow.Context) error {
+func cleanupStep(hypervisorID, activityName string, arg any) cleanup {
 	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, compensationTimeout)
 }
 
 // deleteBackupStep removes a backup's manifest from one storage, on that storage's queue: any agent
 // configured with the storage does it, so it never waits on the host that made the backup.
-func deleteBackupStep(ref activities.BackupRef) func(workflow.Context) error {
+func deleteBackupStep(ref activities.BackupRef) cleanup {
 	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.DeleteBackupName, ref, storageCleanupTimeout)
 }
 
-func cleanupOn(taskQueue, activityName string, arg any, total time.Duration) func(workflow.Context) error {
-	return func(ctx workflow.Context) error {
-		return workflow.ExecuteActivity(cleanupOptions(ctx, taskQueue, total), activityName, arg).Get(ctx, nil)
-	}
+// abandonBackupStep removes everything a failed backup (or its partial copy) left in one storage — manifest,
+// journal, marker and the chunks no other backup uses — now, not at a GC a day later: a failed backup of a
+// full store must not keep it full.
+func abandonBackupStep(ref activities.BackupRef) cleanup {
+	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.AbandonBackupName, ref, storageCleanupTimeout)
 }
 
-func deleteSnapshotStep(hypervisorID string, ref activities.SnapshotRef) func(workflow.Context) error {
+func cleanupOn(taskQueue, activityName string, arg any, total time.Duration) cleanup {
+	return cleanup{taskQueue: taskQueue, activity: activityName, arg: arg, total: total}
+}
+
+func deleteSnapshotStep(hypervisorID string, ref activities.SnapshotRef) cleanup {
 	return cleanupStep(hypervisorID, activities.DeleteSnapshotName, ref)
 }
 
@@ -224,10 +356,13 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			return OperationResult{}, err
 		}
 		backup := activities.BackupRef{VolumeID: vol.VolumeID, BackupID: in.Item.ItemID, Storage: in.Item.Storage}
-		if workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		switch {
+		case workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion:
 			s.add("delete backup "+backup.BackupID, cleanupStep(vol.HypervisorID, activities.DeleteBackupName, backup))
-		} else {
+		case workflow.GetVersion(ctx, abandonBackupChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion:
 			s.add("delete backup "+backup.BackupID, deleteBackupStep(backup))
+		default:
+			s.add("remove backup "+backup.BackupID+" and its chunks", abandonBackupStep(backup))
 		}
 		s.doing("upload on hypervisor " + vol.HypervisorID)
 		var up activities.UploadBackupResult
@@ -239,7 +374,7 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 		}
 		// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
 		// backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
-		if err := deleteSnapshotStep(vol.HypervisorID, tmp)(ctx); err != nil {
+		if err := deleteSnapshotStep(vol.HypervisorID, tmp).run(ctx); err != nil {
 			workflow.GetLogger(ctx).Error("temporary snapshot left behind", "volume_id", vol.VolumeID,
 				"snapshot_id", tmp.SnapshotID, "error", err)
 		}
@@ -259,6 +394,9 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 		return res, nil
 	})
 }
+
+// abandonBackupChange makes a failed backup's compensation remove its chunks too (AbandonBackup).
+const abandonBackupChange = "abandon-backup"
 
 // replicationChange versions the off-site copy step of BackupWorkflow and the storage-queue deletion of
 // DeleteWorkflow, so that runs recorded before them replay as they ran.
@@ -291,7 +429,11 @@ func backupLabels(in OperationInput, consistency string) map[string]string {
 // backup stands and the failure is recorded on it.
 func replicate(ctx workflow.Context, s *saga, vol VolumeSpec, ref activities.BackupRef) (*Replica, error) {
 	copyRef := activities.BackupRef{VolumeID: ref.VolumeID, BackupID: ref.BackupID, Storage: vol.BackupReplica}
-	s.add("delete replica of backup "+ref.BackupID, deleteBackupStep(copyRef))
+	removeCopy := deleteBackupStep(copyRef)
+	if workflow.GetVersion(ctx, abandonBackupChange, workflow.DefaultVersion, 1) == 1 {
+		removeCopy = abandonBackupStep(copyRef)
+	}
+	s.add("delete replica of backup "+ref.BackupID, removeCopy)
 	timeout := vol.Deadline
 	if !vol.RequireReplication {
 		timeout = min(vol.Deadline/4, bestEffortReplication)
@@ -313,7 +455,7 @@ func replicate(ctx workflow.Context, s *saga, vol VolumeSpec, ref activities.Bac
 	}
 	workflow.GetLogger(ctx).Error("backup not replicated", "volume_id", ref.VolumeID, "backup_id", ref.BackupID,
 		"replica", vol.BackupReplica, "error", err)
-	if derr := deleteBackupStep(copyRef)(ctx); derr != nil {
+	if derr := removeCopy.run(ctx); derr != nil {
 		workflow.GetLogger(ctx).Error("partial replica left behind", "volume_id", ref.VolumeID,
 			"backup_id", ref.BackupID, "replica", vol.BackupReplica, "error", derr)
 	}
@@ -394,7 +536,7 @@ func restoreInPlace(ctx workflow.Context, s *saga, in OperationInput) (Operation
 		}
 		res.SizeBytes = r.SizeBytes
 	}
-	if err := deleteSnapshotStep(vol.HypervisorID, safety)(ctx); err != nil {
+	if err := deleteSnapshotStep(vol.HypervisorID, safety).run(ctx); err != nil {
 		workflow.GetLogger(ctx).Error("safety snapshot left behind", "volume_id", vol.VolumeID,
 			"snapshot_id", safety.SnapshotID, "error", err)
 	}

@@ -47,6 +47,11 @@ func (h *harness) mockStorage(log *queueLog) {
 			log.add(ctx, "delete "+ref.Storage+" "+ref.BackupID)
 			return nil
 		}).Maybe()
+	h.env.OnActivity(activities.AbandonBackupName, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, ref activities.BackupRef) error {
+			log.add(ctx, "abandon "+ref.Storage+" "+ref.BackupID)
+			return nil
+		}).Maybe()
 	h.env.OnActivity(activities.CollectGarbageName, mock.Anything, mock.Anything).Return(
 		func(ctx context.Context, in activities.GCInput) (activities.GCResult, error) {
 			log.add(ctx, "gc "+in.Storage+" "+in.VolumeID)
@@ -123,7 +128,7 @@ func TestRequiredReplicationFailureFailsTheBackupAndRemovesBothCopies(t *testing
 	require.NotNil(t, bk)
 	assert.Equal(t, StatusFailed, bk.Status, "a backup that must be replicated is not available without its replica")
 	assert.Contains(t, bk.Error, "offsite bucket refused the write")
-	assert.Equal(t, []string{"storage/offsite delete offsite " + id, "storage/local delete local " + id}, calls)
+	assert.Equal(t, []string{"storage/offsite abandon offsite " + id, "storage/local abandon local " + id}, calls)
 }
 
 func TestBestEffortReplicationFailureKeepsTheBackupAvailable(t *testing.T) {
@@ -135,7 +140,7 @@ func TestBestEffortReplicationFailureKeepsTheBackupAvailable(t *testing.T) {
 	assert.Equal(t, ReplicaFailed, bk.Replica.Status)
 	assert.Contains(t, bk.Replica.Error, "offsite unreachable")
 	// The partial replica is removed; the primary copy stays.
-	assert.Equal(t, []string{"storage/offsite delete offsite " + id}, calls)
+	assert.Equal(t, []string{"storage/offsite abandon offsite " + id}, calls)
 }
 
 func TestImportBackupsIsIdempotentAndKeepsCreationOrder(t *testing.T) {
@@ -288,6 +293,6 @@ func TestNextBackupCatchesUpAFailedBestEffortReplica(t *testing.T) {
 		require.NotNil(t, bk.Replica, id)
 		assert.Equal(t, ReplicaReplicated, bk.Replica.Status, "%s has its off-site copy now", id)
 	}
-	assert.Equal(t, []string{"storage/offsite delete offsite " + first.op.ItemID, // the partial replica
+	assert.Equal(t, []string{"storage/offsite abandon offsite " + first.op.ItemID, // the partial replica
 		"storage/local replicate " + second.op.ItemID, "storage/local replicate " + first.op.ItemID}, log.list())
 }

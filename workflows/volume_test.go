@@ -1,6 +1,7 @@
 package workflows
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/mock"
 	"github.com/stretchr/testify/require"
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 
@@ -268,7 +270,7 @@ func TestDeadlineCompensatesAndReleases(t *testing.T) {
 	assert.Equal(t, StatusFailed, last.Status)
 	assert.Equal(t, ErrDeadlineExceeded, last.Error.Type)
 	assert.Contains(t, last.Error.Message, "did not finish within 2h0m0s (it was waiting on: upload on hypervisor hv1)")
-	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+	h.env.AssertActivityCalled(t, activities.AbandonBackupName, mock.Anything,
 		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
 	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
 		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
@@ -298,7 +300,7 @@ func TestAbortMidBackupCompensatesWithinAMinute(t *testing.T) {
 	assert.Equal(t, StatusAborted, last.Status)
 	assert.Equal(t, ErrAborted, last.Error.Type)
 	assert.Equal(t, StatusFailed, findItem(after.Backups, o.op.ItemID).Status)
-	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+	h.env.AssertActivityCalled(t, activities.AbandonBackupName, mock.Anything,
 		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
 	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
 		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
@@ -323,7 +325,7 @@ func TestActivityFailureCompensates(t *testing.T) {
 	assert.Equal(t, StatusFailed, bk.Status)
 	assert.Equal(t, "snapshot vanished", bk.Error)
 	assert.Equal(t, 0, countLive(st.Backups), "a failed backup does not count against the cap")
-	h.env.AssertActivityCalled(t, activities.DeleteBackupName, mock.Anything,
+	h.env.AssertActivityCalled(t, activities.AbandonBackupName, mock.Anything,
 		activities.BackupRef{VolumeID: "vol1", BackupID: o.op.ItemID, Storage: "local"})
 	h.env.AssertActivityCalled(t, activities.DeleteSnapshotName, mock.Anything, activities.SnapshotRef{
 		VolumeID: "vol1", Volume: testSpec().Storage, SnapshotID: "holdfast-backup-" + o.op.ItemID})
@@ -528,4 +530,33 @@ holdfast_operations_finished_total{kind="snapshot",result="completed"} 1
 holdfast_owner_operations_in_flight{owner="acct-42"} 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(inFlight), "holdfast_owner_operations_in_flight"))
+}
+
+// An aborted operation whose host is down ends at once (its lock goes), and the cleanup no agent took waits
+// for the host in a CleanupWorkflow, which removes what was left when an agent takes it.
+func TestCompensationNoAgentTookRunsWhenTheHostIsBack(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).
+		Return(activities.UploadBackupResult{}, temporal.NewNonRetryableApplicationError("disk gone", "Boom", nil)).Once()
+	var attempts []time.Time
+	h.env.OnActivity(activities.DeleteSnapshotName, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, ref activities.SnapshotRef) error {
+			attempts = append(attempts, h.env.Now())
+			if len(attempts) == 1 {
+				return temporal.NewTimeoutError(enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START, nil)
+			}
+			return nil
+		}).Times(2)
+	h.mockHypervisor()
+	var o *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(10*time.Minute, func() { st = h.state() })
+	h.run(time.Hour, VolumeInput{})
+	requireAccepted(t, o)
+	require.Nil(t, st.Active, "the operation ended without waiting for the host")
+	last := st.Recent[len(st.Recent)-1]
+	assert.Contains(t, last.Error.Message, "it runs when the host is back (cleanup/operation/"+o.op.OperationID+"/")
+	require.Len(t, attempts, 2, "the deferred cleanup ran the step again")
 }
