@@ -125,6 +125,7 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 			a.closers = append(a.closers, r.Close)
 		}
 	}
+	hangFaults(drivers, log)
 	storeConfigs := map[string]stores.Config{}
 	var errs []error
 	for name, s := range cfg.Storages {

@@ -23,6 +23,10 @@ const (
 	shortActivityTimeout = 15 * time.Minute
 	heartbeatTimeout     = 30 * time.Second
 	compensationTimeout  = 10 * time.Minute
+	// inlineCleanup bounds how long an ended operation spends on one compensation step before it hands the
+	// step to a CleanupWorkflow and releases the volume: a host that does not take it (down) or does not
+	// finish it (wedged) must not hold the lock long past the deadline.
+	inlineCleanup = 2 * time.Minute
 	// cleanupPickup is how long a compensation waits for an agent to pick it up. Cleanups have their own
 	// queue (activities.CleanupTaskQueue), never stuck behind long transfers, so an agent that has not taken
 	// one by then is gone: the cleanup is reported incomplete instead of holding the volume's lock.
@@ -95,11 +99,11 @@ func (s *saga) compensate(ctx workflow.Context) error {
 			continue
 		}
 		workflow.GetLogger(ctx).Error("compensation failed", "step", c.what, "error", err)
-		if deferLater && noAgent(err) {
-			// The host is gone for now: the operation ends (its lock goes) and the step waits for the host.
+		if deferLater && timedOut(err) {
+			// The host is gone or wedged for now: the operation ends (its lock goes) and the step waits for it.
 			if id, derr := deferCleanup(dctx, c, i); derr == nil {
-				errs = append(errs, fmt.Errorf("%s: no agent took it within %s; it runs when the host is back (%s)",
-					c.what, cleanupPickup, id))
+				errs = append(errs, fmt.Errorf("%s: its host did not do it in time; it runs when the host is back (%s)",
+					c.what, id))
 				continue
 			}
 		}
@@ -111,10 +115,10 @@ func (s *saga) compensate(ctx workflow.Context) error {
 // deferredCleanupChange hands compensations no agent took to a CleanupWorkflow that waits for the host.
 const deferredCleanupChange = "deferred-cleanup"
 
-// noAgent reports a step that no agent picked up in time (its host is down).
-func noAgent(err error) bool {
+// timedOut reports a step its host did not take (down) or did not finish (wedged) in time.
+func timedOut(err error) bool {
 	var timeout *temporal.TimeoutError
-	return errors.As(err, &timeout) && timeout.TimeoutType() == enumspb.TIMEOUT_TYPE_SCHEDULE_TO_START
+	return errors.As(err, &timeout)
 }
 
 // laterCleanupWait bounds how long a deferred compensation waits for its host to come back.
@@ -301,7 +305,7 @@ func (c cleanup) run(ctx workflow.Context) error {
 
 // cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's cleanup queue.
 func cleanupStep(hypervisorID, activityName string, arg any) cleanup {
-	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, compensationTimeout)
+	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, inlineCleanup)
 }
 
 // deleteBackupStep removes a backup's manifest from one storage, on that storage's queue: any agent
