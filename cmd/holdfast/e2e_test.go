@@ -76,6 +76,8 @@ type e2eOptions struct {
 	store *stores.Config
 	// ledger turns billing on, with its JSON-lines ledger at <dir>/billing.jsonl.
 	ledger bool
+	// hv1Hang lists driver calls hv1's agent hangs in forever (workers.HangEnv): a wedged hypervisor.
+	hv1Hang string
 }
 
 // newE2E starts a dev server and real worker, agent (hv1, hv2) and API processes; hv1 is throttled to
@@ -114,7 +116,7 @@ hypervisors:
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
 	e.start("worker", "worker", "--config", e.config)
-	e.start("agent-hv1", "agent", "--config", e.config, "--hypervisor", "hv1")
+	e.startWith("agent-hv1", hangEnv(o.hv1Hang), "agent", "--config", e.config, "--hypervisor", "hv1")
 	e.start("agent-hv2", "agent", "--config", e.config, "--hypervisor", "hv2")
 	e.start("api", "api", "--config", e.config, "--listen", e.api)
 	startertest.WaitFor(t, "API health", func() bool {
@@ -151,10 +153,22 @@ func (e *e2e) client() client.Client {
 	return e.temporal
 }
 
-func (e *e2e) start(name string, args ...string) {
+func (e *e2e) start(name string, args ...string) { e.startWith(name, nil, args...) }
+
+// hangEnv is the environment that makes an agent hang in the named driver calls ("" : none).
+func hangEnv(calls string) []string {
+	if calls == "" {
+		return nil
+	}
+	return []string{workers.HangEnv + "=" + calls}
+}
+
+// startWith starts a process with env added to the shared environment.
+func (e *e2e) startWith(name string, env []string, args ...string) {
 	e.metrics[name] = startertest.FreeAddress(e.t)
 	args = append(args, "--metrics", e.metrics[name])
 	cmd := e.command(args...)
+	cmd.Env = append(cmd.Env, env...)
 	logf, err := os.Create(filepath.Join(e.dir, name+".log"))
 	require.NoError(e.t, err)
 	cmd.Stdout, cmd.Stderr = logf, logf

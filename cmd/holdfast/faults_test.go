@@ -556,3 +556,47 @@ func (e *e2e) assertBilledOnce(backups map[string]int) {
 		assert.Equal(e.t, n, items[volumeID], "backups billed for %s (ledger lines %v)", volumeID, lines)
 	}
 }
+
+// TestFaultHungHypervisorCall: hv1's agent is up, but its hypervisor call never returns (a wedged libvirt, a
+// stuck NFS): the snapshot step blocks forever and ignores its context. An abort ends the operation within
+// seconds, and the deadline ends another one on time; each releases the lock and removes what it made.
+func TestFaultHungHypervisorCall(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, e2eOptions{limits: shortDeadline, hv1Hang: "CreateSnapshot"})
+	for _, v := range []string{"a", "b"} {
+		makeVolume(t, e.volumePath(v), 8<<20, 4<<20)
+		e.register(v, "alice", "hv1")
+	}
+
+	// Abort: answered at once, and the operation is over within seconds, not at a timeout.
+	opID := e.begin("POST", "/v1/volumes/a/snapshots", map[string]any{"name": "wedged"})
+	e.waitActive(opID, "creating")
+	status, out := e.call("POST", "/v1/volumes/a/abort", panelToken, nil)
+	require.Equal(t, 202, status, "%v", out)
+	aborted := time.Now()
+	op := e.waitWithin(opID, time.Minute)
+	took := time.Since(aborted)
+	assert.Equal(t, "aborted", op["status"], "%v", op)
+	assert.Less(t, took, 10*time.Second, "an abort of a hung call ends the operation within seconds")
+	assertNoSnapshots(t, e.volumePath("a"))
+	e.assertReleased("a", "alice")
+
+	// Deadline: the other volume's snapshot hangs until its deadline, which ends it on time.
+	started := time.Now()
+	opID = e.begin("POST", "/v1/volumes/b/snapshots", map[string]any{"name": "wedged"})
+	op = e.waitWithin(opID, faultDeadline+deadlineSlack)
+	e.assertFailedAtDeadline(op, "create snapshot on hypervisor hv1")
+	assert.Less(t, time.Since(started), faultDeadline+30*time.Second, "ended at its deadline, not at a timeout")
+	assertNoSnapshots(t, e.volumePath("b"))
+	e.assertReleased("b", "alice")
+}
+
+// waitActive waits until an accepted operation's status is want (its step is running).
+func (e *e2e) waitActive(operationID, want string) {
+	e.t.Helper()
+	startertest.WaitFor(e.t, fmt.Sprintf("operation %s %s", operationID, want), func() bool {
+		_, op := e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
+		require.Nil(e.t, op["finished_at"], "operation %s ended early: %v", operationID, op)
+		return op["status"] == want
+	})
+}
