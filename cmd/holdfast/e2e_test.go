@@ -184,7 +184,25 @@ func (e *e2e) startWith(name string, env []string, args ...string) {
 			_ = cmd.Process.Kill()
 		}
 		logf.Close()
+		if e.t.Failed() {
+			e.printLog(name, logf.Name())
+		}
 	})
+}
+
+// printLog puts a child process's log (its last 64 KiB) in the test's output: a failed test shows what every
+// process it ran said, not only what the test saw.
+func (e *e2e) printLog(name, path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		e.t.Logf("--- %s log: %v", name, err)
+		return
+	}
+	const most = 64 << 10
+	if len(data) > most {
+		data = append([]byte("[…]\n"), data[len(data)-most:]...)
+	}
+	e.t.Logf("--- %s log (%s):\n%s", name, path, data)
 }
 
 // command is the holdfast binary (this test binary standing in for it) run with args, in the processes'
