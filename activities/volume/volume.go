@@ -133,7 +133,14 @@ type Writer interface {
 //
 // Contract, which volumetest.Run checks against every implementation on real services:
 //   - Every method takes ctx first, honours its cancellation/deadline, and never blocks forever on a sick
-//     backend (drivers bound their calls with timeouts).
+//     backend (drivers bound their calls with timeouts). A long copy checks ctx between blocks.
+//   - The partial artifacts of an interrupted call (one that failed or was cancelled, whose process was
+//     killed, or whose caller gave up on it while it hung), such as a partial snapshot copy or a half-written
+//     new volume, are removed by the matching delete, which is what a compensation runs: DeleteSnapshot
+//     removes those of CreateSnapshot of that name, DeleteVolume those of CreateVolume and
+//     CreateVolumeFromSnapshot of that volume. A retry of the interrupted call replaces or reuses them. (The
+//     file driver also removes them itself when a call fails or is cancelled. Checked so far by the file
+//     driver's own tests, not yet by volumetest.)
 //   - Every method is idempotent, because activities are retried: creating a snapshot that exists returns
 //     it (its original record when the driver keeps one) without error; deleting a snapshot or volume that
 //     does not exist succeeds.
@@ -162,6 +169,10 @@ type Writer interface {
 //     it (a qcow2 backing or external data file) is refused with ErrUnsupported, never followed.
 //   - A volume is what the driver stores volumes as (a regular file, an RBD image): a symlink, device or other
 //     object at a volume's location is refused with ErrUnsupported, before anything is created beside it.
+//
+// A driver whose copies can take long may also report their progress to the caller, through a method
+// WithProgress(ctx, report func(done, total int64)) context.Context (the file driver has it); the agent
+// heartbeats what it reports.
 type Driver interface {
 	// Type returns the Ref.Type this driver serves.
 	Type() Type

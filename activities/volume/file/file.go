@@ -6,7 +6,8 @@
 // device; a qcow2 image that points at another file (backing or data file) is refused (see image.go).
 //
 // It owns the image files it is given, their snapshots and its metadata directory next to each image
-// (".<image>.holdfast/": snapshot records, and the copies that are raw volumes' snapshots). It asks libvirt
+// (".<image>.holdfast/": snapshot records, the copies that are raw volumes' snapshots, and partial copies in
+// progress, which cancellation and the matching delete remove: see copies.go). It asks libvirt
 // (domains package) who uses an image and whether that domain runs, freezes guests, and drives QEMU's block
 // layer of running domains; it must never change a domain's definition, and never reads image data through
 // libvirt streams (daemon-bound, 55–140 MiB/s): data is read from the image file directly.
@@ -193,7 +194,7 @@ func (d *Driver) snapshotOffline(ctx context.Context, img image, name string) er
 	if img.format == volume.FormatQCOW2 {
 		return qemuImgSnapshot(ctx, img, "-c", name)
 	}
-	return copyAtomically(ctx, img.path, rawSnapPath(img.path, name), rawSnapPath(img.path, name)+".partial")
+	return copySnapshot(ctx, img, name)
 }
 
 func (d *Driver) snapshotRunning(ctx context.Context, conn *libvirt.Connect, domain string, img image, name string) error {
@@ -212,22 +213,11 @@ func (d *Driver) snapshotRunning(ctx context.Context, conn *libvirt.Connect, dom
 	if err != nil {
 		return err
 	}
-	err = copyAtomically(ctx, img.path, rawSnapPath(img.path, name), rawSnapPath(img.path, name)+".partial")
+	err = copySnapshot(ctx, img, name) // a cancelled copy stops within a block, and the guest resumes
 	if rerr := resume(); rerr != nil && err == nil {
 		err = fmt.Errorf("resume %s: %w", domain, rerr)
 	}
 	return err
-}
-
-// copyAtomically copies src to dst through tmp (on dst's filesystem, in the volume's metadata directory so
-// that no name next to the image is ever written), so that a crash never leaves a partial copy that looks
-// like a snapshot or a half rolled back volume.
-func copyAtomically(ctx context.Context, src, dst, tmp string) error {
-	if err := copySparse(ctx, src, tmp); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, dst)
 }
 
 // blockNode finds the QEMU block node of the domain's disk whose top image is path.
@@ -320,8 +310,17 @@ func (d *Driver) ListSnapshots(ctx context.Context, vol volume.Ref) ([]volume.Sn
 	return d.list(img)
 }
 
+// DeleteSnapshot deletes the snapshot and whatever an interrupted attempt to create it left (a raw volume's
+// partial copy), so that the compensation of a snapshot whose agent died mid-copy leaves nothing behind.
 func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string) error {
 	if err := validName(name); err != nil {
+		return err
+	}
+	path, _, err := checkRef(vol)
+	if err != nil {
+		return err
+	}
+	if err := removeSnapshotPartials(path, name); err != nil {
 		return err
 	}
 	img, err := d.probe(vol)
@@ -378,15 +377,14 @@ func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name stri
 	if img.format == volume.FormatQCOW2 {
 		return qemuImgSnapshot(ctx, img, "-a", name)
 	}
-	// Copy beside the image (in its metadata directory) and rename over it: the volume is never half rolled
-	// back. The image is then a new file, so an owner record moves to it.
+	// The image is replaced by a new file (see copyRollback), so an owner record moves to it.
 	before, err := os.Lstat(img.path)
 	if err != nil {
 		return err
 	}
 	owner, owned := readOwner(img.path)
 	owned = owned && createdBy(img.path, before, owner.CreatedBy)
-	err = copyAtomically(ctx, rawSnapPath(img.path, name), img.path, filepath.Join(metaDir(img.path), ".rollback.partial"))
+	err = copyRollback(ctx, img, name)
 	if err != nil || !owned {
 		return err
 	}
@@ -490,11 +488,19 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 	if err != nil {
 		return err
 	}
-	if err := volume.CopyAllocated(ctx, w, r); err != nil {
-		w.Close()
-		return err
+	// From here the volume at dst is this call's (created now, or by an earlier attempt of dst.CreatedBy): a
+	// copy that fails or is cancelled removes it rather than leave a half-written volume (a retry makes it
+	// again). volume.CopyAllocated checks ctx between blocks.
+	err = volume.CopyAllocated(ctx, w, &progressReader{Reader: r, report: progressOf(ctx)})
+	if cerr := w.Close(); err == nil {
+		err = cerr
 	}
-	return w.Close()
+	if err != nil {
+		if derr := d.DeleteVolume(context.WithoutCancel(ctx), dst); derr != nil {
+			return errors.Join(err, fmt.Errorf("remove the partial volume %s: %w", dst, derr))
+		}
+	}
+	return err
 }
 
 // DeleteVolume deletes the volume and its metadata. With vol.CreatedBy (a compensation) it deletes only a
