@@ -1,7 +1,8 @@
 // Package agent implements activities.Hypervisor: the activities one hypervisor agent serves on
 // activities.TaskQueue(hypervisor_id). It wires the volume drivers (file, rbd) to the backup engines (one per
 // backup storage), turns their errors into the typed, non-retryable failures workflows branch on, heartbeats
-// progress, and resumes an interrupted upload from its last checkpoint.
+// progress, and resumes an interrupted upload from its last checkpoint. Every hypervisor call heartbeats and
+// ends within seconds of an abort or deadline, even one that hangs (heartbeat.go).
 //
 // It owns no state between calls: every activity answers from the drivers and stores, which is what makes
 // Temporal's retries safe (every activity is idempotent). It must never be imported by workflows/ (it links

@@ -547,6 +547,27 @@ type countingDriver struct {
 	failAfter    atomic.Int64 // > 0: reads fail once this many bytes were read
 	onRead       func(total int64)
 	refuseWriter atomic.Bool
+	onCopy       func(done, total int64) // sees the driver's copy progress (raw snapshot, rollback, clone)
+}
+
+// progressDriver is what a driver that reports its copies' progress implements (the file driver does).
+type progressDriver interface {
+	WithProgress(ctx context.Context, report func(done, total int64)) context.Context
+}
+
+// WithProgress passes the wrapped driver's copy progress through, and shows it to onCopy: a test watches, or
+// stalls, a copy half way.
+func (d *countingDriver) WithProgress(ctx context.Context, report func(done, total int64)) context.Context {
+	p, ok := d.Driver.(progressDriver)
+	if !ok {
+		return ctx
+	}
+	return p.WithProgress(ctx, func(done, total int64) {
+		report(done, total)
+		if d.onCopy != nil {
+			d.onCopy(done, total)
+		}
+	})
 }
 
 func (d *countingDriver) OpenSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Reader, error) {

@@ -12,6 +12,9 @@ import (
 	"github.com/holdfast/holdfast/activities/volume"
 )
 
+// Every activity here runs its driver work through hypervisorCall: it heartbeats while the hypervisor works
+// and returns within seconds of an abort or deadline, even when a hypervisor call hangs.
+
 // Attachment reports, live from libvirt, whether a running instance uses the volume. Read-only, so
 // trivially idempotent.
 func (a *Activities) Attachment(ctx context.Context, in activities.AttachmentInput) (activities.AttachmentResult, error) {
@@ -22,16 +25,21 @@ func (a *Activities) Attachment(ctx context.Context, in activities.AttachmentInp
 	if err != nil {
 		return activities.AttachmentResult{}, err
 	}
-	att, err := d.Attachment(ctx, ref)
+	log := a.logger(ctx, in.VolumeID)
+	att, err := hypervisorCall(ctx, log, "attachment", d, func(ctx context.Context) (volume.Attachment, error) {
+		return d.Attachment(ctx, ref)
+	})
 	if err != nil {
 		return activities.AttachmentResult{}, classify(ctx, activities.AttachmentName, err)
 	}
-	a.logger(ctx, in.VolumeID).Debug("attachment", "attached", att.Attached, "domain", att.Domain, "running", att.Running)
+	log.Debug("attachment", "attached", att.Attached, "domain", att.Domain, "running", att.Running)
 	return activities.AttachmentResult{Attached: att.Attached, Domain: att.Domain, Running: att.Running}, nil
 }
 
 // CreateSnapshot takes snapshot SnapshotID, freezing a running guest first when the driver can. Idempotent:
 // the driver returns an existing snapshot of that name (with the consistency recorded when it was taken).
+// A raw file volume's snapshot is a full copy: it heartbeats the bytes copied, and an abort stops the copy
+// and removes the partial file (DeleteSnapshot, its compensation, removes one a killed agent left).
 //
 // in.Freeze is not passed down: the volume.Driver contract always attempts the freeze on a running domain
 // and records honestly whether it worked, which is the only behaviour a backup wants.
@@ -40,7 +48,9 @@ func (a *Activities) CreateSnapshot(ctx context.Context, in activities.SnapshotI
 	if err != nil {
 		return activities.SnapshotResult{}, err
 	}
-	snap, err := d.CreateSnapshot(ctx, ref, in.SnapshotID)
+	snap, err := hypervisorCall(ctx, log, "snapshot", d, func(ctx context.Context) (volume.Snapshot, error) {
+		return d.CreateSnapshot(ctx, ref, in.SnapshotID)
+	})
 	if err != nil {
 		log.Error("create snapshot failed", "error", err)
 		return activities.SnapshotResult{}, classify(ctx, activities.CreateSnapshotName, err)
@@ -76,13 +86,17 @@ func consistency(c volume.Consistency) string {
 	return string(c)
 }
 
-// DeleteSnapshot removes a snapshot. Idempotent: a missing snapshot, or a missing volume, is success.
+// DeleteSnapshot removes a snapshot, and what an interrupted attempt to create it left (the compensation of
+// CreateSnapshot). Idempotent: a missing snapshot, or a missing volume, is success.
 func (a *Activities) DeleteSnapshot(ctx context.Context, in activities.SnapshotRef) error {
 	d, ref, log, err := a.snapshotCall(ctx, in.VolumeID, in.Volume, in.SnapshotID)
 	if err != nil {
 		return err
 	}
-	if err := d.DeleteSnapshot(ctx, ref, in.SnapshotID); err != nil && !errors.Is(err, volume.ErrNotFound) {
+	err = hypervisorDo(ctx, log, "delete", d, func(ctx context.Context) error {
+		return d.DeleteSnapshot(ctx, ref, in.SnapshotID)
+	})
+	if err != nil && !errors.Is(err, volume.ErrNotFound) {
 		log.Error("delete snapshot failed", "error", err)
 		return classify(ctx, activities.DeleteSnapshotName, err)
 	}
@@ -92,13 +106,17 @@ func (a *Activities) DeleteSnapshot(ctx context.Context, in activities.SnapshotR
 
 // RollbackSnapshot makes the volume equal to the snapshot, in place. The driver checks live that no running
 // instance uses the volume (ErrAttachedRunning otherwise). Idempotent: rolling back twice gives the same
-// contents.
+// contents. An interrupted rollback leaves the volume as it was (a raw one is copied beside it and renamed
+// over it).
 func (a *Activities) RollbackSnapshot(ctx context.Context, in activities.SnapshotRef) error {
 	d, ref, log, err := a.snapshotCall(ctx, in.VolumeID, in.Volume, in.SnapshotID)
 	if err != nil {
 		return err
 	}
-	if err := d.RollbackSnapshot(ctx, ref, in.SnapshotID); err != nil {
+	err = hypervisorDo(ctx, log, "rollback", d, func(ctx context.Context) error {
+		return d.RollbackSnapshot(ctx, ref, in.SnapshotID)
+	})
+	if err != nil {
 		log.Error("rollback failed", "error", err)
 		return classify(ctx, activities.RollbackSnapshotName, err)
 	}
@@ -130,12 +148,14 @@ func (a *Activities) CloneSnapshot(ctx context.Context, in activities.CloneSnaps
 		return activities.RestoreResult{}, err
 	}
 	log := a.logger(ctx, in.TargetVolumeID, "source_volume_id", in.SourceVolumeID, "snapshot_id", in.SnapshotID)
-	if err := d.CreateVolumeFromSnapshot(ctx, src, in.SnapshotID, dst); err != nil {
-		log.Error("clone failed", "error", err)
-		return activities.RestoreResult{}, classify(ctx, activities.CloneSnapshotName, err)
-	}
-	size, err := d.Size(ctx, dst)
+	size, err := hypervisorCall(ctx, log, "clone", d, func(ctx context.Context) (int64, error) {
+		if err := d.CreateVolumeFromSnapshot(ctx, src, in.SnapshotID, dst); err != nil {
+			return 0, err
+		}
+		return d.Size(ctx, dst)
+	})
 	if err != nil {
+		log.Error("clone failed", "error", err)
 		return activities.RestoreResult{}, classify(ctx, activities.CloneSnapshotName, err)
 	}
 	log.Info("volume cloned from snapshot", "size_bytes", size)
@@ -153,11 +173,16 @@ func (a *Activities) InspectVolume(ctx context.Context, in activities.Attachment
 	if err != nil {
 		return activities.InspectResult{}, err
 	}
-	size, err := d.Size(ctx, ref)
+	log := a.logger(ctx, in.VolumeID)
+	size, err := hypervisorCall(ctx, log, "inspect", d, func(ctx context.Context) (int64, error) {
+		return d.Size(ctx, ref)
+	})
 	if err == nil {
 		return activities.InspectResult{SizeBytes: size}, nil
 	}
-	a.logger(ctx, in.VolumeID).Warn("volume refused at registration", "error", err)
+	if ctx.Err() == nil {
+		log.Warn("volume refused at registration", "error", err)
+	}
 	err = classify(ctx, activities.InspectVolumeName, err)
 	var app *temporal.ApplicationError
 	if !errors.As(err, &app) {
@@ -170,7 +195,8 @@ func (a *Activities) InspectVolume(ctx context.Context, in activities.Attachment
 	return activities.InspectResult{}, temporal.NewNonRetryableApplicationError(msg, app.Type(), nil)
 }
 
-// DeleteVolume removes a volume and its snapshots (compensation of a failed restore to a new volume). With
+// DeleteVolume removes a volume, its snapshots and whatever interrupted calls left in its metadata
+// (compensation of a failed restore to a new volume, including a clone stopped half way). With
 // Volume.CreatedBy the driver deletes only a volume that operation created; one it did not create is left
 // untouched and the compensation succeeds (nothing of its own was there). Idempotent: a missing volume is
 // success. Refused (ErrAttachedRunning) while a running instance uses it.
@@ -183,7 +209,7 @@ func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolum
 		return err
 	}
 	log := a.logger(ctx, in.VolumeID)
-	err = d.DeleteVolume(ctx, ref)
+	err = hypervisorDo(ctx, log, "delete", d, func(ctx context.Context) error { return d.DeleteVolume(ctx, ref) })
 	if errors.Is(err, volume.ErrNotOwned) {
 		// A compensation removes what its operation created, and this operation created nothing here (its
 		// target was in the way): there is nothing of its own to delete, and the file is not touched.
