@@ -36,8 +36,11 @@ type ObjectInfo struct {
 //     ErrNotExist.
 //   - Stat returns the object's size and modification time, or an error wrapping ErrNotExist.
 //   - List calls fn for every object whose name starts with prefix, in no particular order, until fn
-//     returns an error (which List returns). Objects put before List started are listed; concurrent puts
-//     may or may not be. Internal temporary files are never listed.
+//     returns an error (which List returns). Objects put before List started are listed, objects deleted
+//     before it started are not (read-after-write, including listings: the volume locks rely on it, see
+//     lock.go); concurrent puts may or may not be. Internal temporary files are never listed.
+//   - ModTime is the store's clock when the object was written, and a Put that replaces an object renews it
+//     (lock refreshes rely on it; locks compare only ModTimes of one store, never a host's clock).
 //   - Delete removes the object. Deleting a missing object is a success (idempotent).
 //   - All methods honour ctx cancellation, are safe for concurrent use, and never log credentials.
 //   - Implementations do not retry forever: transient-error retries are bounded, then the error surfaces.

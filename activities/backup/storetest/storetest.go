@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/holdfast/holdfast/activities/backup"
 )
@@ -148,6 +149,61 @@ func Run(t *testing.T, newStore func(t *testing.T) backup.Store, opts Options) {
 		err := s.List(ctx, "", func(backup.ObjectInfo) error { calls++; return stop })
 		if !errors.Is(err, stop) || calls != 1 {
 			t.Fatalf("List with fn error: err=%v calls=%d, want the fn's error after 1 call", err, calls)
+		}
+	})
+
+	// The volume locks (backup/lock.go) depend on these two: a lock written (or removed) is seen by the next
+	// listing of any client, and re-writing a lock renews its ModTime.
+	t.Run("ListSeesDeletes", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, "locks/a", []byte("a"))
+		put(t, s, "locks/b", []byte("b"))
+		if err := s.Delete(ctx, "locks/a"); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		if err := s.List(ctx, "locks/", func(oi backup.ObjectInfo) error {
+			got = append(got, oi.Name)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got, ",") != "locks/b" {
+			t.Fatalf("List after a Delete = %v, want [locks/b]", got)
+		}
+	})
+
+	t.Run("OverwriteRenewsModTime", func(t *testing.T) {
+		s := newStore(t)
+		put(t, s, "locks/l", []byte("1"))
+		first, err := s.Stat(ctx, "locks/l")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Stores keep ModTime to the second (S3's Last-Modified): re-write until the store's clock moved on.
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			time.Sleep(250 * time.Millisecond)
+			put(t, s, "locks/l", []byte("1"))
+			again, err := s.Stat(ctx, "locks/l")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.ModTime.After(first.ModTime) {
+				var listed time.Time
+				if err := s.List(ctx, "locks/", func(oi backup.ObjectInfo) error {
+					listed = oi.ModTime
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				if !listed.After(first.ModTime) {
+					t.Fatalf("List still shows ModTime %v after a re-write at %v", listed, again.ModTime)
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("re-writing an object for 5 s never renewed its ModTime (%v)", first.ModTime)
+			}
 		}
 	})
 
