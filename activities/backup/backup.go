@@ -91,6 +91,11 @@ type chunkResult struct {
 // returns without error. Chunks already stored (by the parent or any earlier backup of the volume) are not
 // uploaded again. Memory stays bounded by Concurrency chunks; a cancelled ctx stops within one chunk and
 // leaves no manifest. Idempotent: a retry with the same ids writes the same backup again.
+//
+// It runs under the volume's shared lock (lock.go): it waits up to Options.LockWait for a GC or abandon of
+// the volume to finish (then fails with ErrLocked), and fails with ErrLockLost if its lock is removed under
+// it (its backup abandoned, or a newer attempt of it started). Both are retryable. The manifest is written
+// only once every chunk it lists is confirmed stored (commit).
 func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, error) {
 	if err := checkIDs(req.VolumeID, req.BackupID); err != nil {
 		return nil, err
@@ -112,6 +117,16 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	} else if !errors.Is(err, ErrNotExist) {
 		return nil, err
 	}
+
+	// From here on the backup holds its volume's shared lock (lock.go), so no GC sweeps the volume while it
+	// reads its parent, replays its journal, finds chunks already stored and uploads the others. The lock
+	// object is the backup's in-progress marker; a lost lock cancels ctx with ErrLockLost.
+	lock, err := e.lockShared(ctx, req.VolumeID, req.BackupID, "backup")
+	if err != nil {
+		return nil, fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, err)
+	}
+	defer lock.release()
+	ctx = lock.ctx
 
 	// Known chunks: those of the parent need no Stat. Every backup still restores alone, because a chunk is
 	// only deleted by GC once no manifest references it.
@@ -263,13 +278,10 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if e.codec.aead != nil {
 		m.Encryption = EncryptionAES
 	}
-	data, err := encodeManifest(m, e.codec.macKey)
-	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", req.BackupID, err)
-	}
-	// The commit point: the backup exists from here on.
-	if err := PutBytes(ctx, e.store, manifestName(req.VolumeID, req.BackupID), data); err != nil {
-		return nil, fmt.Errorf("backup %s: write manifest: %w", req.BackupID, err)
+	// Every chunk m lists is confirmed stored (missing ones read from the source and uploaded again) and
+	// then the manifest is written, under the lock: see commit.
+	if _, err := e.commit(ctx, lock, m, e.repairFromSource(req)); err != nil {
+		return nil, fmt.Errorf("backup %s of volume %s: commit: %w", req.BackupID, req.VolumeID, err)
 	}
 	if err := e.deleteJournal(ctx, req.VolumeID, req.BackupID); err != nil {
 		e.opts.Logger.Warn("backup: journal cleanup failed; GC will remove it", "volume_id", req.VolumeID,

@@ -40,6 +40,17 @@ type Options struct {
 	OnDeduplicated func(bytes int64)
 	// OnThrottled, when set, is told how long each wait for bandwidth budget took.
 	OnThrottled func(time.Duration)
+	// LockRefresh is how often a running backup, GC or abandon re-writes its volume lock (lock.go); default
+	// DefaultLockRefresh (30 s).
+	LockRefresh time.Duration
+	// LockStale is the age at which a lock that was not refreshed counts as its holder's death: GC then
+	// sweeps past it, and the holder, if it still runs, stops or confirms every chunk again before it commits.
+	// Default DefaultLockStale (10 min); at least 4 × LockRefresh.
+	LockStale time.Duration
+	// LockWait is how long a backup waits for a GC or abandon of its volume to finish before it fails with
+	// ErrLocked; default DefaultLockWait (15 min: longer than LockStale, so that the lock of a GC that died
+	// goes stale before a backup waiting for it gives up).
+	LockWait time.Duration
 }
 
 // NewLimiter returns a token bucket for bytesPerSecond, with a burst of one chunk so a whole chunk can
@@ -48,12 +59,16 @@ func NewLimiter(bytesPerSecond float64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(bytesPerSecond), DefaultChunkSize)
 }
 
-// Engine streams volume images into a Store and back. It is safe for concurrent use by several operations
-// (on different volumes; the control plane serialises operations per volume).
+// Engine streams volume images into a Store and back. It is safe for concurrent use by several operations,
+// and several engines (agents, admin commands) may work on one store at once: backups, GC and abandons of a
+// volume coordinate through lock objects in the store (lock.go), not through the control plane.
 type Engine struct {
 	store Store
 	opts  Options
 	codec *codec
+	// leaseClock times lock leases (lock.go): the monotonic clock, never Options.Now, which tests pin to
+	// judge chunk ages. Internal tests replace it to let a lease lapse without waiting.
+	leaseClock func() time.Time
 }
 
 // New returns an engine on store.
@@ -82,6 +97,19 @@ func New(store Store, opts Options) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.LockRefresh <= 0 {
+		opts.LockRefresh = DefaultLockRefresh
+	}
+	if opts.LockStale <= 0 {
+		opts.LockStale = max(DefaultLockStale, 4*opts.LockRefresh)
+	}
+	if opts.LockStale < 4*opts.LockRefresh {
+		return nil, fmt.Errorf("backup: lock stale timeout %s must be at least 4 × the refresh interval %s",
+			opts.LockStale, opts.LockRefresh)
+	}
+	if opts.LockWait <= 0 {
+		opts.LockWait = max(DefaultLockWait, opts.LockStale+opts.LockRefresh)
+	}
 	if l := opts.Limiter; l != nil && l.Limit() != rate.Inf && l.Burst() <= 0 {
 		return nil, errors.New("backup: limiter needs a positive burst")
 	}
@@ -89,7 +117,7 @@ func New(store Store, opts Options) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{store: store, opts: opts, codec: c}, nil
+	return &Engine{store: store, opts: opts, codec: c, leaseClock: time.Now}, nil
 }
 
 // Store is the store the engine writes to.
@@ -272,6 +300,7 @@ func (e *Engine) listManifests(ctx context.Context, prefix string) ([]*Manifest,
 
 // Delete removes a backup: its manifest (the backup ceases to exist at that moment) and any resume journal.
 // Its chunks stay until GC, because other backups may share them. Deleting a missing backup succeeds.
+// (A failed backup's compensation is Abandon, which takes its chunks too.)
 func (e *Engine) Delete(ctx context.Context, volumeID, backupID string) error {
 	if err := checkIDs(volumeID, backupID); err != nil {
 		return err

@@ -19,25 +19,65 @@ type GCReport struct {
 	DeletedChunks int    `json:"deleted_chunks"` // unreferenced and older than the grace period
 	DeletedBytes  int64  `json:"deleted_bytes"`
 	StaleJournals int    `json:"stale_journals"` // segments of abandoned resume journals removed
+	StaleLocks    int    `json:"stale_locks"`    // locks of operations that died without releasing them, removed
+	// Busy, when not "", is why nothing was collected: another operation (a running backup) holds the
+	// volume. The next collection takes what this one could not.
+	Busy string `json:"busy,omitempty"`
 }
 
 // GC removes a volume's chunks that no manifest references and that are older than grace, and resume
-// journals older than grace. Mark first, then sweep; a chunk uploaded by a backup still in flight is younger
-// than grace (and referenced by its journal), so it survives. If any manifest cannot be read GC deletes
-// nothing: sweeping against an incomplete mark would destroy live data.
+// journals older than grace. Mark first, then sweep. If any manifest cannot be read GC deletes nothing:
+// sweeping against an incomplete mark would destroy live data.
 //
-// Run it under the volume's operation lock (the VolumeWorkflow mutex): a backup that reuses an old chunk
-// of a backup being deleted at the same moment is the one race grace cannot cover. grace must also exceed
-// the longest time a crashed backup may wait to be resumed. Idempotent.
+// It runs under the volume's exclusive lock (lock.go). While a backup of the volume runs — or another GC or
+// abandon — it collects nothing and returns a report with Busy set together with an error wrapping
+// ErrLocked. So no grace, not even zero, can cost a running backup a chunk it uploaded or one it found
+// already stored and reused, and a GC needs no help from the control plane to be safe. The grace is only a
+// courtesy to crashed backups waiting to be resumed: the chunks their journals record stay as long as the
+// journal is younger than grace; chunks they uploaded past their last checkpoint stay for grace, and are
+// uploaded again by a resume after that. Idempotent.
 func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (*GCReport, error) {
 	if err := validComponent(volumeID); err != nil {
 		return nil, fmt.Errorf("backup: volume_id: %w", err)
 	}
 	rep := &GCReport{VolumeID: volumeID}
+	lock, removed, err := e.lockExclusive(ctx, volumeID, "gc", "")
+	if err != nil {
+		if errors.Is(err, ErrLocked) {
+			rep.Busy = err.Error()
+			return rep, fmt.Errorf("gc %s: %w", volumeID, err)
+		}
+		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+	defer lock.release()
+	rep.StaleLocks = removed
 	cutoff := e.opts.Now().Add(-grace)
+	if err := e.sweep(lock.ctx, lock, rep, sweepPlan{chunkCutoff: cutoff, journalCutoff: cutoff}); err != nil {
+		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+	}
+	e.opts.Logger.Info("gc done", "volume_id", volumeID, "manifests", rep.Manifests, "live_chunks", rep.LiveChunks,
+		"deleted_chunks", rep.DeletedChunks, "young_chunks", rep.YoungChunks, "stale_journals", rep.StaleJournals,
+		"stale_locks", rep.StaleLocks)
+	return rep, nil
+}
+
+// sweepPlan says which unreferenced objects a sweep keeps.
+type sweepPlan struct {
+	// chunkCutoff: an unreferenced chunk written after it is young and kept. Zero: none is kept.
+	chunkCutoff time.Time
+	// journalCutoff: a resume journal whose newest segment is older is stale: removed, and its chunks are no
+	// longer protected. Zero: every journal is kept and protects its chunks.
+	journalCutoff time.Time
+}
+
+// sweep marks the chunks of rep's volume referenced by its manifests and by the resume journals p keeps,
+// then deletes stale journals and the unmarked chunks p does not keep, checking before each delete that
+// lock's lease still holds. It must run under the volume's exclusive lock.
+func (e *Engine) sweep(ctx context.Context, lock *volumeLock, rep *GCReport, p sweepPlan) error {
+	volumeID := rep.VolumeID
 	ms, err := e.ListVolume(ctx, volumeID)
 	if err != nil {
-		return nil, fmt.Errorf("gc %s: not sweeping, manifests unreadable: %w", volumeID, err)
+		return fmt.Errorf("not sweeping, manifests unreadable: %w", err)
 	}
 	live := map[string]bool{}
 	for _, m := range ms {
@@ -47,8 +87,8 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 	}
 	rep.Manifests = len(ms)
 
-	// Journals: a backup whose newest segment is fresh is still running (or resumable), so all of its
-	// segments protect their chunks; one whose newest segment is older than grace was abandoned.
+	// Journals: a backup whose newest segment is fresh is resumable, so all of its segments protect their
+	// chunks; one whose newest segment is older than the cutoff was abandoned.
 	type journal struct {
 		newest   time.Time
 		segments []string
@@ -68,22 +108,24 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+		return err
 	}
 	var stale []string
 	for _, j := range journals {
-		if j.newest.Before(cutoff) {
+		if !p.journalCutoff.IsZero() && j.newest.Before(p.journalCutoff) {
 			stale = append(stale, j.segments...)
 			continue
 		}
 		for _, n := range j.segments {
 			data, err := ReadAll(ctx, e.store, n, maxManifestSize)
 			if err != nil {
-				return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+				return err
 			}
 			var seg journalSegment
 			if json.Unmarshal(data, &seg) != nil {
-				continue // unreadable: its chunks are as young as the journal, grace covers them
+				// Unreadable: its chunks are as young as the journal, so grace covers them; and a resume
+				// confirms every chunk it records before it commits.
+				continue
 			}
 			for _, c := range seg.Chunks {
 				live[c.ID] = true
@@ -97,7 +139,7 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 		switch {
 		case live[id]:
 			rep.LiveChunks++
-		case oi.ModTime.After(cutoff):
+		case !p.chunkCutoff.IsZero() && oi.ModTime.After(p.chunkCutoff):
 			rep.YoungChunks++
 		default:
 			garbage = append(garbage, oi)
@@ -105,36 +147,40 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+		return err
+	}
+	// Stale journals first: one left without its chunks by a sweep that died half-way would make its
+	// resume upload them again, while chunks left without their journal are only collected next time.
+	for _, n := range stale {
+		if err := lock.checkHeld(); err != nil {
+			return err
+		}
+		if err := e.store.Delete(ctx, n); err != nil {
+			return err
+		}
+		rep.StaleJournals++
 	}
 	err = parallel(ctx, e.opts.Concurrency, len(garbage), func(ctx context.Context, _, i int) error {
+		if err := lock.checkHeld(); err != nil {
+			return err
+		}
 		return e.store.Delete(ctx, garbage[i].Name)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
+		return err
 	}
 	for _, g := range garbage {
 		rep.DeletedChunks++
 		rep.DeletedBytes += g.Size
 	}
-	for _, n := range stale {
-		if err := e.store.Delete(ctx, n); err != nil {
-			return nil, fmt.Errorf("gc %s: %w", volumeID, err)
-		}
-		rep.StaleJournals++
-	}
-	e.opts.Logger.Info("gc done", "volume_id", volumeID, "manifests", rep.Manifests, "live_chunks", rep.LiveChunks,
-		"deleted_chunks", rep.DeletedChunks, "young_chunks", rep.YoungChunks)
-	return rep, nil
+	return nil
 }
 
 // GCStore runs GC on every volume that has objects in the store, in volume_id order. A volume whose GC fails
 // (an unreadable manifest makes GC sweep nothing there) does not stop the others: its error is returned,
-// joined with the others', after every volume ran. The reports are those of the volumes that succeeded.
-//
-// GC's caveat holds per volume: a backup of a volume racing the sweep of that volume is the one case grace
-// cannot cover, so run it where the control plane keeps operations off the volumes (or accept that risk
-// for volumes no longer backed up). Idempotent.
+// joined with the others', after every volume ran. A volume with a running backup is skipped, not failed:
+// its report says Busy, and the next collection takes it. The reports are those of the volumes that
+// succeeded or were busy. Idempotent.
 func (e *Engine) GCStore(ctx context.Context, grace time.Duration) ([]*GCReport, error) {
 	seen := map[string]bool{}
 	err := e.store.List(ctx, volumesDir, func(oi ObjectInfo) error {
@@ -158,6 +204,11 @@ func (e *Engine) GCStore(ctx context.Context, grace time.Duration) ([]*GCReport,
 		if err != nil {
 			if ctx.Err() != nil {
 				return reps, err
+			}
+			if errors.Is(err, ErrLocked) {
+				e.opts.Logger.Info("gc: volume busy, skipped", "volume_id", v, "busy", rep.Busy)
+				reps = append(reps, rep)
+				continue
 			}
 			errs = append(errs, err)
 			continue

@@ -10,6 +10,8 @@ import (
 //	volumes/{volume_id}/chunks/{id[0:2]}/{id}                 content-addressed chunks, shared by the volume's backups
 //	volumes/{volume_id}/manifests/{backup_id}.json            one per completed backup; written last
 //	volumes/{volume_id}/inprogress/{backup_id}/{seq}.json     resume journal of a running backup; removed on completion
+//	volumes/{volume_id}/locks/shared/{backup_id}/{holder}.json a running backup's lock: its in-progress marker (lock.go)
+//	volumes/{volume_id}/locks/exclusive/{holder}.json          a running GC's or abandon's lock (lock.go)
 const volumesDir = "volumes/"
 
 func volumePrefix(volumeID string) string    { return volumesDir + volumeID + "/" }
@@ -17,6 +19,11 @@ func chunksPrefix(volumeID string) string    { return volumePrefix(volumeID) + "
 func manifestsPrefix(volumeID string) string { return volumePrefix(volumeID) + "manifests/" }
 func journalPrefix(volumeID, backupID string) string {
 	return volumePrefix(volumeID) + "inprogress/" + backupID + "/"
+}
+
+func locksPrefix(volumeID string) string { return volumePrefix(volumeID) + "locks/" }
+func sharedLocksPrefix(volumeID, backupID string) string {
+	return locksPrefix(volumeID) + "shared/" + backupID + "/"
 }
 
 func chunkName(volumeID, id string) string { return chunksPrefix(volumeID) + id[:2] + "/" + id }

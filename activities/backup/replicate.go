@@ -34,7 +34,10 @@ type ReplicateReport struct {
 // limits; then the manifest, last, so that a replica exists iff its manifest does; then it verifies the
 // replica from dst alone (its manifest decodes, every chunk exists with its recorded size, a sample is
 // re-hashed). Each copied chunk is checked against its hash before it is written, so a damaged source
-// fails the replication (a *ChunkError wrapping ErrCorrupt or ErrNotExist) instead of spreading.
+// fails the replication (a *ChunkError wrapping ErrCorrupt or ErrNotExist) instead of spreading. It holds
+// the destination volume's shared lock throughout (lock.go), like a backup, so a GC of the destination never
+// sweeps the chunks it copies or finds there, and it writes the manifest only once every chunk is confirmed
+// there (a missing one is copied again).
 //
 // Idempotent: a second run copies no chunk. A cancelled run writes no manifest; the chunks it copied are
 // found by the next run (or collected by dst's GC). A replica that fails verification is removed again
@@ -60,6 +63,14 @@ func (e *Engine) Replicate(ctx context.Context, dst *Engine, volumeID, backupID 
 	if err := dst.checkKey(m); err != nil {
 		return fail(err)
 	}
+	// A replica is a backup of the destination's volume: it holds the volume's shared lock there, so no GC of
+	// the destination sweeps the chunks it finds present or copies, and it commits like a backup.
+	lock, err := dst.lockShared(ctx, volumeID, backupID, "replicate")
+	if err != nil {
+		return fail(err)
+	}
+	defer lock.release()
+	ctx = lock.ctx
 
 	// What the destination lacks: one Stat per distinct chunk, many at a time (latency-bound).
 	var distinct []ChunkRef
@@ -100,26 +111,10 @@ func (e *Engine) Replicate(ctx context.Context, dst *Engine, volumeID, backupID 
 	// The copy, as stored.
 	prog.report(Progress{Phase: PhaseTransfer, BytesTotal: total}, true)
 	var mu sync.Mutex
-	bufs := make([]struct{ obj, check, plain []byte }, e.opts.Concurrency)
+	bufs := make([]copyBufs, e.opts.Concurrency)
 	err = parallel(ctx, e.opts.Concurrency, len(todo), func(ctx context.Context, w, i int) error {
-		c, b := todo[i], &bufs[w]
-		if err := e.throttle(ctx, c.StoredSize); err != nil {
-			return err
-		}
-		name := chunkName(volumeID, c.ID)
-		obj, err := readSized(ctx, e.store, name, c.StoredSize, &b.obj)
-		if err == nil {
-			// open decrypts in place: check a copy, send the object as stored.
-			b.check = append(b.check[:0], obj...)
-			b.plain, err = e.codec.open(m.Hash, c.ID, b.check, c.Length, b.plain)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return &ChunkError{VolumeID: volumeID, Offset: c.Offset, ID: c.ID, Err: err}
-		}
-		if err := PutBytes(ctx, dst.store, name, obj); err != nil {
+		c := todo[i]
+		if err := e.copyChunk(ctx, dst, m, c, &bufs[w]); err != nil {
 			return err
 		}
 		mu.Lock()
@@ -133,15 +128,16 @@ func (e *Engine) Replicate(ctx context.Context, dst *Engine, volumeID, backupID 
 		return fail(err)
 	}
 
-	// The commit point. The manifest is re-encoded from its verified decode, which is byte-identical to what
-	// Backup wrote (the encoding is canonical) and can never be a torn copy.
+	// The commit point, as a backup's: every chunk confirmed in the destination (copied again if missing),
+	// then the manifest, re-encoded from its verified decode, which is byte-identical to what Backup wrote
+	// (the encoding is canonical) and can never be a torn copy.
 	prog.report(Progress{Phase: PhaseCommit, BytesDone: total, BytesTotal: total}, true)
-	data, err := encodeManifest(m, dst.codec.macKey)
-	if err != nil {
-		return fail(err)
+	recopy := func(ctx context.Context, c ChunkRef) (int64, error) {
+		var b copyBufs
+		return c.StoredSize, e.copyChunk(ctx, dst, m, c, &b)
 	}
-	if err := PutBytes(ctx, dst.store, manifestName(volumeID, backupID), data); err != nil {
-		return fail(fmt.Errorf("write manifest: %w", err))
+	if _, err := dst.commit(ctx, lock, m, recopy); err != nil {
+		return fail(err)
 	}
 
 	v, err := dst.Verify(ctx, VerifyRequest{VolumeID: volumeID, BackupID: backupID, Deep: true,
@@ -173,4 +169,29 @@ func (e *Engine) unreplicate(ctx context.Context, v *VerifyReport) error {
 		}
 	}
 	return fmt.Errorf("%w; removed it, a retry copies it again", bad)
+}
+
+// copyBufs are one worker's reusable buffers for copyChunk.
+type copyBufs struct{ obj, check, plain []byte }
+
+// copyChunk copies chunk c of m from e's store to dst's as stored, after checking it against its hash, within
+// e's bandwidth budget.
+func (e *Engine) copyChunk(ctx context.Context, dst *Engine, m *Manifest, c ChunkRef, b *copyBufs) error {
+	if err := e.throttle(ctx, c.StoredSize); err != nil {
+		return err
+	}
+	name := chunkName(m.VolumeID, c.ID)
+	obj, err := readSized(ctx, e.store, name, c.StoredSize, &b.obj)
+	if err == nil {
+		// open decrypts in place: check a copy, send the object as stored.
+		b.check = append(b.check[:0], obj...)
+		b.plain, err = e.codec.open(m.Hash, c.ID, b.check, c.Length, b.plain)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &ChunkError{VolumeID: m.VolumeID, Offset: c.Offset, ID: c.ID, Err: err}
+	}
+	return PutBytes(ctx, dst.store, name, obj)
 }
