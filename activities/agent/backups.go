@@ -89,7 +89,11 @@ func previousProgress(ctx context.Context) (activities.Progress, bool) {
 // UploadBackup streams snapshot SnapshotID into backup storage Storage as backup BackupID, heartbeating
 // activities.Progress. A retry resumes from the checkpoint (NextOffset) of the last heartbeat instead of
 // starting over; a retry after the backup was committed returns it (idempotent). Cancelling ctx stops the
-// upload within about one chunk and leaves no manifest (the workflow's compensation deletes the journal).
+// upload within about one chunk and leaves no manifest; the workflow's compensation (AbandonBackup, on the
+// storage's queue) removes what it uploaded. The backup is committed only once every chunk its manifest
+// lists is confirmed in the storage, under the volume's lock there (backup.Engine.Backup): a GC of the
+// storage cannot take a chunk from it. While a GC or abandon of the volume runs it waits (heartbeating),
+// then fails retryably; a newer attempt of the same backup takes its lock over and this one stops.
 //
 // ParentBackupID is used for deduplication against the parent's manifest (its chunks are neither looked up
 // nor uploaded again). No changed-extent hint is given to the engine: the parent's snapshot, the only thing
@@ -281,7 +285,8 @@ func openTarget(ctx context.Context, d volume.Driver, ref volume.Ref, size int64
 }
 
 // DeleteBackup removes a backup's manifest and resume journal; its chunks go at garbage collection, because
-// other backups of the volume may share them. Idempotent: a missing backup is success.
+// other backups of the volume may share them. Idempotent: a missing backup is success. (A backup that failed
+// is removed with AbandonBackup instead, which takes its chunks at once.)
 func (a *Activities) DeleteBackup(ctx context.Context, in activities.BackupRef) error {
 	if err := checkIDs("volume_id", in.VolumeID, "backup_id", in.BackupID); err != nil {
 		return err

@@ -141,10 +141,14 @@ func chunkIDs(ps []backup.ChunkProblem) []string {
 	return ids
 }
 
-// CollectGarbage removes the chunks of a storage (or of one volume) that no manifest nor running backup
-// references and that are older than Grace, heartbeating while it runs. Every volume is collected even when
-// one cannot be (a damaged manifest makes its GC sweep nothing); that one then fails the activity as
-// ErrCorrupt, naming it. Idempotent.
+// CollectGarbage removes the chunks of a storage (or of one volume) that no manifest references and that are
+// older than Grace, heartbeating while it runs. It is safe with any Grace, even 0, whatever runs at the same
+// time: each volume is collected under its exclusive lock in the storage, and a volume with a running backup
+// is not collected at all (backup.GC). Store-wide, such a busy volume is skipped and logged, and the others
+// are collected; for one volume (VolumeID set) a busy volume fails the activity retryably (backup.ErrLocked),
+// so a retry collects it once the backup ended. Every volume is collected even when one cannot be (a damaged
+// manifest makes its GC sweep nothing); that one then fails the activity as ErrCorrupt, naming it.
+// Idempotent.
 func (s *Storage) CollectGarbage(ctx context.Context, in activities.GCInput) (activities.GCResult, error) {
 	if in.VolumeID != "" {
 		if err := checkID("volume_id", in.VolumeID); err != nil {
@@ -172,6 +176,10 @@ func (s *Storage) CollectGarbage(ctx context.Context, in activities.GCInput) (ac
 	hb.close()
 	var out activities.GCResult
 	for _, r := range reps {
+		if r.Busy != "" {
+			s.a.logger(ctx, r.VolumeID, "storage", in.Storage).Info("garbage collection skipped a busy volume",
+				"busy", r.Busy)
+		}
 		out.ChunksDeleted += r.DeletedChunks
 		out.BytesFreed += r.DeletedBytes
 		out.ChunksKept += r.LiveChunks + r.YoungChunks
@@ -192,8 +200,35 @@ func (s *Storage) DeleteBackup(ctx context.Context, in activities.BackupRef) err
 	return s.a.DeleteBackup(ctx, in)
 }
 
-// AbandonBackup is a failed or aborted backup's compensation. For now it removes what DeleteBackup removes;
-// the chunks the backup uploaded go at the next garbage collection.
+// AbandonBackup is a failed or aborted backup's compensation (backup.Engine.Abandon): at once, not after a
+// GC grace, it removes the backup's manifest if it was written, its resume journal and in-progress marker,
+// and the chunks of the volume no remaining backup references, keeping every chunk another backup of the
+// volume needs. It runs under the volume's exclusive lock in the storage, so it is safe against any backup,
+// GC or other abandon, from any host; an earlier attempt of the abandoned backup still running (a zombie)
+// loses its lock and stops. Idempotent: abandoning an abandoned or unknown backup succeeds.
+//
+// Retryable failures: the storage is down, or another backup of the volume (or a GC) holds it right now
+// (backup.ErrLocked). A manifest of the volume that cannot be read fails it as ErrCorrupt, after the
+// backup's own manifest and journal are gone but before any chunk is deleted: sweeping against an
+// incomplete mark would destroy live data.
 func (s *Storage) AbandonBackup(ctx context.Context, in activities.BackupRef) error {
-	return s.DeleteBackup(ctx, in)
+	if err := checkIDs("volume_id", in.VolumeID, "backup_id", in.BackupID); err != nil {
+		return err
+	}
+	e, err := s.a.engine(in.Storage)
+	if err != nil {
+		return err
+	}
+	log := s.a.logger(ctx, in.VolumeID, "backup_id", in.BackupID, "storage", in.Storage)
+	hb := startHeartbeats(ctx, 0)
+	rep, err := e.Abandon(ctx, in.VolumeID, in.BackupID)
+	hb.close()
+	if err != nil {
+		log.Error("abandon backup failed", "error", err)
+		return classify(ctx, activities.AbandonBackupName, err)
+	}
+	log.Info("backup abandoned", "manifest_removed", rep.ManifestRemoved, "journal_segments", rep.JournalSegments,
+		"locks_removed", rep.LocksRemoved, "chunks_deleted", rep.DeletedChunks, "bytes_freed", rep.DeletedBytes,
+		"chunks_kept", rep.KeptChunks)
+	return nil
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -314,4 +316,156 @@ func TestStorageDeleteAndCollectGarbage(t *testing.T) {
 	err := f.run(nil, activities.CollectGarbageName, activities.GCInput{Storage: "local", Grace: time.Millisecond}, nil)
 	appErr := requireType(t, err, activities.ErrCorrupt)
 	require.Contains(t, appErr.Error(), "vol-c")
+}
+
+// crashingSource is a backup source whose device vanishes at failAt (a crash mid-upload).
+type crashingSource struct {
+	img    []byte
+	failAt int64
+}
+
+func (c crashingSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= c.failAt {
+		return 0, errors.New("simulated crash: source device vanished")
+	}
+	return bytes.NewReader(c.img).ReadAt(p, off)
+}
+
+// volumeObjects lists every object a volume has in a store.
+func volumeObjects(t *testing.T, st backup.Store, vol string) []string {
+	t.Helper()
+	var names []string
+	require.NoError(t, st.List(context.Background(), "volumes/"+vol+"/", func(oi backup.ObjectInfo) error {
+		names = append(names, oi.Name)
+		return nil
+	}))
+	sort.Strings(names)
+	return names
+}
+
+// manifestObjects is what a volume holding exactly the given backups has in a store: their manifests and
+// the chunks they reference.
+func (f *storageFixture) manifestObjects(storage, vol string, ids ...string) []string {
+	f.t.Helper()
+	set := map[string]bool{}
+	for _, id := range ids {
+		set["volumes/"+vol+"/manifests/"+id+".json"] = true
+		for _, c := range f.manifest(storage, vol, id).Chunks {
+			set[chunkName(vol, c.ID)] = true
+		}
+	}
+	var names []string
+	for n := range set {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// AbandonBackup is a failed backup's compensation: at once (no GC grace), it removes everything the backup
+// left — its manifest if it got that far, its resume journal and in-progress marker, the chunks no other
+// backup references — and keeps every chunk another backup of the volume needs. It is idempotent.
+func TestStorageAbandonBackup(t *testing.T) {
+	for _, storage := range []string{"local", "minio"} {
+		t.Run(storage, func(t *testing.T) {
+			extra := map[string]backup.Store{}
+			if storage == "minio" {
+				extra[storage] = s3test.NewStore(t, s3test.Servers()[0])
+			}
+			f := newStorageFixture(t, extra)
+			ctx := context.Background()
+			st := f.stores[storage]
+			keep := f.backup(storage, "vol-a", "b1", 8, 1)
+			other := f.backup(storage, "vol-b", "b1", 4, 2)
+			otherObjects := volumeObjects(t, st, "vol-b")
+
+			// b2 shares b1's first four chunks, then has eight of its own, and crashes after ten.
+			img := append(bytes.Clone(keep[:4*storageChunk]), bytes.Repeat([]byte{0}, 8*storageChunk)...)
+			rng := rand.New(rand.NewPCG(9, 9))
+			for i := 4 * storageChunk; i < len(img); i++ {
+				img[i] = byte(rng.Uint32())
+			}
+			_, err := f.engines[storage].Backup(ctx, backup.BackupRequest{VolumeID: "vol-a", BackupID: "b2",
+				Source: crashingSource{img: img, failAt: 10 * storageChunk}, Size: int64(len(img))})
+			require.Error(t, err)
+			// An earlier attempt of b2 was killed before it released its lock: its in-progress marker stays.
+			require.NoError(t, backup.PutBytes(ctx, st, "volumes/vol-a/locks/shared/b2/00000000deadbeef.json", []byte("{}")))
+			// b3 completed, but its operation failed afterwards (its result was lost, then it was aborted).
+			f.backup(storage, "vol-a", "b3", 4, 3)
+			require.NotEqual(t, f.manifestObjects(storage, "vol-a", "b1"), volumeObjects(t, st, "vol-a"),
+				"the failed backups left objects to remove")
+
+			for _, id := range []string{"b2", "b3"} {
+				ref := activities.BackupRef{VolumeID: "vol-a", BackupID: id, Storage: storage}
+				require.NoError(t, f.run(nil, activities.AbandonBackupName, ref, nil))
+				require.NoError(t, f.run(nil, activities.AbandonBackupName, ref, nil), "abandoning twice succeeds")
+			}
+			require.Equal(t, f.manifestObjects(storage, "vol-a", "b1"), volumeObjects(t, st, "vol-a"),
+				"the abandoned backups left objects behind")
+			require.True(t, bytes.Equal(keep, f.restore(storage, "vol-a", "b1")), "the shared chunks stay")
+			require.Equal(t, otherObjects, volumeObjects(t, st, "vol-b"), "another volume is untouched")
+			require.True(t, bytes.Equal(other, f.restore(storage, "vol-b", "b1")))
+
+			requireType(t, f.run(nil, activities.AbandonBackupName,
+				activities.BackupRef{VolumeID: "vol-a", BackupID: "../b1", Storage: storage}, nil), activities.ErrInvalidArgument)
+		})
+	}
+}
+
+// downStore is a storage that cannot be reached.
+type downStore struct{ backup.Store }
+
+var errUnreachable = errors.New("simulated: storage unreachable")
+
+func (downStore) Put(context.Context, string, io.Reader, int64) error { return errUnreachable }
+func (downStore) Get(context.Context, string) (io.ReadCloser, error)  { return nil, errUnreachable }
+func (downStore) Stat(context.Context, string) (backup.ObjectInfo, error) {
+	return backup.ObjectInfo{}, errUnreachable
+}
+func (downStore) List(context.Context, string, func(backup.ObjectInfo) error) error {
+	return errUnreachable
+}
+func (downStore) Delete(context.Context, string) error { return errUnreachable }
+
+// requireRetryable fails unless err is an error the workflow's retry policy retries.
+func requireRetryable(t *testing.T, err error) {
+	t.Helper()
+	require.Error(t, err)
+	var appErr *temporal.ApplicationError
+	if errors.As(err, &appErr) {
+		require.False(t, appErr.NonRetryable(), "want a retryable failure: %v", err)
+	}
+}
+
+// An abandon against a storage that is down, or while another backup of the volume runs, fails retryably
+// and removes nothing; so does a GC of one volume while a backup of it runs, and a GC of the whole storage
+// skips that volume and collects the others.
+func TestStorageAbandonAndCollectWhileBusy(t *testing.T) {
+	down, err := fs.New(fs.Config{Path: t.TempDir()})
+	require.NoError(t, err)
+	f := newStorageFixture(t, map[string]backup.Store{"down": downStore{down}})
+	ctx := context.Background()
+	requireRetryable(t, f.run(nil, activities.AbandonBackupName,
+		activities.BackupRef{VolumeID: "vol-a", BackupID: "b1", Storage: "down"}, nil))
+
+	st := f.stores["local"]
+	f.backup("local", "vol-a", "b1", 4, 1)
+	f.backup("local", "vol-b", "b1", 4, 2)
+	for _, vol := range []string{"vol-a", "vol-b"} {
+		require.NoError(t, f.run(nil, activities.DeleteBackupName, activities.BackupRef{VolumeID: vol, BackupID: "b1", Storage: "local"}, nil))
+	}
+	// A backup of vol-a runs on another host: its lock is fresh.
+	require.NoError(t, backup.PutBytes(ctx, st, "volumes/vol-a/locks/shared/b2/00000000000000aa.json", []byte("{}")))
+	before := volumeObjects(t, st, "vol-a")
+
+	requireRetryable(t, f.run(nil, activities.AbandonBackupName,
+		activities.BackupRef{VolumeID: "vol-a", BackupID: "b1", Storage: "local"}, nil))
+	err = f.run(nil, activities.CollectGarbageName, activities.GCInput{Storage: "local", VolumeID: "vol-a"}, nil)
+	requireRetryable(t, err)
+	require.Contains(t, err.Error(), "backup b2")
+	var res activities.GCResult
+	require.NoError(t, f.run(nil, activities.CollectGarbageName, activities.GCInput{Storage: "local"}, &res))
+	require.Equal(t, 3, res.ChunksDeleted, "vol-b's chunks, not vol-a's")
+	require.Equal(t, before, volumeObjects(t, st, "vol-a"), "a busy volume is left as it was")
+	require.Empty(t, volumeObjects(t, st, "vol-b"))
 }
