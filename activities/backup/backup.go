@@ -281,6 +281,16 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	// Every chunk m lists is confirmed stored (missing ones read from the source and uploaded again) and
 	// then the manifest is written, under the lock: see commit.
 	if _, err := e.commit(ctx, lock, m, e.repairFromSource(req)); err != nil {
+		if errors.Is(err, errSourceChanged) {
+			// The journal names a chunk the store lost and the source no longer holds: a retry resuming from it
+			// would fail the same way, so it goes, and the retry reads everything again.
+			jctx, jcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if jerr := e.deleteJournal(jctx, req.VolumeID, req.BackupID); jerr != nil {
+				e.opts.Logger.Warn("backup: could not drop a journal naming a lost chunk", "volume_id", req.VolumeID,
+					"backup_id", req.BackupID, "err", jerr)
+			}
+			jcancel()
+		}
 		return nil, fmt.Errorf("backup %s of volume %s: commit: %w", req.BackupID, req.VolumeID, err)
 	}
 	if err := e.deleteJournal(ctx, req.VolumeID, req.BackupID); err != nil {

@@ -213,3 +213,46 @@ func TestResumeAfterJournalledChunksWentLosesNoChunk(t *testing.T) {
 		requireNoLoss(t, st, vol, "b1", img, err)
 	})
 }
+
+// A resumed backup whose journal names lost chunks that its source no longer holds either (the range
+// changed) fails cleanly and drops the journal, so that the next attempt reads everything again and
+// completes, instead of failing the same way on every retry.
+func TestResumeWhoseSourceNoLongerHoldsALostChunk(t *testing.T) {
+	eachStore(t, func(t *testing.T, st backup.Store) {
+		ctx := context.Background()
+		const vol = "vol-changed"
+		e := newEngine(t, st, func(o *backup.Options) {
+			o.Concurrency = 1
+			o.CheckpointEvery = 2
+			o.ProgressInterval = time.Nanosecond
+		})
+		img := makeImage(44, testChunk, "R", 8*testChunk)
+		var last backup.Progress
+		_, err := e.Backup(ctx, backup.BackupRequest{VolumeID: vol, BackupID: "b1", Size: int64(len(img)),
+			Source: &readCounter{r: bytes.NewReader(img), failAt: 5 * testChunk}, Progress: func(p backup.Progress) { last = p }})
+		if err == nil || last.NextOffset == 0 {
+			t.Fatalf("crash: %v, checkpoint %d", err, last.NextOffset)
+		}
+		for _, n := range objects(t, st, "volumes/"+vol+"/chunks/") {
+			if err := st.Delete(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		changed := bytes.Clone(img)
+		changed[10] ^= 0xff // inside the journalled range
+		req := backup.BackupRequest{VolumeID: vol, BackupID: "b1", Size: int64(len(changed)),
+			Source: bytes.NewReader(changed), Resume: last.Checkpoint()}
+		_, err = e.Backup(ctx, req)
+		if err == nil {
+			t.Fatal("a backup recording a chunk neither the store nor the source holds succeeded")
+		}
+		requireNoLoss(t, st, vol, "b1", changed, err)
+		if left := objects(t, st, "volumes/"+vol+"/inprogress/"); len(left) != 0 {
+			t.Fatalf("journal kept: %v", left)
+		}
+		_, err = e.Backup(ctx, req)
+		if !requireNoLoss(t, st, vol, "b1", changed, err) {
+			t.Fatal("the retry failed again")
+		}
+	})
+}
