@@ -32,16 +32,17 @@ import (
 //   - Shared (Backup, Replicate): put the lock, list the locks; while a fresh exclusive lock exists, wait
 //     (polling, bounded by Options.LockWait, honouring ctx), then fail with ErrLocked, retryably. Locks of
 //     earlier attempts of the same backup (same backup_id, another holder) are taken over: removed.
-//   - Exclusive (GC, Abandon): put the lock, list the locks; stale locks are removed (and Abandon removes
-//     those of the backup it abandons: they are its in-progress marker); any other fresh lock means a backup
-//     (or another GC) is running: remove ours and fail with ErrLocked. GC never waits, so a backup waiting
-//     for a GC always gets through once that GC is done.
+//   - Exclusive (GC, Abandon): put the lock, list the locks; any other fresh lock means a backup (or another
+//     GC) is running: remove ours, touch nothing else, and fail with ErrLocked. Otherwise stale locks are
+//     removed, and Abandon removes those of the backup it abandons (its in-progress marker). GC never waits,
+//     so a backup waiting for a GC always gets through once that GC is done.
 //   - Every holder re-puts its lock every Options.LockRefresh. A lock is stale once its age reaches
 //     Options.LockStale, measured in the store's own clock: the other lock's ModTime against that of the
 //     checker's own just-written lock, so no two hosts' clocks are ever compared.
 //   - A holder trusts its lock (holds the lease) only while its last successful refresh began less than
 //     LockStale/2 ago, leaving LockStale/2 for any request sent under the lease to land. A holder whose lock
-//     object disappeared (taken over, abandoned, or removed as stale) stops at once with ErrLockLost.
+//     object disappeared (taken over, abandoned, or removed as stale) stops with ErrLockLost at its next
+//     refresh (within LockRefresh) or at its commit, whichever comes first.
 //   - A backup commits under the lease: it refreshes, waits out any exclusive lock, confirms that every chunk
 //     its manifest lists is stored (one listing; a missing one is read from the source and uploaded again),
 //     and writes the manifest only if the lease still holds, else it starts the commit over. So even a backup
