@@ -110,10 +110,13 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 	}
 	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt, hypervisorID: hypervisorID}
 	drivers := map[string]volume.Driver{}
+	limiter := agent.SharedLimiter(float64(h.BandwidthBytesPerSecond))
 	for _, d := range h.Drivers {
 		switch d {
 		case "file":
-			drivers["file"] = file.New(h.LibvirtURI)
+			fd := file.New(h.LibvirtURI)
+			fd.Limiter = limiter // snapshot copies share the host's bandwidth with backups and restores
+			drivers["file"] = fd
 		case "rbd":
 			// "none" means none for both drivers: the rbd driver then asks the cluster alone who uses an image.
 			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: h.LibvirtURI})
@@ -142,7 +145,7 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 	}
 	// A resume journal every 8 chunks (32 MiB): a crashed upload re-reads at most that much.
 	engines, err := agent.NewEngines(ctx, storeConfigs, float64(h.BandwidthBytesPerSecond),
-		backup.Options{Logger: log, CheckpointEvery: CheckpointEvery,
+		backup.Options{Logger: log, CheckpointEvery: CheckpointEvery, Limiter: limiter,
 			OnDeduplicated: func(n int64) { m.BackupDeduplicated(hypervisorID, n) },
 			OnThrottled:    func(d time.Duration) { m.ThrottleWaited(hypervisorID, d) }})
 	if err != nil {

@@ -13,10 +13,13 @@ import (
 
 // NewEngines opens one backup engine per storage (by storage name) for one hypervisor. All of them share a
 // single token bucket of bytesPerSecond (<= 0: unlimited), so the bound is per hypervisor, whichever
-// storages its concurrent backups and restores go to. opts applies to every engine; its Limiter and Key are
-// replaced (the key comes from each storage's own configuration).
+// storages its concurrent backups and restores go to. opts applies to every engine; its Key is replaced (the
+// key comes from each storage's own configuration), and so is its Limiter unless one is given (the
+// hypervisor's, shared with its volume driver's copies).
 func NewEngines(ctx context.Context, storages map[string]stores.Config, bytesPerSecond float64, opts backup.Options) (map[string]*backup.Engine, error) {
-	opts.Limiter = SharedLimiter(bytesPerSecond)
+	if opts.Limiter == nil {
+		opts.Limiter = SharedLimiter(bytesPerSecond)
+	}
 	names := make([]string, 0, len(storages))
 	for name := range storages {
 		names = append(names, name)

@@ -3,11 +3,14 @@ package file
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+
+	"golang.org/x/time/rate"
 
 	"github.com/holdfast/holdfast/activities/volume"
 )
@@ -45,6 +48,37 @@ type progressKey struct{}
 // must return quickly.
 func (d *Driver) WithProgress(ctx context.Context, report func(done, total int64)) context.Context {
 	return context.WithValue(ctx, progressKey{}, report)
+}
+
+// limiterKey carries the driver's Limiter to its copies.
+type limiterKey struct{}
+
+// throttled returns ctx carrying the driver's limiter for the copies made under it.
+func (d *Driver) throttled(ctx context.Context) context.Context {
+	if d.Limiter == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, limiterKey{}, d.Limiter)
+}
+
+// throttle waits until n more bytes may be copied under ctx's limiter (none: at once), in pieces no larger
+// than the limiter's burst.
+func throttle(ctx context.Context, n int64) error {
+	l, _ := ctx.Value(limiterKey{}).(*rate.Limiter)
+	if l == nil || l.Limit() == rate.Inf {
+		return nil
+	}
+	if l.Burst() < 1 {
+		return fmt.Errorf("copy throttle: limiter burst %d lets nothing through", l.Burst())
+	}
+	for n > 0 {
+		k := min(n, int64(l.Burst()))
+		if err := l.WaitN(ctx, int(k)); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
 }
 
 // progressOf returns the report function of ctx (never nil).
@@ -168,6 +202,8 @@ type progressReader struct {
 	volume.Reader
 	report      func(done, total int64)
 	done, total atomic.Int64
+	// ctx carries the copy's throttle (see throttled).
+	ctx context.Context
 }
 
 func (r *progressReader) Allocated(ctx context.Context) ([]volume.Extent, error) {
@@ -181,6 +217,9 @@ func (r *progressReader) Allocated(ctx context.Context) ([]volume.Extent, error)
 }
 
 func (r *progressReader) ReadAt(p []byte, off int64) (int, error) {
+	if err := throttle(r.ctx, int64(len(p))); err != nil {
+		return 0, err
+	}
 	n, err := r.Reader.ReadAt(p, off)
 	r.report(r.done.Add(int64(n)), r.total.Load())
 	return n, err

@@ -33,6 +33,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/time/rate"
 	"libvirt.org/go/libvirt"
 
 	"github.com/holdfast/holdfast/activities/volume"
@@ -43,6 +44,11 @@ import (
 type Driver struct {
 	// LibvirtURI is the libvirt connection; empty means domains.DefaultURI.
 	LibvirtURI string
+	// Limiter, when set, bounds the bytes per second the driver's copies move (a raw volume's snapshot and
+	// rollback, a new volume made from a snapshot). The agent gives it the hypervisor's bandwidth limiter,
+	// shared with backups and restores: a snapshot copy must not saturate the host's disk any more than a
+	// backup may.
+	Limiter *rate.Limiter
 }
 
 var _ volume.Driver = (*Driver)(nil)
@@ -150,6 +156,7 @@ func (d *Driver) Attachment(ctx context.Context, vol volume.Ref) (volume.Attachm
 }
 
 func (d *Driver) CreateSnapshot(ctx context.Context, vol volume.Ref, name string) (volume.Snapshot, error) {
+	ctx = d.throttled(ctx)
 	if err := validName(name); err != nil {
 		return volume.Snapshot{}, err
 	}
@@ -362,6 +369,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, vol volume.Ref, name string
 }
 
 func (d *Driver) RollbackSnapshot(ctx context.Context, vol volume.Ref, name string) error {
+	ctx = d.throttled(ctx)
 	img, err := d.probe(vol)
 	if err != nil {
 		return err
@@ -479,6 +487,7 @@ func (d *Driver) reuse(ctx context.Context, vol volume.Ref, path string, st fs.F
 }
 
 func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, snapshot string, dst volume.Ref) error {
+	ctx = d.throttled(ctx)
 	r, err := d.OpenSnapshot(ctx, src, snapshot)
 	if err != nil {
 		return err
@@ -491,7 +500,7 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 	// From here the volume at dst is this call's (created now, or by an earlier attempt of dst.CreatedBy): a
 	// copy that fails or is cancelled removes it rather than leave a half-written volume (a retry makes it
 	// again). volume.CopyAllocated checks ctx between blocks.
-	err = volume.CopyAllocated(ctx, w, &progressReader{Reader: r, report: progressOf(ctx)})
+	err = volume.CopyAllocated(ctx, w, &progressReader{Reader: r, report: progressOf(ctx), ctx: ctx})
 	if cerr := w.Close(); err == nil {
 		err = cerr
 	}

@@ -81,6 +81,9 @@ func copySparse(ctx context.Context, src string, out *os.File) error {
 				return err
 			}
 			n := min(copyBlock, e.End()-off)
+			if err := throttle(ctx, n); err != nil {
+				return err
+			}
 			if err := copyRange(in, out, off, n); err != nil {
 				return fmt.Errorf("copy %s to %s: %w", src, out.Name(), err)
 			}
