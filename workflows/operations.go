@@ -42,12 +42,16 @@ func retryPolicy() *temporal.RetryPolicy {
 	}
 }
 
-// onHypervisor routes short activities to a hypervisor's queue. WaitForCancellation makes an abort wait for
-// the activity to stop (it learns through its heartbeat) before compensation touches what it was writing.
+// onHypervisor routes short activities to a hypervisor's queue. Every hypervisor activity heartbeats (while
+// its driver call runs, even a hung one), so a dead agent is noticed within heartbeatTimeout and the call is
+// retried elsewhere or given up, and an abort reaches a live one at its next heartbeat. WaitForCancellation
+// makes an abort wait for the activity to stop before compensation touches what it was writing (for at most
+// cancelGrace: see runBody).
 func onHypervisor(ctx workflow.Context, hypervisorID string) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:           activities.TaskQueue(hypervisorID),
 		StartToCloseTimeout: shortActivityTimeout,
+		HeartbeatTimeout:    heartbeatTimeout,
 		RetryPolicy:         retryPolicy(),
 		WaitForCancellation: true,
 	})
@@ -297,15 +301,26 @@ type cleanup struct {
 	taskQueue, activity string
 	arg                 any
 	total               time.Duration
+	// heartbeats marks an activity that heartbeats (every hypervisor and storage one), so a dead agent
+	// running it is noticed within heartbeatTimeout.
+	heartbeats bool
 }
 
 func (c cleanup) run(ctx workflow.Context) error {
-	return workflow.ExecuteActivity(cleanupOptions(ctx, c.taskQueue, c.total), c.activity, c.arg).Get(ctx, nil)
+	actx := cleanupOptions(ctx, c.taskQueue, c.total)
+	if c.heartbeats {
+		o := workflow.GetActivityOptions(actx)
+		o.HeartbeatTimeout = heartbeatTimeout
+		actx = workflow.WithActivityOptions(actx, o)
+	}
+	return workflow.ExecuteActivity(actx, c.activity, c.arg).Get(ctx, nil)
 }
 
 // cleanupStep is a compensation (or final cleanup) that runs one activity on a hypervisor's cleanup queue.
 func cleanupStep(hypervisorID, activityName string, arg any) cleanup {
-	return cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, inlineCleanup)
+	c := cleanupOn(activities.CleanupTaskQueue(hypervisorID), activityName, arg, inlineCleanup)
+	c.heartbeats = true
+	return c
 }
 
 // deleteBackupStep removes a backup's manifest from one storage, on that storage's queue: any agent
@@ -318,7 +333,9 @@ func deleteBackupStep(ref activities.BackupRef) cleanup {
 // journal, marker and the chunks no other backup uses — now, not at a GC a day later: a failed backup of a
 // full store must not keep it full.
 func abandonBackupStep(ref activities.BackupRef) cleanup {
-	return cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.AbandonBackupName, ref, storageCleanupTimeout)
+	c := cleanupOn(activities.StorageTaskQueue(ref.Storage), activities.AbandonBackupName, ref, storageCleanupTimeout)
+	c.heartbeats = true
+	return c
 }
 
 func cleanupOn(taskQueue, activityName string, arg any, total time.Duration) cleanup {
@@ -624,7 +641,13 @@ func deleteBackupEverywhere(ctx workflow.Context, volumeID string, it Item) erro
 		}
 	}
 	for _, r := range refs {
-		if err := workflow.ExecuteActivity(onStorage(ctx, r.Storage, shortActivityTimeout, false), activities.CollectGarbageName,
+		// Bounded: a volume whose backup is running (or whose crashed backup still holds a fresh lock) is
+		// busy for GC, and the next collection takes the chunks; the delete must not wait on it.
+		gctx := onStorage(ctx, r.Storage, shortActivityTimeout, false)
+		o := workflow.GetActivityOptions(gctx)
+		o.ScheduleToCloseTimeout = storageCleanupTimeout
+		gctx = workflow.WithActivityOptions(gctx, o)
+		if err := workflow.ExecuteActivity(gctx, activities.CollectGarbageName,
 			activities.GCInput{Storage: r.Storage, VolumeID: r.VolumeID, Grace: deleteGCGrace}).Get(ctx, nil); err != nil {
 			workflow.GetLogger(ctx).Warn("garbage collection after delete failed", "volume_id", r.VolumeID,
 				"storage", r.Storage, "error", err)
