@@ -600,3 +600,32 @@ func (e *e2e) waitActive(operationID, want string) {
 		return op["status"] == want
 	})
 }
+
+// TestFaultAgentRestartedDuringSnapshotCopy: a raw volume's snapshot is a full copy of its image (throttled
+// by the host's bandwidth). The agent is killed mid-copy and restarted: the running attempt is gone for good.
+// An abort ends the operation in under 10 s — not at a 15-minute timeout — and the partial copy is removed.
+func TestFaultAgentRestartedDuringSnapshotCopy(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, e2eOptions{limits: noCooldown, hv1Bandwidth: throttled})
+	makeVolume(t, e.volumePath("db"), volumeSize, volumeSize)
+	e.register("db", "alice", "hv1")
+	opID := e.begin("POST", "/v1/volumes/db/snapshots", map[string]any{"name": "big"})
+	partials := func() []string {
+		found, _ := filepath.Glob(filepath.Join(filepath.Dir(e.volumePath("db")), ".db.img.holdfast", "*.partial"))
+		return found
+	}
+	startertest.WaitFor(t, "the snapshot copy under way", func() bool { return len(partials()) > 0 })
+	e.kill("agent-hv1")
+	e.startWith("agent-hv1b", nil, "agent", "--config", e.config, "--hypervisor", "hv1")
+
+	status, out := e.call("POST", "/v1/volumes/db/abort", panelToken, nil)
+	require.Equal(t, 202, status, "%v", out)
+	aborted := time.Now()
+	op := e.waitWithin(opID, 2*time.Minute)
+	took := time.Since(aborted)
+	assert.Equal(t, "aborted", op["status"], "%v", op)
+	assert.Less(t, took, 10*time.Second, "the abort ends the operation within seconds, with its worker gone")
+	assert.Empty(t, partials(), "the partial copy is removed by the compensation")
+	assertNoSnapshots(t, e.volumePath("db"))
+	e.assertUnlocked("db", "alice")
+}
