@@ -75,20 +75,42 @@ func StartDevServer(t testing.TB) *DevServer {
 	return d
 }
 
+// devServerStarts is how many times a dev server is started before a test gives up: the free port picked for
+// it can be taken by another process before the server binds it, and on a loaded machine a start can
+// outlast the SDK's one-minute wait.
+const devServerStarts = 3
+
 func (d *DevServer) start() {
+	var err error
+	for attempt := 1; attempt <= devServerStarts; attempt++ {
+		if err = d.startOnce(); err == nil {
+			return
+		}
+		d.t.Logf("dev server on %s did not start (attempt %d of %d): %v", d.Address, attempt, devServerStarts, err)
+		d.Address = FreeAddress(d.t)
+	}
+	require.NoError(d.t, err, "dev server")
+}
+
+func (d *DevServer) startOnce() error {
 	args := workflows.DevServerSearchAttributeArgs()
 	s, err := testsuite.StartDevServer(context.Background(), testsuite.DevServerOptions{
 		ExistingPath: d.bin, DBFilename: d.db, LogLevel: "error", ExtraArgs: args,
 		ClientOptions: &client.Options{HostPort: d.Address, Namespace: "default"},
 	})
-	require.NoError(d.t, err)
+	if err != nil {
+		return err
+	}
 	d.server = s
+	return nil
 }
 
 // Restart stops the server and starts it again on the same address and database.
 func (d *DevServer) Restart() {
 	require.NoError(d.t, d.server.Stop())
-	d.start()
+	if err := d.startOnce(); err != nil {
+		require.NoError(d.t, err, "dev server restart on %s", d.Address) // callers hold this address
+	}
 }
 
 // Cluster is a dev server with the control worker and one agent per hypervisor.
