@@ -98,12 +98,12 @@ var specs = map[string]spec{
 		buckets: operationDurationBuckets,
 	},
 	operationsInFlightName: {
-		help:   "Operations running per hypervisor. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.",
+		help:   "Operations running per hypervisor, as this worker saw them start. Sum across workers; never negative (an end this worker did not see start is not counted).",
 		labels: []string{labelHypervisor},
 		upDown: true,
 	},
 	ownerInFlightName: {
-		help:   "Operations running per owner. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.",
+		help:   "Operations running per owner, as this worker saw them start. Sum across workers; never negative (an end this worker did not see start is not counted).",
 		labels: []string{labelOwner},
 		upDown: true,
 	},

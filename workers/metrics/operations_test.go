@@ -87,7 +87,7 @@ holdfast_operation_duration_seconds_count{kind="backup",result="failed"} 1
 # TYPE holdfast_operations_finished_total counter
 holdfast_operations_finished_total{kind="backup",result="completed"} 1
 holdfast_operations_finished_total{kind="backup",result="failed"} 1
-# HELP holdfast_operations_in_flight Operations running per hypervisor. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.
+# HELP holdfast_operations_in_flight Operations running per hypervisor, as this worker saw them start. Sum across workers; never negative (an end this worker did not see start is not counted).
 # TYPE holdfast_operations_in_flight gauge
 holdfast_operations_in_flight{hypervisor="hv1"} 1
 holdfast_operations_in_flight{hypervisor="hv2"} 1
@@ -95,7 +95,7 @@ holdfast_operations_in_flight{hypervisor="hv2"} 1
 # TYPE holdfast_operations_started_total counter
 holdfast_operations_started_total{kind="backup"} 2
 holdfast_operations_started_total{kind="restore"} 1
-# HELP holdfast_owner_operations_in_flight Operations running per owner. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.
+# HELP holdfast_owner_operations_in_flight Operations running per owner, as this worker saw them start. Sum across workers; never negative (an end this worker did not see start is not counted).
 # TYPE holdfast_owner_operations_in_flight gauge
 holdfast_owner_operations_in_flight{owner="owner-a"} 0
 holdfast_owner_operations_in_flight{owner="owner-b"} 1

@@ -263,6 +263,17 @@ func (s *series) addFloat(d float64) float64 {
 	}
 }
 
+// addFloatFloor adds d but never takes the value below floor.
+func (s *series) addFloatFloor(d, floor float64) float64 {
+	for {
+		old := s.bits.Load()
+		v := max(math.Float64frombits(old)+d, floor)
+		if s.bits.CompareAndSwap(old, math.Float64bits(v)) {
+			return v
+		}
+	}
+}
+
 func (s *series) value() float64 { return math.Float64frombits(s.bits.Load()) }
 
 type histogram struct {
@@ -310,7 +321,9 @@ func (c counter) Inc(d int64) {
 
 type gaugeAdder struct{ s *series }
 
-func (g gaugeAdder) Inc(d int64) { g.s.addFloat(float64(d)) }
+// Inc adds d, never below zero: a process that sees an operation end without having seen it start (the
+// workflow moved here from another worker, or this worker restarted meanwhile) has nothing to take it from.
+func (g gaugeAdder) Inc(d int64) { g.s.addFloatFloor(float64(d), 0) }
 
 type gauge struct{ s *series }
 
