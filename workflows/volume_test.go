@@ -525,7 +525,7 @@ holdfast_operations_finished_total{kind="snapshot",result="completed"} 1
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "holdfast_operations_finished_total"))
 	inFlight := `
-# HELP holdfast_owner_operations_in_flight Operations running per owner. Sum across workers: a workflow that moved between workers leaves +1 on one and -1 on the other.
+# HELP holdfast_owner_operations_in_flight Operations running per owner, as this worker saw them start. Sum across workers; never negative (an end this worker did not see start is not counted).
 # TYPE holdfast_owner_operations_in_flight gauge
 holdfast_owner_operations_in_flight{owner="acct-42"} 0
 `
