@@ -87,25 +87,44 @@ type VolumeUsage struct {
 	Backups   []ItemUsage `json:"backups,omitempty"`
 }
 
-// ItemUsage is the billing view of an Item.
+// ItemUsage is the billing view of an Item. AvailableAt and DeletedAt (when known) place it in time: an hour
+// bills the items that existed in it, however late it is billed.
 type ItemUsage struct {
-	ItemID      string `json:"item_id"`
-	Status      Status `json:"status"`
-	SizeBytes   int64  `json:"size_bytes"`
-	StoredBytes int64  `json:"stored_bytes,omitempty"`
+	ItemID      string     `json:"item_id"`
+	Status      Status     `json:"status"`
+	SizeBytes   int64      `json:"size_bytes"`
+	StoredBytes int64      `json:"stored_bytes,omitempty"`
+	AvailableAt *time.Time `json:"available_at,omitempty"`
+	DeletedAt   *time.Time `json:"deleted_at,omitempty"`
 }
 
-// UsageOf trims a volume's state to what billing reads.
+// UsageOf trims a volume's state to what billing reads: its items, and those deleted lately (Gone*).
 func UsageOf(st VolumeState) VolumeUsage {
-	trim := func(items []Item) []ItemUsage {
-		out := make([]ItemUsage, 0, len(items))
-		for _, it := range items {
-			out = append(out, ItemUsage{ItemID: it.ItemID, Status: it.Status, SizeBytes: it.SizeBytes, StoredBytes: it.StoredBytes})
+	trim := func(lists ...[]Item) []ItemUsage {
+		var out []ItemUsage
+		for _, items := range lists {
+			for _, it := range items {
+				out = append(out, ItemUsage{ItemID: it.ItemID, Status: it.Status, SizeBytes: it.SizeBytes,
+					StoredBytes: it.StoredBytes, AvailableAt: it.AvailableAt, DeletedAt: it.DeletedAt})
+			}
 		}
 		return out
 	}
 	return VolumeUsage{VolumeID: st.Spec.VolumeID, OwnerID: st.Spec.OwnerID, Plan: st.Spec.Plan,
-		Snapshots: trim(st.Snapshots), Backups: trim(st.Backups)}
+		Snapshots: trim(st.Snapshots, st.GoneSnapshots), Backups: trim(st.Backups, st.GoneBackups)}
+}
+
+// existedIn says whether an item was available at some time during [hour, hour+1h). Items recorded before
+// AvailableAt existed are judged by their status now, as billing always did.
+func (it ItemUsage) existedIn(hour time.Time) bool {
+	if it.Status != StatusAvailable {
+		return false
+	}
+	end := hour.Add(time.Hour)
+	if it.AvailableAt != nil && !it.AvailableAt.Before(end) {
+		return false // not yet available in that hour
+	}
+	return it.DeletedAt == nil || it.DeletedAt.After(hour)
 }
 
 // LineItem is one charge: a volume's retained GB of one kind during one hour. IdempotencyKey
@@ -138,8 +157,9 @@ func HoursInMonth(t time.Time) int {
 }
 
 // LineItems computes the line items of one hour, sorted by key. Rules (spec, Billing; invariant 5):
-//   - only items in status available are billed: pending, creating, restoring, deleting, failed and aborted
-//     never are;
+//   - an hour bills the items that were available at some time during it (available before its end, not
+//     deleted before its start), so a late or re-run hour bills what existed then, not what exists now:
+//     pending, creating, restoring, failed and aborted items never are;
 //   - snapshots are billed on SizeBytes (the volume's size at snapshot time: what a snapshot pins on the
 //     volume's storage), backups on StoredBytes (what the backup storage holds after zero-skip, dedup and
 //     compression), falling back to SizeBytes when a backup recorded no stored size;
@@ -161,7 +181,7 @@ func LineItems(hour time.Time, volumes []VolumeUsage) []LineItem {
 			var bytes int64
 			n := 0
 			for _, it := range k.items {
-				if it.Status != StatusAvailable {
+				if !it.existedIn(hour) {
 					continue
 				}
 				b := it.SizeBytes

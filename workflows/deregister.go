@@ -69,15 +69,24 @@ func isNotFound(err error) bool {
 // deregistered turns the volume into what is left of it after a deregistration: nothing, or its backups
 // kept until a time.
 func (v *volume) deregistered(ctx workflow.Context, req OperationRequest) {
+	now := workflow.Now(ctx)
 	v.st.Registered = false
-	v.st.Snapshots = nil
+	v.dropAll(KindSnapshot, now)
 	v.st.PolicyID = ""
 	if req.KeepBackupsFor > 0 && len(v.st.Backups) > 0 {
-		until := workflow.Now(ctx).Add(req.KeepBackupsFor)
+		until := now.Add(req.KeepBackupsFor)
 		v.st.BackupsKeptUntil = &until
 		return
 	}
-	v.st.Backups = nil
+	v.dropAll(KindBackup, now)
+}
+
+// dropAll removes every item of a kind, gone at now (remembered for billing).
+func (v *volume) dropAll(kind Kind, now time.Time) {
+	for _, it := range *v.items(kind) {
+		v.gone(kind, it, now)
+	}
+	*v.items(kind) = nil
 }
 
 // keptRemaining is how long until a deregistered volume's kept backups are due for deletion (0: none kept).
@@ -110,7 +119,8 @@ func (v *volume) purgeKept(ctx workflow.Context) {
 			"error", err)
 		return
 	}
-	v.st.Backups, v.st.BackupsKeptUntil = nil, nil
+	v.dropAll(KindBackup, workflow.Now(ctx))
+	v.st.BackupsKeptUntil = nil
 	metricsRetained(ctx, v)
 }
 

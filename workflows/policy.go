@@ -577,7 +577,7 @@ func (v *volume) retentionDelete(ctx workflow.Context, req OperationRequest, it 
 			p.Status, p.Error = StatusAvailable, "retention delete failed: "+rec.Error.Message
 		}
 	} else {
-		v.removeItem(req.Kind, it.ItemID)
+		v.removeItem(req.Kind, it.ItemID, now)
 	}
 	v.addRecent(rec)
 	mh := workflow.GetMetricsHandler(ctx)

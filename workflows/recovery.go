@@ -94,12 +94,14 @@ func (v *volume) importBackups(ctx workflow.Context, req ImportRequest) (ImportR
 		return ImportResult{}, err
 	}
 	var res ImportResult
+	now := workflow.Now(ctx)
 	for _, it := range req.Backups {
 		if _, err := v.item(KindBackup, it.ItemID); err == nil {
 			res.Known++
 			continue
 		}
-		it.Recovered = true
+		// Billed by this control plane from the hour it learnt of it: earlier hours were the old site's.
+		it.Recovered, it.AvailableAt = true, &now
 		v.st.Backups = append(v.st.Backups, it)
 		res.Imported++
 	}

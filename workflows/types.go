@@ -134,6 +134,10 @@ type Item struct {
 	Replica *Replica `json:"replica,omitempty"`
 	// Recovered marks a backup found in storage by a catalog rebuild rather than made by this control plane.
 	Recovered bool `json:"recovered,omitempty"`
+	// AvailableAt is when the item became available, DeletedAt when it went (on an item in VolumeState.Gone):
+	// billing bills an hour from the items that existed in it, whenever it runs.
+	AvailableAt *time.Time `json:"available_at,omitempty"`
+	DeletedAt   *time.Time `json:"deleted_at,omitempty"`
 }
 
 // Replication states of a backup's replica.
@@ -233,6 +237,10 @@ type VolumeState struct {
 	// Reservation is the restore operation that holds this (unregistered) volume ID until it registers the
 	// volume it creates, or gives the ID back ("": none).
 	Reservation string `json:"reservation,omitempty"`
+	// GoneSnapshots and GoneBackups list items that were available and have been deleted (with DeletedAt)
+	// within keepGone, so that an hour billed late still bills what existed in it.
+	GoneSnapshots []Item `json:"gone_snapshots,omitempty"`
+	GoneBackups   []Item `json:"gone_backups,omitempty"`
 	// BackupsKeptUntil is set on a deregistered volume whose backups are kept for a while: until then its ID
 	// cannot be registered again, and then its backups are deleted.
 	BackupsKeptUntil *time.Time `json:"backups_kept_until,omitempty"`

@@ -767,6 +767,7 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 		}
 		it.Status, it.SizeBytes, it.StoredBytes, it.Consistency = StatusAvailable, res.SizeBytes, res.StoredBytes,
 			res.Consistency
+		it.AvailableAt = op.FinishedAt
 		it.Replica = res.Replica
 		for id, r := range res.CaughtUp {
 			if earlier, e := v.item(KindBackup, id); e == nil && earlier.Status == StatusAvailable {
@@ -785,16 +786,48 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 			it.Status, it.Error = StatusAvailable, "delete failed: "+op.Error.Message
 			return
 		}
-		v.removeItem(req.ItemKind(), req.ItemID())
+		v.removeItem(req.ItemKind(), req.ItemID(), *op.FinishedAt)
 	}
 }
 
-func (v *volume) removeItem(kind Kind, itemID string) {
+// removeItem drops an item that is gone from its storage at now; one that was available is remembered in
+// Gone for billing.
+func (v *volume) removeItem(kind Kind, itemID string, now time.Time) {
 	list := v.items(kind)
 	kept := (*list)[:0]
 	for _, it := range *list {
 		if it.ItemID != itemID {
 			kept = append(kept, it)
+			continue
+		}
+		v.gone(kind, it, now)
+	}
+	*list = kept
+}
+
+// keepGone is how long deleted items stay in Gone: longer than any billing run can be late (a month's
+// invoice closes within days of its end).
+const keepGone = 40 * 24 * time.Hour
+
+// gone remembers a deleted item for billing (when it had been available), and forgets the ones past keepGone.
+func (v *volume) gone(kind Kind, it Item, now time.Time) {
+	list := &v.st.GoneBackups
+	if kind == KindSnapshot {
+		list = &v.st.GoneSnapshots
+	}
+	if it.AvailableAt != nil || it.Status == StatusAvailable || it.Status == StatusDeleting {
+		if it.AvailableAt == nil {
+			it.AvailableAt = &it.CreatedAt // recorded before AvailableAt existed
+		}
+		gone := Item{ItemID: it.ItemID, Name: it.Name, Status: StatusAvailable, CreatedAt: it.CreatedAt,
+			SizeBytes: it.SizeBytes, StoredBytes: it.StoredBytes, Storage: it.Storage,
+			AvailableAt: it.AvailableAt, DeletedAt: &now}
+		*list = append(*list, gone)
+	}
+	kept := (*list)[:0]
+	for _, g := range *list {
+		if now.Sub(*g.DeletedAt) < keepGone {
+			kept = append(kept, g)
 		}
 	}
 	*list = kept

@@ -84,8 +84,8 @@ func volumeListQuery(now time.Time) string {
 }
 
 // BillingUsage lists one page of volume workflows and queries each one's state (activity
-// workflows.ActivityBillingUsage). Read-only, so idempotent. Unregistered volumes and workflows that have
-// vanished are left out; any other query error fails the page, which is retried: billing a partial set of
+// workflows.ActivityBillingUsage). Read-only, so idempotent. Never-registered volumes and workflows that have
+// vanished are left out (a deregistered volume is not: an hour billed late still bills what it held then); any other query error fails the page, which is retried: billing a partial set of
 // volumes silently would lose revenue.
 func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsageInput) (workflows.BillingUsagePage, error) {
 	pageSize := in.PageSize
@@ -146,8 +146,8 @@ func (a *Activities) volumeUsage(ctx context.Context, workflowID string) (*workf
 	if err := res.Get(&st); err != nil {
 		return nil, err
 	}
-	if !st.Registered || st.Spec.VolumeID == "" {
-		return nil, nil
+	if st.Spec.VolumeID == "" {
+		return nil, nil // never registered: nothing was ever billable
 	}
 	u := workflows.UsageOf(st)
 	return &u, nil
