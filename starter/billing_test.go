@@ -101,7 +101,9 @@ func TestIntegrationBillingBillsAvailableItemsOncePerHour(t *testing.T) {
 
 	ledger := filepath.Join(t.TempDir(), "ledger.jsonl")
 	startBillingWorker(t, c, ledger)
-	hour := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+	// The hour the items exist in (an hour bills what existed in it: a past hour would bill nothing here).
+	hour := time.Now().UTC().Truncate(time.Hour)
+	h := hour.Format("2006-01-02T15")
 	bill := func(workflowID string) workflows.BillingResult {
 		run, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: workflowID, TaskQueue: billingQueue},
 			workflows.BillingWorkflow, workflows.BillingInput{Hour: hour, PageSize: 1})
@@ -115,15 +117,16 @@ func TestIntegrationBillingBillsAvailableItemsOncePerHour(t *testing.T) {
 	assert.Equal(t, 3, first.LedgerWritten)
 	got := ledgerItems(t, ledger)
 	require.Len(t, got, 3)
-	snap := got["vol1/snapshot/2026-11-23T14"]
+	snap := got["vol1/snapshot/"+h]
 	assert.Equal(t, "acct-1", snap.OwnerID)
 	assert.Equal(t, "standard", snap.PlanID)
 	assert.InDelta(t, 1.0/1024, snap.GB, 1e-12, "GatedHypervisor snapshots are 1 MiB")
-	assert.InDelta(t, 1.0/1024*7.2/720, snap.Credits, 1e-15)
-	backup := got["vol1/backup/2026-11-23T14"]
+	hours := float64(workflows.HoursInMonth(hour))
+	assert.InDelta(t, 1.0/1024*7.2/hours, snap.Credits, 1e-15)
+	backup := got["vol1/backup/"+h]
 	assert.InDelta(t, 1.0/64, backup.GB, 1e-12, "backups bill their 16 MiB stored, not 64 MiB size")
-	assert.InDelta(t, 1.0/64*14.4/720, backup.Credits, 1e-15)
-	assert.Contains(t, got, "vol2/snapshot/2026-11-23T14")
+	assert.InDelta(t, 1.0/64*14.4/hours, backup.Credits, 1e-15)
+	assert.Contains(t, got, "vol2/snapshot/"+h)
 	before, err := os.ReadFile(ledger)
 	require.NoError(t, err)
 
