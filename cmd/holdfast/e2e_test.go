@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.temporal.io/sdk/client"
 
+	"github.com/holdfast/holdfast/activities/backup"
 	"github.com/holdfast/holdfast/activities/backup/fs"
 	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/starter/startertest"
@@ -297,14 +298,15 @@ func (e *e2e) pending(operationID string) string {
 	return b.String()
 }
 
-// waitProgress waits until a running operation reports at least bytes done, and returns what it reported.
+// waitProgress waits until a running operation's transfer (a backup's upload, a restore's download: not the
+// snapshot copy before an upload) reports at least bytes done, and returns what it reported.
 func (e *e2e) waitProgress(operationID string, bytes float64) float64 {
 	e.t.Helper()
 	var done float64
 	startertest.WaitFor(e.t, fmt.Sprintf("operation %s past %.0f bytes", operationID, bytes), func() bool {
 		_, op := e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
 		require.Nil(e.t, op["finished_at"], "operation %s ended before the fault: %v", operationID, op)
-		if p, ok := op["progress"].(map[string]any); ok {
+		if p, ok := op["progress"].(map[string]any); ok && p["phase"] == backup.PhaseTransfer {
 			done = p["bytes_done"].(float64)
 		}
 		return done >= bytes
