@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
@@ -103,10 +104,11 @@ func (s *saga) compensate(ctx workflow.Context) error {
 			continue
 		}
 		workflow.GetLogger(ctx).Error("compensation failed", "step", c.what, "error", err)
-		if deferLater && timedOut(err) {
-			// The host is gone or wedged for now: the operation ends (its lock goes) and the step waits for it.
+		if deferLater && retryLater(err) {
+			// The host or store is gone or wedged for now: the operation ends (its lock goes) and the step
+			// waits for them.
 			if id, derr := deferCleanup(dctx, c, i); derr == nil {
-				errs = append(errs, fmt.Errorf("%s: its host did not do it in time; it runs when the host is back (%s)",
+				errs = append(errs, fmt.Errorf("%s: not done in time; it runs when its host or store is back (%s)",
 					c.what, id))
 				continue
 			}
@@ -119,10 +121,16 @@ func (s *saga) compensate(ctx workflow.Context) error {
 // deferredCleanupChange hands compensations no agent took to a CleanupWorkflow that waits for the host.
 const deferredCleanupChange = "deferred-cleanup"
 
-// timedOut reports a step its host did not take (down) or did not finish (wedged) in time.
-func timedOut(err error) bool {
+// retryLater reports a step that may still succeed later: its host did not take it (down) or finish it
+// (wedged) in time, or it kept failing in a way a retry can fix (a store that is down). A step that failed
+// for good (a non-retryable error) is reported instead.
+func retryLater(err error) bool {
 	var timeout *temporal.TimeoutError
-	return errors.As(err, &timeout)
+	if errors.As(err, &timeout) {
+		return true
+	}
+	var app *temporal.ApplicationError
+	return errors.As(err, &app) && !app.NonRetryable() && !slices.Contains(activities.NonRetryable, app.Type())
 }
 
 // laterCleanupWait bounds how long a deferred compensation waits for its host to come back.

@@ -533,7 +533,8 @@ holdfast_owner_operations_in_flight{owner="acct-42"} 0
 }
 
 // An aborted operation whose host is down ends at once (its lock goes), and the cleanup no agent took waits
-// for the host in a CleanupWorkflow, which removes what was left when an agent takes it.
+// for the host in a CleanupWorkflow, which removes what was left when an agent takes it. Likewise a cleanup
+// that kept failing retryably (its store down) until its time ran out.
 func TestCompensationNoAgentTookRunsWhenTheHostIsBack(t *testing.T) {
 	h := newHarness(t)
 	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).
@@ -557,6 +558,37 @@ func TestCompensationNoAgentTookRunsWhenTheHostIsBack(t *testing.T) {
 	requireAccepted(t, o)
 	require.Nil(t, st.Active, "the operation ended without waiting for the host")
 	last := st.Recent[len(st.Recent)-1]
-	assert.Contains(t, last.Error.Message, "it runs when the host is back (cleanup/operation/"+o.op.OperationID+"/")
+	assert.Contains(t, last.Error.Message, "it runs when its host or store is back (cleanup/operation/"+o.op.OperationID+"/")
 	require.Len(t, attempts, 2, "the deferred cleanup ran the step again")
+}
+
+func TestCompensationFailingRetryablyRunsWhenTheStoreIsBack(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.UploadBackupName, mock.Anything, mock.Anything).
+		Return(activities.UploadBackupResult{}, temporal.NewNonRetryableApplicationError("store gone", "Boom", nil)).Once()
+	storeUp := false
+	var attempts int
+	var doneAt time.Time
+	h.env.OnActivity(activities.AbandonBackupName, mock.Anything, mock.Anything).Return(
+		func(ctx context.Context, ref activities.BackupRef) error {
+			attempts++
+			if !storeUp {
+				return temporal.NewApplicationError("s3 put: connection refused", "")
+			}
+			doneAt = h.env.Now()
+			return nil
+		})
+	h.mockHypervisor()
+	var o *reply
+	var st VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindBackup}) })
+	h.at(3*time.Minute, func() { st = h.state(); storeUp = true })
+	h.run(2*time.Hour, VolumeInput{})
+	requireAccepted(t, o)
+	require.Nil(t, st.Active, "the operation ended while its store was down")
+	last := st.Recent[len(st.Recent)-1]
+	assert.Contains(t, last.Error.Message, "it runs when its host or store is back (cleanup/operation/"+o.op.OperationID+"/")
+	assert.Greater(t, attempts, 1)
+	require.False(t, doneAt.IsZero(), "the deferred cleanup removed the backup once the store was back")
 }

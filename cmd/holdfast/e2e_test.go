@@ -447,12 +447,14 @@ func TestE2ELifecycleThroughHTTP(t *testing.T) {
 }
 
 func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
-	// 12 MiB/s: a 96 MiB volume of random data takes ~8 s, long enough to kill the agent in the middle.
+	// 12 MiB/s: a 128 MiB volume of random data takes ~11 s to upload. The agent is killed once two
+	// checkpoints (every 8 chunks, 32 MiB) are behind it, so resuming from the latest one and not an earlier
+	// one (or from 0) is what the tolerance below tells apart.
 	e := newE2E(t, 12<<20)
-	original := makeVolume(t, e.volumePath("db"), 96<<20, 96<<20)
+	original := makeVolume(t, e.volumePath("db"), 128<<20, 128<<20)
 	e.register("db", "alice", "hv1")
 	opID := e.begin("POST", "/v1/volumes/db/backups", map[string]any{"name": "b"})
-	before := e.waitProgress(opID, 24<<20)
+	before := e.waitProgress(opID, 72<<20)
 	e.kill("agent-hv1")
 	time.Sleep(time.Second)
 	e.start("agent-hv1b", "agent", "--config", e.config, "--hypervisor", "hv1")
@@ -472,5 +474,7 @@ func TestE2EAgentKilledMidBackupResumes(t *testing.T) {
 	require.NotEmpty(t, resumes, "the restarted agent did not resume the upload")
 	resumed := resumes[len(resumes)-1]["next_offset"].(float64)
 	assert.Greater(t, resumed, 0.0)
-	assert.GreaterOrEqual(t, resumed, before-float64(workers.CheckpointEvery*4<<20))
+	tolerance := before - float64(workers.CheckpointEvery*4<<20)
+	require.Greater(t, tolerance, float64(workers.CheckpointEvery*4<<20), "killed past the second checkpoint")
+	assert.GreaterOrEqual(t, resumed, tolerance)
 }
