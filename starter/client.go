@@ -410,7 +410,7 @@ func (c *Client) newVolumeSpec(ctx context.Context, volumeID, operationID string
 func (c *Client) reservePlacement(ctx context.Context, spec workflows.VolumeSpec, operationID string) (func(), error) {
 	if err := c.updateWithStart(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.VolumeWorkflow,
 		workflows.VolumeInput{VolumeID: spec.VolumeID}, workflows.UpdateReserve, "",
-		workflows.Reservation{OperationID: operationID}, nil); err != nil {
+		workflows.Reservation{OperationID: operationID, TTL: spec.Deadline + time.Hour}, nil); err != nil {
 		return nil, err
 	}
 	in := workflows.ReleasePlacementInput{OperationID: operationID, VolumeID: spec.VolumeID,

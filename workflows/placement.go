@@ -31,9 +31,12 @@ const ReleasePlacementActivity = "ReleasePlacement"
 // placementChange makes a restore to a new volume give its reservation and location back on failure.
 const placementChange = "placement-release"
 
-// Reservation holds a volume ID for the restore creating that volume.
+// Reservation holds a volume ID for the restore creating that volume. TTL bounds it (0: until given back):
+// a reservation whose restore never started — its request lost between the reservation and the volume —
+// lapses instead of holding the ID for good. The client sets it past the restore's deadline.
 type Reservation struct {
-	OperationID string `json:"operation_id"`
+	OperationID string        `json:"operation_id"`
+	TTL         time.Duration `json:"ttl,omitempty"`
 }
 
 // ReleasePlacementInput names what a failed restore gives back.
@@ -118,10 +121,18 @@ func (v *volume) validateReserve(ctx workflow.Context, r Reservation) error {
 		return errInvalid("new_volume_id: volume %s already exists", v.volumeID)
 	case v.st.BackupsKeptUntil != nil:
 		return errInvalid("new_volume_id: volume %s was deregistered and its backups are kept", v.volumeID)
-	case v.st.Reservation != "" && v.st.Reservation != r.OperationID:
+	case v.reservedBy(ctx) != "" && v.st.Reservation != r.OperationID:
 		return errInvalid("new_volume_id: volume %s is being created by another restore", v.volumeID)
 	}
 	return nil
+}
+
+// reservedBy is the restore holding the ID ("" when none, or when its reservation lapsed).
+func (v *volume) reservedBy(ctx workflow.Context) string {
+	if v.st.ReservedUntil != nil && !workflow.Now(ctx).Before(*v.st.ReservedUntil) {
+		return ""
+	}
+	return v.st.Reservation
 }
 
 // reserve holds the (unregistered) volume ID for the restore that will create the volume: registration then
@@ -130,26 +141,30 @@ func (v *volume) reserve(ctx workflow.Context, r Reservation) error {
 	if err := v.validateReserve(ctx, r); err != nil {
 		return err
 	}
-	v.st.Reservation = r.OperationID
+	v.st.Reservation, v.st.ReservedUntil = r.OperationID, nil
+	if r.TTL > 0 {
+		until := workflow.Now(ctx).Add(r.TTL)
+		v.st.ReservedUntil = &until
+	}
 	return nil
 }
 
 // unreserve gives the ID back (the restore failed or was refused); only its holder can.
 func (v *volume) unreserve(ctx workflow.Context, r Reservation) error {
 	if v.st.Reservation == r.OperationID {
-		v.st.Reservation = ""
+		v.st.Reservation, v.st.ReservedUntil = "", nil
 	}
 	return nil
 }
 
 // checkReservation is registration's rule: a restore (its spec's storage names the creating operation) may
 // register only the ID it reserved, and no one else may register an ID a restore holds.
-func (v *volume) checkReservation(spec VolumeSpec) error {
-	by := spec.Storage.CreatedBy
+func (v *volume) checkReservation(ctx workflow.Context, spec VolumeSpec) error {
+	by, holder := spec.Storage.CreatedBy, v.reservedBy(ctx)
 	switch {
-	case by == "" && v.st.Reservation != "":
+	case by == "" && holder != "":
 		return errInvalid("volume_id: volume %s is being created by a restore", v.volumeID)
-	case by == "" || by == v.st.Reservation:
+	case by == "" || by == holder:
 		return nil
 	case v.st.Registered && v.st.Spec.Storage.CreatedBy == by:
 		return nil // the same restore registering again (a retried activity)

@@ -237,6 +237,8 @@ type VolumeState struct {
 	// Reservation is the restore operation that holds this (unregistered) volume ID until it registers the
 	// volume it creates, or gives the ID back ("": none).
 	Reservation string `json:"reservation,omitempty"`
+	// ReservedUntil is when Reservation lapses (nil: when given back).
+	ReservedUntil *time.Time `json:"reserved_until,omitempty"`
 	// GoneSnapshots and GoneBackups list items that were available and have been deleted (with DeletedAt)
 	// within keepGone, so that an hour billed late still bills what existed in it.
 	GoneSnapshots []Item `json:"gone_snapshots,omitempty"`

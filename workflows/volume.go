@@ -155,7 +155,7 @@ func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
 	if err := ValidateSpec(spec); err != nil {
 		return err
 	}
-	if err := v.checkReservation(spec); err != nil {
+	if err := v.checkReservation(ctx, spec); err != nil {
 		return err
 	}
 	if err := v.checkKept(spec); err != nil {
@@ -224,7 +224,7 @@ func (v *volume) register(ctx workflow.Context, spec VolumeSpec) (VolumeState, e
 	}
 	v.st.Spec = spec
 	v.st.Registered = true
-	v.st.Reservation = ""
+	v.st.Reservation, v.st.ReservedUntil = "", nil
 	v.st.BackupsKeptUntil = nil // registered again by its owner: its kept backups are its own again
 	v.upsertIdentity(ctx)
 	return v.st, nil

@@ -592,3 +592,16 @@ func TestCompensationFailingRetryablyRunsWhenTheStoreIsBack(t *testing.T) {
 	assert.Greater(t, attempts, 1)
 	require.False(t, doneAt.IsZero(), "the deferred cleanup removed the backup once the store was back")
 }
+
+// A reservation whose restore never started (its request lost after the ID was reserved) lapses at its TTL
+// instead of holding the ID for good.
+func TestReservationLapses(t *testing.T) {
+	h := newHarness(t)
+	var early, late *reply
+	h.at(time.Second, func() { h.update(UpdateReserve, Reservation{OperationID: "op-lost", TTL: 3 * time.Hour}) })
+	h.at(2*time.Hour, func() { early = h.update(UpdateRegister, testSpec()) })
+	h.at(4*time.Hour, func() { late = h.update(UpdateRegister, testSpec()) })
+	h.run(5*time.Hour, VolumeInput{VolumeID: "vol1"})
+	requireRejected(t, early, ErrInvalidArgument, "volume_id: volume vol1 is being created by a restore")
+	require.NoError(t, late.err, "the lapsed reservation no longer holds the ID")
+}
