@@ -421,10 +421,7 @@ func (c *Client) reservePlacement(ctx context.Context, spec workflows.VolumeSpec
 		_ = c.releasePlacement(ctx, in)
 	}
 	if err := c.claim(ctx, workflows.LocationWorkflowID(spec.HypervisorID, spec.Storage), spec.VolumeID); err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_ = c.update(ctx, workflows.VolumeWorkflowID(spec.VolumeID), workflows.UpdateUnreserve, "",
-			workflows.Reservation{OperationID: operationID}, nil)
+		release() // the ID goes back; the location's unclaim is a no-op, another volume holds it
 		return nil, err
 	}
 	return release, nil
