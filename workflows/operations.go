@@ -142,6 +142,8 @@ type CleanupInput struct {
 	TaskQueue string          `json:"task_queue"`
 	Activity  string          `json:"activity"`
 	Input     json.RawMessage `json:"input"`
+	// Heartbeats marks an activity that heartbeats (cleanup.heartbeats), so a dead agent is noticed.
+	Heartbeats bool `json:"heartbeats,omitempty"`
 }
 
 // CleanupWorkflowID names the deferred compensation i of an operation.
@@ -163,7 +165,7 @@ func deferCleanup(ctx workflow.Context, c compensation, i int) (string, error) {
 	cctx := workflow.WithChildOptions(own, workflow.ChildWorkflowOptions{WorkflowID: id, TaskQueue: TaskQueue,
 		ParentClosePolicy: enumspb.PARENT_CLOSE_POLICY_ABANDON})
 	f := workflow.ExecuteChildWorkflow(cctx, CleanupWorkflow, CleanupInput{What: c.what, TaskQueue: c.step.taskQueue,
-		Activity: c.step.activity, Input: in})
+		Activity: c.step.activity, Input: in, Heartbeats: c.step.heartbeats})
 	return id, f.GetChildWorkflowExecution().Get(ctx, nil)
 }
 
@@ -171,13 +173,16 @@ func deferCleanup(ctx workflow.Context, c compensation, i int) (string, error) {
 // to take it (up to laterCleanupWait), retrying failures, so what an aborted or failed operation left behind
 // is removed when the host comes back.
 func CleanupWorkflow(ctx workflow.Context, in CleanupInput) error {
-	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+	o := workflow.ActivityOptions{
 		TaskQueue:              in.TaskQueue,
 		ScheduleToCloseTimeout: laterCleanupWait,
 		StartToCloseTimeout:    compensationTimeout,
-		HeartbeatTimeout:       heartbeatTimeout,
 		RetryPolicy:            retryPolicy(),
-	})
+	}
+	if in.Heartbeats {
+		o.HeartbeatTimeout = heartbeatTimeout
+	}
+	actx := workflow.WithActivityOptions(ctx, o)
 	err := workflow.ExecuteActivity(actx, in.Activity, in.Input).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Error("deferred cleanup failed", "what", in.What, "error", err)
