@@ -196,9 +196,7 @@ func (c *Client) updateWithStart(ctx context.Context, workflowID string, wf, inp
 }
 
 // transientFor bounds how long an update or a query is re-sent while the server pushes back on a busy entity
-// (e.g. more than 10 updates in flight on one owner's workflow). Acquiring a permit and then requesting the operation
-// must together stay well inside the permit's one-minute claim window, or an expired lease could let a
-// fourth operation in: 2 × 20 s does.
+// (e.g. more than 10 updates in flight on one volume's workflow).
 const transientFor = 20 * time.Second
 
 // retryTransient runs send again while the server pushes back (see transient) until ctx ends or transientFor
@@ -221,7 +219,7 @@ func retryTransient(ctx context.Context, send func() error) error {
 }
 
 // transient reports a control plane too busy to answer in time, while the caller still waits: the server's
-// ResourceExhausted (e.g. more than 10 updates in flight on one owner's workflow), the SDK's wait for an
+// ResourceExhausted (e.g. more than 10 updates in flight on one volume's workflow), the SDK's wait for an
 // update timing out, a query no worker picked up in time, or one RPC hitting the deadline the SDK put on it
 // (not ours: ctx is still live). An unreachable server (Unavailable) is not: the SDK already retried it.
 func transient(ctx context.Context, err error) bool {
@@ -232,16 +230,29 @@ func transient(ctx context.Context, err error) bool {
 	var deadline *serviceerror.DeadlineExceeded
 	var waitTimeout *client.WorkflowUpdateServiceTimeoutOrCanceledError
 	return errors.As(err, &busy) || errors.As(err, &deadline) || errors.As(err, &waitTimeout) ||
-		errors.Is(err, context.DeadlineExceeded)
+		errors.Is(err, context.DeadlineExceeded) || updateLost(err)
+}
+
+// updateLost reports an update the workflow never answered itself: the server aborted it because the workflow
+// task that carried it failed (Unavailable "workflow update was aborted"), or the SDK failed it with an error
+// of its own rather than one of Holdfast's typed answers. Server 1.29 fails workflow tasks now and then under a
+// storm of updates (temporalio/temporal#7741, "premature end of stream"); the next task runs normally.
+// Sending the update again with the same Update ID is answered by the workflow.
+func updateLost(err error) bool {
+	var unavailable *serviceerror.Unavailable
+	if errors.As(err, &unavailable) {
+		return strings.Contains(unavailable.Message, "update was aborted")
+	}
+	var panicked *temporal.PanicError
+	var app *temporal.ApplicationError
+	return errors.As(err, &panicked) || (errors.As(err, &app) && app.Type() == "")
 }
 
 // ErrUnavailable is the type of the answer given when the control plane stays too busy to answer within
-// transientFor (HTTP 503 with Retry-After). A read may simply be sent again. A request may or may not have
-// been taken: the volume's active_operation tells, and sending it again is answered VolumeBusy if it was.
-const ErrUnavailable = "Unavailable"
-
-// unavailableRetryAfter is the Retry-After given with ErrUnavailable, in seconds.
-const unavailableRetryAfter = 5
+// transientFor (HTTP 503 with Retry-After), or an owner's permit workflow does not answer its volume in time.
+// A read may simply be sent again. A request may or may not have been taken: the volume's active_operation
+// tells, and sending it again is answered VolumeBusy if it was.
+const ErrUnavailable = workflows.ErrUnavailable
 
 // Volume returns a volume's state, with the active operation's live progress.
 func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
@@ -487,47 +498,22 @@ func (c *Client) DeleteBackup(ctx context.Context, volumeID, backupID, confirm s
 		Confirm: confirm})
 }
 
-// Request sends one operation request: it takes a permit from the owner's workflow, then asks the volume.
-// A rejected request gives its permit back at once. req.OperationID may be set by the caller to make a
-// retried request idempotent (it is also the Update ID).
+// Request sends one operation request to the volume, which checks it, takes its lock and then the owner's
+// permit itself, so a rejection always names its true cause. req.OperationID may be set by the caller to make
+// a retried request idempotent (it is also the Update ID).
 func (c *Client) Request(ctx context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error) {
-	st, err := c.state(ctx, volumeID)
-	if err != nil {
+	if _, err := c.state(ctx, volumeID); err != nil {
 		return nil, err
 	}
 	if req.OperationID == "" {
 		req.OperationID = NewOperationID()
 	}
-	req.OwnerLease = req.OperationID
-	if err := c.acquire(ctx, st.Spec, req.OperationID, volumeID); err != nil {
-		return nil, err
-	}
 	var op workflows.Operation
 	if err := c.update(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateRequest, req.OperationID, req,
 		&op); err != nil {
-		// Only a rejection proves the volume did not take the permit. After a transport error the update may
-		// have been accepted: the lease is then claimed, or it expires by itself within a minute.
-		var app *temporal.ApplicationError
-		if errors.As(err, &app) {
-			c.release(st.Spec.OwnerID, req.OperationID)
-		}
 		return nil, typed(err)
 	}
 	return &op, nil
-}
-
-func (c *Client) acquire(ctx context.Context, spec workflows.VolumeSpec, leaseID, volumeID string) error {
-	return c.updateWithStart(ctx, workflows.OwnerWorkflowID(spec.OwnerID), workflows.OwnerWorkflow,
-		workflows.OwnerInput{OwnerID: spec.OwnerID}, workflows.UpdateAcquire, leaseID,
-		workflows.AcquireRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: spec.OwnerLimit}, nil)
-}
-
-// release gives a permit back (best effort: an unclaimed permit expires within a minute anyway).
-func (c *Client) release(ownerID, leaseID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = c.temporal.SignalWorkflow(ctx, workflows.OwnerWorkflowID(ownerID), "", workflows.SignalRelease,
-		workflows.ReleaseSignal{LeaseID: leaseID})
 }
 
 // Abort stops the volume's active operation; its saga cleans up and the lock is released once it has.
@@ -719,7 +705,7 @@ func typed(err error) error {
 	var app *temporal.ApplicationError
 	if errors.As(err, &app) && app.Type() != "" {
 		out := &Error{Type: app.Type(), Message: app.Message()}
-		if out.Type == workflows.ErrCooldown {
+		if out.Type == workflows.ErrCooldown || out.Type == ErrUnavailable {
 			_ = app.Details(&out.RetryAfter)
 		}
 		return out
@@ -729,8 +715,8 @@ func typed(err error) error {
 		return &Error{Type: workflows.ErrNotFound, Message: strings.TrimSpace(nf.Message)}
 	}
 	if transient(context.Background(), err) {
-		return &Error{Type: ErrUnavailable, RetryAfter: unavailableRetryAfter,
-			Message: fmt.Sprintf("Holdfast is too busy to answer now. Try again in %d seconds.", unavailableRetryAfter)}
+		return &Error{Type: ErrUnavailable, RetryAfter: workflows.UnavailableRetryAfter,
+			Message: workflows.UnavailableMessage}
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/holdfast/holdfast/workflows"
@@ -30,4 +31,15 @@ func (a *ControlActivities) RegisterVolume(ctx context.Context, spec workflows.V
 // workflows.ReleasePlacementActivity). Idempotent; a volume the restore did register keeps both.
 func (a *ControlActivities) ReleasePlacement(ctx context.Context, in workflows.ReleasePlacementInput) error {
 	return a.Client.releasePlacement(ctx, in)
+}
+
+// AcquirePermit delivers a volume's permit request to its owner's workflow, starting that workflow if it does
+// not run (activity workflows.AcquirePermitActivity). The owner answers the volume by signal. Sending the
+// same request again is harmless: a held lease is granted again.
+func (a *ControlActivities) AcquirePermit(ctx context.Context, in workflows.AcquirePermitInput) error {
+	_, err := a.Client.temporal.SignalWithStartWorkflow(ctx, workflows.OwnerWorkflowID(in.OwnerID),
+		workflows.SignalPermitRequest, in.Request, client.StartWorkflowOptions{
+			ID: workflows.OwnerWorkflowID(in.OwnerID), TaskQueue: workflows.TaskQueue,
+		}, workflows.OwnerWorkflow, workflows.OwnerInput{OwnerID: in.OwnerID})
+	return err
 }

@@ -55,6 +55,21 @@ func typeOf(err error) string {
 	return "untyped: " + err.Error()
 }
 
+// countAccepted counts the requests that were accepted and checks that every other one was rejected with
+// the error type want.
+func countAccepted(t *testing.T, errs []error, want string) int {
+	t.Helper()
+	accepted := 0
+	for _, err := range errs {
+		if err == nil {
+			accepted++
+			continue
+		}
+		assert.Equal(t, want, typeOf(err), err.Error())
+	}
+	return accepted
+}
+
 func TestIntegrationConcurrentRequestsOnOneVolumeExactlyOneAccepted(t *testing.T) {
 	c := newCluster(t)
 	c.register(t, "vol1", "acct-1")
@@ -72,15 +87,8 @@ func TestIntegrationConcurrentRequestsOnOneVolumeExactlyOneAccepted(t *testing.T
 		})
 	}
 	wg.Wait()
-	accepted := 0
-	for _, err := range errs {
-		if err == nil {
-			accepted++
-			continue
-		}
-		assert.Contains(t, []string{workflows.ErrVolumeBusy, workflows.ErrOwnerLimit}, typeOf(err), err.Error())
-	}
-	assert.Equal(t, 1, accepted)
+	// The owner's other volumes are idle: the only true cause of a rejection is this volume's lock.
+	assert.Equal(t, 1, countAccepted(t, errs, workflows.ErrVolumeBusy))
 	v, err := c.hf.Volume(ctx, "vol1")
 	require.NoError(t, err)
 	require.NotNil(t, v.Active)
@@ -89,8 +97,8 @@ func TestIntegrationConcurrentRequestsOnOneVolumeExactlyOneAccepted(t *testing.T
 		v, err := c.hf.Volume(ctx, "vol1")
 		return err == nil && v.Active == nil
 	})
-	// Every permit comes back: released by the client after each rejection, or at the latest when its
-	// one-minute claim window expires. Then the owner can run three operations again.
+	// The one operation's permit comes back when it ends (a rejected request never took one). Then the owner
+	// can run three operations again.
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		res, err := c.hf.Temporal().QueryWorkflow(ctx, workflows.OwnerWorkflowID("acct-1"), "", workflows.QueryPermits)
@@ -134,6 +142,64 @@ func TestIntegrationOwnerLimitAcrossTwentyVolumes(t *testing.T) {
 		assert.Equal(t, "Too many operations in flight for this account (limit 3). Try again when one finishes.", err.Error())
 	}
 	assert.Equal(t, 3, accepted)
+	c.hv.Gate.Open()
+}
+
+// With the owner at its limit, a request names its true cause: a missing item is NotFound, a busy volume
+// VolumeBusy, a wrong confirmation ConfirmationMismatch; only a request the volume would take is OwnerLimit.
+func TestIntegrationRejectionsNameTheirTrueCauseAtTheOwnerLimit(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	for _, id := range []string{"v1", "v2", "v3", "v4"} {
+		c.register(t, id, "acct-3")
+	}
+	for _, id := range []string{"v1", "v2", "v3"} {
+		_, err := c.hf.Snapshot(ctx, id, "")
+		require.NoError(t, err)
+	}
+	_, err := c.hf.Restore(ctx, "v4", starter.RestoreRequest{SnapshotID: "snap-op-missing", Mode: workflows.ModeInPlace,
+		Confirm: "v4"})
+	assert.Equal(t, workflows.ErrNotFound, typeOf(err), "restore of a missing snapshot: %v", err)
+	_, err = c.hf.Backup(ctx, "v1", "")
+	assert.Equal(t, workflows.ErrVolumeBusy, typeOf(err), "backup of a busy volume: %v", err)
+	_, err = c.hf.Deregister(ctx, "v4", "not-its-name", 0)
+	assert.Equal(t, workflows.ErrConfirmationMismatch, typeOf(err), "deregistration with a wrong name: %v", err)
+	_, err = c.hf.Snapshot(ctx, "v4", "")
+	assert.Equal(t, workflows.ErrOwnerLimit, typeOf(err), "a fourth operation: %v", err)
+	c.hv.Gate.Open()
+}
+
+// Permits are asked for by the volumes with signals, never by Updates on the owner's workflow, so an owner's
+// requests do not queue behind the server's ceiling of 10 Updates in flight per workflow.
+func TestIntegrationOwnerPermitsTakeNoUpdates(t *testing.T) {
+	c := newCluster(t)
+	ctx := context.Background()
+	const n = 24
+	for i := range n {
+		c.register(t, fmt.Sprintf("w%02d", i), "acct-9")
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { _, errs[i] = c.hf.Snapshot(ctx, fmt.Sprintf("w%02d", i), "") })
+	}
+	wg.Wait()
+	assert.Equal(t, 3, countAccepted(t, errs, workflows.ErrOwnerLimit))
+	iter := c.hf.Temporal().GetWorkflowHistory(ctx, workflows.OwnerWorkflowID("acct-9"), "", false,
+		enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	updates, signals := 0, 0
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		require.NoError(t, err)
+		switch ev.GetEventType() {
+		case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+			updates++
+		case enumspb.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+			signals++
+		}
+	}
+	assert.Zero(t, updates, "permits taken by Update on the owner's workflow")
+	assert.GreaterOrEqual(t, signals, n, "every request that passed its volume's checks asks by signal")
 	c.hv.Gate.Open()
 }
 

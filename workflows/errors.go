@@ -22,7 +22,21 @@ const (
 	ErrDeadlineExceeded     = "DeadlineExceeded"
 	ErrAborted              = "Aborted"
 	ErrHypervisorDown       = "HypervisorUnavailable"
+	// ErrUnavailable: the control plane was too busy to answer in time (HTTP 503 with Retry-After).
+	ErrUnavailable = "Unavailable"
 )
+
+// UnavailableRetryAfter is the Retry-After, in seconds, given with ErrUnavailable.
+const UnavailableRetryAfter = 5
+
+// UnavailableMessage is the message of ErrUnavailable.
+const UnavailableMessage = "Holdfast is too busy to answer now. Try again in 5 seconds."
+
+// errUnavailable carries UnavailableRetryAfter as details too, for Retry-After.
+func errUnavailable() error {
+	return temporal.NewNonRetryableApplicationError(UnavailableMessage, ErrUnavailable, nil,
+		int64(UnavailableRetryAfter))
+}
 
 // userError is a typed, non-retryable application error carrying the spec's exact message.
 func userError(errType, format string, args ...any) error {

@@ -84,6 +84,10 @@ type harness struct {
 	env       *testsuite.TestWorkflowEnvironment
 	ops       int
 	registers []*reply
+	// ownerBusy counts permits held by the owner's other volumes; an ownerSilent owner never answers.
+	ownerBusy      int
+	ownerSilent    bool
+	permitRequests []AcquirePermitInput
 }
 
 func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harness {
@@ -111,8 +115,21 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 		activity.RegisterOptions{Name: RegisterVolumeActivity})
 	env.RegisterActivityWithOptions(func(context.Context, ReleasePlacementInput) error { return nil },
 		activity.RegisterOptions{Name: ReleasePlacementActivity})
+	h := &harness{t: t, env: env}
+	// The owner's workflow, played by the harness: it grants up to the request's limit and answers by signal.
+	env.RegisterActivityWithOptions(func(_ context.Context, in AcquirePermitInput) error {
+		h.permitRequests = append(h.permitRequests, in)
+		if h.ownerSilent {
+			return nil
+		}
+		r := in.Request
+		// One volume holds at most one permit at a time: the limit is reached by the owner's other volumes.
+		reply := PermitReply{LeaseID: r.LeaseID, Limit: r.Limit, Granted: h.ownerBusy < r.Limit}
+		env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalPermit, reply) }, 0)
+		return nil
+	}, activity.RegisterOptions{Name: AcquirePermitActivity})
 	env.SetTestTimeout(30 * time.Second)
-	return &harness{t: t, env: env}
+	return h
 }
 
 // mockHypervisor makes every hypervisor activity succeed at once unless a test mocked it before.
@@ -171,13 +188,28 @@ func (h *harness) register(spec VolumeSpec) {
 	h.registers = append(h.registers, h.update(UpdateRegister, spec))
 }
 
-// request sends an operation request with a fresh operation id (and a lease named after it).
+// ownerAnswersAfter has the owner answer the next permit request only after d (granted or refused).
+func (h *harness) ownerAnswersAfter(d time.Duration, granted bool) {
+	h.env.OnActivity(AcquirePermitActivity, mock.Anything, mock.Anything).After(d).
+		Return(func(_ context.Context, in AcquirePermitInput) error {
+			h.env.RegisterDelayedCallback(func() {
+				h.env.SignalWorkflow(SignalPermit, PermitReply{LeaseID: in.Request.LeaseID, Granted: granted, Limit: 3})
+			}, 0)
+			return nil
+		}).Once()
+}
+
+// expectRelease expects the permit leaseID to be given back to the test spec's owner, once.
+func (h *harness) expectRelease(leaseID string) {
+	h.env.OnSignalExternalWorkflow(mock.Anything, OwnerWorkflowID("acct-42"), "", SignalRelease,
+		ReleaseSignal{LeaseID: leaseID}).Return(nil).Once()
+}
+
+// request sends an operation request with a fresh operation id, as a client does: without a lease (the
+// volume takes the owner's permit itself) unless the test sets one, as a client of an earlier version did.
 func (h *harness) request(req OperationRequest) *reply {
 	if req.OperationID == "" {
 		req.OperationID = fmt.Sprintf("op%d", h.ops)
-	}
-	if req.OwnerLease == "" {
-		req.OwnerLease = req.OperationID
 	}
 	return h.update(UpdateRequest, req)
 }

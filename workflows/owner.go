@@ -17,12 +17,20 @@ type owner struct {
 	leases  map[string]*Lease
 	// changes counts acquires, so the loop re-arms its expiry timer for a new lease.
 	changes int
+	// replying counts answers to volumes not yet delivered (the run must not continue-as-new before them).
+	replying int
 }
 
 // OwnerWorkflow is one owner's counting semaphore (ID owner/<owner_id>): at most Limit operations in flight
-// across all of the owner's volumes. Clients acquire a permit by Update (rejected synchronously with
-// OwnerLimit); the volume claims it when it accepts the request and releases it when the operation ends.
-// A permit never claimed within a minute, or claimed but never released within its TTL, comes back.
+// across all of the owner's volumes. A volume that has checked a request and taken its lock asks for a permit
+// by signal (SignalPermitRequest, sent through AcquirePermitActivity, which starts this workflow if needed);
+// the permit is granted claimed, or refused at the limit, and the answer is signalled back to the volume
+// (SignalPermit). Signals have no ceiling of in-flight calls, unlike Updates. The volume releases the permit
+// when the operation ends. A permit claimed but never released within its TTL comes back.
+//
+// Clients of earlier versions acquired permits by Update (UpdateAcquire) before asking the volume, which then
+// claimed them (SignalClaim); that path stays for them, and an acquired permit never claimed within a minute
+// comes back.
 func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 	o := &owner{ownerID: in.OwnerID, leases: map[string]*Lease{}}
 	for i := range in.Leases {
@@ -38,9 +46,15 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 	}
 	claims := workflow.GetSignalChannel(ctx, SignalClaim)
 	releases := workflow.GetSignalChannel(ctx, SignalRelease)
+	requests := workflow.GetSignalChannel(ctx, SignalPermitRequest)
 	for {
 		timerCtx, cancelTimer := workflow.WithCancel(ctx)
 		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(requests, func(c workflow.ReceiveChannel, _ bool) {
+			var r PermitRequest
+			c.Receive(ctx, &r)
+			o.answer(ctx, r)
+		})
 		sel.AddReceive(claims, func(c workflow.ReceiveChannel, _ bool) {
 			var s ClaimSignal
 			c.Receive(ctx, &s)
@@ -71,6 +85,11 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 			}
 			for drained := false; !drained; {
 				drained = true
+				var p PermitRequest
+				if requests.ReceiveAsync(&p) {
+					o.answer(ctx, p)
+					drained = false
+				}
 				var c ClaimSignal
 				if claims.ReceiveAsync(&c) {
 					o.claim(ctx, c)
@@ -81,6 +100,9 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 					delete(o.leases, r.LeaseID)
 					drained = false
 				}
+			}
+			if err := workflow.Await(ctx, func() bool { return o.replying == 0 }); err != nil {
+				return err
 			}
 			return workflow.NewContinueAsNewError(ctx, OwnerWorkflow, OwnerInput{OwnerID: o.ownerID, Leases: o.sorted()})
 		}
@@ -124,6 +146,29 @@ func (o *owner) acquire(ctx workflow.Context, req AcquireRequest) (Lease, error)
 	o.leases[l.LeaseID] = l
 	o.changes++
 	return *l, nil
+}
+
+// answer grants or refuses a volume's permit request and signals the answer back to the volume. A granted
+// permit is claimed at once: the volume asks only for a request it has checked and locked.
+func (o *owner) answer(ctx workflow.Context, r PermitRequest) {
+	limit := max(r.Limit, 1)
+	reply := PermitReply{LeaseID: r.LeaseID, Limit: limit}
+	if _, held := o.leases[r.LeaseID]; held || o.live(ctx) < limit {
+		o.claim(ctx, ClaimSignal{LeaseID: r.LeaseID, VolumeID: r.VolumeID, TTL: r.TTL})
+		o.changes++
+		reply.Granted = true
+	}
+	o.replying++
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		defer func() { o.replying-- }()
+		err := workflow.SignalExternalWorkflow(gctx, VolumeWorkflowID(r.VolumeID), "", SignalPermit, reply).Get(gctx, nil)
+		if err != nil && reply.Granted {
+			// The volume is gone: nobody will release the permit.
+			workflow.GetLogger(ctx).Warn("permit answer not delivered; permit returned", "owner_id", o.ownerID,
+				"lease_id", r.LeaseID, "volume_id", r.VolumeID, "error", err)
+			delete(o.leases, r.LeaseID)
+		}
+	})
 }
 
 // claim marks a permit as taken by an operation. A claim for a lease that already expired re-adds it: the

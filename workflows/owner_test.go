@@ -211,3 +211,63 @@ func TestOwnerContinueAsNewKeepsLeases(t *testing.T) {
 	assert.Equal(t, "op-a", next.Leases[0].LeaseID)
 	assert.True(t, next.Leases[0].Claimed)
 }
+
+// permitAnswers records the owner's answers to volumes (SignalPermit), by volume.
+func (h *ownerHarness) permitAnswers() map[string][]PermitReply {
+	answers := map[string][]PermitReply{}
+	h.env.OnSignalExternalWorkflow(mock.Anything, mock.Anything, "", SignalPermit, mock.Anything).
+		Run(func(args mock.Arguments) {
+			answers[args.String(1)] = append(answers[args.String(1)], args.Get(4).(PermitReply))
+		}).Return(nil)
+	return answers
+}
+
+func (h *ownerHarness) ask(leaseID, volumeID string) {
+	h.env.SignalWorkflow(SignalPermitRequest, PermitRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: 3,
+		TTL: 3 * time.Hour})
+}
+
+// A volume asks by signal and is answered by signal: granted (claimed at once) up to the limit, refused past
+// it, granted again when it asks again for a permit it holds, and granted once a release frees a permit.
+func TestOwnerAnswersPermitRequestsBySignal(t *testing.T) {
+	h := newOwnerHarness(t)
+	answers := h.permitAnswers()
+	var held []Lease
+	h.env.RegisterDelayedCallback(func() {
+		for _, v := range []string{"a", "b", "c", "d"} {
+			h.ask("op-"+v, "vol-"+v)
+		}
+		h.ask("op-a", "vol-a") // asked again (a retried activity)
+	}, time.Second)
+	// Asked permits are claimed: they outlive the one-minute claim window of acquired ones.
+	h.env.RegisterDelayedCallback(func() { held = h.permits() }, 10*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-b"}) },
+		11*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.ask("op-e", "vol-d") }, 12*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+
+	granted := PermitReply{Granted: true, Limit: 3}
+	with := func(r PermitReply, lease string) PermitReply { r.LeaseID = lease; return r }
+	assert.Equal(t, []PermitReply{with(granted, "op-a"), with(granted, "op-a")}, answers[VolumeWorkflowID("vol-a")])
+	assert.Equal(t, []PermitReply{with(granted, "op-b")}, answers[VolumeWorkflowID("vol-b")])
+	assert.Equal(t, []PermitReply{with(granted, "op-c")}, answers[VolumeWorkflowID("vol-c")])
+	assert.Equal(t, []PermitReply{{LeaseID: "op-d", Limit: 3}, with(granted, "op-e")}, answers[VolumeWorkflowID("vol-d")])
+	require.Len(t, held, 3)
+	for _, l := range held {
+		assert.True(t, l.Claimed, l.LeaseID)
+	}
+}
+
+// A permit whose answer cannot be delivered (the volume's workflow is gone) is given back at once.
+func TestOwnerTakesBackAPermitItCouldNotAnswer(t *testing.T) {
+	h := newOwnerHarness(t)
+	h.env.OnSignalExternalWorkflow(mock.Anything, VolumeWorkflowID("vol-gone"), "", SignalPermit, mock.Anything).
+		Return(errors.New("workflow not found"))
+	var after []Lease
+	h.env.RegisterDelayedCallback(func() { h.ask("op-a", "vol-gone") }, time.Second)
+	h.env.RegisterDelayedCallback(func() { after = h.permits() }, time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+	assert.Empty(t, after)
+}

@@ -26,7 +26,11 @@ const (
 	UpdateAcquire = "acquire"
 	SignalClaim   = "claim"
 	SignalRelease = "release"
-	QueryPermits  = "permits"
+	// SignalPermitRequest asks an owner's workflow for a permit on a volume's behalf (PermitRequest);
+	// SignalPermit is the owner's answer to the volume (PermitReply).
+	SignalPermitRequest = "permit-request"
+	SignalPermit        = "permit"
+	QueryPermits        = "permits"
 )
 
 // Search attributes kept current on volume and operation workflows (register them on the namespace).
@@ -156,7 +160,7 @@ type Replica struct {
 }
 
 // OperationRequest asks a volume for one operation. The client fills OperationID (also the Update ID, so a
-// retried request is deduplicated) and OwnerLease (the permit it acquired from the owner's workflow).
+// retried request is deduplicated).
 type OperationRequest struct {
 	OperationID string `json:"operation_id"`
 	Kind        Kind   `json:"kind"`
@@ -171,7 +175,9 @@ type OperationRequest struct {
 	Confirm string `json:"confirm,omitempty"`
 	// NewVolume is the resolved spec of the volume a new_volume restore creates.
 	NewVolume *VolumeSpec `json:"new_volume,omitempty"`
-	// OwnerLease is the owner permit held for this operation ("" when the caller holds none).
+	// OwnerLease is the owner permit held for this operation. Clients leave it empty and the volume takes the
+	// permit itself once the request passed its checks; a lease set by a client of an earlier version, which
+	// acquired it by Update, is claimed as before.
 	OwnerLease string `json:"owner_lease,omitempty"`
 	// Scheduled marks requests from schedules (retention may delete only scheduled items).
 	Scheduled bool `json:"scheduled,omitempty"`
@@ -290,6 +296,23 @@ type AcquireRequest struct {
 	LeaseID  string `json:"lease_id"`
 	VolumeID string `json:"volume_id"`
 	Limit    int    `json:"limit"`
+}
+
+// PermitRequest is sent by a volume that has checked a request and took its lock: the owner grants a permit,
+// claimed at once for TTL, or refuses at Limit, and answers the volume with a PermitReply. Asking again for a
+// held lease is granted again.
+type PermitRequest struct {
+	LeaseID  string        `json:"lease_id"`
+	VolumeID string        `json:"volume_id"`
+	Limit    int           `json:"limit"`
+	TTL      time.Duration `json:"ttl"`
+}
+
+// PermitReply answers a PermitRequest.
+type PermitReply struct {
+	LeaseID string `json:"lease_id"`
+	Granted bool   `json:"granted"`
+	Limit   int    `json:"limit"`
 }
 
 // ClaimSignal tells an owner's workflow that a volume took the operation a lease was acquired for.

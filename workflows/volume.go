@@ -38,15 +38,34 @@ const (
 	// in flight at once may reach the owner in either order, and a claim arriving after its release would
 	// re-add the lease for hours.
 	releaseAfterClaimChange = "release-after-claim"
+	// volumePermitChange has the volume take the owner's permit itself, after its own checks, for requests
+	// that come without a lease (clients of this version).
+	volumePermitChange = "volume-permit"
 )
+
+// permitTimeout bounds the wait for an owner's permit: asking (AcquirePermitActivity) and then the answer.
+const permitTimeout = 20 * time.Second
+
+// AcquirePermitActivity is the control-plane activity that delivers a volume's PermitRequest to its owner's
+// workflow, starting that workflow if it does not run (input AcquirePermitInput).
+const AcquirePermitActivity = "AcquirePermit"
+
+// AcquirePermitInput names the owner a PermitRequest goes to.
+type AcquirePermitInput struct {
+	OwnerID string        `json:"owner_id"`
+	Request PermitRequest `json:"request"`
+}
 
 type volume struct {
 	volumeID string
 	st       VolumeState
 	// cancelRunning stops the running operation's child workflow (abort).
 	cancelRunning workflow.CancelFunc
-	// abortRequested marks an abort that arrived while a request was still being checked.
+	// abortRequested marks an abort that arrived while a request was still being checked, for abortReason.
 	abortRequested bool
+	abortReason    string
+	// asking is true while a request waits for the owner's permit.
+	asking bool
 	// running is true while an operation's child workflow runs.
 	running bool
 	// claiming counts permit claims not yet delivered to the owner's workflow.
@@ -414,9 +433,10 @@ func countLive(items []Item) int {
 	return n
 }
 
-// accept is the request handler: it takes the volume's lock, claims the owner's permit, records the item
-// as pending and queues the request for the main loop. An in-place restore first checks live, on the
-// hypervisor, that no running instance uses the volume.
+// accept is the request handler: it takes the volume's lock, then the owner's permit, records the item as
+// pending and queues the request for the main loop. An in-place restore first checks live, on the
+// hypervisor, that no running instance uses the volume. Every check comes before the permit, so a rejection
+// names its true cause and only a request the volume would run can be refused OwnerLimit.
 func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, error) {
 	if err := v.check(ctx, req); err != nil {
 		return Operation{}, err
@@ -429,15 +449,23 @@ func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, 
 	}
 	v.st.Active = op // the lock is held from here on
 	v.abortRequested = false
-	if req.Kind == KindRestore && req.Mode == ModeInPlace {
+	inPlace := req.Kind == KindRestore && req.Mode == ModeInPlace
+	if inPlace {
 		if err := v.checkDetached(ctx); err != nil {
 			v.st.Active = nil
 			return Operation{}, err
 		}
-		if v.abortRequested {
+	}
+	takesPermit := req.OwnerLease == "" && workflow.GetVersion(ctx, volumePermitChange, workflow.DefaultVersion, 1) == 1
+	if takesPermit && !v.abortRequested {
+		if err := v.takePermit(ctx, &req); err != nil {
 			v.st.Active = nil
-			return Operation{}, userError(ErrAborted, "Operation %s was aborted before it started.", req.OperationID)
+			return Operation{}, err
 		}
+	}
+	if inPlace && !takesPermit && v.abortRequested {
+		v.st.Active = nil
+		return Operation{}, userError(ErrAborted, "Operation %s was aborted before it started.", req.OperationID)
 	}
 	switch req.Kind {
 	case KindSnapshot, KindBackup:
@@ -459,11 +487,74 @@ func (v *volume) accept(ctx workflow.Context, req OperationRequest) (Operation, 
 	accepted := *op // the main loop may start the operation while the claim below is in flight
 	v.st.Queued = &req
 	v.indexOperations(ctx)
-	v.claiming++
-	v.signalOwner(ctx, SignalClaim, ClaimSignal{LeaseID: req.OwnerLease, VolumeID: v.volumeID,
-		TTL: v.st.Spec.Deadline + time.Hour}, req.OwnerLease)
-	v.claiming--
+	if takesPermit && v.abortRequested {
+		// Aborted during the live attachment check (so no permit was asked for): accepted and ended at once,
+		// as an abort of a queued request is, since the abort was answered with this operation.
+		v.st.Queued = nil
+		v.finish(ctx, req, OperationResult{}, temporal.NewCanceledError(v.abortReason))
+		return accepted, nil
+	}
+	if !takesPermit {
+		// A lease acquired by a client of an earlier version is claimed now.
+		v.claiming++
+		v.signalOwner(ctx, SignalClaim, ClaimSignal{LeaseID: req.OwnerLease, VolumeID: v.volumeID,
+			TTL: v.permitTTL()}, req.OwnerLease)
+		v.claiming--
+	}
 	return accepted, nil
+}
+
+// permitTTL bounds how long an operation's permit is held should its release never arrive.
+func (v *volume) permitTTL() time.Duration { return v.st.Spec.Deadline + time.Hour }
+
+// takePermit asks the owner's workflow for the request's permit (lease = operation ID) and waits for the
+// answer: OwnerLimit when refused, Unavailable when no answer comes within permitTimeout (a permit granted
+// after that is given back at once). On success req.OwnerLease names the permit, released by finish.
+func (v *volume) takePermit(ctx workflow.Context, req *OperationRequest) error {
+	v.asking = true
+	defer func() { v.asking = false }()
+	started := workflow.Now(ctx)
+	ask := PermitRequest{LeaseID: req.OperationID, VolumeID: v.volumeID, Limit: v.st.Spec.OwnerLimit,
+		TTL: v.permitTTL()}
+	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		TaskQueue:              TaskQueue,
+		ScheduleToCloseTimeout: permitTimeout,
+		StartToCloseTimeout:    permitTimeout / 2,
+		RetryPolicy:            &temporal.RetryPolicy{InitialInterval: 200 * time.Millisecond, MaximumInterval: 2 * time.Second},
+	})
+	err := workflow.ExecuteActivity(actx, AcquirePermitActivity,
+		AcquirePermitInput{OwnerID: v.st.Spec.OwnerID, Request: ask}).Get(ctx, nil)
+	if err != nil {
+		workflow.GetLogger(ctx).Warn("owner permit not asked for in time", "volume_id", v.volumeID,
+			"operation_id", req.OperationID, "error", err)
+		return errUnavailable()
+	}
+	replies := workflow.GetSignalChannel(ctx, SignalPermit)
+	for {
+		wait := permitTimeout - workflow.Now(ctx).Sub(started)
+		var reply PermitReply
+		if wait <= 0 || !receiveWithin(ctx, replies, wait, &reply) {
+			workflow.GetLogger(ctx).Warn("owner permit not answered in time", "volume_id", v.volumeID,
+				"operation_id", req.OperationID)
+			// The request may still be answered: a permit granted later must not be held for hours.
+			v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: ask.LeaseID}, ask.LeaseID)
+			return errUnavailable()
+		}
+		if reply.LeaseID != ask.LeaseID {
+			continue // a late answer to an earlier request, already given back
+		}
+		if !reply.Granted {
+			return errOwnerLimit(reply.Limit)
+		}
+		req.OwnerLease = ask.LeaseID
+		return nil
+	}
+}
+
+// receiveWithin receives one value from c, or reports false once wait has passed.
+func receiveWithin(ctx workflow.Context, c workflow.ReceiveChannel, wait time.Duration, valuePtr any) bool {
+	ok, _ := c.ReceiveWithTimeout(ctx, wait, valuePtr)
+	return ok
 }
 
 // indexOperations sets SearchOperations to the operations the volume's state can answer for (recent and
@@ -529,6 +620,16 @@ func (v *volume) abort(ctx workflow.Context, reason string) (Operation, error) {
 	if err := v.validateAbort(ctx, reason); err != nil {
 		return Operation{}, err
 	}
+	if v.asking {
+		// The request is waiting for its permit: whether there is an operation to abort is known when the
+		// answer comes (within permitTimeout). A refused request leaves nothing to abort.
+		if err := workflow.Await(ctx, func() bool { return !v.asking }); err != nil {
+			return Operation{}, err
+		}
+		if err := v.validateAbort(ctx, reason); err != nil {
+			return Operation{}, err
+		}
+	}
 	op := *v.st.Active
 	switch {
 	case v.cancelRunning != nil:
@@ -539,7 +640,7 @@ func (v *volume) abort(ctx workflow.Context, reason string) (Operation, error) {
 		v.st.Queued = nil
 		v.finish(ctx, req, OperationResult{}, temporal.NewCanceledError(reason))
 	default:
-		v.abortRequested = true
+		v.abortRequested, v.abortReason = true, reason
 	}
 	workflow.GetLogger(ctx).Info("abort requested", "volume_id", v.volumeID, "operation_id", op.OperationID,
 		"reason", reason)

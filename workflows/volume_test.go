@@ -461,7 +461,8 @@ func TestAbortWhileClaimingReleasesThePermitAfterTheClaim(t *testing.T) {
 	var o, abort *reply
 	h.at(time.Second, func() { h.register(testSpec()) })
 	h.at(2*time.Second, func() {
-		o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-queued"})
+		// A lease acquired by a client of an earlier version, claimed by the volume.
+		o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-queued", OwnerLease: "op-queued"})
 		abort = h.update(UpdateAbort, "changed my mind")
 	})
 	h.run(time.Hour, VolumeInput{})
@@ -604,4 +605,121 @@ func TestReservationLapses(t *testing.T) {
 	h.run(5*time.Hour, VolumeInput{VolumeID: "vol1"})
 	requireRejected(t, early, ErrInvalidArgument, "volume_id: volume vol1 is being created by a restore")
 	require.NoError(t, late.err, "the lapsed reservation no longer holds the ID")
+}
+
+// The volume checks a request before it asks the owner for a permit: at the owner's limit, a request the volume
+// would refuse anyway names its own cause and never asks; one it would take is refused OwnerLimit, and takes
+// neither the lock nor an item.
+func TestVolumeChecksBeforeItAsksForThePermit(t *testing.T) {
+	h := newHarness(t)
+	h.ownerBusy = 3
+	h.mockHypervisor()
+	var missing, mismatch, limited *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() {
+		missing = h.request(OperationRequest{Kind: KindRestore, SnapshotID: "snap-nope", Mode: ModeInPlace, Confirm: "web-data"})
+		mismatch = h.request(OperationRequest{Kind: KindDeregister, Confirm: "not-its-name"})
+	})
+	h.at(3*time.Second, func() { limited = h.request(OperationRequest{Kind: KindSnapshot}) })
+	h.run(time.Hour, VolumeInput{})
+
+	requireRejected(t, missing, ErrNotFound, "")
+	requireRejected(t, mismatch, ErrConfirmationMismatch, "")
+	requireRejected(t, limited, ErrOwnerLimit,
+		"Too many operations in flight for this account (limit 3). Try again when one finishes.")
+	require.Len(t, h.permitRequests, 1, "only the request the volume would take asks for a permit")
+	assert.Equal(t, AcquirePermitInput{OwnerID: "acct-42", Request: PermitRequest{LeaseID: h.permitRequests[0].Request.LeaseID,
+		VolumeID: "vol1", Limit: 3, TTL: 3 * time.Hour}}, h.permitRequests[0])
+	st := h.state()
+	assert.Nil(t, st.Active)
+	assert.Empty(t, st.Snapshots)
+}
+
+// While a request waits for its permit the volume is locked (VolumeBusy); a granted permit is released when
+// the operation ends, under the operation's ID.
+func TestVolumeHoldsItsLockWhileAskingAndReleasesThePermit(t *testing.T) {
+	h := newHarness(t)
+	h.ownerAnswersAfter(5*time.Second, true)
+	h.expectRelease("op-first")
+	h.mockHypervisor()
+	var first, second *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { first = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-first"}) })
+	h.at(4*time.Second, func() { second = h.request(OperationRequest{Kind: KindBackup}) })
+	h.run(time.Hour, VolumeInput{})
+	requireAccepted(t, first)
+	requireRejected(t, second, ErrVolumeBusy, "")
+	h.env.AssertExpectations(t)
+	st := h.state()
+	require.Len(t, st.Snapshots, 1)
+	assert.Equal(t, StatusAvailable, st.Snapshots[0].Status)
+}
+
+// An owner that does not answer: the request is answered Unavailable within permitTimeout, the lock comes
+// back, and the permit (should it be granted late) is given back.
+func TestVolumeGivesUpOnASilentOwner(t *testing.T) {
+	h := newHarness(t)
+	h.ownerSilent = true
+	h.expectRelease("op-lost")
+	h.mockHypervisor()
+	var o *reply
+	var during VolumeState
+	var answered bool
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-lost"}) })
+	h.at(10*time.Second, func() { during = h.state() })
+	h.at(2*time.Second+permitTimeout+time.Second, func() { answered = o.done })
+	h.run(time.Hour, VolumeInput{})
+	requireRejected(t, o, ErrUnavailable, UnavailableMessage)
+	require.NotNil(t, during.Active, "locked while asking")
+	h.env.AssertExpectations(t)
+	assert.True(t, answered, "answered within permitTimeout")
+	st := h.state()
+	assert.Nil(t, st.Active)
+	assert.Empty(t, st.Snapshots)
+}
+
+// An abort that lands while the request waits for its permit is answered once the permit is: granted, the
+// operation is accepted and ends at once as aborted, as an abort of a queued request does, and the permit is
+// given back; refused, there was nothing to abort (NoActiveOperation), never a 202 naming an operation that
+// never existed.
+func TestAbortWhileAskingForThePermit(t *testing.T) {
+	h := newHarness(t)
+	h.ownerAnswersAfter(5*time.Second, true)
+	h.expectRelease("op-x")
+	h.mockHypervisor()
+	var o, abort *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-x"}) })
+	h.at(3*time.Second, func() { abort = h.update(UpdateAbort, "changed my mind") })
+	h.run(time.Hour, VolumeInput{})
+	require.True(t, abort.done)
+	require.NoError(t, abort.err)
+	requireAccepted(t, o)
+	assert.Equal(t, "op-x", abort.op.OperationID)
+	h.env.AssertExpectations(t)
+	st := h.state()
+	assert.Nil(t, st.Active)
+	require.Len(t, st.Recent, 1)
+	assert.Equal(t, "op-x", st.Recent[0].OperationID)
+	assert.Equal(t, StatusAborted, st.Recent[0].Status)
+	for _, it := range st.Snapshots {
+		assert.NotEqual(t, StatusAvailable, it.Status, "an aborted snapshot is not available")
+	}
+}
+
+func TestAbortWhileAskingForAPermitThatIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.ownerAnswersAfter(5*time.Second, false)
+	h.mockHypervisor()
+	var o, abort *reply
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, OperationID: "op-x"}) })
+	h.at(3*time.Second, func() { abort = h.update(UpdateAbort, "changed my mind") })
+	h.run(time.Hour, VolumeInput{})
+	requireRejected(t, o, ErrOwnerLimit, "")
+	requireRejected(t, abort, ErrNoActiveOperation, "")
+	st := h.state()
+	assert.Nil(t, st.Active)
+	assert.Empty(t, st.Recent)
 }
