@@ -168,7 +168,7 @@ func TestDashboard(t *testing.T) {
 var metricRef = regexp.MustCompile(`holdfast_[a-z_]+`)
 
 // checkMetrics fails for every holdfast_* name in expr that Holdfast does not expose, so renaming a
-// metric in workers/metrics breaks this test instead of silently blanking a panel or an alert.
+// metric in activities/metrics breaks this test instead of silently blanking a panel or an alert.
 func checkMetrics(t *testing.T, where, expr string, known map[string]bool) {
 	t.Helper()
 	for _, name := range metricRef.FindAllString(expr, -1) {
@@ -179,17 +179,17 @@ func checkMetrics(t *testing.T, where, expr string, known map[string]bool) {
 			}
 		}
 		if !known[base] {
-			t.Errorf("%s: metric %s is not exposed by workers/metrics", where, name)
+			t.Errorf("%s: metric %s is not exposed by activities/metrics", where, name)
 		}
 	}
 }
 
-// exposedMetrics collects the holdfast_* string constants of workers/metrics (names.go for the
+// exposedMetrics collects the holdfast_* string constants of activities/metrics (names.go for the
 // workflow-recorded metrics, metrics.go for the agent/API ones), parsed as Go so that comments
 // mentioning a name do not count.
 func exposedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join("..", "workers", "metrics", "*.go"))
+	files, err := filepath.Glob(filepath.Join("..", "activities", "metrics", "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func exposedMetrics(t *testing.T) map[string]bool {
 	}
 	for _, must := range []string{"holdfast_operations_finished_total", "holdfast_guard_rail_rejections_total"} {
 		if !known[must] {
-			t.Fatalf("parsing workers/metrics found %v, without %s: the parser is broken", slices.Sorted(maps.Keys(known)), must)
+			t.Fatalf("parsing activities/metrics found %v, without %s: the parser is broken", slices.Sorted(maps.Keys(known)), must)
 		}
 	}
 	return known

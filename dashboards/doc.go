@@ -1,4 +1,4 @@
 // Package dashboards holds no Go code of its own: it is the home of Holdfast's Grafana dashboard
 // (holdfast.json) and Prometheus alert rules (alerts.yml), and its tests keep them honest against the
-// metrics workers/metrics actually exposes.
+// metrics activities/metrics actually exposes.
 package dashboards

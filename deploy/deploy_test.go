@@ -276,7 +276,7 @@ func binaryEnv(t *testing.T, cfg *config.Config) map[string]bool {
 	t.Helper()
 	env := map[string]bool{}
 	lit := regexp.MustCompile(`"(HOLDFAST_[A-Z_]+)"`)
-	for _, dir := range []string{"../cmd/holdfast", "../workers", "../workers/dev"} {
+	for _, dir := range []string{"../cmd/holdfast", "../workers", "../cmd/holdfast/dev"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
 		for _, f := range files {
 			if strings.HasSuffix(f, "_test.go") {

@@ -23,7 +23,7 @@ import (
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/activities/volume/rbd"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 // Dial connects to Temporal as the config says (TLS when configured).

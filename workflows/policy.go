@@ -16,7 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 // Policies: a policy says what to take (snapshot or backup), when (an interval, a cron expression or a

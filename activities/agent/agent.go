@@ -25,7 +25,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/backup"
 	"github.com/holdfast/holdfast/activities/volume"
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 // MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses.

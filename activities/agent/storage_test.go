@@ -23,7 +23,7 @@ import (
 	"github.com/holdfast/holdfast/activities/backup"
 	"github.com/holdfast/holdfast/activities/backup/fs"
 	"github.com/holdfast/holdfast/activities/backup/s3/s3test"
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 const storageChunk = 64 << 10 // small chunks: many of them in a small image

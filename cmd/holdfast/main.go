@@ -22,11 +22,11 @@ import (
 
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
-	"github.com/holdfast/holdfast/starter/cli"
+	"github.com/holdfast/holdfast/cmd/holdfast/cli"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/workers/dev"
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/cmd/holdfast/dev"
+	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 const usage = `holdfast — durable snapshots, backups and restores of block volumes

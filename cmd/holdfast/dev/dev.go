@@ -32,7 +32,7 @@ import (
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/workers/metrics"
+	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/workflows"
 )
 

@@ -16,7 +16,7 @@ import (
 	"go.temporal.io/sdk/client"
 
 	"github.com/holdfast/holdfast/activities/volume/file"
-	"github.com/holdfast/holdfast/starter/cli"
+	"github.com/holdfast/holdfast/cmd/holdfast/cli"
 	"github.com/holdfast/holdfast/starter/startertest"
 )
 
