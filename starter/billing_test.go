@@ -20,6 +20,7 @@ import (
 	"github.com/holdfast/holdfast/activities/billing"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/startertest"
+	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -143,12 +144,12 @@ func TestIntegrationBillingScheduleIsHourlyBufferedAndBillsThePreviousHour(t *te
 	ctx := context.Background()
 	ledger := filepath.Join(t.TempDir(), "ledger.jsonl")
 	startBillingWorker(t, c, ledger)
-	opts := starter.BillingScheduleOptions{TaskQueue: billingQueue, Paused: true}
-	require.NoError(t, starter.EnsureBillingSchedule(ctx, c.Temporal, opts))
+	opts := workers.BillingScheduleOptions{TaskQueue: billingQueue, Paused: true}
+	require.NoError(t, workers.EnsureBillingSchedule(ctx, c.Temporal, opts))
 	opts.CatchupWindow = 48 * time.Hour
-	require.NoError(t, starter.EnsureBillingSchedule(ctx, c.Temporal, opts), "a second call updates")
+	require.NoError(t, workers.EnsureBillingSchedule(ctx, c.Temporal, opts), "a second call updates")
 
-	h := c.Temporal.ScheduleClient().GetHandle(ctx, starter.BillingScheduleID)
+	h := c.Temporal.ScheduleClient().GetHandle(ctx, workers.BillingScheduleID)
 	desc, err := h.Describe(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, enumspb.SCHEDULE_OVERLAP_POLICY_BUFFER_ALL, desc.Schedule.Policy.Overlap)

@@ -43,3 +43,7 @@ func (a *ControlActivities) AcquirePermit(ctx context.Context, in workflows.Acqu
 		}, workflows.OwnerWorkflow, workflows.OwnerInput{OwnerID: in.OwnerID})
 	return err
 }
+
+// ControlActivities returns the control activities over this client, for the control worker to host
+// (workers.NewControl).
+func (c *Client) ControlActivities() *ControlActivities { return &ControlActivities{Client: c} }

@@ -19,11 +19,11 @@ import (
 	"github.com/holdfast/holdfast/activities/backup/fs"
 	"github.com/holdfast/holdfast/activities/backup/s3"
 	"github.com/holdfast/holdfast/activities/backup/stores"
+	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume"
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/activities/volume/rbd"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 // Dial connects to Temporal as the config says (TLS when configured).

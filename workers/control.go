@@ -12,17 +12,18 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/holdfast/holdfast/activities/billing"
-	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/workers/config"
 	"github.com/holdfast/holdfast/workflows"
 )
 
 // RegisterControl registers every workflow and the control activities on a registry (a worker, or a
-// replayer for the workflows alone when hf is nil).
-func RegisterControl(r worker.Registry, hf *starter.Client) {
+// replayer for the workflows alone when control is nil). The control activities start and update workflows
+// through the Go client (starter.ControlActivities); the command that builds the process passes them in, so
+// this layer never imports the one above it.
+func RegisterControl(r worker.Registry, control any) {
 	RegisterWorkflows(r)
-	if hf != nil {
-		r.RegisterActivity(&starter.ControlActivities{Client: hf})
+	if control != nil {
+		r.RegisterActivity(control)
 	}
 }
 
@@ -62,16 +63,17 @@ func StartBilling(ctx context.Context, w worker.Registry, c client.Client, cfg c
 		return nil, err
 	}
 	w.RegisterActivity(acts)
-	if err := starter.EnsureBillingSchedule(ctx, c, starter.BillingScheduleOptions{}); err != nil {
+	if err := EnsureBillingSchedule(ctx, c, BillingScheduleOptions{}); err != nil {
 		acts.Close()
 		return nil, fmt.Errorf("billing schedule: %w", err)
 	}
 	return func() { acts.Close() }, nil
 }
 
-// NewControl returns the control-plane worker (not started).
-func NewControl(c client.Client, hf *starter.Client, opts worker.Options) worker.Worker {
+// NewControl returns the control-plane worker (not started), hosting every workflow and the given control
+// activities (see RegisterControl).
+func NewControl(c client.Client, control any, opts worker.Options) worker.Worker {
 	w := worker.New(c, workflows.TaskQueue, opts)
-	RegisterControl(w, hf)
+	RegisterControl(w, control)
 	return w
 }

@@ -24,8 +24,8 @@ import (
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/backup"
-	"github.com/holdfast/holdfast/activities/volume"
 	"github.com/holdfast/holdfast/activities/metrics"
+	"github.com/holdfast/holdfast/activities/volume"
 )
 
 // MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses.

@@ -57,7 +57,7 @@ func startSite(ctx context.Context, cfg *config.Config, temporalBin, hypervisorI
 		s.close()
 		return nil, err
 	}
-	s.workers = append([]worker.Worker{workers.NewControl(tc, s.client, worker.Options{})},
+	s.workers = append([]worker.Worker{workers.NewControl(tc, s.client.ControlActivities(), worker.Options{})},
 		workers.NewAgentWorkers(tc, cfg, hypervisorID, s.agent)...)
 	for i, w := range s.workers {
 		if err := w.Start(); err != nil {

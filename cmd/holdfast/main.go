@@ -20,13 +20,13 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/holdfast/holdfast/activities/metrics"
+	"github.com/holdfast/holdfast/cmd/holdfast/cli"
+	"github.com/holdfast/holdfast/cmd/holdfast/dev"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
-	"github.com/holdfast/holdfast/cmd/holdfast/cli"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/cmd/holdfast/dev"
-	"github.com/holdfast/holdfast/activities/metrics"
 )
 
 const usage = `holdfast — durable snapshots, backups and restores of block volumes
@@ -171,7 +171,7 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := hf.SyncConfigPolicies(ctx); err != nil {
 		return err
 	}
-	w := workers.NewControl(c, hf, worker.Options{})
+	w := workers.NewControl(c, hf.ControlActivities(), worker.Options{})
 	closeBilling, err := workers.StartBilling(ctx, w, c, cfg.Billing)
 	if err != nil {
 		return err

@@ -133,7 +133,7 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 	require.NoError(t, err)
 	t.Cleanup(tc.Close)
 	hf := starter.New(tc, cfg)
-	control := workers.NewControl(tc, hf, worker.Options{})
+	control := workers.NewControl(tc, hf.ControlActivities(), worker.Options{})
 	ws := []worker.Worker{control}
 	for hypervisorID, impl := range agents {
 		// Like a real agent, each serves its hypervisor's queue and the queue its compensations go to.
@@ -175,7 +175,7 @@ func NewCluster(t testing.TB, configYAML string, agents map[string]activities.Hy
 func (c *Cluster) StopControl(t testing.TB) (start func()) {
 	c.control.Stop()
 	return func() {
-		c.control = workers.NewControl(c.Temporal, c.Client, worker.Options{})
+		c.control = workers.NewControl(c.Temporal, c.Client.ControlActivities(), worker.Options{})
 		require.NoError(t, c.control.Start())
 		t.Cleanup(c.control.Stop)
 	}

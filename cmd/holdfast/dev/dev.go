@@ -26,13 +26,13 @@ import (
 	"go.temporal.io/sdk/worker"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume/domains"
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -179,7 +179,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer agent.Close()
-	control := workers.NewControl(c, hf, worker.Options{})
+	control := workers.NewControl(c, hf.ControlActivities(), worker.Options{})
 	closeBilling, err := workers.StartBilling(ctx, control, c, cfg.Billing)
 	if err != nil {
 		return err
