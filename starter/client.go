@@ -377,8 +377,8 @@ func (c *Client) newVolumeSpec(ctx context.Context, volumeID, operationID string
 	newVolumeID := req.NewVolumeID
 	if newVolumeID == "" {
 		newVolumeID = NewVolumeID()
-	} else if !workflows.ValidID(newVolumeID) {
-		return workflows.VolumeSpec{}, invalid("new_volume_id: must match %s", config.IDPattern)
+	} else if !activities.ValidID(newVolumeID) {
+		return workflows.VolumeSpec{}, invalid("new_volume_id: must match %s", activities.IDPattern)
 	}
 	if newVolumeID == volumeID {
 		return workflows.VolumeSpec{}, invalid("new_volume_id: must differ from the source volume")
@@ -577,7 +577,7 @@ func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.
 // neither yet, so a miss is retried briefly.
 func (c *Client) operationVolume(ctx context.Context, operationID string) (string, error) {
 	notFound := &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
-	if !workflows.ValidID(operationID) {
+	if !activities.ValidID(operationID) {
 		return "", notFound
 	}
 	for attempt := 0; ; attempt++ {

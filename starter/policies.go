@@ -12,7 +12,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
-	"github.com/holdfast/holdfast/workers/config"
+	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -78,7 +78,7 @@ func isType(err error, errType string) bool {
 // schedules of the volumes attached to it. Config policies are read-only here.
 func (c *Client) PutPolicy(ctx context.Context, p workflows.Policy) (*workflows.Policy, error) {
 	if !validPolicyID(p.PolicyID) {
-		return nil, invalid("policy_id: must match %s", config.IDPattern)
+		return nil, invalid("policy_id: must match %s", activities.IDPattern)
 	}
 	if c.cfg.Policy(p.PolicyID) != nil {
 		return nil, invalid("policy_id: policy %q is defined in the config file; change it there", p.PolicyID)
@@ -141,7 +141,7 @@ func (c *Client) AttachPolicy(ctx context.Context, volumeID, policyID string) (*
 	out := &PolicyAttachment{VolumeID: volumeID, PolicyID: policyID}
 	if policyID != "" {
 		if !validPolicyID(policyID) {
-			return nil, invalid("policy_id: must match %s", config.IDPattern)
+			return nil, invalid("policy_id: must match %s", activities.IDPattern)
 		}
 		p, err := c.Policy(ctx, policyID)
 		if isType(err, workflows.ErrNotFound) {
@@ -294,4 +294,4 @@ func (a *ControlActivities) RequestScheduled(ctx context.Context, in workflows.S
 	return a.Client.RequestScheduled(ctx, in)
 }
 
-func validPolicyID(id string) bool { return config.IDPattern.MatchString(id) }
+func validPolicyID(id string) bool { return activities.ValidID(id) }

@@ -6,6 +6,8 @@ import (
 
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities"
 )
 
 // unclaimedLeaseTTL is how long a permit waits for the volume to claim it: a client that acquired a permit
@@ -120,8 +122,8 @@ func awaitFuture(ctx workflow.Context, cond func() bool) workflow.Future {
 }
 
 func (o *owner) validateAcquire(ctx workflow.Context, req AcquireRequest) error {
-	if !validID(req.LeaseID) {
-		return errInvalid("lease_id: must match %s", idPattern)
+	if !activities.ValidID(req.LeaseID) {
+		return errInvalid("lease_id: must match %s", activities.IDPattern)
 	}
 	if req.Limit < 1 {
 		return errInvalid("limit: must be at least 1")

@@ -73,8 +73,8 @@ type LocationInput struct {
 func LocationWorkflow(ctx workflow.Context, in LocationInput) error {
 	holder := in.Holder
 	validateClaim := func(ctx workflow.Context, c LocationClaim) error {
-		if !validID(c.VolumeID) {
-			return errInvalid("volume_id: must match %s", idPattern)
+		if !activities.ValidID(c.VolumeID) {
+			return errInvalid("volume_id: must match %s", activities.IDPattern)
 		}
 		if holder != "" && holder != c.VolumeID {
 			return errInvalid("storage: already used by another volume")
@@ -115,8 +115,8 @@ func LocationWorkflow(ctx workflow.Context, in LocationInput) error {
 
 func (v *volume) validateReserve(ctx workflow.Context, r Reservation) error {
 	switch {
-	case !validID(r.OperationID):
-		return errInvalid("operation_id: must match %s", idPattern)
+	case !activities.ValidID(r.OperationID):
+		return errInvalid("operation_id: must match %s", activities.IDPattern)
 	case v.st.Registered:
 		return errInvalid("new_volume_id: volume %s already exists", v.volumeID)
 	case v.st.BackupsKeptUntil != nil:

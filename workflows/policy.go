@@ -16,6 +16,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/metrics"
 )
 
@@ -166,8 +167,8 @@ func clock(s string) (time.Duration, bool) {
 func (p Policy) Problems() []string {
 	var out []string
 	bad := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
-	if p.PolicyID != "" && !validID(p.PolicyID) {
-		bad("policy_id: must match %s", idPattern)
+	if p.PolicyID != "" && !activities.ValidID(p.PolicyID) {
+		bad("policy_id: must match %s", activities.IDPattern)
 	}
 	if p.Kind != KindSnapshot && p.Kind != KindBackup {
 		bad("kind: must be snapshot or backup, got %q", p.Kind)
@@ -495,8 +496,8 @@ func (v *volume) validateSetPolicy(ctx workflow.Context, a PolicyAttachment) err
 	if !v.st.Registered {
 		return errNotFound("Volume %s not found.", v.volumeID)
 	}
-	if a.PolicyID != "" && !validID(a.PolicyID) {
-		return errInvalid("policy_id: must match %s", idPattern)
+	if a.PolicyID != "" && !activities.ValidID(a.PolicyID) {
+		return errInvalid("policy_id: must match %s", activities.IDPattern)
 	}
 	return nil
 }

@@ -323,7 +323,7 @@ func TestScheduledRunReturnsOnceAccepted(t *testing.T) {
 	assert.True(t, res.Accepted)
 	require.Len(t, got, 1)
 	assert.Regexp(t, `^sched-[0-9a-f]{24}$`, got[0].OperationID, "a valid operation id derived from the run")
-	assert.True(t, validID(got[0].OperationID))
+	assert.True(t, activities.ValidID(got[0].OperationID))
 	assert.Equal(t, "vol1", got[0].VolumeID)
 }
 

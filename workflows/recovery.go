@@ -75,8 +75,8 @@ func (v *volume) validateImport(ctx workflow.Context, req ImportRequest) error {
 	}
 	for _, it := range req.Backups {
 		switch {
-		case !validID(it.ItemID):
-			return errInvalid("backup_id: must match %s", idPattern)
+		case !activities.ValidID(it.ItemID):
+			return errInvalid("backup_id: must match %s", activities.IDPattern)
 		case it.Status != StatusAvailable:
 			return errInvalid("backups: %s must be available, not %s", it.ItemID, it.Status)
 		case it.Storage == "":

@@ -7,7 +7,6 @@
 package workflows
 
 import (
-	"regexp"
 	"time"
 
 	"github.com/holdfast/holdfast/activities"
@@ -347,13 +346,6 @@ type OwnerInput struct {
 	Leases  []Lease `json:"leases,omitempty"`
 }
 
-// idPattern is what every identifier matches (api.md).
-const idPattern = `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
-
-var idRegexp = regexp.MustCompile(idPattern)
-
-func validID(s string) bool { return idRegexp.MatchString(s) }
-
 // SearchAttribute is a custom search attribute to register on the namespace; Type is spelled as the
 // temporal CLI takes it (--type, and NAME=TYPE in start-dev's --search-attribute).
 type SearchAttribute struct{ Name, Type string }
@@ -373,7 +365,3 @@ func DevServerSearchAttributeArgs() []string {
 	}
 	return args
 }
-
-// ValidID reports whether s is a well-formed identifier (api.md); an operation id from a URL is checked
-// before it goes into a visibility query.
-func ValidID(s string) bool { return validID(s) }

@@ -189,14 +189,14 @@ func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
 // ValidateSpec checks a volume spec's fields; the error names the field.
 func ValidateSpec(spec VolumeSpec) error {
 	switch {
-	case !validID(spec.VolumeID):
-		return errInvalid("volume_id: must match %s", idPattern)
+	case !activities.ValidID(spec.VolumeID):
+		return errInvalid("volume_id: must match %s", activities.IDPattern)
 	case strings.TrimSpace(spec.Name) == "" || len(spec.Name) > maxNameLength:
 		return errInvalid("name: must be 1 to %d characters", maxNameLength)
-	case !validID(spec.OwnerID):
-		return errInvalid("owner_id: must match %s", idPattern)
-	case !validID(spec.HypervisorID):
-		return errInvalid("hypervisor_id: must match %s", idPattern)
+	case !activities.ValidID(spec.OwnerID):
+		return errInvalid("owner_id: must match %s", activities.IDPattern)
+	case !activities.ValidID(spec.HypervisorID):
+		return errInvalid("hypervisor_id: must match %s", activities.IDPattern)
 	case spec.Plan.PlanID == "":
 		return errInvalid("plan: is required")
 	case spec.Plan.MaxSnapshots < 0 || spec.Plan.MaxBackups < 0:
@@ -211,8 +211,8 @@ func ValidateSpec(spec VolumeSpec) error {
 	if spec.SizeBytes < 0 {
 		return errInvalid("size_bytes: must not be negative")
 	}
-	if spec.Storage.CreatedBy != "" && !validID(spec.Storage.CreatedBy) {
-		return errInvalid("storage.created_by: must match %s", idPattern)
+	if spec.Storage.CreatedBy != "" && !activities.ValidID(spec.Storage.CreatedBy) {
+		return errInvalid("storage.created_by: must match %s", activities.IDPattern)
 	}
 	switch s := spec.Storage; s.Type {
 	case "file":
@@ -225,8 +225,8 @@ func ValidateSpec(spec VolumeSpec) error {
 			return errInvalid("storage.format: must be raw or qcow2")
 		}
 	case "rbd":
-		if !validID(s.Pool) || !validID(s.Image) {
-			return errInvalid("storage: rbd pool and image must match %s", idPattern)
+		if !activities.ValidID(s.Pool) || !activities.ValidID(s.Image) {
+			return errInvalid("storage: rbd pool and image must match %s", activities.IDPattern)
 		}
 	default:
 		return errInvalid("storage.type: must be file or rbd")
@@ -351,8 +351,8 @@ func (v *volume) checkItem(req OperationRequest) error {
 }
 
 func validateRequest(req OperationRequest, volumeID string) error {
-	if !validID(req.OperationID) {
-		return errInvalid("operation_id: must match %s", idPattern)
+	if !activities.ValidID(req.OperationID) {
+		return errInvalid("operation_id: must match %s", activities.IDPattern)
 	}
 	if len(req.Name) > maxNameLength {
 		return errInvalid("name: at most %d characters", maxNameLength)
@@ -378,8 +378,8 @@ func validateRequest(req OperationRequest, volumeID string) error {
 		if (req.SnapshotID == "") == (req.BackupID == "") {
 			return errInvalid("snapshot_id: give exactly one of snapshot_id and backup_id")
 		}
-		if !validID(req.ItemID()) {
-			return errInvalid("%s_id: must match %s", req.ItemKind(), idPattern)
+		if !activities.ValidID(req.ItemID()) {
+			return errInvalid("%s_id: must match %s", req.ItemKind(), activities.IDPattern)
 		}
 	default:
 		return errInvalid("kind: unknown operation %q", req.Kind)

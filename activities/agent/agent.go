@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"slices"
 	"syscall"
 
@@ -99,13 +98,8 @@ func (a *Activities) logger(ctx context.Context, volumeID string, args ...any) *
 	return l.With(args...)
 }
 
-// idPattern is what volume, snapshot and backup ids must match: the intersection of the backup format's
-// object-name components and the file driver's snapshot names (no leading dot, no '/'), so that an id the
-// agent accepts is accepted by every driver and store and can never escape a directory.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$`)
-
 func checkID(field, value string) error {
-	if !idPattern.MatchString(value) {
+	if !activities.ValidID(value) {
 		return invalid(fmt.Sprintf("%s %q is not a valid id", field, value))
 	}
 	return nil

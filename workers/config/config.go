@@ -11,13 +11,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -31,8 +31,6 @@ const (
 	DefaultPlan         = "standard"
 )
 
-// IDPattern is what every identifier (volume, snapshot, backup, owner, hypervisor, plan, storage) matches.
-var IDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Config is the whole file.
 type Config struct {
@@ -335,8 +333,8 @@ func (c *Config) Validate() error {
 			}
 		}
 		for i, pool := range h.RBDPools {
-			if !IDPattern.MatchString(pool) {
-				bad(fmt.Sprintf("%s.rbd_pools[%d]", f, i), "must match %s, got %q", IDPattern, pool)
+			if !activities.ValidID(pool) {
+				bad(fmt.Sprintf("%s.rbd_pools[%d]", f, i), "must match %s, got %q", activities.IDPattern, pool)
 			}
 		}
 	}
@@ -379,8 +377,8 @@ func (c *Config) validateReplica(bad func(string, string, ...any), id string, s 
 }
 
 func checkID(bad func(string, string, ...any), field, id string) {
-	if !IDPattern.MatchString(id) {
-		bad(field, "id %q must match %s", id, IDPattern)
+	if !activities.ValidID(id) {
+		bad(field, "id %q must match %s", id, activities.IDPattern)
 	}
 }
 

@@ -70,11 +70,11 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 		if ref.Path != "" || ref.Format != "" {
 			return ref, fmt.Errorf("storage: an rbd volume has no path or format")
 		}
-		if !IDPattern.MatchString(ref.Pool) {
-			return ref, fmt.Errorf("storage.pool: must match %s", IDPattern)
+		if !activities.ValidID(ref.Pool) {
+			return ref, fmt.Errorf("storage.pool: must match %s", activities.IDPattern)
 		}
-		if !IDPattern.MatchString(ref.Image) {
-			return ref, fmt.Errorf("storage.image: must match %s", IDPattern)
+		if !activities.ValidID(ref.Image) {
+			return ref, fmt.Errorf("storage.image: must match %s", activities.IDPattern)
 		}
 		if !contains(h.RBDPools, ref.Pool) {
 			return ref, fmt.Errorf("storage.pool: not one of the pools hypervisor %s keeps volumes in", hypervisorID)

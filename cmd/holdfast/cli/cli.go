@@ -16,10 +16,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/activities"
 )
 
 // Exit codes, part of the CLI's contract with scripts.
@@ -36,10 +37,6 @@ const DefaultAPI = "http://127.0.0.1:8080"
 
 // pollInterval is how often watch asks for an operation's state; a variable so tests run fast.
 var pollInterval = 500 * time.Millisecond
-
-// idPattern is the API's ID syntax. Checking it here keeps a typo such as "vol/../x" from ever becoming a
-// different request path, and turns it into a usage error instead of a confusing 404.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // command is one subcommand: its synopsis (for usage), the flags it takes beyond the common ones, and what
 // it does once the command line has been checked.
@@ -349,9 +346,11 @@ func newAPIClient(o options, env func(string) string) (*apiClient, error) {
 	}, nil
 }
 
-// checkID turns a malformed ID into a usage error naming the flag or argument it came from.
+// checkID turns a malformed ID into a usage error naming the flag or argument it came from. Checking the
+// API's ID rule (activities.IDPattern) here keeps a typo such as "vol/../x" from ever becoming a different
+// request path, and turns it into a usage error instead of a confusing 404.
 func checkID(what, id string) error {
-	if !idPattern.MatchString(id) {
+	if !activities.ValidID(id) {
 		return usagef("%s %q is not a valid ID (letters, digits, '.', '_', '-'; at most 128)", what, id)
 	}
 	return nil
