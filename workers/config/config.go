@@ -31,7 +31,6 @@ const (
 	DefaultPlan         = "standard"
 )
 
-
 // Config is the whole file.
 type Config struct {
 	Temporal    Temporal               `yaml:"temporal"`
