@@ -18,11 +18,11 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/sdk/worker"
 
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/cmd/holdfast/cli"
 	"github.com/holdfast/holdfast/cmd/holdfast/dev"
+	"github.com/holdfast/holdfast/cmd/holdfast/serve"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
@@ -167,12 +167,10 @@ func runWorker(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		log.Warn("could not check the namespace's search attributes; make sure they are registered", "error", err)
 	}
-	hf := starter.New(c, cfg)
-	if err := hf.SyncConfigPolicies(ctx); err != nil {
+	if err := starter.New(c, cfg).SyncConfigPolicies(ctx); err != nil {
 		return err
 	}
-	w := workers.NewControl(c, hf.ControlActivities(), worker.Options{})
-	closeBilling, err := workers.StartBilling(ctx, w, c, cfg.Billing)
+	w, closeBilling, err := serve.Control(ctx, c, cfg)
 	if err != nil {
 		return err
 	}
@@ -227,10 +225,7 @@ func runAPI(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	defer c.Close()
-	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
-	handler := api.New(starter.New(c, cfg), tokens, health, log)
-	handler.OnRejection = m.GuardRailRejected
-	srv := api.NewHTTPServer(handler)
+	srv := serve.API(c, cfg, tokens, m, log)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err

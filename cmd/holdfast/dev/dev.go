@@ -29,6 +29,7 @@ import (
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume/domains"
 	"github.com/holdfast/holdfast/activities/volume/file"
+	"github.com/holdfast/holdfast/cmd/holdfast/serve"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
@@ -179,8 +180,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer agent.Close()
-	control := workers.NewControl(c, hf.ControlActivities(), worker.Options{})
-	closeBilling, err := workers.StartBilling(ctx, control, c, cfg.Billing)
+	control, closeBilling, err := serve.Control(ctx, c, cfg)
 	if err != nil {
 		return err
 	}
@@ -197,10 +197,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("API address %s: %w (set HOLDFAST_API_ADDR)", o.APIAddr, err)
 	}
-	health := func(ctx context.Context) error { _, err := c.CheckHealth(ctx, nil); return err }
-	handler := api.New(hf, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, health, o.Log)
-	handler.OnRejection = m.GuardRailRejected
-	srv := api.NewHTTPServer(handler)
+	srv := serve.API(c, cfg, api.Tokens{Panel: []string{o.PanelToken}, Owners: o.OwnerTokens}, m, o.Log)
 	go func() { _ = srv.Serve(ln) }()
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
