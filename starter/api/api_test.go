@@ -245,6 +245,11 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 		"new_volume_id": "v1-copy", "new_volume_name": "copy"})
 	require.Equal(t, 202, r.status, r.raw)
 	startertest.WaitFor(t, "new volume", func() bool { return e.do("GET", "/v1/volumes/v1-copy", "p", nil).status == 200 })
+	// The new volume is registered before the restore ends: v1 stays busy until then.
+	restoreID, _ := r.body["operation_id"].(string)
+	startertest.WaitFor(t, "restore to end", func() bool {
+		return e.do("GET", "/v1/operations/"+restoreID, "p", nil).body["status"] == "completed"
+	})
 	nv := e.do("GET", "/v1/volumes/v1-copy", "p", nil)
 	assert.Equal(t, "copy", nv.body["name"])
 	assert.Equal(t, "alice", nv.body["owner_id"])
