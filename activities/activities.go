@@ -41,6 +41,10 @@ const (
 	ErrNoSpace = "NoSpace"
 )
 
+// MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses,
+// given by the workflows' live check and by the agent alike.
+const MsgAttachedRunning = "Cannot restore in-place while attached to a running instance"
+
 // NonRetryable lists the error types a retry can never fix.
 var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage,
 	ErrNoSpace}

@@ -4,20 +4,26 @@ import (
 	"fmt"
 
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/activities"
 )
 
-// Error types of user-facing rejections and failures (stable: the HTTP API maps them to status codes).
+// Error types of user-facing rejections and failures (stable: the HTTP API maps them to status codes). The
+// types an activity can fail with too are the activities' own (one definition each).
+const (
+	ErrAttachedRunning = activities.ErrAttachedRunning
+	ErrNoBackupStorage = activities.ErrNoBackupStorage
+	ErrNotFound        = activities.ErrNotFound
+	ErrInvalidArgument = activities.ErrInvalidArgument
+)
+
 const (
 	ErrVolumeBusy           = "VolumeBusy"
 	ErrCooldown             = "Cooldown"
 	ErrSnapshotLimit        = "SnapshotLimit"
 	ErrBackupLimit          = "BackupLimit"
 	ErrOwnerLimit           = "OwnerLimit"
-	ErrAttachedRunning      = "AttachedRunning"
-	ErrNoBackupStorage      = "NoBackupStorage"
 	ErrConfirmationMismatch = "ConfirmationMismatch"
-	ErrNotFound             = "NotFound"
-	ErrInvalidArgument      = "InvalidArgument"
 	ErrNoActiveOperation    = "NoActiveOperation"
 	ErrDeadlineExceeded     = "DeadlineExceeded"
 	ErrAborted              = "Aborted"
@@ -67,7 +73,7 @@ func errOwnerLimit(limit int) error {
 }
 
 func errAttachedRunning() error {
-	return userError(ErrAttachedRunning, "Cannot restore in-place while attached to a running instance")
+	return userError(ErrAttachedRunning, activities.MsgAttachedRunning)
 }
 
 func errNoBackupStorage() error {

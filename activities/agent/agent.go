@@ -27,9 +27,6 @@ import (
 	"github.com/holdfast/holdfast/activities/volume"
 )
 
-// MsgAttachedRunning is the spec's message for an in-place overwrite of a volume a running instance uses.
-const MsgAttachedRunning = "Cannot restore in-place while attached to a running instance"
-
 // Config is what one agent serves.
 type Config struct {
 	// HypervisorID is this host's id; it is put on every log line.
@@ -182,7 +179,7 @@ func classify(ctx context.Context, op string, err error) error {
 		if op == activities.DeleteVolumeName {
 			msg = "Cannot delete a volume attached to a running instance"
 		} else {
-			msg = MsgAttachedRunning
+			msg = activities.MsgAttachedRunning
 		}
 		return temporal.NewNonRetryableApplicationError(msg, activities.ErrAttachedRunning, err)
 	// Before ErrNotExist: a chunk missing under a manifest that references it is damage, not absence.

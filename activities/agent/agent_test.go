@@ -520,7 +520,7 @@ func TestErrors(t *testing.T) {
 		err := f.run(ctx, activities.RestoreBackupName, activities.RestoreBackupInput{
 			SourceVolumeID: "vol1", BackupID: "b3", Storage: storage, TargetVolumeID: "vol1", Target: vol}, nil, nil)
 		appErr := requireType(t, err, activities.ErrAttachedRunning)
-		require.Equal(t, agent.MsgAttachedRunning, appErr.Message())
+		require.Equal(t, activities.MsgAttachedRunning, appErr.Message())
 	})
 }
 
