@@ -33,7 +33,7 @@ const billingConfig = testConfig + `plans: {standard: {max_snapshots: 5, max_bac
 const billingQueue = "holdfast-billing-test"
 
 func startBillingWorker(t *testing.T, c *startertest.Cluster, ledger string) {
-	acts, err := billing.New(c.Temporal, billing.SinkConfig{LedgerPath: ledger})
+	acts, err := billing.New(c.Temporal, workers.QueryVolumeUsage(c.Temporal), billing.SinkConfig{LedgerPath: ledger})
 	require.NoError(t, err)
 	w := worker.New(c.Temporal, billingQueue, worker.Options{})
 	w.RegisterWorkflow(workflows.BillingWorkflow)

@@ -58,7 +58,7 @@ func (r billingRun) run(in workflows.BillingInput) (workflows.BillingResult, err
 		return page, nil
 	}, activity.RegisterOptions{Name: workflows.ActivityBillingUsage})
 	// A fresh Activities per run: the ledger is reopened, as after a process restart.
-	acts, err := billing.New(nil, r.sinks)
+	acts, err := billing.New(nil, nil, r.sinks)
 	require.NoError(r.t, err)
 	defer acts.Close()
 	env.RegisterActivityWithOptions(acts.BillingWriteLedger, activity.RegisterOptions{Name: workflows.ActivityBillingWriteLedger})

@@ -59,8 +59,8 @@ func TestBatchKeyIsStableAndDistinct(t *testing.T) {
 }
 
 func TestNewValidatesSinks(t *testing.T) {
-	_, err := billing.New(nil, billing.SinkConfig{WebhookURL: "ftp://panel"})
+	_, err := billing.New(nil, nil, billing.SinkConfig{WebhookURL: "ftp://panel"})
 	assert.ErrorContains(t, err, "webhook_url")
-	_, err = billing.New(nil, billing.SinkConfig{LedgerPath: "/proc/holdfast-nope/ledger.jsonl"})
+	_, err = billing.New(nil, nil, billing.SinkConfig{LedgerPath: "/proc/holdfast-nope/ledger.jsonl"})
 	assert.ErrorContains(t, err, "ledger_path")
 }
