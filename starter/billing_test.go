@@ -42,14 +42,14 @@ func startBillingWorker(t *testing.T, c *startertest.Cluster, ledger string) {
 	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
 }
 
-func ledgerItems(t *testing.T, path string) map[string]workflows.LineItem {
+func ledgerItems(t *testing.T, path string) map[string]billing.LineItem {
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	out := map[string]workflows.LineItem{}
+	out := map[string]billing.LineItem{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var it workflows.LineItem
+		var it billing.LineItem
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &it))
 		_, dup := out[it.IdempotencyKey]
 		require.False(t, dup, "key %s twice", it.IdempotencyKey)

@@ -85,7 +85,7 @@ func EnsureBillingSchedule(ctx context.Context, c client.Client, opts BillingSch
 // workflows.UsageOf. A workflow that has vanished, or a volume never registered, gives nil: left out of the
 // bill. Read-only.
 func QueryVolumeUsage(c client.Client) billing.UsageFunc {
-	return func(ctx context.Context, workflowID string) (*workflows.VolumeUsage, error) {
+	return func(ctx context.Context, workflowID string) (*billing.VolumeUsage, error) {
 		res, err := c.QueryWorkflow(ctx, workflowID, "", workflows.QueryState)
 		if err != nil {
 			var nf *serviceerror.NotFound

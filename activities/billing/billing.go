@@ -2,9 +2,11 @@
 // through the Temporal client, reading each one's retained items through the UsageFunc it is given, and
 // emitting line items to the sinks, a JSON-lines ledger file and an HTTP webhook to the panel.
 //
-// It owns delivery, never pricing: what is billable and how much is decided by workflows.LineItems
-// (deterministic, tested in one place). Every sink is idempotent by line-item key, so a retried activity or
-// a re-run hour never charges twice. It must never be imported by workflows/.
+// It owns delivery and the activity contract (types.go), never pricing: what is billable and how much is
+// decided by workflows.LineItems (deterministic, tested in one place), which takes the contract from here.
+// Every sink is idempotent by line-item key, so a retried activity or a re-run hour never charges twice. It
+// sits below workflows/ and must never import it: how a volume's state becomes usage is supplied by the
+// worker that registers these activities (workers.StartBilling).
 package billing
 
 import (
@@ -18,8 +20,6 @@ import (
 	workflowservice "go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
-
-	"github.com/holdfast/holdfast/workflows"
 )
 
 // SinkConfig says where line items go. Both sinks may be set; an empty field disables its sink.
@@ -47,7 +47,7 @@ type Activities struct {
 // UsageFunc reads one volume's usage by the ID of its entity workflow (listed by BillingUsage). A nil usage
 // with a nil error leaves the volume out of the page; an error fails the page, which is retried. It is
 // called concurrently and must be read-only.
-type UsageFunc func(ctx context.Context, workflowID string) (*workflows.VolumeUsage, error)
+type UsageFunc func(ctx context.Context, workflowID string) (*VolumeUsage, error)
 
 // New returns the billing activities over a connected Temporal client, the way to read one volume's usage
 // and the configured sinks. It opens the ledger (indexing the keys it holds) and validates the webhook URL,
@@ -94,16 +94,16 @@ func volumeListQuery(now time.Time) string {
 // (never-registered volumes and workflows that have vanished; a deregistered volume is not: an hour billed
 // late still bills what it held then); any other read error fails the page, which is retried: billing a
 // partial set of volumes silently would lose revenue.
-func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsageInput) (workflows.BillingUsagePage, error) {
+func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage, error) {
 	pageSize := in.PageSize
 	if pageSize <= 0 {
-		pageSize = workflows.DefaultBillingPageSize
+		pageSize = DefaultPageSize
 	}
 	resp, err := a.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 		PageSize: int32(pageSize), NextPageToken: in.NextPageToken, Query: volumeListQuery(time.Now()),
 	})
 	if err != nil {
-		return workflows.BillingUsagePage{}, fmt.Errorf("list volumes: %w", err)
+		return UsagePage{}, fmt.Errorf("list volumes: %w", err)
 	}
 	seen := map[string]bool{}
 	var ids []string
@@ -115,7 +115,7 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 		}
 	}
 	sort.Strings(ids)
-	usage := make([]*workflows.VolumeUsage, len(ids))
+	usage := make([]*VolumeUsage, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, max(a.queryConcurrency, 1))
 	var wg sync.WaitGroup
@@ -128,10 +128,10 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 		})
 	}
 	wg.Wait()
-	page := workflows.BillingUsagePage{NextPageToken: resp.GetNextPageToken()}
+	page := UsagePage{NextPageToken: resp.GetNextPageToken()}
 	for i, u := range usage {
 		if errs[i] != nil {
-			return workflows.BillingUsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
+			return UsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
 		}
 		if u != nil {
 			page.Volumes = append(page.Volumes, *u)
@@ -142,23 +142,23 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 
 // BillingWriteLedger appends the items whose keys the ledger does not hold yet (activity
 // workflows.ActivityBillingWriteLedger). Idempotent by key; a no-op when no ledger is configured.
-func (a *Activities) BillingWriteLedger(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+func (a *Activities) BillingWriteLedger(ctx context.Context, in EmitInput) (EmitResult, error) {
 	if a.ledger == nil {
-		return workflows.BillingEmitResult{}, nil
+		return EmitResult{}, nil
 	}
 	n, err := a.ledger.Append(in.Items)
-	return workflows.BillingEmitResult{Written: n}, err
+	return EmitResult{Written: n}, err
 }
 
 // BillingPostWebhook posts the items to the panel (activity workflows.ActivityBillingPostWebhook).
 // Idempotent through the Idempotency-Key header and each item's idempotency_key; a no-op when no webhook is
 // configured.
-func (a *Activities) BillingPostWebhook(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+func (a *Activities) BillingPostWebhook(ctx context.Context, in EmitInput) (EmitResult, error) {
 	if a.webhook == nil {
-		return workflows.BillingEmitResult{}, nil
+		return EmitResult{}, nil
 	}
 	if err := a.webhook.Post(ctx, in); err != nil {
-		return workflows.BillingEmitResult{}, err
+		return EmitResult{}, err
 	}
-	return workflows.BillingEmitResult{Written: len(in.Items)}, nil
+	return EmitResult{Written: len(in.Items)}, nil
 }
