@@ -33,7 +33,7 @@ const billingConfig = testConfig + `plans: {standard: {max_snapshots: 5, max_bac
 const billingQueue = "holdfast-billing-test"
 
 func startBillingWorker(t *testing.T, c *startertest.Cluster, ledger string) {
-	acts, err := billing.New(c.Temporal, billing.SinkConfig{LedgerPath: ledger})
+	acts, err := billing.New(c.Temporal, workers.QueryVolumeUsage(c.Temporal), billing.SinkConfig{LedgerPath: ledger})
 	require.NoError(t, err)
 	w := worker.New(c.Temporal, billingQueue, worker.Options{})
 	w.RegisterWorkflow(workflows.BillingWorkflow)
@@ -42,14 +42,14 @@ func startBillingWorker(t *testing.T, c *startertest.Cluster, ledger string) {
 	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
 }
 
-func ledgerItems(t *testing.T, path string) map[string]workflows.LineItem {
+func ledgerItems(t *testing.T, path string) map[string]billing.LineItem {
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	out := map[string]workflows.LineItem{}
+	out := map[string]billing.LineItem{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var it workflows.LineItem
+		var it billing.LineItem
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &it))
 		_, dup := out[it.IdempotencyKey]
 		require.False(t, dup, "key %s twice", it.IdempotencyKey)

@@ -11,6 +11,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
+	"github.com/holdfast/holdfast/activities/billing"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -77,4 +78,30 @@ func EnsureBillingSchedule(ctx context.Context, c client.Client, opts BillingSch
 		return fmt.Errorf("update billing schedule: %w", err)
 	}
 	return nil
+}
+
+// QueryVolumeUsage is how the billing activities read one volume's usage: they list volume workflows, this
+// queries one's state (workflows.QueryState, which reaches the latest run) and trims it with
+// workflows.UsageOf. A workflow that has vanished, or a volume never registered, gives nil: left out of the
+// bill. Read-only.
+func QueryVolumeUsage(c client.Client) billing.UsageFunc {
+	return func(ctx context.Context, workflowID string) (*billing.VolumeUsage, error) {
+		res, err := c.QueryWorkflow(ctx, workflowID, "", workflows.QueryState)
+		if err != nil {
+			var nf *serviceerror.NotFound
+			if errors.As(err, &nf) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		var st workflows.VolumeState
+		if err := res.Get(&st); err != nil {
+			return nil, err
+		}
+		if st.Spec.VolumeID == "" {
+			return nil, nil // never registered: nothing was ever billable
+		}
+		u := workflows.UsageOf(st)
+		return &u, nil
+	}
 }

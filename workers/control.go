@@ -1,6 +1,7 @@
 // Package workers builds Holdfast's Temporal workers: the control-plane worker (every workflow plus the
 // control activities, task queue workflows.TaskQueue) and, elsewhere, one hypervisor agent per host. It owns
-// registration only: what runs is in workflows/ and activities/.
+// registration and the wiring between layers (such as how billing reads a volume's usage, QueryVolumeUsage):
+// what runs is in workflows/ and activities/.
 package workers
 
 import (
@@ -48,8 +49,9 @@ func RegisterWorkflows(r worker.WorkflowRegistry) {
 	r.RegisterWorkflow(workflows.CleanupWorkflow)
 }
 
-// StartBilling registers the billing activities on the control worker and makes sure the hourly billing
-// schedule exists. It does nothing when no sink is configured. The returned close releases the ledger.
+// StartBilling registers the billing activities (reading usage with QueryVolumeUsage) on the control worker
+// and makes sure the hourly billing schedule exists. It does nothing when no sink is configured. The
+// returned close releases the ledger.
 func StartBilling(ctx context.Context, w worker.Registry, c client.Client, cfg config.Billing) (func(), error) {
 	if !cfg.Enabled() {
 		return func() {}, nil
@@ -58,7 +60,7 @@ func StartBilling(ctx context.Context, w worker.Registry, c client.Client, cfg c
 	if cfg.WebhookTokenEnv != "" {
 		sink.WebhookToken = os.Getenv(cfg.WebhookTokenEnv)
 	}
-	acts, err := billing.New(c, sink)
+	acts, err := billing.New(c, QueryVolumeUsage(c), sink)
 	if err != nil {
 		return nil, err
 	}

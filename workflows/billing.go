@@ -8,26 +8,24 @@ import (
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/activities/billing"
 )
 
 // Billing activity names (part of the wire contract: never rename). They run on the workflow's own task
 // queue, workflows.TaskQueue in production, and are implemented by activities/billing.Activities, whose
-// method names are these names.
+// method names are these names; their inputs and results are activities/billing's contract types.
 const (
-	// ActivityBillingUsage lists one page of volumes and returns their items (BillingUsageInput →
-	// BillingUsagePage).
+	// ActivityBillingUsage lists one page of volumes and returns their items (billing.UsageInput →
+	// billing.UsagePage).
 	ActivityBillingUsage = "BillingUsage"
 	// ActivityBillingWriteLedger appends line items to the JSON-lines ledger, skipping keys it already holds
-	// (BillingEmitInput → BillingEmitResult).
+	// (billing.EmitInput → billing.EmitResult).
 	ActivityBillingWriteLedger = "BillingWriteLedger"
-	// ActivityBillingPostWebhook posts line items to the panel's webhook (BillingEmitInput →
-	// BillingEmitResult).
+	// ActivityBillingPostWebhook posts line items to the panel's webhook (billing.EmitInput →
+	// billing.EmitResult).
 	ActivityBillingPostWebhook = "BillingPostWebhook"
 )
-
-// ErrWebhookRejected is the non-retryable activity error type of a webhook answer that no retry can fix
-// (a 4xx other than 409 and 429).
-const ErrWebhookRejected = "WebhookRejected"
 
 // SearchScheduledStartTime is the search attribute the Temporal server sets on every workflow a Schedule
 // starts: the action's nominal (scheduled) time, also for buffered and caught-up actions.
@@ -36,15 +34,12 @@ const SearchScheduledStartTime = "TemporalScheduledStartTime"
 // BytesPerGB is the billing unit: 1 GB = 1 GiB (2^30 bytes), the unit volumes are sized in.
 const BytesPerGB = 1 << 30
 
-// DefaultBillingPageSize bounds how many volumes one usage activity reads (and so the payload it returns).
-const DefaultBillingPageSize = 100
-
 // BillingInput starts (or continues) one BillingWorkflow run: one run bills one hour.
 type BillingInput struct {
 	// Hour is the hour being billed (UTC, truncated to the hour). Zero: the hour before the schedule's
 	// action time (billing is in arrears: the 15:00 action bills 14:00–15:00).
 	Hour time.Time `json:"hour,omitempty"`
-	// PageSize is how many volumes one usage activity reads (0: DefaultBillingPageSize).
+	// PageSize is how many volumes one usage activity reads (0: billing.DefaultPageSize).
 	PageSize int `json:"page_size,omitempty"`
 	// NextPageToken resumes the volume listing after continue-as-new.
 	NextPageToken []byte `json:"next_page_token,omitempty"`
@@ -64,60 +59,31 @@ type BillingResult struct {
 	WebhookPosted int `json:"webhook_posted"`
 }
 
-// BillingUsageInput asks for one page of volumes.
-type BillingUsageInput struct {
-	PageSize      int    `json:"page_size"`
-	NextPageToken []byte `json:"next_page_token,omitempty"`
-}
-
-// BillingUsagePage is one page of volumes with the items they retain right now.
-type BillingUsagePage struct {
-	Volumes []VolumeUsage `json:"volumes"`
-	// NextPageToken is empty on the last page.
-	NextPageToken []byte `json:"next_page_token,omitempty"`
-}
-
-// VolumeUsage is what billing needs of one volume: who pays, the plan's prices, and every item with its
-// status (the workflow, not the activity, decides what is billable, so the rule is tested in one place).
-type VolumeUsage struct {
-	VolumeID  string      `json:"volume_id"`
-	OwnerID   string      `json:"owner_id"`
-	Plan      Plan        `json:"plan"`
-	Snapshots []ItemUsage `json:"snapshots,omitempty"`
-	Backups   []ItemUsage `json:"backups,omitempty"`
-}
-
-// ItemUsage is the billing view of an Item. AvailableAt and DeletedAt (when known) place it in time: an hour
-// bills the items that existed in it, however late it is billed.
-type ItemUsage struct {
-	ItemID      string     `json:"item_id"`
-	Status      Status     `json:"status"`
-	SizeBytes   int64      `json:"size_bytes"`
-	StoredBytes int64      `json:"stored_bytes,omitempty"`
-	AvailableAt *time.Time `json:"available_at,omitempty"`
-	DeletedAt   *time.Time `json:"deleted_at,omitempty"`
-}
-
-// UsageOf trims a volume's state to what billing reads: its items, and those deleted lately (Gone*).
-func UsageOf(st VolumeState) VolumeUsage {
-	trim := func(lists ...[]Item) []ItemUsage {
-		var out []ItemUsage
+// UsageOf trims a volume's state to what billing reads: the plan's prices, its items, and those deleted
+// lately (Gone*).
+func UsageOf(st VolumeState) billing.VolumeUsage {
+	trim := func(lists ...[]Item) []billing.ItemUsage {
+		var out []billing.ItemUsage
 		for _, items := range lists {
 			for _, it := range items {
-				out = append(out, ItemUsage{ItemID: it.ItemID, Status: it.Status, SizeBytes: it.SizeBytes,
-					StoredBytes: it.StoredBytes, AvailableAt: it.AvailableAt, DeletedAt: it.DeletedAt})
+				out = append(out, billing.ItemUsage{ItemID: it.ItemID, Status: string(it.Status),
+					SizeBytes: it.SizeBytes, StoredBytes: it.StoredBytes, AvailableAt: it.AvailableAt,
+					DeletedAt: it.DeletedAt})
 			}
 		}
 		return out
 	}
-	return VolumeUsage{VolumeID: st.Spec.VolumeID, OwnerID: st.Spec.OwnerID, Plan: st.Spec.Plan,
+	plan := st.Spec.Plan
+	return billing.VolumeUsage{VolumeID: st.Spec.VolumeID, OwnerID: st.Spec.OwnerID,
+		Plan: billing.Prices{PlanID: plan.PlanID, SnapshotCreditValue: plan.SnapshotCreditValue,
+			BackupCreditValue: plan.BackupCreditValue},
 		Snapshots: trim(st.Snapshots, st.GoneSnapshots), Backups: trim(st.Backups, st.GoneBackups)}
 }
 
 // existedIn says whether an item was available at some time during [hour, hour+1h). Items recorded before
 // AvailableAt existed are judged by their status now, as billing always did.
-func (it ItemUsage) existedIn(hour time.Time) bool {
-	if it.Status != StatusAvailable {
+func existedIn(it billing.ItemUsage, hour time.Time) bool {
+	if it.Status != string(StatusAvailable) {
 		return false
 	}
 	end := hour.Add(time.Hour)
@@ -125,29 +91,6 @@ func (it ItemUsage) existedIn(hour time.Time) bool {
 		return false // not yet available in that hour
 	}
 	return it.DeletedAt == nil || it.DeletedAt.After(hour)
-}
-
-// LineItem is one charge: a volume's retained GB of one kind during one hour. IdempotencyKey
-// ("vol1/backup/2026-11-23T14") is unique per (volume, kind, hour): every sink uses it so that re-running an
-// hour never charges twice.
-type LineItem struct {
-	IdempotencyKey string    `json:"idempotency_key"`
-	VolumeID       string    `json:"volume_id"`
-	OwnerID        string    `json:"owner_id"`
-	PlanID         string    `json:"plan_id"`
-	Kind           Kind      `json:"kind"`
-	Hour           time.Time `json:"hour"`
-	// Items is how many available items were counted.
-	Items int     `json:"items"`
-	GB    float64 `json:"gb"`
-	// CreditValue is the plan's credits per GB-month; Credits = GB × CreditValue ÷ hours in the month.
-	CreditValue float64 `json:"credit_value"`
-	Credits     float64 `json:"credits"`
-}
-
-// LineItemKey is the idempotency key of (volume, kind, hour).
-func LineItemKey(volumeID string, kind Kind, hour time.Time) string {
-	return volumeID + "/" + string(kind) + "/" + hour.UTC().Format("2006-01-02T15")
 }
 
 // HoursInMonth is the number of hours in the (UTC) month of t: 672, 696, 720 or 744.
@@ -168,20 +111,20 @@ func HoursInMonth(t time.Time) int {
 //     visible and a later price change needs no different code path.
 //
 // It is pure and deterministic: the same volumes give the same items.
-func LineItems(hour time.Time, volumes []VolumeUsage) []LineItem {
+func LineItems(hour time.Time, volumes []billing.VolumeUsage) []billing.LineItem {
 	hour = hour.UTC().Truncate(time.Hour)
 	hours := float64(HoursInMonth(hour))
-	var out []LineItem
+	var out []billing.LineItem
 	for _, v := range volumes {
 		for _, k := range []struct {
 			kind  Kind
-			items []ItemUsage
+			items []billing.ItemUsage
 			value float64
 		}{{KindSnapshot, v.Snapshots, v.Plan.SnapshotCreditValue}, {KindBackup, v.Backups, v.Plan.BackupCreditValue}} {
 			var bytes int64
 			n := 0
 			for _, it := range k.items {
-				if !it.existedIn(hour) {
+				if !existedIn(it, hour) {
 					continue
 				}
 				b := it.SizeBytes
@@ -195,24 +138,14 @@ func LineItems(hour time.Time, volumes []VolumeUsage) []LineItem {
 				continue
 			}
 			gb := float64(bytes) / BytesPerGB
-			out = append(out, LineItem{IdempotencyKey: LineItemKey(v.VolumeID, k.kind, hour), VolumeID: v.VolumeID,
-				OwnerID: v.OwnerID, PlanID: v.Plan.PlanID, Kind: k.kind, Hour: hour, Items: n, GB: gb,
-				CreditValue: k.value, Credits: gb * k.value / hours})
+			kind := string(k.kind)
+			out = append(out, billing.LineItem{IdempotencyKey: billing.LineItemKey(v.VolumeID, kind, hour),
+				VolumeID: v.VolumeID, OwnerID: v.OwnerID, PlanID: v.Plan.PlanID, Kind: kind, Hour: hour, Items: n,
+				GB: gb, CreditValue: k.value, Credits: gb * k.value / hours})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].IdempotencyKey < out[j].IdempotencyKey })
 	return out
-}
-
-// BillingEmitInput hands line items to a sink.
-type BillingEmitInput struct {
-	Hour  time.Time  `json:"hour"`
-	Items []LineItem `json:"items"`
-}
-
-// BillingEmitResult says how many items a sink newly accepted.
-type BillingEmitResult struct {
-	Written int `json:"written"`
 }
 
 // BillingWorkflow bills one hour: it reads every volume's items a page at a time, computes the line items
@@ -227,7 +160,7 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 	hour = hour.UTC().Truncate(time.Hour)
 	pageSize := in.PageSize
 	if pageSize <= 0 {
-		pageSize = DefaultBillingPageSize
+		pageSize = billing.DefaultPageSize
 	}
 	res := in.Totals
 	res.Hour = hour
@@ -249,14 +182,14 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 		// the same idempotency keys.
 		StartToCloseTimeout: time.Minute, ScheduleToCloseTimeout: 6 * time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2,
-			MaximumInterval: 5 * time.Minute, NonRetryableErrorTypes: []string{ErrWebhookRejected}},
+			MaximumInterval: 5 * time.Minute, NonRetryableErrorTypes: []string{billing.ErrWebhookRejected}},
 	})
 
 	token := in.NextPageToken
 	for {
-		var page BillingUsagePage
+		var page billing.UsagePage
 		if err := workflow.ExecuteActivity(usageCtx, ActivityBillingUsage,
-			BillingUsageInput{PageSize: pageSize, NextPageToken: token}).Get(ctx, &page); err != nil {
+			billing.UsageInput{PageSize: pageSize, NextPageToken: token}).Get(ctx, &page); err != nil {
 			return res, fmt.Errorf("billing %s: read usage: %w", hour.Format("2006-01-02T15"), err)
 		}
 		items := LineItems(hour, page.Volumes)
@@ -264,10 +197,10 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 		res.LineItems += len(items)
 		if len(items) > 0 {
 			// Both sinks at once: a webhook outage must not hold back the ledger.
-			emit := BillingEmitInput{Hour: hour, Items: items}
+			emit := billing.EmitInput{Hour: hour, Items: items}
 			ledger := workflow.ExecuteActivity(ledgerCtx, ActivityBillingWriteLedger, emit)
 			webhook := workflow.ExecuteActivity(webhookCtx, ActivityBillingPostWebhook, emit)
-			var l, w BillingEmitResult
+			var l, w billing.EmitResult
 			lerr := ledger.Get(ctx, &l)
 			werr := webhook.Get(ctx, &w)
 			res.LedgerWritten += l.Written

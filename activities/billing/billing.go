@@ -1,27 +1,25 @@
-// Package billing holds the side effects of hourly billing (workflows.BillingWorkflow): reading every
-// volume's retained items through the Temporal client (visibility list + state query) and emitting line
-// items to the sinks, a JSON-lines ledger file and an HTTP webhook to the panel.
+// Package billing holds the side effects of hourly billing (workflows.BillingWorkflow): listing the volumes
+// through the Temporal client, reading each one's retained items through the UsageFunc it is given, and
+// emitting line items to the sinks, a JSON-lines ledger file and an HTTP webhook to the panel.
 //
-// It owns delivery, never pricing: what is billable and how much is decided by workflows.LineItems
-// (deterministic, tested in one place). Every sink is idempotent by line-item key, so a retried activity or
-// a re-run hour never charges twice. It must never be imported by workflows/.
+// It owns delivery and the activity contract (types.go), never pricing: what is billable and how much is
+// decided by workflows.LineItems (deterministic, tested in one place), which takes the contract from here.
+// Every sink is idempotent by line-item key, so a retried activity or a re-run hour never charges twice. It
+// sits below workflows/ and must never import it: how a volume's state becomes usage is supplied by the
+// worker that registers these activities (workers.StartBilling).
 package billing
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"sort"
 	"sync"
 	"time"
 
-	"go.temporal.io/api/serviceerror"
 	workflowservice "go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
-
-	"github.com/holdfast/holdfast/workflows"
 )
 
 // SinkConfig says where line items go. Both sinks may be set; an empty field disables its sink.
@@ -39,16 +37,24 @@ type SinkConfig struct {
 // ActivityBillingPostWebhook), so registering the struct registers exactly those.
 type Activities struct {
 	temporal client.Client
+	usage    UsageFunc
 	ledger   *Ledger
 	webhook  *Webhook
-	// queryConcurrency bounds state queries in flight per usage page.
+	// queryConcurrency bounds usage reads (state queries) in flight per usage page.
 	queryConcurrency int
 }
 
-// New returns the billing activities over a connected Temporal client and the configured sinks. It opens
-// the ledger (indexing the keys it holds) and validates the webhook URL, so misconfiguration fails at start.
-func New(c client.Client, cfg SinkConfig) (*Activities, error) {
-	a := &Activities{temporal: c, queryConcurrency: 8}
+// UsageFunc reads one volume's usage by the ID of its entity workflow (listed by BillingUsage). A nil usage
+// with a nil error leaves the volume out of the page; an error fails the page, which is retried. It is
+// called concurrently and must be read-only.
+type UsageFunc func(ctx context.Context, workflowID string) (*VolumeUsage, error)
+
+// New returns the billing activities over a connected Temporal client, the way to read one volume's usage
+// and the configured sinks. It opens the ledger (indexing the keys it holds) and validates the webhook URL,
+// so misconfiguration fails at start. c and usage may be nil where BillingUsage never runs (the sinks
+// alone).
+func New(c client.Client, usage UsageFunc, cfg SinkConfig) (*Activities, error) {
+	a := &Activities{temporal: c, usage: usage, queryConcurrency: 8}
 	if cfg.LedgerPath != "" {
 		l, err := OpenLedger(cfg.LedgerPath)
 		if err != nil {
@@ -83,20 +89,21 @@ func volumeListQuery(now time.Time) string {
 		`(ExecutionStatus = "ContinuedAsNew" AND CloseTime > "%s"))`, now.Add(-2*time.Hour).UTC().Format(time.RFC3339))
 }
 
-// BillingUsage lists one page of volume workflows and queries each one's state (activity
-// workflows.ActivityBillingUsage). Read-only, so idempotent. Never-registered volumes and workflows that have
-// vanished are left out (a deregistered volume is not: an hour billed late still bills what it held then); any other query error fails the page, which is retried: billing a partial set of
-// volumes silently would lose revenue.
-func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsageInput) (workflows.BillingUsagePage, error) {
+// BillingUsage lists one page of volume workflows and reads each one's usage (activity
+// workflows.ActivityBillingUsage). Read-only, so idempotent. Volumes whose usage is nil are left out
+// (never-registered volumes and workflows that have vanished; a deregistered volume is not: an hour billed
+// late still bills what it held then); any other read error fails the page, which is retried: billing a
+// partial set of volumes silently would lose revenue.
+func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage, error) {
 	pageSize := in.PageSize
 	if pageSize <= 0 {
-		pageSize = workflows.DefaultBillingPageSize
+		pageSize = DefaultPageSize
 	}
 	resp, err := a.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 		PageSize: int32(pageSize), NextPageToken: in.NextPageToken, Query: volumeListQuery(time.Now()),
 	})
 	if err != nil {
-		return workflows.BillingUsagePage{}, fmt.Errorf("list volumes: %w", err)
+		return UsagePage{}, fmt.Errorf("list volumes: %w", err)
 	}
 	seen := map[string]bool{}
 	var ids []string
@@ -108,7 +115,7 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 		}
 	}
 	sort.Strings(ids)
-	usage := make([]*workflows.VolumeUsage, len(ids))
+	usage := make([]*VolumeUsage, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, max(a.queryConcurrency, 1))
 	var wg sync.WaitGroup
@@ -116,15 +123,15 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			usage[i], errs[i] = a.volumeUsage(ctx, id)
+			usage[i], errs[i] = a.usage(ctx, id)
 			activity.RecordHeartbeat(ctx, i)
 		})
 	}
 	wg.Wait()
-	page := workflows.BillingUsagePage{NextPageToken: resp.GetNextPageToken()}
+	page := UsagePage{NextPageToken: resp.GetNextPageToken()}
 	for i, u := range usage {
 		if errs[i] != nil {
-			return workflows.BillingUsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
+			return UsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
 		}
 		if u != nil {
 			page.Volumes = append(page.Volumes, *u)
@@ -133,45 +140,25 @@ func (a *Activities) BillingUsage(ctx context.Context, in workflows.BillingUsage
 	return page, nil
 }
 
-func (a *Activities) volumeUsage(ctx context.Context, workflowID string) (*workflows.VolumeUsage, error) {
-	res, err := a.temporal.QueryWorkflow(ctx, workflowID, "", workflows.QueryState)
-	if err != nil {
-		var nf *serviceerror.NotFound
-		if errors.As(err, &nf) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	var st workflows.VolumeState
-	if err := res.Get(&st); err != nil {
-		return nil, err
-	}
-	if st.Spec.VolumeID == "" {
-		return nil, nil // never registered: nothing was ever billable
-	}
-	u := workflows.UsageOf(st)
-	return &u, nil
-}
-
 // BillingWriteLedger appends the items whose keys the ledger does not hold yet (activity
 // workflows.ActivityBillingWriteLedger). Idempotent by key; a no-op when no ledger is configured.
-func (a *Activities) BillingWriteLedger(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+func (a *Activities) BillingWriteLedger(ctx context.Context, in EmitInput) (EmitResult, error) {
 	if a.ledger == nil {
-		return workflows.BillingEmitResult{}, nil
+		return EmitResult{}, nil
 	}
 	n, err := a.ledger.Append(in.Items)
-	return workflows.BillingEmitResult{Written: n}, err
+	return EmitResult{Written: n}, err
 }
 
 // BillingPostWebhook posts the items to the panel (activity workflows.ActivityBillingPostWebhook).
 // Idempotent through the Idempotency-Key header and each item's idempotency_key; a no-op when no webhook is
 // configured.
-func (a *Activities) BillingPostWebhook(ctx context.Context, in workflows.BillingEmitInput) (workflows.BillingEmitResult, error) {
+func (a *Activities) BillingPostWebhook(ctx context.Context, in EmitInput) (EmitResult, error) {
 	if a.webhook == nil {
-		return workflows.BillingEmitResult{}, nil
+		return EmitResult{}, nil
 	}
 	if err := a.webhook.Post(ctx, in); err != nil {
-		return workflows.BillingEmitResult{}, err
+		return EmitResult{}, err
 	}
-	return workflows.BillingEmitResult{Written: len(in.Items)}, nil
+	return EmitResult{Written: len(in.Items)}, nil
 }

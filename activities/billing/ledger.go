@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
-
-	"github.com/holdfast/holdfast/workflows"
 )
 
 // Ledger is an append-only JSON-lines file of line items, one object per line, each key at most once.
@@ -64,7 +62,7 @@ func (l *Ledger) Has(key string) bool {
 }
 
 // Append writes the items not yet in the ledger and returns how many it wrote.
-func (l *Ledger) Append(items []workflows.LineItem) (int, error) {
+func (l *Ledger) Append(items []LineItem) (int, error) {
 	written := 0
 	err := l.locked(func() error {
 		if err := l.catchUp(); err != nil {

@@ -13,16 +13,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/holdfast/holdfast/activities/billing"
-	"github.com/holdfast/holdfast/workflows"
 )
 
 var hour = time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
 
-func items(volumeIDs ...string) []workflows.LineItem {
-	var out []workflows.LineItem
+func items(volumeIDs ...string) []billing.LineItem {
+	var out []billing.LineItem
 	for _, v := range volumeIDs {
-		out = append(out, workflows.LineItem{IdempotencyKey: workflows.LineItemKey(v, workflows.KindBackup, hour),
-			VolumeID: v, OwnerID: "acct-1", PlanID: "p", Kind: workflows.KindBackup, Hour: hour, Items: 1, GB: 1, Credits: 0.01})
+		out = append(out, billing.LineItem{IdempotencyKey: billing.LineItemKey(v, "backup", hour),
+			VolumeID: v, OwnerID: "acct-1", PlanID: "p", Kind: "backup", Hour: hour, Items: 1, GB: 1, Credits: 0.01})
 	}
 	return out
 }

@@ -12,7 +12,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/holdfast/holdfast/activities/billing"
-	"github.com/holdfast/holdfast/workflows"
 )
 
 func TestWebhookClassifiesAnswers(t *testing.T) {
@@ -29,7 +28,7 @@ func TestWebhookClassifiesAnswers(t *testing.T) {
 			key = r.Header.Get("Idempotency-Key")
 			w.WriteHeader(tc.code)
 		}))
-		err := billing.NewWebhook(srv.URL, "").Post(context.Background(), workflows.BillingEmitInput{Hour: hour, Items: items("vol1")})
+		err := billing.NewWebhook(srv.URL, "").Post(context.Background(), billing.EmitInput{Hour: hour, Items: items("vol1")})
 		srv.Close()
 		assert.Equal(t, billing.BatchKey(items("vol1")), key)
 		if tc.ok {
@@ -38,7 +37,7 @@ func TestWebhookClassifiesAnswers(t *testing.T) {
 		}
 		require.Error(t, err, "HTTP %d", tc.code)
 		var app *temporal.ApplicationError
-		isRejected := errors.As(err, &app) && app.Type() == workflows.ErrWebhookRejected && app.NonRetryable()
+		isRejected := errors.As(err, &app) && app.Type() == billing.ErrWebhookRejected && app.NonRetryable()
 		assert.Equal(t, tc.nonRetryable, isRejected, "HTTP %d: %v", tc.code, err)
 	}
 }
@@ -47,7 +46,7 @@ func TestWebhookConnectionErrorIsRetryable(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close()
-	err := billing.NewWebhook(url, "").Post(context.Background(), workflows.BillingEmitInput{Hour: hour, Items: items("vol1")})
+	err := billing.NewWebhook(url, "").Post(context.Background(), billing.EmitInput{Hour: hour, Items: items("vol1")})
 	require.Error(t, err)
 	var app *temporal.ApplicationError
 	assert.False(t, errors.As(err, &app) && app.NonRetryable())
@@ -59,8 +58,8 @@ func TestBatchKeyIsStableAndDistinct(t *testing.T) {
 }
 
 func TestNewValidatesSinks(t *testing.T) {
-	_, err := billing.New(nil, billing.SinkConfig{WebhookURL: "ftp://panel"})
+	_, err := billing.New(nil, nil, billing.SinkConfig{WebhookURL: "ftp://panel"})
 	assert.ErrorContains(t, err, "webhook_url")
-	_, err = billing.New(nil, billing.SinkConfig{LedgerPath: "/proc/holdfast-nope/ledger.jsonl"})
+	_, err = billing.New(nil, nil, billing.SinkConfig{LedgerPath: "/proc/holdfast-nope/ledger.jsonl"})
 	assert.ErrorContains(t, err, "ledger_path")
 }

@@ -38,6 +38,7 @@ import (
 	backupfs "github.com/holdfast/holdfast/activities/backup/fs"
 	s3store "github.com/holdfast/holdfast/activities/backup/s3"
 	"github.com/holdfast/holdfast/activities/backup/stores"
+	"github.com/holdfast/holdfast/activities/billing"
 	"github.com/holdfast/holdfast/activities/volume"
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/starter/startertest"
@@ -556,11 +557,11 @@ func (e *e2e) assertBilledOnce(backups map[string]int) {
 	lines := map[string]int{}
 	items := map[string]int{}
 	for sc := bufio.NewScanner(f); sc.Scan(); {
-		var li workflows.LineItem
+		var li billing.LineItem
 		require.NoError(e.t, json.Unmarshal(sc.Bytes(), &li))
 		if li.Hour.Equal(hour) {
 			lines[li.IdempotencyKey]++
-			if li.Kind == workflows.KindBackup {
+			if li.Kind == string(workflows.KindBackup) {
 				items[li.VolumeID] = li.Items
 			}
 		}
