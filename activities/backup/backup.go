@@ -2,15 +2,10 @@ package backup
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -36,50 +31,6 @@ type BackupRequest struct {
 	Progress func(Progress)
 }
 
-// journalSegment is one durable step of a running backup: the chunks and zero ranges of [From, To).
-// Segments chain From == previous To; resume replays them and continues from the last To.
-type journalSegment struct {
-	FormatVersion int        `json:"format_version"`
-	Seq           int        `json:"seq"`
-	Size          int64      `json:"size"`
-	ChunkSize     int64      `json:"chunk_size"`
-	Parent        string     `json:"parent,omitempty"`
-	KeyID         string     `json:"key_id,omitempty"`
-	CreatedAt     time.Time  `json:"created_at"`
-	From          int64      `json:"from"`
-	To            int64      `json:"to"`
-	Chunks        []ChunkRef `json:"chunks"`
-	ZeroRanges    []Extent   `json:"zero_ranges"`
-	// MAC authenticates the segment in an encrypted store, as Manifest.MAC does a manifest: a resumed backup
-	// records what its journal says for the range it covers, without reading it again, so a segment written
-	// by someone without the key must not count. It covers the volume and backup ids too, so a genuine
-	// segment of another backup does not count either.
-	MAC string `json:"mac,omitempty"`
-}
-
-// journalMAC is the MAC of seg (its MAC field aside) as a segment of backupID of volumeID.
-func (c *codec) journalMAC(volumeID, backupID string, seg journalSegment) (string, error) {
-	seg.MAC = ""
-	body, err := json.Marshal(&seg)
-	if err != nil {
-		return "", err
-	}
-	h := hmac.New(sha256.New, c.jrnKey)
-	fmt.Fprintf(h, "%s\x00%s\x00", volumeID, backupID)
-	_, _ = h.Write(body)
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// authenticJournal reports whether seg may be resumed from: always without a key (an unencrypted store
-// cannot tell), else when its MAC is valid.
-func (c *codec) authenticJournal(volumeID, backupID string, seg journalSegment) bool {
-	if c.jrnKey == nil {
-		return true
-	}
-	want, err := c.journalMAC(volumeID, backupID, seg)
-	return err == nil && hmac.Equal([]byte(seg.MAC), []byte(want))
-}
-
 // chunkResult is what a worker learned about one chunk.
 type chunkResult struct {
 	off, length int64
@@ -96,6 +47,10 @@ type chunkResult struct {
 // the volume to finish (then fails with ErrLocked), and fails with ErrLockLost if its lock is removed under
 // it (its backup abandoned, or a newer attempt of it started). Both are retryable. The manifest is written
 // only once every chunk it lists is confirmed stored (commit).
+//
+// The stages, in order: committedBackup (a retry of a backup that already committed is done), then under
+// the lock planBackup (the parent and the chunks known to be stored), resumeBackup (the journal of a crashed
+// run), transfer (read, upload and journal every chunk) and commitBackup (confirm, write the manifest).
 func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, error) {
 	if err := checkIDs(req.VolumeID, req.BackupID); err != nil {
 		return nil, err
@@ -103,19 +58,12 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if req.Source == nil || req.Size < 0 {
 		return nil, errors.New("backup: a source and a non-negative size are required")
 	}
-	cs := e.opts.ChunkSize
 	rep := newReporter(req.Progress, e.opts, 0)
 	rep.report(Progress{Phase: PhasePrepare, BytesTotal: req.Size}, true)
 
 	// A retried activity whose first attempt committed but never reported back: the backup exists, done.
-	if m, err := e.Manifest(ctx, req.VolumeID, req.BackupID); err == nil && m.Size == req.Size {
-		rep.report(Progress{Phase: PhaseDone, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: req.Size}, true)
-		return m, nil
-	} else if err == nil {
-		return nil, fmt.Errorf("backup %s of volume %s already exists with size %d, not %d",
-			req.BackupID, req.VolumeID, m.Size, req.Size)
-	} else if !errors.Is(err, ErrNotExist) {
-		return nil, err
+	if m, done, err := e.committedBackup(ctx, req, rep); done || err != nil {
+		return m, err
 	}
 
 	// From here on the backup holds its volume's shared lock (lock.go), so no GC sweeps the volume while it
@@ -128,6 +76,52 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	defer lock.release()
 	ctx = lock.ctx
 
+	plan, err := e.planBackup(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	st, err := e.resumeBackup(ctx, req, plan.known)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.transfer(ctx, req, plan, st, rep); err != nil {
+		return nil, err
+	}
+	return e.commitBackup(ctx, lock, req, st, rep)
+}
+
+// committedBackup looks for the manifest of req's backup, which exists when an earlier attempt committed but
+// never reported back. It returns that manifest and true, having reported PhaseDone, when it exists with
+// req's size; an error when it exists with another size or the store cannot say; nil, false, nil when
+// there is none and the backup goes on. It writes nothing.
+func (e *Engine) committedBackup(ctx context.Context, req BackupRequest, rep *progressReporter) (*Manifest, bool, error) {
+	if m, err := e.Manifest(ctx, req.VolumeID, req.BackupID); err == nil && m.Size == req.Size {
+		rep.report(Progress{Phase: PhaseDone, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: req.Size}, true)
+		return m, true, nil
+	} else if err == nil {
+		return nil, false, fmt.Errorf("backup %s of volume %s already exists with size %d, not %d",
+			req.BackupID, req.VolumeID, m.Size, req.Size)
+	} else if !errors.Is(err, ErrNotExist) {
+		return nil, false, err
+	}
+	return nil, false, nil
+}
+
+// backupPlan is what a backup knows before it reads its source.
+type backupPlan struct {
+	// known are chunks known to be stored, with their stored sizes: they are not uploaded (nor Stat-ed) again.
+	known *knownSet
+	// parent is req.Parent's manifest when its chunks line up with this backup's (same hash, key and chunk
+	// size), else nil; changed is req.Changed sorted, kept only with such a parent (nil: read everything).
+	parent  *Manifest
+	changed []Extent
+}
+
+// planBackup reads req.Parent's manifest (a parent that cannot be read fails the backup, wrapped "parent:")
+// and makes the plan: its chunks are known, and with req.Changed its unchanged chunks are taken from it.
+// It writes nothing.
+func (e *Engine) planBackup(ctx context.Context, req BackupRequest) (backupPlan, error) {
+	cs := e.opts.ChunkSize
 	// Known chunks: those of the parent need no Stat. Every backup still restores alone, because a chunk is
 	// only deleted by GC once no manifest references it.
 	known := &knownSet{m: map[string]int64{}}
@@ -135,7 +129,7 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if req.Parent != "" {
 		p, err := e.Manifest(ctx, req.VolumeID, req.Parent)
 		if err != nil {
-			return nil, fmt.Errorf("parent: %w", err)
+			return backupPlan{}, fmt.Errorf("parent: %w", err)
 		}
 		if p.Hash == e.codec.hashName() && p.KeyID == e.codec.keyID {
 			for _, c := range p.Chunks {
@@ -152,7 +146,14 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 		copy(changed, req.Changed)
 		sort.Slice(changed, func(i, j int) bool { return changed[i].Offset < changed[j].Offset })
 	}
+	return backupPlan{known: known, parent: parent, changed: changed}, nil
+}
 
+// resumeBackup returns the backup's state to continue from: what the journal of a crashed run covers when
+// req.Resume points past 0 (loadJournal: only segments that chain and authenticate count), else nothing,
+// after deleting any journal left by an earlier attempt so that it is never replayed. The chunks the state
+// lists join known.
+func (e *Engine) resumeBackup(ctx context.Context, req BackupRequest, known *knownSet) (*backupState, error) {
 	// Resume: replay the journal of the crashed run, or start clean.
 	st := &backupState{createdAt: e.opts.Now().UTC()}
 	if req.Resume != nil && req.Resume.NextOffset > 0 {
@@ -165,6 +166,17 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	for _, c := range st.chunks {
 		known.put(c.ID, c.StoredSize)
 	}
+	return st, nil
+}
+
+// transfer backs up every chunk from st.next to req.Size: Concurrency workers read and upload them
+// (uploadChunks) while this goroutine puts their results in order, journals and reports progress (collect).
+// It returns nil only with st covering all of req.Size, and only once every worker has stopped. On failure
+// it keeps what is done resumable (a last journal write, best effort, off the dead ctx, reported as a
+// checkpoint when it lands) and returns, wrapped with the backup's ids, the cause of a cancelled or
+// lost-lock ctx, else the first failure.
+func (e *Engine) transfer(ctx context.Context, req BackupRequest, plan backupPlan, st *backupState, rep *progressReporter) error {
+	cs := e.opts.ChunkSize
 	start := st.next
 	rep.base = start
 
@@ -182,32 +194,72 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		type buffers struct {
-			plain []byte
-			seal  sealBufs
-		}
-		bufs := make([]buffers, e.opts.Concurrency)
-		err := parallel(wctx, e.opts.Concurrency, nChunks, func(ctx context.Context, w, i int) error {
-			b := &bufs[w]
-			if b.plain == nil {
-				b.plain = make([]byte, cs)
-			}
-			off := start + int64(i)*cs
-			r, err := e.backupChunk(ctx, req, parent, changed, known, off, min(cs, req.Size-off), b.plain, &b.seal)
-			if err != nil {
-				return err
-			}
-			// Always deliver: the chunk is stored, and the collector drains until close, so even after a
-			// failure elsewhere it lands in the final journal write and a resume need not redo it.
-			results <- r
-			return nil
-		})
+		err := e.uploadChunks(wctx, req, plan, start, nChunks, results)
 		if err != nil {
 			cancel(err)
 		}
 		close(results)
 	}()
 
+	collectErr := e.collect(wctx, cancel, req, st, rep, results)
+	wg.Wait()
+	if cause := context.Cause(wctx); cause != nil || collectErr != nil {
+		if cause != nil {
+			collectErr = cause // the first failure, not a journal write it made fail
+		}
+		// Keep what is done resumable: everything below st.next is uploaded. Best effort, off the dead ctx.
+		if st.unjournalled > 0 {
+			jctx, jcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if e.writeJournal(jctx, req, st) == nil {
+				rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, true)
+			}
+			jcancel()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, context.Cause(ctx))
+		}
+		return fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, collectErr)
+	}
+	if st.next != req.Size {
+		return fmt.Errorf("backup %s: internal error: covered %d of %d bytes", req.BackupID, st.next, req.Size)
+	}
+	return nil
+}
+
+// uploadChunks backs up the nChunks chunks from start with Concurrency workers (backupChunk), each with its
+// own buffers, and sends each chunk's result on results as soon as it is done, in any order. It returns
+// the first worker's error, once every worker has stopped; it neither closes results nor cancels ctx.
+func (e *Engine) uploadChunks(ctx context.Context, req BackupRequest, plan backupPlan, start int64, nChunks int,
+	results chan<- chunkResult) error {
+	cs := e.opts.ChunkSize
+	type buffers struct {
+		plain []byte
+		seal  sealBufs
+	}
+	bufs := make([]buffers, e.opts.Concurrency)
+	return parallel(ctx, e.opts.Concurrency, nChunks, func(ctx context.Context, w, i int) error {
+		b := &bufs[w]
+		if b.plain == nil {
+			b.plain = make([]byte, cs)
+		}
+		off := start + int64(i)*cs
+		r, err := e.backupChunk(ctx, req, plan.parent, plan.changed, plan.known, off, min(cs, req.Size-off), b.plain, &b.seal)
+		if err != nil {
+			return err
+		}
+		// Always deliver: the chunk is stored, and the collector drains until close, so even after a
+		// failure elsewhere it lands in the final journal write and a resume need not redo it.
+		results <- r
+		return nil
+	})
+}
+
+// collect is the collector: it puts the chunks of results back in offset order into st, writes a journal
+// segment every CheckpointEvery chunks and reports progress after each result, forcing the report at every
+// new resume point so that heartbeats carry the latest. A journal write that fails cancels the workers
+// (through cancel) and is returned; results is drained until the workers close it, whatever happens.
+func (e *Engine) collect(wctx context.Context, cancel context.CancelCauseFunc, req BackupRequest, st *backupState,
+	rep *progressReporter, results <-chan chunkResult) error {
 	pending := map[int64]chunkResult{}
 	var collectErr error
 	for r := range results {
@@ -234,50 +286,18 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 		}
 		rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, checkpoint)
 	}
-	wg.Wait()
-	if cause := context.Cause(wctx); cause != nil || collectErr != nil {
-		if cause != nil {
-			collectErr = cause // the first failure, not a journal write it made fail
-		}
-		// Keep what is done resumable: everything below st.next is uploaded. Best effort, off the dead ctx.
-		if st.unjournalled > 0 {
-			jctx, jcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			if e.writeJournal(jctx, req, st) == nil {
-				rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, true)
-			}
-			jcancel()
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, context.Cause(ctx))
-		}
-		return nil, fmt.Errorf("backup %s of volume %s: %w", req.BackupID, req.VolumeID, collectErr)
-	}
-	if st.next != req.Size {
-		return nil, fmt.Errorf("backup %s: internal error: covered %d of %d bytes", req.BackupID, st.next, req.Size)
-	}
+	return collectErr
+}
 
+// commitBackup makes the transferred backup available: it reports PhaseCommit, then commits the manifest of
+// st (every chunk it lists confirmed stored, a missing one read from the source and uploaded again, the
+// manifest written last, under lock), drops the journal and reports PhaseDone. A commit failing because the
+// journal named a chunk the store lost and the source no longer holds drops the journal too, so the retry
+// reads everything again. A journal left after a commit is only logged: GC removes it.
+func (e *Engine) commitBackup(ctx context.Context, lock *volumeLock, req BackupRequest, st *backupState,
+	rep *progressReporter) (*Manifest, error) {
 	rep.report(Progress{Phase: PhaseCommit, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: st.journalled}, true)
-	m := &Manifest{
-		FormatVersion: FormatVersion,
-		VolumeID:      req.VolumeID,
-		BackupID:      req.BackupID,
-		Parent:        req.Parent,
-		Size:          req.Size,
-		ChunkSize:     cs,
-		Hash:          e.codec.hashName(),
-		Compression:   CompressionZstd,
-		KeyID:         e.codec.keyID,
-		SourceType:    req.SourceType,
-		CreatedAt:     st.createdAt,
-		CompletedAt:   e.opts.Now().UTC(),
-		Labels:        req.Labels,
-		Chunks:        st.chunks,
-		ZeroRanges:    st.zeros,
-		StoredBytes:   storedBytes(st.chunks),
-	}
-	if e.codec.aead != nil {
-		m.Encryption = EncryptionAES
-	}
+	m := e.backupManifest(req, st)
 	// Every chunk m lists is confirmed stored (missing ones read from the source and uploaded again) and
 	// then the manifest is written, under the lock: see commit.
 	if _, err := e.commit(ctx, lock, m, e.repairFromSource(req)); err != nil {
@@ -301,6 +321,33 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	e.opts.Logger.Info("backup done", "volume_id", req.VolumeID, "backup_id", req.BackupID,
 		"size", req.Size, "chunks", len(m.Chunks), "stored_bytes", m.StoredBytes)
 	return m, nil
+}
+
+// backupManifest is the manifest of the backup st covers, completed now.
+func (e *Engine) backupManifest(req BackupRequest, st *backupState) *Manifest {
+	cs := e.opts.ChunkSize
+	m := &Manifest{
+		FormatVersion: FormatVersion,
+		VolumeID:      req.VolumeID,
+		BackupID:      req.BackupID,
+		Parent:        req.Parent,
+		Size:          req.Size,
+		ChunkSize:     cs,
+		Hash:          e.codec.hashName(),
+		Compression:   CompressionZstd,
+		KeyID:         e.codec.keyID,
+		SourceType:    req.SourceType,
+		CreatedAt:     st.createdAt,
+		CompletedAt:   e.opts.Now().UTC(),
+		Labels:        req.Labels,
+		Chunks:        st.chunks,
+		ZeroRanges:    st.zeros,
+		StoredBytes:   storedBytes(st.chunks),
+	}
+	if e.codec.aead != nil {
+		m.Encryption = EncryptionAES
+	}
+	return m
 }
 
 // backupChunk handles the chunk [off, off+length).
@@ -411,94 +458,4 @@ func (s *backupState) add(r chunkResult) {
 	}
 	s.next += r.length
 	s.unjournalled++
-}
-
-func (e *Engine) writeJournal(ctx context.Context, req BackupRequest, st *backupState) error {
-	seg := journalSegment{
-		FormatVersion: FormatVersion, Seq: st.seq, Size: req.Size, ChunkSize: e.opts.ChunkSize,
-		Parent: req.Parent, KeyID: e.codec.keyID, CreatedAt: st.createdAt,
-		From: st.journalled, To: st.next, Chunks: st.chunks[st.segChunks:], ZeroRanges: st.segZeros,
-	}
-	if e.codec.jrnKey != nil {
-		mac, err := e.codec.journalMAC(req.VolumeID, req.BackupID, seg)
-		if err != nil {
-			return err
-		}
-		seg.MAC = mac
-	}
-	data, err := json.Marshal(&seg)
-	if err != nil {
-		return err
-	}
-	if err := PutBytes(ctx, e.store, journalName(req.VolumeID, req.BackupID, st.seq), data); err != nil {
-		return fmt.Errorf("write resume journal: %w", err)
-	}
-	st.seq++
-	st.journalled = st.next
-	st.segChunks = len(st.chunks)
-	st.segZeros = nil
-	st.unjournalled = 0
-	return nil
-}
-
-// loadJournal replays the journal of an earlier run of req. Segments that do not chain, that were written
-// for different parameters, or that the store key does not authenticate are ignored from there on: resuming
-// from less is always correct.
-func (e *Engine) loadJournal(ctx context.Context, req BackupRequest, st *backupState) error {
-	var names []string
-	err := e.store.List(ctx, journalPrefix(req.VolumeID, req.BackupID), func(oi ObjectInfo) error {
-		if strings.HasSuffix(oi.Name, ".json") {
-			names = append(names, oi.Name)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("read resume journal: %w", err)
-	}
-	sort.Strings(names) // zero-padded sequence numbers
-	for i, n := range names {
-		data, err := ReadAll(ctx, e.store, n, maxManifestSize)
-		if err != nil {
-			return fmt.Errorf("read resume journal: %w", err)
-		}
-		var seg journalSegment
-		if err := json.Unmarshal(data, &seg); err != nil || seg.Seq != i || seg.From != st.next ||
-			seg.FormatVersion != FormatVersion || seg.Size != req.Size || seg.ChunkSize != e.opts.ChunkSize ||
-			seg.Parent != req.Parent || seg.KeyID != e.codec.keyID || seg.To > req.Size || seg.To <= seg.From ||
-			!e.codec.authenticJournal(req.VolumeID, req.BackupID, seg) {
-			break
-		}
-		if i == 0 {
-			st.createdAt = seg.CreatedAt
-		}
-		st.chunks = append(st.chunks, seg.Chunks...)
-		for _, z := range seg.ZeroRanges {
-			st.zeros = mergeZero(st.zeros, z)
-		}
-		st.next, st.journalled, st.seq = seg.To, seg.To, i+1
-	}
-	st.segChunks = len(st.chunks)
-	// Drop segments past a break so the next write (numbered st.seq) chains cleanly.
-	for _, n := range names[st.seq:] {
-		if err := e.store.Delete(ctx, n); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (e *Engine) deleteJournal(ctx context.Context, volumeID, backupID string) error {
-	var names []string
-	if err := e.store.List(ctx, journalPrefix(volumeID, backupID), func(oi ObjectInfo) error {
-		names = append(names, oi.Name)
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := e.store.Delete(ctx, n); err != nil {
-			return err
-		}
-	}
-	return nil
 }
