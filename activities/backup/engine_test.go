@@ -28,10 +28,19 @@ type readCounter struct {
 	r      *bytes.Reader
 	read   atomic.Int64
 	failAt int64 // 0 = never
+	// failAfter, when set, holds the failing read until it is closed (or a minute passes), so that a test
+	// can let the chunks read so far reach a checkpoint first, however slow the machine.
+	failAfter <-chan struct{}
 }
 
 func (r *readCounter) ReadAt(p []byte, off int64) (int, error) {
 	if r.failAt > 0 && off >= r.failAt {
+		if r.failAfter != nil {
+			select {
+			case <-r.failAfter:
+			case <-time.After(time.Minute):
+			}
+		}
 		return 0, errors.New("simulated crash: source device vanished")
 	}
 	r.read.Add(int64(len(p)))
@@ -647,8 +656,16 @@ func TestGCKeepsChunksOfRunningBackup(t *testing.T) {
 	e := newEngine(t, st, func(o *backup.Options) { o.CheckpointEvery = 2; o.ProgressInterval = time.Nanosecond })
 	img := makeImage(15, testChunk, "R", 12*testChunk)
 	var last backup.Progress
+	checkpointed := make(chan struct{})
+	var once sync.Once
 	_, err = e.Backup(context.Background(), backup.BackupRequest{VolumeID: "vol-j", BackupID: "b1", Size: int64(len(img)),
-		Source: &readCounter{r: bytes.NewReader(img), failAt: 7 * testChunk}, Progress: func(p backup.Progress) { last = p }})
+		Source: &readCounter{r: bytes.NewReader(img), failAt: 7 * testChunk, failAfter: checkpointed},
+		Progress: func(p backup.Progress) {
+			last = p
+			if p.NextOffset > 0 {
+				once.Do(func() { close(checkpointed) })
+			}
+		}})
 	if err == nil || last.NextOffset == 0 {
 		t.Fatalf("crash: %v, checkpoint %d", err, last.NextOffset)
 	}
