@@ -20,7 +20,7 @@ BENCHES      :=
 
 include $(sort $(wildcard scripts/mk/*.mk))
 
-.PHONY: all build run test test-unit test-go vet fmt bench deps tools services-up services-down clean
+.PHONY: all build run test test-unit test-go lint vet fmt bench deps tools services-up services-down clean
 all: build
 
 build:
@@ -38,8 +38,9 @@ tools: $(TOOLS)
 services-up: $(addprefix services-up-,$(SERVICES))
 services-down: $(addprefix services-down-,$(SERVICES))
 
-## test: build the tools, start every service, run all tests, stop the services (even on failure).
-test: tools
+## test: lint (scripts/mk/lint.mk), build the tools, start every service, run all tests, stop the services
+## (even on failure).
+test: lint tools
 	@scripts/with-services.sh $(MAKE) --no-print-directory test-go
 
 # The fault-injection suite (scripts/mk/faults.mk) runs on its own, after the rest: it loads the machine
