@@ -4,6 +4,7 @@
 GOLANGCI_LINT_VERSION := v2.15.0
 TOOLS += bin/golangci-lint
 
+.PHONY: lint-selftest
 ## lint: golangci-lint over the whole module (fails on any finding).
 lint: bin/golangci-lint
 	bin/golangci-lint run ./...
@@ -11,3 +12,6 @@ lint: bin/golangci-lint
 bin/golangci-lint: scripts/mk/lint.mk
 	@scripts/tool.sh golangci-lint $(GOLANGCI_LINT_VERSION) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
+## lint-selftest: checks that the layer rules bite: an upward import added for the run must fail the lint.
+lint-selftest: bin/golangci-lint
+	@scripts/lint-selftest.sh
