@@ -18,6 +18,7 @@ import (
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/startertest"
 	"github.com/holdfast/holdfast/workers"
@@ -42,14 +43,14 @@ func startBillingWorker(t *testing.T, c *startertest.Cluster, ledger string) {
 	t.Cleanup(func() { w.Stop(); _ = acts.Close() })
 }
 
-func ledgerItems(t *testing.T, path string) map[string]billing.LineItem {
+func ledgerItems(t *testing.T, path string) map[string]contract.LineItem {
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	out := map[string]billing.LineItem{}
+	out := map[string]contract.LineItem{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var it billing.LineItem
+		var it contract.LineItem
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &it))
 		_, dup := out[it.IdempotencyKey]
 		require.False(t, dup, "key %s twice", it.IdempotencyKey)

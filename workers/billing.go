@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -85,7 +86,7 @@ func EnsureBillingSchedule(ctx context.Context, c client.Client, opts BillingSch
 // workflows.UsageOf. A workflow that has vanished, or a volume never registered, gives nil: left out of the
 // bill. Read-only.
 func QueryVolumeUsage(c client.Client) billing.UsageFunc {
-	return func(ctx context.Context, workflowID string) (*billing.VolumeUsage, error) {
+	return func(ctx context.Context, workflowID string) (*contract.VolumeUsage, error) {
 		res, err := c.QueryWorkflow(ctx, workflowID, "", workflows.QueryState)
 		if err != nil {
 			var nf *serviceerror.NotFound

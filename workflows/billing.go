@@ -9,21 +9,21 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 // Billing activity names (part of the wire contract: never rename). They run on the workflow's own task
 // queue, workflows.TaskQueue in production, and are implemented by activities/billing.Activities, whose
 // method names are these names; their inputs and results are activities/billing's contract types.
 const (
-	// ActivityBillingUsage lists one page of volumes and returns their items (billing.UsageInput →
-	// billing.UsagePage).
+	// ActivityBillingUsage lists one page of volumes and returns their items (contract.UsageInput →
+	// contract.UsagePage).
 	ActivityBillingUsage = "BillingUsage"
 	// ActivityBillingWriteLedger appends line items to the JSON-lines ledger, skipping keys it already holds
-	// (billing.EmitInput → billing.EmitResult).
+	// (contract.EmitInput → contract.EmitResult).
 	ActivityBillingWriteLedger = "BillingWriteLedger"
-	// ActivityBillingPostWebhook posts line items to the panel's webhook (billing.EmitInput →
-	// billing.EmitResult).
+	// ActivityBillingPostWebhook posts line items to the panel's webhook (contract.EmitInput →
+	// contract.EmitResult).
 	ActivityBillingPostWebhook = "BillingPostWebhook"
 )
 
@@ -39,7 +39,7 @@ type BillingInput struct {
 	// Hour is the hour being billed (UTC, truncated to the hour). Zero: the hour before the schedule's
 	// action time (billing is in arrears: the 15:00 action bills 14:00–15:00).
 	Hour time.Time `json:"hour,omitempty"`
-	// PageSize is how many volumes one usage activity reads (0: billing.DefaultPageSize).
+	// PageSize is how many volumes one usage activity reads (0: contract.DefaultPageSize).
 	PageSize int `json:"page_size,omitempty"`
 	// NextPageToken resumes the volume listing after continue-as-new.
 	NextPageToken []byte `json:"next_page_token,omitempty"`
@@ -61,12 +61,12 @@ type BillingResult struct {
 
 // UsageOf trims a volume's state to what billing reads: the plan's prices, its items, and those deleted
 // lately (Gone*).
-func UsageOf(st VolumeState) billing.VolumeUsage {
-	trim := func(lists ...[]Item) []billing.ItemUsage {
-		var out []billing.ItemUsage
+func UsageOf(st VolumeState) contract.VolumeUsage {
+	trim := func(lists ...[]Item) []contract.ItemUsage {
+		var out []contract.ItemUsage
 		for _, items := range lists {
 			for _, it := range items {
-				out = append(out, billing.ItemUsage{ItemID: it.ItemID, Status: string(it.Status),
+				out = append(out, contract.ItemUsage{ItemID: it.ItemID, Status: string(it.Status),
 					SizeBytes: it.SizeBytes, StoredBytes: it.StoredBytes, AvailableAt: it.AvailableAt,
 					DeletedAt: it.DeletedAt})
 			}
@@ -74,15 +74,15 @@ func UsageOf(st VolumeState) billing.VolumeUsage {
 		return out
 	}
 	plan := st.Spec.Plan
-	return billing.VolumeUsage{VolumeID: st.Spec.VolumeID, OwnerID: st.Spec.OwnerID,
-		Plan: billing.Prices{PlanID: plan.PlanID, SnapshotCreditValue: plan.SnapshotCreditValue,
+	return contract.VolumeUsage{VolumeID: st.Spec.VolumeID, OwnerID: st.Spec.OwnerID,
+		Plan: contract.Prices{PlanID: plan.PlanID, SnapshotCreditValue: plan.SnapshotCreditValue,
 			BackupCreditValue: plan.BackupCreditValue},
 		Snapshots: trim(st.Snapshots, st.GoneSnapshots), Backups: trim(st.Backups, st.GoneBackups)}
 }
 
 // existedIn says whether an item was available at some time during [hour, hour+1h). Items recorded before
 // AvailableAt existed are judged by their status now, as billing always did.
-func existedIn(it billing.ItemUsage, hour time.Time) bool {
+func existedIn(it contract.ItemUsage, hour time.Time) bool {
 	if it.Status != string(StatusAvailable) {
 		return false
 	}
@@ -111,14 +111,14 @@ func HoursInMonth(t time.Time) int {
 //     visible and a later price change needs no different code path.
 //
 // It is pure and deterministic: the same volumes give the same items.
-func LineItems(hour time.Time, volumes []billing.VolumeUsage) []billing.LineItem {
+func LineItems(hour time.Time, volumes []contract.VolumeUsage) []contract.LineItem {
 	hour = hour.UTC().Truncate(time.Hour)
 	hours := float64(HoursInMonth(hour))
-	var out []billing.LineItem
+	var out []contract.LineItem
 	for _, v := range volumes {
 		for _, k := range []struct {
 			kind  Kind
-			items []billing.ItemUsage
+			items []contract.ItemUsage
 			value float64
 		}{{KindSnapshot, v.Snapshots, v.Plan.SnapshotCreditValue}, {KindBackup, v.Backups, v.Plan.BackupCreditValue}} {
 			var bytes int64
@@ -139,7 +139,7 @@ func LineItems(hour time.Time, volumes []billing.VolumeUsage) []billing.LineItem
 			}
 			gb := float64(bytes) / BytesPerGB
 			kind := string(k.kind)
-			out = append(out, billing.LineItem{IdempotencyKey: billing.LineItemKey(v.VolumeID, kind, hour),
+			out = append(out, contract.LineItem{IdempotencyKey: contract.LineItemKey(v.VolumeID, kind, hour),
 				VolumeID: v.VolumeID, OwnerID: v.OwnerID, PlanID: v.Plan.PlanID, Kind: kind, Hour: hour, Items: n,
 				GB: gb, CreditValue: k.value, Credits: gb * k.value / hours})
 		}
@@ -160,7 +160,7 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 	hour = hour.UTC().Truncate(time.Hour)
 	pageSize := in.PageSize
 	if pageSize <= 0 {
-		pageSize = billing.DefaultPageSize
+		pageSize = contract.DefaultPageSize
 	}
 	res := in.Totals
 	res.Hour = hour
@@ -182,14 +182,14 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 		// the same idempotency keys.
 		StartToCloseTimeout: time.Minute, ScheduleToCloseTimeout: 6 * time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{InitialInterval: time.Second, BackoffCoefficient: 2,
-			MaximumInterval: 5 * time.Minute, NonRetryableErrorTypes: []string{billing.ErrWebhookRejected}},
+			MaximumInterval: 5 * time.Minute, NonRetryableErrorTypes: []string{contract.ErrWebhookRejected}},
 	})
 
 	token := in.NextPageToken
 	for {
-		var page billing.UsagePage
+		var page contract.UsagePage
 		if err := workflow.ExecuteActivity(usageCtx, ActivityBillingUsage,
-			billing.UsageInput{PageSize: pageSize, NextPageToken: token}).Get(ctx, &page); err != nil {
+			contract.UsageInput{PageSize: pageSize, NextPageToken: token}).Get(ctx, &page); err != nil {
 			return res, fmt.Errorf("billing %s: read usage: %w", hour.Format("2006-01-02T15"), err)
 		}
 		items := LineItems(hour, page.Volumes)
@@ -197,10 +197,10 @@ func BillingWorkflow(ctx workflow.Context, in BillingInput) (BillingResult, erro
 		res.LineItems += len(items)
 		if len(items) > 0 {
 			// Both sinks at once: a webhook outage must not hold back the ledger.
-			emit := billing.EmitInput{Hour: hour, Items: items}
+			emit := contract.EmitInput{Hour: hour, Items: items}
 			ledger := workflow.ExecuteActivity(ledgerCtx, ActivityBillingWriteLedger, emit)
 			webhook := workflow.ExecuteActivity(webhookCtx, ActivityBillingPostWebhook, emit)
-			var l, w billing.EmitResult
+			var l, w contract.EmitResult
 			lerr := ledger.Get(ctx, &l)
 			werr := webhook.Get(ctx, &w)
 			res.LedgerWritten += l.Written

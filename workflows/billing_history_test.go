@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 // An hour bills the items that existed in it, whenever it is billed: a backfilled hour does not bill a backup
@@ -18,15 +18,15 @@ func TestBillingAnHourBillsWhatExistedInIt(t *testing.T) {
 		require.NoError(t, err)
 		return &ts
 	}
-	plan := billing.Prices{PlanID: "standard", BackupCreditValue: 10}
-	v := billing.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1", Plan: plan, Backups: []billing.ItemUsage{
+	plan := contract.Prices{PlanID: "standard", BackupCreditValue: 10}
+	v := contract.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1", Plan: plan, Backups: []contract.ItemUsage{
 		{ItemID: "old", Status: string(StatusAvailable), StoredBytes: BytesPerGB, AvailableAt: at("2026-11-23T08:10:00Z")},
 		{ItemID: "new", Status: string(StatusAvailable), StoredBytes: 2 * BytesPerGB, AvailableAt: at("2026-11-23T12:30:00Z")},
 		{ItemID: "gone", Status: string(StatusAvailable), StoredBytes: 4 * BytesPerGB, AvailableAt: at("2026-11-23T09:00:00Z"),
 			DeletedAt: at("2026-11-23T11:30:00Z")},
 	}}
 	gb := func(hour string) float64 {
-		items := LineItems(*at(hour), []billing.VolumeUsage{v})
+		items := LineItems(*at(hour), []contract.VolumeUsage{v})
 		require.Len(t, items, 1, hour)
 		return items[0].GB
 	}
@@ -34,7 +34,7 @@ func TestBillingAnHourBillsWhatExistedInIt(t *testing.T) {
 	assert.InDelta(t, 5, gb("2026-11-23T10:00:00Z"), 1e-9, "old + the one deleted later")
 	assert.InDelta(t, 5, gb("2026-11-23T11:00:00Z"), 1e-9, "deleted during the hour: it existed in it")
 	assert.InDelta(t, 3, gb("2026-11-23T12:00:00Z"), 1e-9, "new arrived during the hour; gone is gone")
-	assert.Empty(t, LineItems(*at("2026-11-23T07:00:00Z"), []billing.VolumeUsage{v}), "nothing existed yet")
+	assert.Empty(t, LineItems(*at("2026-11-23T07:00:00Z"), []contract.VolumeUsage{v}), "nothing existed yet")
 }
 
 // A deleted backup is remembered (for keepGone) with when it became available and when it went, so usage
@@ -61,7 +61,7 @@ func TestDeletedItemsStayBillableForTheHoursTheyExisted(t *testing.T) {
 	require.NotNil(t, g.DeletedAt)
 	u := UsageOf(st)
 	hourBefore := g.DeletedAt.Add(-time.Hour).Truncate(time.Hour)
-	assert.Len(t, LineItems(hourBefore, []billing.VolumeUsage{u}), 1, "the hour before the delete bills it")
-	assert.Empty(t, LineItems(g.DeletedAt.Add(time.Hour).Truncate(time.Hour), []billing.VolumeUsage{u}),
+	assert.Len(t, LineItems(hourBefore, []contract.VolumeUsage{u}), 1, "the hour before the delete bills it")
+	assert.Empty(t, LineItems(g.DeletedAt.Add(time.Hour).Truncate(time.Hour), []contract.VolumeUsage{u}),
 		"the hour after the delete does not")
 }

@@ -21,6 +21,7 @@ import (
 	"go.temporal.io/sdk/testsuite"
 
 	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -33,7 +34,7 @@ var hourNov = time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC) // November: 30 day
 type billingRun struct {
 	t       *testing.T
 	sinks   billing.SinkConfig
-	pages   [][]billing.VolumeUsage
+	pages   [][]contract.VolumeUsage
 	prepare func(*testsuite.TestWorkflowEnvironment)
 }
 
@@ -43,12 +44,12 @@ func (r billingRun) run(in workflows.BillingInput) (workflows.BillingResult, err
 	env := s.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(workflows.BillingWorkflow)
 	pages := r.pages
-	env.RegisterActivityWithOptions(func(_ context.Context, in billing.UsageInput) (billing.UsagePage, error) {
+	env.RegisterActivityWithOptions(func(_ context.Context, in contract.UsageInput) (contract.UsagePage, error) {
 		i := 0
 		if len(in.NextPageToken) > 0 {
 			i = int(in.NextPageToken[0])
 		}
-		page := billing.UsagePage{}
+		page := contract.UsagePage{}
 		if i < len(pages) {
 			page.Volumes = pages[i]
 		}
@@ -76,15 +77,15 @@ func (r billingRun) run(in workflows.BillingInput) (workflows.BillingResult, err
 	return res, nil
 }
 
-func readLedger(t *testing.T, path string) []billing.LineItem {
+func readLedger(t *testing.T, path string) []contract.LineItem {
 	t.Helper()
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	var out []billing.LineItem
+	var out []contract.LineItem
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var it billing.LineItem
+		var it contract.LineItem
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &it), sc.Text())
 		out = append(out, it)
 	}
@@ -92,25 +93,25 @@ func readLedger(t *testing.T, path string) []billing.LineItem {
 	return out
 }
 
-func byKey(items []billing.LineItem) map[string]billing.LineItem {
-	m := map[string]billing.LineItem{}
+func byKey(items []contract.LineItem) map[string]contract.LineItem {
+	m := map[string]contract.LineItem{}
 	for _, it := range items {
 		m[it.IdempotencyKey] = it
 	}
 	return m
 }
 
-func item(itemID string, status workflows.Status, size, stored int64) billing.ItemUsage {
-	return billing.ItemUsage{ItemID: itemID, Status: string(status), SizeBytes: size, StoredBytes: stored}
+func item(itemID string, status workflows.Status, size, stored int64) contract.ItemUsage {
+	return contract.ItemUsage{ItemID: itemID, Status: string(status), SizeBytes: size, StoredBytes: stored}
 }
 
 func ledgerPath(t *testing.T) string { return filepath.Join(t.TempDir(), "billing", "ledger.jsonl") }
 
 func TestBillingOnlyAvailableItemsAreBilled(t *testing.T) {
 	path := ledgerPath(t)
-	vol := billing.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1",
-		Plan: billing.Prices{PlanID: "standard", SnapshotCreditValue: 1, BackupCreditValue: 1},
-		Snapshots: []billing.ItemUsage{
+	vol := contract.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1",
+		Plan: contract.Prices{PlanID: "standard", SnapshotCreditValue: 1, BackupCreditValue: 1},
+		Snapshots: []contract.ItemUsage{
 			item("s-ok", workflows.StatusAvailable, 2*gib, 0),
 			item("s-pending", workflows.StatusPending, 100*gib, 0),
 			item("s-creating", workflows.StatusCreating, 100*gib, 0),
@@ -119,7 +120,7 @@ func TestBillingOnlyAvailableItemsAreBilled(t *testing.T) {
 			item("s-failed", workflows.StatusFailed, 100*gib, 0),
 			item("s-aborted", workflows.StatusAborted, 100*gib, 0),
 		},
-		Backups: []billing.ItemUsage{
+		Backups: []contract.ItemUsage{
 			item("b-ok", workflows.StatusAvailable, 64*gib, 3*gib),
 			item("b-pending", workflows.StatusPending, 64*gib, 50*gib),
 			item("b-creating", workflows.StatusCreating, 64*gib, 50*gib),
@@ -127,11 +128,11 @@ func TestBillingOnlyAvailableItemsAreBilled(t *testing.T) {
 			item("b-deleting", workflows.StatusDeleting, 64*gib, 50*gib),
 		}}
 	// A volume whose only items are not available yields no line item at all (0 GB is never emitted).
-	pendingOnly := billing.VolumeUsage{VolumeID: "vol2", OwnerID: "acct-2", Plan: billing.Prices{PlanID: "standard"},
-		Snapshots: []billing.ItemUsage{item("s", workflows.StatusCreating, gib, 0)},
-		Backups:   []billing.ItemUsage{item("b", workflows.StatusPending, gib, gib)}}
+	pendingOnly := contract.VolumeUsage{VolumeID: "vol2", OwnerID: "acct-2", Plan: contract.Prices{PlanID: "standard"},
+		Snapshots: []contract.ItemUsage{item("s", workflows.StatusCreating, gib, 0)},
+		Backups:   []contract.ItemUsage{item("b", workflows.StatusPending, gib, gib)}}
 	res, err := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path},
-		pages: [][]billing.VolumeUsage{{vol, pendingOnly}}}.run(workflows.BillingInput{Hour: hourNov})
+		pages: [][]contract.VolumeUsage{{vol, pendingOnly}}}.run(workflows.BillingInput{Hour: hourNov})
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Volumes)
 	assert.Equal(t, 2, res.LedgerWritten)
@@ -155,11 +156,11 @@ func TestBillingCreditsPerGBMonthFor30And31DayMonths(t *testing.T) {
 	assert.Equal(t, 672, workflows.HoursInMonth(time.Date(2027, 2, 1, 0, 0, 0, 0, time.UTC)))
 	assert.Equal(t, 696, workflows.HoursInMonth(time.Date(2028, 2, 29, 5, 0, 0, 0, time.UTC)))
 
-	vol := billing.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1",
-		Plan: billing.Prices{PlanID: "pro", SnapshotCreditValue: 7.2, BackupCreditValue: 14.88},
-		Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, 4*gib, 0),
+	vol := contract.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1",
+		Plan: contract.Prices{PlanID: "pro", SnapshotCreditValue: 7.2, BackupCreditValue: 14.88},
+		Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, 4*gib, 0),
 			item("s2", workflows.StatusAvailable, 6*gib, 0)},
-		Backups: []billing.ItemUsage{item("b1", workflows.StatusAvailable, 64*gib, 5*gib)}}
+		Backups: []contract.ItemUsage{item("b1", workflows.StatusAvailable, 64*gib, 5*gib)}}
 	for _, tc := range []struct {
 		name                 string
 		hour                 time.Time
@@ -173,14 +174,14 @@ func TestBillingCreditsPerGBMonthFor30And31DayMonths(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			path := ledgerPath(t)
 			_, err := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path},
-				pages: [][]billing.VolumeUsage{{vol}}}.run(workflows.BillingInput{Hour: tc.hour})
+				pages: [][]contract.VolumeUsage{{vol}}}.run(workflows.BillingInput{Hour: tc.hour})
 			require.NoError(t, err)
 			got := byKey(readLedger(t, path))
-			snap := got[billing.LineItemKey("vol1", string(workflows.KindSnapshot), tc.hour)]
+			snap := got[contract.LineItemKey("vol1", string(workflows.KindSnapshot), tc.hour)]
 			assert.InDelta(t, tc.snapCredits, snap.Credits, 1e-12)
 			assert.Equal(t, 10.0, snap.GB)
 			assert.Equal(t, 7.2, snap.CreditValue)
-			backup := got[billing.LineItemKey("vol1", string(workflows.KindBackup), tc.hour)]
+			backup := got[contract.LineItemKey("vol1", string(workflows.KindBackup), tc.hour)]
 			assert.InDelta(t, tc.backups, backup.Credits, 1e-12)
 			assert.Equal(t, 5.0, backup.GB)
 		})
@@ -189,11 +190,11 @@ func TestBillingCreditsPerGBMonthFor30And31DayMonths(t *testing.T) {
 
 func TestBillingZeroCreditValuesEmitFreeItems(t *testing.T) {
 	path := ledgerPath(t)
-	vol := billing.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1", Plan: billing.Prices{PlanID: "default"},
-		Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)},
-		Backups:   []billing.ItemUsage{item("b1", workflows.StatusAvailable, 8*gib, gib/2)}}
+	vol := contract.VolumeUsage{VolumeID: "vol1", OwnerID: "acct-1", Plan: contract.Prices{PlanID: "default"},
+		Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)},
+		Backups:   []contract.ItemUsage{item("b1", workflows.StatusAvailable, 8*gib, gib/2)}}
 	_, err := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path},
-		pages: [][]billing.VolumeUsage{{vol}}}.run(workflows.BillingInput{Hour: hourNov})
+		pages: [][]contract.VolumeUsage{{vol}}}.run(workflows.BillingInput{Hour: hourNov})
 	require.NoError(t, err)
 	got := readLedger(t, path)
 	require.Len(t, got, 2, "free plans still record usage")
@@ -205,11 +206,11 @@ func TestBillingZeroCreditValuesEmitFreeItems(t *testing.T) {
 
 func TestBillingRerunOfAnHourChargesNothingNew(t *testing.T) {
 	path := ledgerPath(t)
-	r := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path}, pages: [][]billing.VolumeUsage{
-		{{VolumeID: "vol1", OwnerID: "acct-1", Plan: billing.Prices{PlanID: "p", SnapshotCreditValue: 1},
-			Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}},
-		{{VolumeID: "vol2", OwnerID: "acct-2", Plan: billing.Prices{PlanID: "p", BackupCreditValue: 1},
-			Backups: []billing.ItemUsage{item("b1", workflows.StatusAvailable, gib, gib)}}},
+	r := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path}, pages: [][]contract.VolumeUsage{
+		{{VolumeID: "vol1", OwnerID: "acct-1", Plan: contract.Prices{PlanID: "p", SnapshotCreditValue: 1},
+			Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}},
+		{{VolumeID: "vol2", OwnerID: "acct-2", Plan: contract.Prices{PlanID: "p", BackupCreditValue: 1},
+			Backups: []contract.ItemUsage{item("b1", workflows.StatusAvailable, gib, gib)}}},
 	}}
 	first, err := r.run(workflows.BillingInput{Hour: hourNov, PageSize: 1})
 	require.NoError(t, err)
@@ -229,9 +230,9 @@ func TestBillingRerunOfAnHourChargesNothingNew(t *testing.T) {
 
 func TestBillingTwoHoursAreBothBilled(t *testing.T) {
 	path := ledgerPath(t)
-	r := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path}, pages: [][]billing.VolumeUsage{{
-		{VolumeID: "vol1", OwnerID: "acct-1", Plan: billing.Prices{PlanID: "p", SnapshotCreditValue: 1},
-			Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}}}}
+	r := billingRun{t: t, sinks: billing.SinkConfig{LedgerPath: path}, pages: [][]contract.VolumeUsage{{
+		{VolumeID: "vol1", OwnerID: "acct-1", Plan: contract.Prices{PlanID: "p", SnapshotCreditValue: 1},
+			Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}}}}
 	for _, h := range []time.Time{hourNov, hourNov.Add(time.Hour)} {
 		res, err := r.run(workflows.BillingInput{Hour: h})
 		require.NoError(t, err)
@@ -245,8 +246,8 @@ func TestBillingTwoHoursAreBothBilled(t *testing.T) {
 }
 
 func TestBillingScheduledRunBillsThePreviousHour(t *testing.T) {
-	oneVolume := [][]billing.VolumeUsage{{{VolumeID: "vol1", OwnerID: "acct-1", Plan: billing.Prices{PlanID: "p"},
-		Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}}}
+	oneVolume := [][]contract.VolumeUsage{{{VolumeID: "vol1", OwnerID: "acct-1", Plan: contract.Prices{PlanID: "p"},
+		Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)}}}}
 	t.Run("schedule nominal time", func(t *testing.T) {
 		scheduled := time.Date(2026, 11, 23, 15, 0, 0, 0, time.UTC)
 		res, err := billingRun{t: t, pages: oneVolume, prepare: func(env *testsuite.TestWorkflowEnvironment) {
@@ -292,9 +293,9 @@ func (s *webhookServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestBillingWebhookRetriesWithTheSameIdempotencyKey(t *testing.T) {
-	oneVolume := [][]billing.VolumeUsage{{{VolumeID: "vol1", OwnerID: "acct-1", Plan: billing.Prices{PlanID: "p"},
-		Snapshots: []billing.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)},
-		Backups:   []billing.ItemUsage{item("b1", workflows.StatusAvailable, gib, gib)}}}}
+	oneVolume := [][]contract.VolumeUsage{{{VolumeID: "vol1", OwnerID: "acct-1", Plan: contract.Prices{PlanID: "p"},
+		Snapshots: []contract.ItemUsage{item("s1", workflows.StatusAvailable, gib, 0)},
+		Backups:   []contract.ItemUsage{item("b1", workflows.StatusAvailable, gib, gib)}}}}
 	for _, tc := range []struct {
 		name     string
 		codes    []int
@@ -314,7 +315,7 @@ func TestBillingWebhookRetriesWithTheSameIdempotencyKey(t *testing.T) {
 				sinks: billing.SinkConfig{WebhookURL: srv.URL, WebhookToken: "s3cret"}}.run(workflows.BillingInput{Hour: hourNov})
 			require.Len(t, s.keys, tc.requests)
 			if tc.rejected {
-				assert.True(t, hasErrorType(err, billing.ErrWebhookRejected), "%v", err)
+				assert.True(t, hasErrorType(err, contract.ErrWebhookRejected), "%v", err)
 				return
 			}
 			require.NoError(t, err)
@@ -345,13 +346,13 @@ func hasErrorType(err error, errType string) bool {
 }
 
 func TestLineItemsAreDeterministic(t *testing.T) {
-	vols := []billing.VolumeUsage{
-		{VolumeID: "b", Plan: billing.Prices{SnapshotCreditValue: 3}, Snapshots: []billing.ItemUsage{item("x", workflows.StatusAvailable, gib/3, 0)}},
-		{VolumeID: "a", Plan: billing.Prices{BackupCreditValue: 3}, Backups: []billing.ItemUsage{item("y", workflows.StatusAvailable, gib, gib/7)}},
+	vols := []contract.VolumeUsage{
+		{VolumeID: "b", Plan: contract.Prices{SnapshotCreditValue: 3}, Snapshots: []contract.ItemUsage{item("x", workflows.StatusAvailable, gib/3, 0)}},
+		{VolumeID: "a", Plan: contract.Prices{BackupCreditValue: 3}, Backups: []contract.ItemUsage{item("y", workflows.StatusAvailable, gib, gib/7)}},
 	}
 	first := workflows.LineItems(hourNov.Add(59*time.Minute), vols)
 	require.Len(t, first, 2)
 	assert.Equal(t, "a/backup/2026-11-23T14", first[0].IdempotencyKey, "sorted by key, hour truncated")
-	assert.Equal(t, first, workflows.LineItems(hourNov, []billing.VolumeUsage{vols[1], vols[0]}))
+	assert.Equal(t, first, workflows.LineItems(hourNov, []contract.VolumeUsage{vols[1], vols[0]}))
 	assert.False(t, math.IsNaN(first[1].Credits))
 }

@@ -20,6 +20,8 @@ import (
 	workflowservice "go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
+
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 // SinkConfig says where line items go. Both sinks may be set; an empty field disables its sink.
@@ -47,7 +49,7 @@ type Activities struct {
 // UsageFunc reads one volume's usage by the ID of its entity workflow (listed by BillingUsage). A nil usage
 // with a nil error leaves the volume out of the page; an error fails the page, which is retried. It is
 // called concurrently and must be read-only.
-type UsageFunc func(ctx context.Context, workflowID string) (*VolumeUsage, error)
+type UsageFunc func(ctx context.Context, workflowID string) (*contract.VolumeUsage, error)
 
 // New returns the billing activities over a connected Temporal client, the way to read one volume's usage
 // and the configured sinks. It opens the ledger (indexing the keys it holds) and validates the webhook URL,
@@ -94,16 +96,16 @@ func volumeListQuery(now time.Time) string {
 // (never-registered volumes and workflows that have vanished; a deregistered volume is not: an hour billed
 // late still bills what it held then); any other read error fails the page, which is retried: billing a
 // partial set of volumes silently would lose revenue.
-func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage, error) {
+func (a *Activities) BillingUsage(ctx context.Context, in contract.UsageInput) (contract.UsagePage, error) {
 	pageSize := in.PageSize
 	if pageSize <= 0 {
-		pageSize = DefaultPageSize
+		pageSize = contract.DefaultPageSize
 	}
 	resp, err := a.temporal.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{
 		PageSize: int32(pageSize), NextPageToken: in.NextPageToken, Query: volumeListQuery(time.Now()),
 	})
 	if err != nil {
-		return UsagePage{}, fmt.Errorf("list volumes: %w", err)
+		return contract.UsagePage{}, fmt.Errorf("list volumes: %w", err)
 	}
 	seen := map[string]bool{}
 	var ids []string
@@ -115,7 +117,7 @@ func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage
 		}
 	}
 	sort.Strings(ids)
-	usage := make([]*VolumeUsage, len(ids))
+	usage := make([]*contract.VolumeUsage, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, max(a.queryConcurrency, 1))
 	var wg sync.WaitGroup
@@ -128,10 +130,10 @@ func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage
 		})
 	}
 	wg.Wait()
-	page := UsagePage{NextPageToken: resp.GetNextPageToken()}
+	page := contract.UsagePage{NextPageToken: resp.GetNextPageToken()}
 	for i, u := range usage {
 		if errs[i] != nil {
-			return UsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
+			return contract.UsagePage{}, fmt.Errorf("query %s: %w", ids[i], errs[i])
 		}
 		if u != nil {
 			page.Volumes = append(page.Volumes, *u)
@@ -142,23 +144,23 @@ func (a *Activities) BillingUsage(ctx context.Context, in UsageInput) (UsagePage
 
 // BillingWriteLedger appends the items whose keys the ledger does not hold yet (activity
 // workflows.ActivityBillingWriteLedger). Idempotent by key; a no-op when no ledger is configured.
-func (a *Activities) BillingWriteLedger(ctx context.Context, in EmitInput) (EmitResult, error) {
+func (a *Activities) BillingWriteLedger(ctx context.Context, in contract.EmitInput) (contract.EmitResult, error) {
 	if a.ledger == nil {
-		return EmitResult{}, nil
+		return contract.EmitResult{}, nil
 	}
 	n, err := a.ledger.Append(in.Items)
-	return EmitResult{Written: n}, err
+	return contract.EmitResult{Written: n}, err
 }
 
 // BillingPostWebhook posts the items to the panel (activity workflows.ActivityBillingPostWebhook).
 // Idempotent through the Idempotency-Key header and each item's idempotency_key; a no-op when no webhook is
 // configured.
-func (a *Activities) BillingPostWebhook(ctx context.Context, in EmitInput) (EmitResult, error) {
+func (a *Activities) BillingPostWebhook(ctx context.Context, in contract.EmitInput) (contract.EmitResult, error) {
 	if a.webhook == nil {
-		return EmitResult{}, nil
+		return contract.EmitResult{}, nil
 	}
 	if err := a.webhook.Post(ctx, in); err != nil {
-		return EmitResult{}, err
+		return contract.EmitResult{}, err
 	}
-	return EmitResult{Written: len(in.Items)}, nil
+	return contract.EmitResult{Written: len(in.Items)}, nil
 }

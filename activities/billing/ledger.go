@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 // Ledger is an append-only JSON-lines file of line items, one object per line, each key at most once.
@@ -62,7 +64,7 @@ func (l *Ledger) Has(key string) bool {
 }
 
 // Append writes the items not yet in the ledger and returns how many it wrote.
-func (l *Ledger) Append(items []LineItem) (int, error) {
+func (l *Ledger) Append(items []contract.LineItem) (int, error) {
 	written := 0
 	err := l.locked(func() error {
 		if err := l.catchUp(); err != nil {

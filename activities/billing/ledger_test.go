@@ -13,14 +13,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 var hour = time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
 
-func items(volumeIDs ...string) []billing.LineItem {
-	var out []billing.LineItem
+func items(volumeIDs ...string) []contract.LineItem {
+	var out []contract.LineItem
 	for _, v := range volumeIDs {
-		out = append(out, billing.LineItem{IdempotencyKey: billing.LineItemKey(v, "backup", hour),
+		out = append(out, contract.LineItem{IdempotencyKey: contract.LineItemKey(v, "backup", hour),
 			VolumeID: v, OwnerID: "acct-1", PlanID: "p", Kind: "backup", Hour: hour, Items: 1, GB: 1, Credits: 0.01})
 	}
 	return out

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/temporal"
+
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 // Webhook posts batches of line items to the panel.
@@ -21,7 +23,7 @@ import (
 // makes a re-run hour (whose batches may be cut differently) safe. The Idempotency-Key header identifies the
 // batch: a hash of its item keys, so it is the same on every retry of the batch. 2xx and 409 (already
 // recorded) are success; 429, 5xx and connection errors are returned as retryable errors (the activity's
-// retry policy backs off); any other 4xx is a non-retryable ErrWebhookRejected.
+// retry policy backs off); any other 4xx is a non-retryable contract.ErrWebhookRejected.
 type Webhook struct {
 	url   string
 	token string
@@ -35,12 +37,12 @@ func NewWebhook(url, token string) *Webhook {
 
 // Body is what the webhook receives.
 type Body struct {
-	Hour  time.Time  `json:"hour"`
-	Items []LineItem `json:"items"`
+	Hour  time.Time           `json:"hour"`
+	Items []contract.LineItem `json:"items"`
 }
 
 // BatchKey is the Idempotency-Key header of a batch: stable for the same items.
-func BatchKey(items []LineItem) string {
+func BatchKey(items []contract.LineItem) string {
 	h := sha256.New()
 	for _, it := range items {
 		h.Write([]byte(it.IdempotencyKey))
@@ -50,14 +52,14 @@ func BatchKey(items []LineItem) string {
 }
 
 // Post sends one batch.
-func (w *Webhook) Post(ctx context.Context, in EmitInput) error {
+func (w *Webhook) Post(ctx context.Context, in contract.EmitInput) error {
 	body, err := json.Marshal(Body{Hour: in.Hour, Items: in.Items})
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError("encode line items", ErrWebhookRejected, err)
+		return temporal.NewNonRetryableApplicationError("encode line items", contract.ErrWebhookRejected, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError("build webhook request", ErrWebhookRejected, err)
+		return temporal.NewNonRetryableApplicationError("build webhook request", contract.ErrWebhookRejected, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", BatchKey(in.Items))
@@ -77,6 +79,6 @@ func (w *Webhook) Post(ctx context.Context, in EmitInput) error {
 		return fmt.Errorf("billing webhook: HTTP %d: %s", code, bytes.TrimSpace(snippet))
 	default:
 		return temporal.NewNonRetryableApplicationError(
-			fmt.Sprintf("billing webhook: HTTP %d: %s", code, bytes.TrimSpace(snippet)), ErrWebhookRejected, nil)
+			fmt.Sprintf("billing webhook: HTTP %d: %s", code, bytes.TrimSpace(snippet)), contract.ErrWebhookRejected, nil)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 
 	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 )
 
 func TestWebhookClassifiesAnswers(t *testing.T) {
@@ -28,7 +29,7 @@ func TestWebhookClassifiesAnswers(t *testing.T) {
 			key = r.Header.Get("Idempotency-Key")
 			w.WriteHeader(tc.code)
 		}))
-		err := billing.NewWebhook(srv.URL, "").Post(context.Background(), billing.EmitInput{Hour: hour, Items: items("vol1")})
+		err := billing.NewWebhook(srv.URL, "").Post(context.Background(), contract.EmitInput{Hour: hour, Items: items("vol1")})
 		srv.Close()
 		assert.Equal(t, billing.BatchKey(items("vol1")), key)
 		if tc.ok {
@@ -37,7 +38,7 @@ func TestWebhookClassifiesAnswers(t *testing.T) {
 		}
 		require.Error(t, err, "HTTP %d", tc.code)
 		var app *temporal.ApplicationError
-		isRejected := errors.As(err, &app) && app.Type() == billing.ErrWebhookRejected && app.NonRetryable()
+		isRejected := errors.As(err, &app) && app.Type() == contract.ErrWebhookRejected && app.NonRetryable()
 		assert.Equal(t, tc.nonRetryable, isRejected, "HTTP %d: %v", tc.code, err)
 	}
 }
@@ -46,7 +47,7 @@ func TestWebhookConnectionErrorIsRetryable(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close()
-	err := billing.NewWebhook(url, "").Post(context.Background(), billing.EmitInput{Hour: hour, Items: items("vol1")})
+	err := billing.NewWebhook(url, "").Post(context.Background(), contract.EmitInput{Hour: hour, Items: items("vol1")})
 	require.Error(t, err)
 	var app *temporal.ApplicationError
 	assert.False(t, errors.As(err, &app) && app.NonRetryable())

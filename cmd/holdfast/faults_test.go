@@ -38,7 +38,7 @@ import (
 	backupfs "github.com/holdfast/holdfast/activities/backup/fs"
 	s3store "github.com/holdfast/holdfast/activities/backup/s3"
 	"github.com/holdfast/holdfast/activities/backup/stores"
-	"github.com/holdfast/holdfast/activities/billing"
+	"github.com/holdfast/holdfast/activities/billing/contract"
 	"github.com/holdfast/holdfast/activities/volume"
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/starter/startertest"
@@ -557,7 +557,7 @@ func (e *e2e) assertBilledOnce(backups map[string]int) {
 	lines := map[string]int{}
 	items := map[string]int{}
 	for sc := bufio.NewScanner(f); sc.Scan(); {
-		var li billing.LineItem
+		var li contract.LineItem
 		require.NoError(e.t, json.Unmarshal(sc.Bytes(), &li))
 		if li.Hour.Equal(hour) {
 			lines[li.IdempotencyKey]++

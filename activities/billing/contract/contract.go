@@ -1,11 +1,13 @@
-package billing
-
-import "time"
-
-// The activity contract: what workflows.BillingWorkflow sends its billing activities and what they return.
+// Package contract is the billing activities' contract: what workflows.BillingWorkflow sends its billing
+// activities (activities/billing) and what they return. It holds types only, so that the deterministic
+// workflows can import it without the activities' side effects.
+//
 // It is wire format (recorded histories replay with it, in-flight activities decode it): never change a JSON
 // tag. Plain strings stand where workflows has typed ones (an item's status, a line item's kind), so this
 // package never needs workflows/.
+package contract
+
+import "time"
 
 // ErrWebhookRejected is the non-retryable activity error type of a webhook answer that no retry can fix
 // (a 4xx other than 409 and 429).
