@@ -2,8 +2,8 @@
 // tokens, owner scoping (another owner's volume is a 404 exactly like a missing one), strict JSON bodies of
 // at most 1 MiB read within a deadline (strict.go), canonical paths with 404/405 answered as JSON
 // (routing.go), and typed errors mapped to status codes, naming the field and nothing internal. It delegates
-// every decision to the starter client, so HTTP and Go callers get the same answers; it never talks to
-// hypervisors or storage itself.
+// every decision to the starter client, through the few methods of it that Backend names (backend.go), so
+// HTTP and Go callers get the same answers; it never talks to hypervisors or storage itself.
 package api
 
 import (
@@ -57,23 +57,24 @@ func ParseOwnerTokens(pairs string) (map[string]string, error) {
 
 // Server is the HTTP API.
 type Server struct {
-	hf     *starter.Client
-	tokens Tokens
-	health func(context.Context) error
-	log    *slog.Logger
-	mux    *http.ServeMux
+	backend Backend
+	tokens  Tokens
+	health  func(context.Context) error
+	log     *slog.Logger
+	mux     *http.ServeMux
 	// OnRejection, when set, is told of each guard-rail rejection (metrics).
 	OnRejection func(errType string)
 	// BodyTimeout bounds how long a request's body may take to arrive (default BodyReadTimeout).
 	BodyTimeout time.Duration
 }
 
-// New returns the API handler. health reports whether Temporal is reachable (GET /healthz).
-func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, log *slog.Logger) *Server {
+// New returns the API handler over backend (in production the *starter.Client). health reports whether
+// Temporal is reachable (GET /healthz).
+func New(backend Backend, tokens Tokens, health func(context.Context) error, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{hf: hf, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
+	s := &Server{backend: backend, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}", s.auth(s.putVolume))
 	s.mux.HandleFunc("GET /v1/volumes/{volume_id}", s.auth(s.getVolume))
@@ -187,7 +188,7 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	b.VolumeID = volumeID
-	v, err := s.hf.RegisterVolume(r.Context(), b)
+	v, err := s.backend.RegisterVolume(r.Context(), b)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -201,7 +202,7 @@ func (s *Server) volume(w http.ResponseWriter, r *http.Request, c caller) (*star
 	if !ok {
 		return nil, false
 	}
-	v, err := s.hf.Volume(r.Context(), volumeID)
+	v, err := s.backend.Volume(r.Context(), volumeID)
 	if err == nil && c.ownerID != "" && v.Spec.OwnerID != c.ownerID {
 		err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Volume %s not found.", volumeID)}
 	}
@@ -242,7 +243,7 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request, c caller) 
 		}
 		keep = d
 	}
-	op, err := s.hf.Deregister(r.Context(), volumeID, r.URL.Query().Get("confirm"), keep)
+	op, err := s.backend.Deregister(r.Context(), volumeID, r.URL.Query().Get("confirm"), keep)
 	s.accepted(w, op, err)
 }
 
@@ -285,7 +286,7 @@ func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
 	if !ok {
 		return
 	}
-	op, err := s.hf.Restore(r.Context(), v.Spec.VolumeID, b)
+	op, err := s.backend.Restore(r.Context(), v.Spec.VolumeID, b)
 	s.accepted(w, op, err)
 }
 
@@ -340,7 +341,7 @@ func (s *Server) deleteItem(w http.ResponseWriter, r *http.Request, c caller, fi
 }
 
 func (s *Server) request(w http.ResponseWriter, r *http.Request, volumeID string, req workflows.OperationRequest) {
-	op, err := s.hf.Request(r.Context(), volumeID, req)
+	op, err := s.backend.Request(r.Context(), volumeID, req)
 	s.accepted(w, op, err)
 }
 
@@ -364,7 +365,7 @@ func (s *Server) postAbort(w http.ResponseWriter, r *http.Request, c caller) {
 	if c.ownerID != "" {
 		reason += " by owner " + c.ownerID
 	}
-	op, err := s.hf.Abort(r.Context(), v.Spec.VolumeID, reason)
+	op, err := s.backend.Abort(r.Context(), v.Spec.VolumeID, reason)
 	s.accepted(w, op, err)
 }
 
@@ -373,10 +374,10 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request, c caller) 
 	if !ok {
 		return
 	}
-	op, err := s.hf.Operation(r.Context(), operationID)
+	op, err := s.backend.Operation(r.Context(), operationID)
 	if err == nil && c.ownerID != "" {
 		var v *starter.Volume
-		if v, err = s.hf.Volume(r.Context(), op.VolumeID); err == nil && v.Spec.OwnerID != c.ownerID {
+		if v, err = s.backend.Volume(r.Context(), op.VolumeID); err == nil && v.Spec.OwnerID != c.ownerID {
 			err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
 		}
 	}
@@ -410,7 +411,7 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	p.PolicyID = policyID
-	stored, err := s.hf.PutPolicy(r.Context(), p)
+	stored, err := s.backend.PutPolicy(r.Context(), p)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -444,7 +445,7 @@ func (s *Server) putVolumePolicy(w http.ResponseWriter, r *http.Request, c calle
 	if !ok {
 		return
 	}
-	a, err := s.hf.AttachPolicy(r.Context(), v.Spec.VolumeID, policyID)
+	a, err := s.backend.AttachPolicy(r.Context(), v.Spec.VolumeID, policyID)
 	if err != nil {
 		s.fail(w, err)
 		return
