@@ -60,11 +60,13 @@ func (f *fakeBackend) start(volumeID string, kind workflows.Kind, itemID string)
 		ItemID: itemID, Status: workflows.StatusPending, StartedAt: fakeNow}, nil
 }
 
-func (f *fakeBackend) Request(_ context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error) {
+func (f *fakeBackend) Request(_ context.Context, volumeID string, req workflows.OperationRequest) (
+	*workflows.Operation, error) {
 	return f.start(volumeID, req.Kind, req.ItemID())
 }
 
-func (f *fakeBackend) Restore(_ context.Context, volumeID string, req starter.RestoreRequest) (*workflows.Operation, error) {
+func (f *fakeBackend) Restore(_ context.Context, volumeID string, req starter.RestoreRequest) (
+	*workflows.Operation, error) {
 	op, err := f.start(volumeID, workflows.KindRestore, req.SnapshotID+req.BackupID)
 	if err == nil && req.Mode == workflows.ModeNewVolume {
 		op.NewVolumeID = req.NewVolumeID
@@ -105,8 +107,9 @@ func newFakeBackend() *fakeBackend {
 		Status: workflows.StatusFailed, StartedAt: fakeNow, FinishedAt: ptr(fakeNow.Add(time.Minute)),
 		Error: &workflows.ErrorInfo{Type: "StorageUnavailable", Message: "put /srv/store/chunks/ab/cd: disk full"}}
 	running := &workflows.Operation{OperationID: "op-2", VolumeID: "v1", Kind: workflows.KindBackup, ItemID: "bk-2",
-		Status: workflows.StatusCreating, StartedAt: fakeNow.Add(time.Hour), Progress: &activities.Progress{Phase: "uploading",
-			BytesDone: 1 << 30, BytesTotal: 4 << 30, NextOffset: 1 << 30, BytesPerSecond: 312e6}}
+		Status: workflows.StatusCreating, StartedAt: fakeNow.Add(time.Hour),
+		Progress: &activities.Progress{Phase: "uploading", BytesDone: 1 << 30, BytesTotal: 4 << 30, NextOffset: 1 << 30,
+			BytesPerSecond: 312e6}}
 	v1 := &starter.Volume{VolumeState: workflows.VolumeState{Registered: true,
 		Spec: workflows.VolumeSpec{VolumeID: "v1", Name: "web-data", OwnerID: "alice", HypervisorID: "hv1",
 			Plan:      workflows.Plan{PlanID: "standard", MaxSnapshots: 5, MaxBackups: 10},

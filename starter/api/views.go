@@ -52,7 +52,8 @@ func progress(p *activities.Progress) *apiv1.Progress {
 	if p == nil {
 		return nil
 	}
-	v := &apiv1.Progress{Phase: p.Phase, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, BytesPerSecond: p.BytesPerSecond}
+	v := &apiv1.Progress{Phase: p.Phase, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal,
+		BytesPerSecond: p.BytesPerSecond}
 	if p.BytesPerSecond > 0 && p.BytesTotal >= p.BytesDone {
 		eta := int64(math.Ceil(float64(p.BytesTotal-p.BytesDone) / p.BytesPerSecond))
 		v.ETASeconds = &eta

@@ -24,7 +24,8 @@ func (inv *invocation) createItem(ctx context.Context, volumeID, collection stri
 	if err := checkID("VOLUME", volumeID); err != nil {
 		return err
 	}
-	return inv.start(ctx, http.MethodPost, volumePath(volumeID)+"/"+collection, nil, apiv1.CreateItemRequest{Name: inv.opts.name})
+	return inv.start(ctx, http.MethodPost, volumePath(volumeID)+"/"+collection, nil,
+		apiv1.CreateItemRequest{Name: inv.opts.name})
 }
 
 func runRestore(ctx context.Context, inv *invocation, args []string) error {

@@ -12,7 +12,8 @@ import (
 
 func uploading(done, total int64, bps float64, eta *int64) *apiv1.Operation {
 	return &apiv1.Operation{OperationID: "op-1", VolumeID: "vol1", Kind: "backup", ItemID: "back-1", Status: "creating",
-		Progress: &apiv1.Progress{Phase: "uploading", BytesDone: done, BytesTotal: total, BytesPerSecond: bps, ETASeconds: eta}}
+		Progress: &apiv1.Progress{Phase: "uploading", BytesDone: done, BytesTotal: total, BytesPerSecond: bps,
+			ETASeconds: eta}}
 }
 
 func ptr(n int64) *int64 { return &n }
