@@ -32,6 +32,8 @@ func TestNewVolumeIDShownWhenSet(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &body))
 	assert.NotContains(t, body, "new_volume_id")
 
-	assert.Equal(t, "vol-7f3a", operationView(restore)["new_volume_id"])
-	assert.NotContains(t, operationView(backup), "new_volume_id")
+	assert.Equal(t, "vol-7f3a", operationView(restore).NewVolumeID)
+	data, err := json.Marshal(operationView(backup))
+	require.NoError(t, err)
+	assert.NotContains(t, string(data), "new_volume_id")
 }

@@ -2,8 +2,9 @@
 // tokens, owner scoping (another owner's volume is a 404 exactly like a missing one), strict JSON bodies of
 // at most 1 MiB read within a deadline (strict.go), canonical paths with 404/405 answered as JSON
 // (routing.go), and typed errors mapped to status codes, naming the field and nothing internal. It delegates
-// every decision to the starter client, so HTTP and Go callers get the same answers; it never talks to
-// hypervisors or storage itself.
+// every decision to the starter client, through the few methods of it that Backend names (backend.go), so
+// HTTP and Go callers get the same answers; it never talks to hypervisors or storage itself. What it reads
+// and writes are the types of package apiv1, the contract it shares with its clients (views.go converts).
 package api
 
 import (
@@ -13,15 +14,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -29,8 +29,6 @@ const maxBody = 1 << 20
 
 // ErrRequestTimeout is the error type of a request whose body did not arrive within the body timeout (408).
 const ErrRequestTimeout = "RequestTimeout"
-
-var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // Tokens says who may call: panel tokens act for any owner; an owner token only for its owner.
 type Tokens struct {
@@ -47,7 +45,7 @@ func ParseOwnerTokens(pairs string) (map[string]string, error) {
 	}
 	for _, pair := range strings.Split(pairs, ",") {
 		owner, token, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		if !ok || !idRE.MatchString(owner) || token == "" {
+		if !ok || !activities.ValidID(owner) || token == "" {
 			return nil, fmt.Errorf("owner tokens: want owner=token,..., got %q", pair)
 		}
 		out[token] = owner
@@ -57,23 +55,24 @@ func ParseOwnerTokens(pairs string) (map[string]string, error) {
 
 // Server is the HTTP API.
 type Server struct {
-	hf     *starter.Client
-	tokens Tokens
-	health func(context.Context) error
-	log    *slog.Logger
-	mux    *http.ServeMux
+	backend Backend
+	tokens  Tokens
+	health  func(context.Context) error
+	log     *slog.Logger
+	mux     *http.ServeMux
 	// OnRejection, when set, is told of each guard-rail rejection (metrics).
 	OnRejection func(errType string)
 	// BodyTimeout bounds how long a request's body may take to arrive (default BodyReadTimeout).
 	BodyTimeout time.Duration
 }
 
-// New returns the API handler. health reports whether Temporal is reachable (GET /healthz).
-func New(hf *starter.Client, tokens Tokens, health func(context.Context) error, log *slog.Logger) *Server {
+// New returns the API handler over backend (in production the *starter.Client). health reports whether
+// Temporal is reachable (GET /healthz).
+func New(backend Backend, tokens Tokens, health func(context.Context) error, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{hf: hf, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
+	s := &Server{backend: backend, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}", s.auth(s.putVolume))
 	s.mux.HandleFunc("GET /v1/volumes/{volume_id}", s.auth(s.getVolume))
@@ -141,12 +140,12 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		if err := s.health(ctx); err != nil {
 			// Anyone may ask: the error (addresses, ports) goes to the log only.
 			s.log.Warn("health check: Temporal unreachable", "error", err)
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable",
-				"error": "Temporal is not reachable from the API."})
+			writeJSON(w, http.StatusServiceUnavailable, apiv1.Health{Status: "unavailable",
+				Error: "Temporal is not reachable from the API."})
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	writeJSON(w, http.StatusOK, apiv1.Health{Status: "ok"})
 }
 
 // ---- volumes ----
@@ -168,7 +167,7 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 	if !panelOnly(w, c, "register volumes") {
 		return
 	}
-	var b starter.RegisterRequest
+	var b apiv1.RegisterVolumeRequest
 	if !decode(w, r, &b, false) {
 		return
 	}
@@ -177,8 +176,8 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	for field, v := range map[string]string{"owner_id": b.OwnerID, "hypervisor_id": b.HypervisorID} {
-		if !idRE.MatchString(v) {
-			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+idRE.String())
+		if !activities.ValidID(v) {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+activities.IDPattern)
 			return
 		}
 	}
@@ -187,7 +186,7 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	b.VolumeID = volumeID
-	v, err := s.hf.RegisterVolume(r.Context(), b)
+	v, err := s.backend.RegisterVolume(r.Context(), registerRequestOf(b))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -201,7 +200,7 @@ func (s *Server) volume(w http.ResponseWriter, r *http.Request, c caller) (*star
 	if !ok {
 		return nil, false
 	}
-	v, err := s.hf.Volume(r.Context(), volumeID)
+	v, err := s.backend.Volume(r.Context(), volumeID)
 	if err == nil && c.ownerID != "" && v.Spec.OwnerID != c.ownerID {
 		err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Volume %s not found.", volumeID)}
 	}
@@ -242,15 +241,11 @@ func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request, c caller) 
 		}
 		keep = d
 	}
-	op, err := s.hf.Deregister(r.Context(), volumeID, r.URL.Query().Get("confirm"), keep)
+	op, err := s.backend.Deregister(r.Context(), volumeID, r.URL.Query().Get("confirm"), keep)
 	s.accepted(w, op, err)
 }
 
 // ---- operations ----
-
-type nameBody struct {
-	Name string `json:"name"`
-}
 
 func (s *Server) postSnapshot(w http.ResponseWriter, r *http.Request, c caller) {
 	s.create(w, r, c, workflows.KindSnapshot)
@@ -261,7 +256,7 @@ func (s *Server) postBackup(w http.ResponseWriter, r *http.Request, c caller) {
 }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request, c caller, kind workflows.Kind) {
-	var b nameBody
+	var b apiv1.CreateItemRequest
 	if !decode(w, r, &b, true) {
 		return
 	}
@@ -273,7 +268,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, c caller, kind w
 }
 
 func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
-	var b starter.RestoreRequest
+	var b apiv1.RestoreRequest
 	if !decode(w, r, &b, false) {
 		return
 	}
@@ -285,7 +280,7 @@ func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
 	if !ok {
 		return
 	}
-	op, err := s.hf.Restore(r.Context(), v.Spec.VolumeID, b)
+	op, err := s.backend.Restore(r.Context(), v.Spec.VolumeID, restoreRequestOf(b))
 	s.accepted(w, op, err)
 }
 
@@ -294,7 +289,7 @@ func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
 // (the new volume inherits the source's owner, plan and hypervisor; the starter client picks its ID), so
 // each is refused by name instead of being honoured or silently dropped. A new_volume_id is checked here so
 // that a bad one is reported as new_volume_id, not as the volume_id it would become.
-func restoreRefusal(b starter.RestoreRequest, c caller) string {
+func restoreRefusal(b apiv1.RestoreRequest, c caller) string {
 	if c.ownerID != "" {
 		switch {
 		case b.NewVolumeID != "":
@@ -307,8 +302,8 @@ func restoreRefusal(b starter.RestoreRequest, c caller) string {
 			return "plan: the new volume keeps the source's plan for owner tokens; omit it"
 		}
 	}
-	if b.NewVolumeID != "" && !idRE.MatchString(b.NewVolumeID) {
-		return "new_volume_id: must match " + idRE.String()
+	if b.NewVolumeID != "" && !activities.ValidID(b.NewVolumeID) {
+		return "new_volume_id: must match " + activities.IDPattern
 	}
 	return ""
 }
@@ -340,7 +335,7 @@ func (s *Server) deleteItem(w http.ResponseWriter, r *http.Request, c caller, fi
 }
 
 func (s *Server) request(w http.ResponseWriter, r *http.Request, volumeID string, req workflows.OperationRequest) {
-	op, err := s.hf.Request(r.Context(), volumeID, req)
+	op, err := s.backend.Request(r.Context(), volumeID, req)
 	s.accepted(w, op, err)
 }
 
@@ -349,10 +344,7 @@ func (s *Server) accepted(w http.ResponseWriter, op *workflows.Operation, err er
 		s.fail(w, err)
 		return
 	}
-	view := map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
-		"item_id": op.ItemID, "status": op.Status}
-	addNewVolume(view, op)
-	writeJSON(w, http.StatusAccepted, view)
+	writeJSON(w, http.StatusAccepted, acceptedView(op))
 }
 
 func (s *Server) postAbort(w http.ResponseWriter, r *http.Request, c caller) {
@@ -364,7 +356,7 @@ func (s *Server) postAbort(w http.ResponseWriter, r *http.Request, c caller) {
 	if c.ownerID != "" {
 		reason += " by owner " + c.ownerID
 	}
-	op, err := s.hf.Abort(r.Context(), v.Spec.VolumeID, reason)
+	op, err := s.backend.Abort(r.Context(), v.Spec.VolumeID, reason)
 	s.accepted(w, op, err)
 }
 
@@ -373,10 +365,10 @@ func (s *Server) getOperation(w http.ResponseWriter, r *http.Request, c caller) 
 	if !ok {
 		return
 	}
-	op, err := s.hf.Operation(r.Context(), operationID)
+	op, err := s.backend.Operation(r.Context(), operationID)
 	if err == nil && c.ownerID != "" {
 		var v *starter.Volume
-		if v, err = s.hf.Volume(r.Context(), op.VolumeID); err == nil && v.Spec.OwnerID != c.ownerID {
+		if v, err = s.backend.Volume(r.Context(), op.VolumeID); err == nil && v.Spec.OwnerID != c.ownerID {
 			err = &starter.Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
 		}
 	}
@@ -401,29 +393,27 @@ func (s *Server) putPolicy(w http.ResponseWriter, r *http.Request, c caller) {
 	if !panelOnly(w, c, "define policies") {
 		return
 	}
-	var p workflows.Policy
-	if !decode(w, r, &p, false) {
+	var b apiv1.Policy
+	if !decode(w, r, &b, false) {
 		return
 	}
-	if p.PolicyID != "" && p.PolicyID != policyID {
+	if b.PolicyID != "" && b.PolicyID != policyID {
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "policy_id: body and path disagree")
 		return
 	}
-	p.PolicyID = policyID
-	stored, err := s.hf.PutPolicy(r.Context(), p)
+	b.PolicyID = policyID
+	stored, err := s.backend.PutPolicy(r.Context(), policyOf(b))
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, stored)
+	writeJSON(w, http.StatusOK, policyView(stored))
 }
 
 // putVolumePolicy attaches a volume to a policy ({"policy_id": "..."}) or detaches it ({"policy_id": null}).
 // An owner may do it for its own volumes, like any other volume request.
 func (s *Server) putVolumePolicy(w http.ResponseWriter, r *http.Request, c caller) {
-	var b struct {
-		PolicyID json.RawMessage `json:"policy_id"`
-	}
+	var b apiv1.AttachPolicyRequest
 	if !decode(w, r, &b, false) {
 		return
 	}
@@ -435,8 +425,8 @@ func (s *Server) putVolumePolicy(w http.ResponseWriter, r *http.Request, c calle
 		return
 	case raw == "null":
 	default:
-		if err := json.Unmarshal(b.PolicyID, &policyID); err != nil || !idRE.MatchString(policyID) {
-			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "policy_id: must match "+idRE.String())
+		if err := json.Unmarshal(b.PolicyID, &policyID); err != nil || !activities.ValidID(policyID) {
+			writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "policy_id: must match "+activities.IDPattern)
 			return
 		}
 	}
@@ -444,116 +434,20 @@ func (s *Server) putVolumePolicy(w http.ResponseWriter, r *http.Request, c calle
 	if !ok {
 		return
 	}
-	a, err := s.hf.AttachPolicy(r.Context(), v.Spec.VolumeID, policyID)
+	a, err := s.backend.AttachPolicy(r.Context(), v.Spec.VolumeID, policyID)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"volume_id": a.VolumeID, "policy_id": nullable(a.PolicyID),
-		"schedule_id": nullable(a.ScheduleID)})
-}
-
-func nullable(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-// ---- views (the JSON shapes of api.md) ----
-
-type progressView struct {
-	Phase          string  `json:"phase"`
-	BytesDone      int64   `json:"bytes_done"`
-	BytesTotal     int64   `json:"bytes_total"`
-	BytesPerSecond float64 `json:"bytes_per_second"`
-	ETASeconds     *int64  `json:"eta_seconds"`
-}
-
-func progress(p *activities.Progress) *progressView {
-	if p == nil {
-		return nil
-	}
-	v := &progressView{Phase: p.Phase, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal, BytesPerSecond: p.BytesPerSecond}
-	if p.BytesPerSecond > 0 && p.BytesTotal >= p.BytesDone {
-		eta := int64(math.Ceil(float64(p.BytesTotal-p.BytesDone) / p.BytesPerSecond))
-		v.ETASeconds = &eta
-	}
-	return v
-}
-
-func operationView(op *workflows.Operation) map[string]any {
-	view := map[string]any{"operation_id": op.OperationID, "volume_id": op.VolumeID, "kind": op.Kind,
-		"item_id": op.ItemID, "status": op.Status, "progress": progress(op.Progress), "error": op.Error,
-		"started_at": op.StartedAt, "finished_at": op.FinishedAt}
-	addNewVolume(view, op)
-	return view
-}
-
-// addNewVolume names the volume a restore creates (beyond v1: only present for restores to a new volume;
-// for owner tokens it is the caller's only way to learn the ID Holdfast chose).
-func addNewVolume(view map[string]any, op *workflows.Operation) {
-	if op.NewVolumeID != "" {
-		view["new_volume_id"] = op.NewVolumeID
-	}
-}
-
-func volumeView(v *starter.Volume) map[string]any {
-	spec := v.Spec
-	var active any
-	if op := v.Active; op != nil {
-		active = map[string]any{"operation_id": op.OperationID, "kind": op.Kind, "item_id": op.ItemID,
-			"status": op.Status, "progress": progress(op.Progress)}
-	}
-	snapshots := []map[string]any{}
-	for _, it := range v.Snapshots {
-		m := map[string]any{"snapshot_id": it.ItemID, "name": it.Name, "status": it.Status,
-			"created_at": it.CreatedAt, "size_bytes": it.SizeBytes}
-		addOptional(m, it)
-		snapshots = append(snapshots, m)
-	}
-	backups := []map[string]any{}
-	for _, it := range v.Backups {
-		m := map[string]any{"backup_id": it.ItemID, "name": it.Name, "status": it.Status, "created_at": it.CreatedAt,
-			"size_bytes": it.SizeBytes, "stored_bytes": it.StoredBytes, "storage": it.Storage}
-		addOptional(m, it)
-		backups = append(backups, m)
-	}
-	view := map[string]any{"volume_id": spec.VolumeID, "name": spec.Name, "owner_id": spec.OwnerID,
-		"hypervisor_id": spec.HypervisorID, "plan": spec.Plan.PlanID, "storage": spec.Storage,
-		"size_bytes": spec.SizeBytes, "active_operation": active,
-		"cooldown_remaining_seconds": v.CooldownRemainingSeconds, "snapshots": snapshots, "backups": backups}
-	if v.PolicyID != "" {
-		view["policy_id"] = v.PolicyID // beyond v1: only present when attached
-	}
-	return view
-}
-
-// addOptional adds the fields beyond v1 (backward compatible: only present when set).
-func addOptional(m map[string]any, it workflows.Item) {
-	if it.Consistency != "" {
-		m["consistency"] = it.Consistency
-	}
-	if it.Error != "" {
-		m["error"] = it.Error
-	}
-	if it.Scheduled {
-		m["scheduled"] = true
-	}
-	if it.Replica != nil {
-		m["replica"] = it.Replica
-	}
-	if it.Recovered {
-		m["recovered"] = true
-	}
+	writeJSON(w, http.StatusOK, attachmentView(a))
 }
 
 // ---- plumbing ----
 
 func pathID(w http.ResponseWriter, r *http.Request, field string) (string, bool) {
 	id := r.PathValue(field)
-	if !idRE.MatchString(id) {
-		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+idRE.String())
+	if !activities.ValidID(id) {
+		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, field+": must match "+activities.IDPattern)
 		return "", false
 	}
 	return id, true
@@ -605,7 +499,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 }
 
 func writeError(w http.ResponseWriter, status int, errType, message string) {
-	writeJSON(w, status, map[string]any{"error": map[string]string{"type": errType, "message": message}})
+	writeJSON(w, status, apiv1.ErrorResponse{Error: apiv1.Error{Type: errType, Message: message}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {

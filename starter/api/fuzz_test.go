@@ -26,6 +26,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 	workerconfig "github.com/holdfast/holdfast/workers/config"
 	"github.com/holdfast/holdfast/workflows"
 )
@@ -281,7 +282,7 @@ func FuzzRegisterBody(f *testing.F) {
 	f.Add([]byte(`{"name": "web-data", "owner_id": "acct-42", "hypervisor_id": "hv1", "plan": "standard",
 		"storage": {"type": "file", "path": "/var/lib/holdfast/volumes/web-data.qcow2"}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		checkBody(t, "PUT", "/v1/volumes/v1", "panel-secret", body, func() any { return &starter.RegisterRequest{} }, false,
+		checkBody(t, "PUT", "/v1/volumes/v1", "panel-secret", body, func() any { return &apiv1.RegisterVolumeRequest{} }, false,
 			registerKeys)
 	})
 }
@@ -292,15 +293,10 @@ func FuzzRestoreBody(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		// The panel may name a storage for the new volume; an owner token may not (a 400).
 		for _, token := range []string{"panel-secret", "alice-token"} {
-			checkBody(t, "POST", "/v1/volumes/v1/restore", token, body, func() any { return &starter.RestoreRequest{} }, false,
+			checkBody(t, "POST", "/v1/volumes/v1/restore", token, body, func() any { return &apiv1.RestoreRequest{} }, false,
 				restoreKeys)
 		}
 	})
-}
-
-// nameOnly is the body of POST snapshots and backups.
-type nameOnly struct {
-	Name string `json:"name"`
 }
 
 func FuzzSnapshotBody(f *testing.F) {
@@ -308,7 +304,7 @@ func FuzzSnapshotBody(f *testing.F) {
 	f.Add([]byte(``))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, kind := range []string{"snapshots", "backups"} {
-			checkBody(t, "POST", "/v1/volumes/v1/"+kind, "alice-token", body, func() any { return &nameOnly{} }, true,
+			checkBody(t, "POST", "/v1/volumes/v1/"+kind, "alice-token", body, func() any { return &apiv1.CreateItemRequest{} }, true,
 				nameKeys)
 		}
 	})
@@ -361,10 +357,10 @@ func TestAPIBodySizeBoundary(t *testing.T) {
 		into                  func() any
 		keys                  map[string][]string
 	}{
-		{"PUT", "/v1/volumes/v1", "panel-secret", func() any { return &starter.RegisterRequest{} }, registerKeys},
-		{"POST", "/v1/volumes/v1/restore", "alice-token", func() any { return &starter.RestoreRequest{} }, restoreKeys},
-		{"POST", "/v1/volumes/v1/snapshots", "alice-token", func() any { return &nameOnly{} }, nameKeys},
-		{"POST", "/v1/volumes/v1/backups", "alice-token", func() any { return &nameOnly{} }, nameKeys},
+		{"PUT", "/v1/volumes/v1", "panel-secret", func() any { return &apiv1.RegisterVolumeRequest{} }, registerKeys},
+		{"POST", "/v1/volumes/v1/restore", "alice-token", func() any { return &apiv1.RestoreRequest{} }, restoreKeys},
+		{"POST", "/v1/volumes/v1/snapshots", "alice-token", func() any { return &apiv1.CreateItemRequest{} }, nameKeys},
+		{"POST", "/v1/volumes/v1/backups", "alice-token", func() any { return &apiv1.CreateItemRequest{} }, nameKeys},
 	} {
 		field := `{"name": "`
 		if c.target == "/v1/volumes/v1/restore" {

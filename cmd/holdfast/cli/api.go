@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
 // maxResponseBytes bounds what we read from the API: a volume with its snapshot and backup lists is a few
@@ -23,7 +25,8 @@ const maxResponseBytes = 8 << 20
 const requestTimeout = 30 * time.Second
 
 // apiClient speaks the HTTP API of docs/api.md and nothing else: the CLI must get exactly the
-// answers a panel gets, so it never reaches Temporal or the workers itself.
+// answers a panel gets, so it never reaches Temporal or the workers itself. Bodies are the API's own types
+// (package apiv1, which the server builds its answers from), so the two cannot disagree about a field.
 type apiClient struct {
 	base  string // scheme://host[:port][/prefix], no trailing slash
 	token string
@@ -121,13 +124,8 @@ func parseAPIError(resp *http.Response, data []byte) *apiError {
 			e.RetryAfter = ra
 		}
 	}
-	var doc struct {
-		Error *struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(data, &doc) == nil && doc.Error != nil && doc.Error.Type != "" {
+	var doc apiv1.ErrorResponse
+	if json.Unmarshal(data, &doc) == nil && doc.Error.Type != "" {
 		e.Type, e.Message = doc.Error.Type, doc.Error.Message
 		return e
 	}
@@ -179,30 +177,6 @@ func volumePath(volumeID string) string { return "/v1/volumes/" + url.PathEscape
 
 func operationPath(operationID string) string { return "/v1/operations/" + url.PathEscape(operationID) }
 
-// operation is the API's operation document (the 202 answer and GET /v1/operations/{id}), declared here
-// rather than taken from workflows so that the CLI depends on the HTTP contract, not on the server's types.
-type operation struct {
-	OperationID string          `json:"operation_id"`
-	VolumeID    string          `json:"volume_id"`
-	Kind        string          `json:"kind"`
-	ItemID      string          `json:"item_id"`
-	Status      string          `json:"status"`
-	Progress    *progress       `json:"progress"`
-	Error       json.RawMessage `json:"error"`
-	StartedAt   string          `json:"started_at"`
-	FinishedAt  string          `json:"finished_at"`
-}
-
-// progress is an operation's live progress. ETASeconds is a pointer because "0 seconds left" and "not
-// known" must render differently.
-type progress struct {
-	Phase          string   `json:"phase"`
-	BytesDone      int64    `json:"bytes_done"`
-	BytesTotal     int64    `json:"bytes_total"`
-	BytesPerSecond float64  `json:"bytes_per_second"`
-	ETASeconds     *float64 `json:"eta_seconds"`
-}
-
 // terminal reports whether an operation has ended: a snapshot or backup ends "available", a restore or
 // delete "completed".
 func terminal(status string) bool {
@@ -213,58 +187,14 @@ func terminal(status string) bool {
 	return false
 }
 
-// errorText renders an operation's error, which the API sends as {"type","message"}; a plain string is
-// accepted too so that an older or newer server still produces a readable line.
-func (op *operation) errorText() string {
-	raw := bytes.TrimSpace(op.Error)
-	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
+// errorText renders an operation's error as "<Type>: <message>", or the message alone when untyped.
+func errorText(op *apiv1.Operation) string {
+	e := op.Error
+	switch {
+	case e == nil:
 		return ""
+	case e.Type == "":
+		return e.Message
 	}
-	var typed struct {
-		Type    string `json:"type"`
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(raw, &typed) == nil && (typed.Type != "" || typed.Message != "") {
-		if typed.Type == "" {
-			return typed.Message
-		}
-		return typed.Type + ": " + typed.Message
-	}
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	return string(raw)
-}
-
-// volume is GET /v1/volumes/{id}.
-type volume struct {
-	VolumeID     string `json:"volume_id"`
-	Name         string `json:"name"`
-	OwnerID      string `json:"owner_id"`
-	HypervisorID string `json:"hypervisor_id"`
-	Plan         string `json:"plan"`
-	Storage      struct {
-		Type  string `json:"type"`
-		Path  string `json:"path"`
-		Pool  string `json:"pool"`
-		Image string `json:"image"`
-	} `json:"storage"`
-	SizeBytes                int64      `json:"size_bytes"`
-	ActiveOperation          *operation `json:"active_operation"`
-	CooldownRemainingSeconds float64    `json:"cooldown_remaining_seconds"`
-	Snapshots                []item     `json:"snapshots"`
-	Backups                  []item     `json:"backups"`
-}
-
-// item is one snapshot or backup of a volume.
-type item struct {
-	SnapshotID  string `json:"snapshot_id"`
-	BackupID    string `json:"backup_id"`
-	Name        string `json:"name"`
-	Status      string `json:"status"`
-	CreatedAt   string `json:"created_at"`
-	SizeBytes   int64  `json:"size_bytes"`
-	StoredBytes int64  `json:"stored_bytes"`
-	Storage     string `json:"storage"`
+	return e.Type + ": " + e.Message
 }

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
 // Exit codes, part of the CLI's contract with scripts.
@@ -169,11 +170,11 @@ func (e *usageError) Error() string { return e.msg }
 func usagef(format string, args ...any) error { return &usageError{msg: fmt.Sprintf(format, args...)} }
 
 // operationEndedError is an operation that ran and did not succeed (exit 4).
-type operationEndedError struct{ op *operation }
+type operationEndedError struct{ op *apiv1.Operation }
 
 func (e *operationEndedError) Error() string {
 	s := fmt.Sprintf("operation %s (%s of %s) %s", e.op.OperationID, e.op.Kind, e.op.VolumeID, e.op.Status)
-	if t := e.op.errorText(); t != "" {
+	if t := errorText(e.op); t != "" {
 		s += ": " + t
 	}
 	return s

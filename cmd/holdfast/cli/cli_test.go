@@ -426,13 +426,13 @@ func TestList(t *testing.T) {
 		"created_at": "2026-01-02T03:04:05Z", "size_bytes": 1 << 20}}
 	b := f.addVolume("vol2", "db")
 	b.doc["backups"] = []any{map[string]any{"backup_id": "back-1", "name": "", "status": "creating",
-		"created_at": "unknown", "size_bytes": 0, "stored_bytes": 0, "storage": "s3-eu"}}
+		"created_at": "2026-01-04T00:00:00Z", "size_bytes": 0, "stored_bytes": 0, "storage": "s3-eu"}}
 
 	r := run(t, srv, "list", "vol1", "vol2")
 	r.expect(t, ExitOK)
 	want := `VOLUME  KIND      ID      NAME   STATUS     CREATED               SIZE     STORED  STORAGE
 vol1    snapshot  snap-1  daily  available  2026-01-02 03:04:05Z  1.0 MiB  -       -
-vol2    backup    back-1  -      creating   unknown               0 B      0 B     s3-eu
+vol2    backup    back-1  -      creating   2026-01-04 00:00:00Z  0 B      0 B     s3-eu
 `
 	if r.stdout != want {
 		t.Errorf("stdout:\n%s\nwant:\n%s", r.stdout, want)

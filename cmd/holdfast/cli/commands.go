@@ -9,30 +9,8 @@ import (
 	"net/http"
 	"net/url"
 
-	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
-
-// itemRequest is the body of POST .../snapshots and .../backups. An empty name is left out so the API
-// chooses one, rather than being asked for an item literally named "".
-type itemRequest struct {
-	Name string `json:"name,omitempty"`
-}
-
-// restoreRequest is the body of POST .../restore, in either of its two modes. It repeats the wire shape of
-// starter.RestoreRequest on purpose: importing that package would pull Temporal into a CLI that must only
-// speak HTTP.
-type restoreRequest struct {
-	SnapshotID    string `json:"snapshot_id,omitempty"`
-	BackupID      string `json:"backup_id,omitempty"`
-	Mode          string `json:"mode"`
-	Confirm       string `json:"confirm,omitempty"`
-	NewVolumeID   string `json:"new_volume_id,omitempty"`
-	NewVolumeName string `json:"new_volume_name,omitempty"`
-	Plan          string `json:"plan,omitempty"`
-	HypervisorID  string `json:"hypervisor_id,omitempty"`
-	// Storage places the new volume (default: beside the source, on the target hypervisor).
-	Storage *activities.VolumeRef `json:"storage,omitempty"`
-}
 
 func runSnapshot(ctx context.Context, inv *invocation, args []string) error {
 	return inv.createItem(ctx, args[0], "snapshots")
@@ -46,7 +24,8 @@ func (inv *invocation) createItem(ctx context.Context, volumeID, collection stri
 	if err := checkID("VOLUME", volumeID); err != nil {
 		return err
 	}
-	return inv.start(ctx, http.MethodPost, volumePath(volumeID)+"/"+collection, nil, itemRequest{Name: inv.opts.name})
+	return inv.start(ctx, http.MethodPost, volumePath(volumeID)+"/"+collection, nil,
+		apiv1.CreateItemRequest{Name: inv.opts.name})
 }
 
 func runRestore(ctx context.Context, inv *invocation, args []string) error {
@@ -55,7 +34,7 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 	if err := checkID("VOLUME", volumeID); err != nil {
 		return err
 	}
-	req := restoreRequest{SnapshotID: o.snapshotID, BackupID: o.backupID}
+	req := apiv1.RestoreRequest{SnapshotID: o.snapshotID, BackupID: o.backupID}
 	if err := checkSource(o); err != nil {
 		return err
 	}
@@ -70,7 +49,7 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 		if o.confirm == "" {
 			return usagef("restore: --in-place overwrites %s: confirm with --confirm <its name>", volumeID)
 		}
-		req.Mode, req.Confirm = "in_place", o.confirm
+		req.Mode, req.Confirm = apiv1.ModeInPlace, o.confirm
 	case o.newVolume != "":
 		if o.confirm != "" {
 			return usagef("restore: --confirm applies only to --in-place")
@@ -82,15 +61,15 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 		if name == "" {
 			name = o.newVolume
 		}
-		req.Mode, req.NewVolumeID, req.NewVolumeName = "new_volume", o.newVolume, name
+		req.Mode, req.NewVolumeID, req.NewVolumeName = apiv1.ModeNewVolume, o.newVolume, name
 		req.Plan, req.HypervisorID = o.plan, o.hypervisor
 		switch {
 		case o.path != "" && o.pool != "":
 			return usagef("restore: --path and --pool exclude each other")
 		case o.path != "":
-			req.Storage = &activities.VolumeRef{Type: "file", Path: o.path}
+			req.Storage = &apiv1.Storage{Type: "file", Path: o.path}
 		case o.pool != "":
-			req.Storage = &activities.VolumeRef{Type: "rbd", Pool: o.pool, Image: o.newVolume}
+			req.Storage = &apiv1.Storage{Type: "rbd", Pool: o.pool, Image: o.newVolume}
 		}
 	default:
 		return usagef("restore: say where to: --in-place --confirm <volume name>, or --new-volume NEW_ID")
@@ -143,7 +122,7 @@ func (inv *invocation) start(ctx context.Context, method, path string, query url
 	if err != nil {
 		return err
 	}
-	var op operation
+	var op apiv1.Accepted
 	if err := decode(data, &op); err != nil {
 		return err
 	}
@@ -184,7 +163,7 @@ func (inv *invocation) start(ctx context.Context, method, path string, query url
 	return outcome(final)
 }
 
-func itemSuffix(op *operation) string {
+func itemSuffix(op *apiv1.Accepted) string {
 	if op.ItemID == "" {
 		return ""
 	}
@@ -192,7 +171,7 @@ func itemSuffix(op *operation) string {
 }
 
 // outcome is nil for an operation that succeeded and an exit-4 error for one that failed or was aborted.
-func outcome(op *operation) error {
+func outcome(op *apiv1.Operation) error {
 	if op.Status == "failed" || op.Status == "aborted" {
 		return &operationEndedError{op: op}
 	}
@@ -217,7 +196,7 @@ func runStatus(ctx context.Context, inv *invocation, args []string) error {
 	if err := checkID("VOLUME", args[0]); err != nil {
 		return err
 	}
-	var v volume
+	var v apiv1.Volume
 	raw, err := inv.api.getJSON(ctx, volumePath(args[0]), &v)
 	if err != nil {
 		return err
@@ -237,7 +216,7 @@ func runList(ctx context.Context, inv *invocation, args []string) error {
 		}
 	}
 	// Fetch everything before printing anything, so a missing volume does not leave half a listing.
-	vols := make([]volume, len(args))
+	vols := make([]apiv1.Volume, len(args))
 	raws := make([]json.RawMessage, len(args))
 	for i, id := range args {
 		raw, err := inv.api.getJSON(ctx, volumePath(id), &vols[i])

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
 // fakeAPI serves the parts of docs/api.md the CLI calls, with the contract's auth, strict JSON,
@@ -196,9 +198,7 @@ func (f *fakeAPI) getVolume(w http.ResponseWriter, r *http.Request) {
 
 func (f *fakeAPI) create(kind string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Name string `json:"name"`
-		}
+		var req apiv1.CreateItemRequest
 		if !strictDecode(w, r, &req) {
 			return
 		}
@@ -215,22 +215,7 @@ func (f *fakeAPI) create(kind string) http.HandlerFunc {
 }
 
 func (f *fakeAPI) restore(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		SnapshotID    string `json:"snapshot_id"`
-		BackupID      string `json:"backup_id"`
-		Mode          string `json:"mode"`
-		Confirm       string `json:"confirm"`
-		NewVolumeID   string `json:"new_volume_id"`
-		NewVolumeName string `json:"new_volume_name"`
-		Plan          string `json:"plan"`
-		HypervisorID  string `json:"hypervisor_id"`
-		Storage       *struct {
-			Type  string `json:"type"`
-			Path  string `json:"path"`
-			Pool  string `json:"pool"`
-			Image string `json:"image"`
-		} `json:"storage"`
-	}
+	var req apiv1.RestoreRequest
 	if !strictDecode(w, r, &req) {
 		return
 	}

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
 // maxTransientFailures is how many polls in a row may fail with an unreachable API or a 5xx before watch
@@ -17,14 +19,14 @@ const maxTransientFailures = 10
 
 // watch polls an operation until it ends, drawing progress unless --json asked for silence. It returns the
 // final state and its raw document.
-func (inv *invocation) watch(ctx context.Context, operationID string) (*operation, []byte, error) {
+func (inv *invocation) watch(ctx context.Context, operationID string) (*apiv1.Operation, []byte, error) {
 	var view *progressView
 	if !inv.opts.json {
 		view = newProgressView(inv.stdout, isTerminal(inv.stdout, inv.env), time.Now)
 	}
 	failures := 0
 	for {
-		var op operation
+		var op apiv1.Operation
 		raw, err := inv.api.getJSON(ctx, operationPath(operationID), &op)
 		switch {
 		case err == nil:
@@ -108,7 +110,7 @@ func newProgressView(w io.Writer, tty bool, now func() time.Time) *progressView 
 }
 
 // update shows a running operation's state.
-func (v *progressView) update(op *operation) {
+func (v *progressView) update(op *apiv1.Operation) {
 	if v.tty {
 		// \x1b[K clears what a longer previous line left behind.
 		fmt.Fprintf(v.w, "\r%s\x1b[K", barLine(op))
@@ -126,7 +128,7 @@ func (v *progressView) update(op *operation) {
 
 // finish replaces the progress with the outcome. Failures are left to the caller, which prints them on
 // stderr with the operation's error.
-func (v *progressView) finish(op *operation) {
+func (v *progressView) finish(op *apiv1.Operation) {
 	if v.tty && v.drawn {
 		fmt.Fprint(v.w, "\r\x1b[K")
 		v.drawn = false
@@ -150,7 +152,7 @@ const barWidth = 20
 // barLine is the terminal form, kept under 80 columns: the operation ID was printed when it started.
 //
 //	backup  uploading  [#####---------------]  25.0%  312.0 MB/s  ETA 10s
-func barLine(op *operation) string {
+func barLine(op *apiv1.Operation) string {
 	parts := []string{op.Kind, stage(op)}
 	if p := op.Progress; p != nil {
 		if frac, ok := fraction(p); ok {
@@ -168,7 +170,7 @@ func barLine(op *operation) string {
 // plainLine is the log form, self-contained because it may be read without what came before.
 //
 //	backup op-1: uploading 25.0% (1.0 GiB of 4.0 GiB) 312.0 MB/s ETA 10s
-func plainLine(op *operation) string {
+func plainLine(op *apiv1.Operation) string {
 	parts := []string{fmt.Sprintf("%s %s:", op.Kind, op.OperationID), stage(op)}
 	if p := op.Progress; p != nil {
 		if frac, ok := fraction(p); ok {
@@ -182,7 +184,7 @@ func plainLine(op *operation) string {
 }
 
 // resultLine reports a successful end.
-func resultLine(op *operation) string {
+func resultLine(op *apiv1.Operation) string {
 	s := fmt.Sprintf("%s %s of %s %s", op.Kind, op.OperationID, op.VolumeID, op.Status)
 	var extra []string
 	if op.ItemID != "" {
@@ -198,21 +200,21 @@ func resultLine(op *operation) string {
 }
 
 // stage is the phase the worker reports, or the operation's status before there is one.
-func stage(op *operation) string {
+func stage(op *apiv1.Operation) string {
 	if op.Progress != nil && op.Progress.Phase != "" {
 		return op.Progress.Phase
 	}
 	return op.Status
 }
 
-func fraction(p *progress) (float64, bool) {
+func fraction(p *apiv1.Progress) (float64, bool) {
 	if p.BytesTotal <= 0 {
 		return 0, false
 	}
 	return min(max(float64(p.BytesDone)/float64(p.BytesTotal), 0), 1), true
 }
 
-func rateAndETA(p *progress) []string {
+func rateAndETA(p *apiv1.Progress) []string {
 	var parts []string
 	if p.BytesPerSecond > 0 {
 		parts = append(parts, fmt.Sprintf("%.1f MB/s", p.BytesPerSecond/1e6))
@@ -225,9 +227,9 @@ func rateAndETA(p *progress) []string {
 
 // etaSeconds prefers the API's estimate and otherwise derives one from the rate, which the worker's
 // heartbeat always carries.
-func etaSeconds(p *progress) (float64, bool) {
+func etaSeconds(p *apiv1.Progress) (float64, bool) {
 	if p.ETASeconds != nil {
-		return *p.ETASeconds, *p.ETASeconds >= 0
+		return float64(*p.ETASeconds), *p.ETASeconds >= 0
 	}
 	if p.BytesPerSecond > 0 && p.BytesTotal > p.BytesDone {
 		return float64(p.BytesTotal-p.BytesDone) / p.BytesPerSecond, true
@@ -235,13 +237,11 @@ func etaSeconds(p *progress) (float64, bool) {
 	return 0, false
 }
 
-func elapsed(op *operation) (time.Duration, bool) {
-	start, err1 := time.Parse(time.RFC3339Nano, op.StartedAt)
-	end, err2 := time.Parse(time.RFC3339Nano, op.FinishedAt)
-	if err1 != nil || err2 != nil || end.Before(start) {
+func elapsed(op *apiv1.Operation) (time.Duration, bool) {
+	if op.StartedAt.IsZero() || op.FinishedAt == nil || op.FinishedAt.Before(op.StartedAt) {
 		return 0, false
 	}
-	return end.Sub(start), true
+	return op.FinishedAt.Sub(op.StartedAt), true
 }
 
 // formatSeconds renders a duration the way people read an ETA: 9s, 4m05s, 2h03m.

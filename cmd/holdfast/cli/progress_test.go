@@ -6,14 +6,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
-func uploading(done, total int64, bps float64, eta *float64) *operation {
-	return &operation{OperationID: "op-1", VolumeID: "vol1", Kind: "backup", ItemID: "back-1", Status: "creating",
-		Progress: &progress{Phase: "uploading", BytesDone: done, BytesTotal: total, BytesPerSecond: bps, ETASeconds: eta}}
+func uploading(done, total int64, bps float64, eta *int64) *apiv1.Operation {
+	return &apiv1.Operation{OperationID: "op-1", VolumeID: "vol1", Kind: "backup", ItemID: "back-1", Status: "creating",
+		Progress: &apiv1.Progress{Phase: "uploading", BytesDone: done, BytesTotal: total, BytesPerSecond: bps,
+			ETASeconds: eta}}
 }
 
-func ptr(f float64) *float64 { return &f }
+func ptr(n int64) *int64 { return &n }
 
 // fakeClock hands out the times a test sets, so throttling is deterministic.
 type fakeClock struct{ t time.Time }
@@ -28,7 +31,7 @@ func TestPlainProgressAtMostOncePerSecond(t *testing.T) {
 	v := newProgressView(&out, false, clock.now)
 	const gib = 1 << 30
 
-	v.update(&operation{OperationID: "op-1", Kind: "backup", Status: "pending"}) // printed: the first line
+	v.update(&apiv1.Operation{OperationID: "op-1", Kind: "backup", Status: "pending"}) // printed: the first line
 	clock.advance(500 * time.Millisecond)
 	v.update(uploading(gib/2, 4*gib, 3e8, ptr(12))) // changed, but within the second: skipped
 	clock.advance(500 * time.Millisecond)
@@ -38,7 +41,9 @@ func TestPlainProgressAtMostOncePerSecond(t *testing.T) {
 	clock.advance(300 * time.Millisecond)
 	v.update(uploading(3*gib, 4*gib, 312e6, nil)) // changed, 1.8s after the last printed line: printed
 	done := uploading(4*gib, 4*gib, 0, nil)
-	done.Status, done.StartedAt, done.FinishedAt = "available", "2026-01-02T03:04:05Z", "2026-01-02T05:07:05Z"
+	done.Status, done.StartedAt = "available", time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	finished := time.Date(2026, 1, 2, 5, 7, 5, 0, time.UTC)
+	done.FinishedAt = &finished
 	v.finish(done)
 
 	want := `backup op-1: pending
@@ -54,11 +59,11 @@ backup op-1 of vol1 available (backup back-1, took 2h03m)
 func TestTerminalProgressRedrawsOneLine(t *testing.T) {
 	var out bytes.Buffer
 	v := newProgressView(&out, true, time.Now)
-	v.update(&operation{Kind: "snapshot", Status: "pending"})
+	v.update(&apiv1.Operation{Kind: "snapshot", Status: "pending"})
 	v.update(uploading(1<<30, 4<<30, 312e6, ptr(10)))
 	v.interrupt()
 	v.update(uploading(4<<30, 4<<30, 312e6, ptr(0)))
-	v.finish(&operation{OperationID: "op-1", VolumeID: "vol1", Kind: "backup", Status: "available"})
+	v.finish(&apiv1.Operation{OperationID: "op-1", VolumeID: "vol1", Kind: "backup", Status: "available"})
 
 	want := "\rsnapshot  pending\x1b[K" +
 		"\rbackup  uploading  [#####---------------]   25.0%  312.0 MB/s  ETA 10s\x1b[K" +
@@ -75,7 +80,7 @@ func TestFailureLeavesTheMessageToTheCaller(t *testing.T) {
 	var out bytes.Buffer
 	v := newProgressView(&out, true, time.Now)
 	v.update(uploading(1, 2, 0, nil))
-	v.finish(&operation{Kind: "backup", Status: "failed"})
+	v.finish(&apiv1.Operation{Kind: "backup", Status: "failed"})
 	if !strings.HasSuffix(out.String(), "\r\x1b[K") {
 		t.Errorf("output %q: want the bar cleared and nothing else", out.String())
 	}
@@ -83,11 +88,11 @@ func TestFailureLeavesTheMessageToTheCaller(t *testing.T) {
 
 func TestProgressLines(t *testing.T) {
 	for _, tc := range []struct {
-		op         *operation
+		op         *apiv1.Operation
 		bar, plain string
 	}{
 		{
-			op:  &operation{OperationID: "op-1", Kind: "restore", Status: "restoring"},
+			op:  &apiv1.Operation{OperationID: "op-1", Kind: "restore", Status: "restoring"},
 			bar: "restore  restoring", plain: "restore op-1: restoring",
 		},
 		{

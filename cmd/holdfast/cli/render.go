@@ -6,10 +6,12 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
 // writeStatus prints a volume for people; scripts use --json, so this layout may change.
-func writeStatus(w io.Writer, v *volume) {
+func writeStatus(w io.Writer, v *apiv1.Volume) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, val string) { fmt.Fprintf(tw, "%s\t%s\n", k, val) }
 	row("Volume", v.VolumeID)
@@ -20,12 +22,13 @@ func writeStatus(w io.Writer, v *volume) {
 	row("Storage", storageText(v))
 	row("Size", humanBytes(v.SizeBytes))
 	if op := v.ActiveOperation; op != nil {
-		row("Active", plainLine(op))
+		row("Active", plainLine(&apiv1.Operation{OperationID: op.OperationID, Kind: op.Kind, ItemID: op.ItemID,
+			Status: op.Status, Progress: op.Progress}))
 	} else {
 		row("Active", "none")
 	}
 	if v.CooldownRemainingSeconds > 0 {
-		row("Cooldown", formatSeconds(v.CooldownRemainingSeconds)+" remaining before the next operation")
+		row("Cooldown", formatSeconds(float64(v.CooldownRemainingSeconds))+" remaining before the next operation")
 	} else {
 		row("Cooldown", "none")
 	}
@@ -61,7 +64,7 @@ func writeTable(w io.Writer, title string, header []string, rows [][]string) {
 
 // writeList prints one line per snapshot and backup of the given volumes, under one header, so that
 // `holdfast list a b c` reads as one table (and `grep`/`awk` work on it).
-func writeList(w io.Writer, vols []volume) {
+func writeList(w io.Writer, vols []apiv1.Volume) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tKIND\tID\tNAME\tSTATUS\tCREATED\tSIZE\tSTORED\tSTORAGE")
 	for _, v := range vols {
@@ -77,7 +80,7 @@ func writeList(w io.Writer, vols []volume) {
 	tw.Flush()
 }
 
-func storageText(v *volume) string {
+func storageText(v *apiv1.Volume) string {
 	switch v.Storage.Type {
 	case "rbd":
 		return fmt.Sprintf("rbd %s/%s", v.Storage.Pool, v.Storage.Image)
@@ -88,13 +91,9 @@ func storageText(v *volume) string {
 	}
 }
 
-// when shortens the API's RFC 3339 timestamps (nanoseconds, any zone) to seconds in UTC, which is what a
-// person comparing items needs; anything unparsable is shown as sent.
-func when(s string) string {
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return orDash(s)
-	}
+// when shortens the API's timestamps (nanoseconds, any zone) to seconds in UTC, which is what a person
+// comparing items needs.
+func when(t time.Time) string {
 	return t.UTC().Format("2006-01-02 15:04:05Z")
 }
 
