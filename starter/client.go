@@ -502,18 +502,46 @@ func (c *Client) DeleteBackup(ctx context.Context, volumeID, backupID, confirm s
 // permit itself, so a rejection always names its true cause. req.OperationID may be set by the caller to make
 // a retried request idempotent (it is also the Update ID).
 func (c *Client) Request(ctx context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error) {
-	if _, err := c.state(ctx, volumeID); err != nil {
-		return nil, err
-	}
 	if req.OperationID == "" {
 		req.OperationID = NewOperationID()
 	}
 	var op workflows.Operation
-	if err := c.update(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateRequest, req.OperationID, req,
-		&op); err != nil {
+	// Every attempt reads the volume's state first and answers at once what its first checks would refuse
+	// (workflows.Precheck): once one request of a burst is taken, the others are answered VolumeBusy from
+	// the state instead of each costing the workflow a task, again and again while the server pushes back.
+	err := retryTransient(ctx, func() error {
+		st, err := c.state(ctx, volumeID)
+		if err != nil {
+			return err
+		}
+		if taken := takenOperation(st, req.OperationID); taken != nil {
+			op = *taken // an earlier attempt was taken, though its answer was lost
+			return nil
+		}
+		if err := workflows.Precheck(*st, volumeID, req); err != nil {
+			return err
+		}
+		return c.sendUpdate(ctx, workflows.VolumeWorkflowID(volumeID), workflows.UpdateRequest, req.OperationID,
+			req, &op)
+	})
+	if err != nil {
 		return nil, typed(err)
 	}
 	return &op, nil
+}
+
+// takenOperation is the operation operationID as the volume's state shows it when the volume took it, running
+// or finished (nil if the state does not show it).
+func takenOperation(st *workflows.VolumeState, operationID string) *workflows.Operation {
+	if st.Active != nil && st.Active.OperationID == operationID {
+		return st.Active
+	}
+	for i := range st.Recent {
+		if st.Recent[i].OperationID == operationID {
+			return &st.Recent[i]
+		}
+	}
+	return nil
 }
 
 // Abort stops the volume's active operation; its saga cleans up and the lock is released once it has.
@@ -535,14 +563,17 @@ func (c *Client) update(ctx context.Context, workflowID, name, updateID string, 
 	if updateID == "" {
 		updateID = NewOperationID()
 	}
-	return retryTransient(ctx, func() error {
-		h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: workflowID,
-			UpdateID: updateID, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted})
-		if err != nil {
-			return err
-		}
-		return h.Get(ctx, out)
-	})
+	return retryTransient(ctx, func() error { return c.sendUpdate(ctx, workflowID, name, updateID, arg, out) })
+}
+
+// sendUpdate sends an Update once and waits for its result (see update).
+func (c *Client) sendUpdate(ctx context.Context, workflowID, name, updateID string, arg, out any) error {
+	h, err := c.temporal.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{WorkflowID: workflowID,
+		UpdateID: updateID, UpdateName: name, Args: []any{arg}, WaitForStage: client.WorkflowUpdateStageCompleted})
+	if err != nil {
+		return err
+	}
+	return h.Get(ctx, out)
 }
 
 // Operation returns one operation, live (with progress) or finished.

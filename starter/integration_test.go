@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -47,6 +48,15 @@ func (c *cluster) register(t *testing.T, volumeID, ownerID string) { c.Register(
 
 func waitFor(t *testing.T, what string, cond func() bool) { startertest.WaitFor(t, what, cond) }
 
+// errorChain names the Go types of err and of every error it wraps, for failure messages.
+func errorChain(err error) string {
+	var types []string
+	for ; err != nil; err = errors.Unwrap(err) {
+		types = append(types, fmt.Sprintf("%T", err))
+	}
+	return strings.Join(types, " → ")
+}
+
 func typeOf(err error) string {
 	var e *starter.Error
 	if errors.As(err, &e) {
@@ -65,7 +75,7 @@ func countAccepted(t *testing.T, errs []error, want string) int {
 			accepted++
 			continue
 		}
-		assert.Equal(t, want, typeOf(err), err.Error())
+		assert.Equal(t, want, typeOf(err), "%s (%s)", err.Error(), errorChain(err))
 	}
 	return accepted
 }

@@ -13,21 +13,12 @@ import (
 // check is the request validator: every guard rail, synchronously, with the spec's exact messages. The
 // handler runs it again, because validators and handlers of concurrent updates interleave.
 func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
-	if !v.st.Registered {
-		return errNotFound("Volume %s not found.", v.volumeID)
-	}
-	if err := validateRequest(req, v.volumeID); err != nil {
-		return err
-	}
 	// What the caller typed is checked first (a wrong confirmation should not first make them wait out a
 	// cooldown), then the volume's lock and cooldown, then plan caps and storage.
-	spec := v.st.Spec
-	if err := v.checkItem(req); err != nil {
+	if err := v.precheck(req); err != nil {
 		return err
 	}
-	if v.st.Active != nil {
-		return errVolumeBusy(v.st.Active.Kind)
-	}
+	spec := v.st.Spec
 	if wait := v.cooldownRemaining(ctx); wait > 0 && req.Kind != KindDeregister {
 		return errCooldown(int64((wait + time.Second - 1) / time.Second))
 	}
@@ -48,6 +39,34 @@ func (v *volume) check(ctx workflow.Context, req OperationRequest) error {
 		}
 	}
 	return nil
+}
+
+// precheck is the first part of check, the part that needs no clock: the volume exists, the request's fields,
+// the item it names and the confirmation typed for it, then the volume's lock.
+func (v *volume) precheck(req OperationRequest) error {
+	if !v.st.Registered {
+		return errNotFound("Volume %s not found.", v.volumeID)
+	}
+	if err := validateRequest(req, v.volumeID); err != nil {
+		return err
+	}
+	if err := v.checkItem(req); err != nil {
+		return err
+	}
+	if v.st.Active != nil {
+		return errVolumeBusy(v.st.Active.Kind)
+	}
+	return nil
+}
+
+// Precheck runs a request's first checks (precheck) on a volume's state as its query returned it, and
+// returns the error the volume's validator would give, or nil. A client answers such a request without
+// sending it: under a burst of requests on one volume, only those that may be taken reach the workflow
+// (each Update costs the workflow a task; a storm of them is what makes the server abort updates). The
+// state may be a moment old, so a nil answer proves nothing: the validator decides.
+func Precheck(st VolumeState, volumeID string, req OperationRequest) error {
+	v := &volume{volumeID: volumeID, st: st}
+	return v.precheck(req)
 }
 
 // canEvict says whether a scheduled request at the plan cap may go ahead because need scheduled items can be

@@ -723,3 +723,37 @@ func TestAbortWhileAskingForAPermitThatIsRefused(t *testing.T) {
 	assert.Nil(t, st.Active)
 	assert.Empty(t, st.Recent)
 }
+
+// Precheck gives, from a queried state, the answer the validator would: in the validator's order, and nil
+// for a request only the rest of the checks (or the permit) can decide.
+func TestPrecheckAnswersAsTheValidator(t *testing.T) {
+	spec := testSpec()
+	st := VolumeState{Registered: true, Spec: spec,
+		Snapshots: []Item{{ItemID: "snap-1", Name: "s1", Status: StatusAvailable}}}
+	busy := st
+	busy.Active = &Operation{OperationID: "op-running", Kind: KindBackup}
+	typeOf := func(err error) string {
+		if err == nil {
+			return ""
+		}
+		typ, _ := errType(t, err)
+		return typ
+	}
+	for _, c := range []struct {
+		name string
+		st   VolumeState
+		req  OperationRequest
+		want string
+	}{
+		{"unregistered", VolumeState{}, OperationRequest{OperationID: "op1", Kind: KindSnapshot}, ErrNotFound},
+		{"bad operation id", st, OperationRequest{OperationID: "../x", Kind: KindSnapshot}, ErrInvalidArgument},
+		{"missing snapshot", busy, OperationRequest{OperationID: "op1", Kind: KindRestore, SnapshotID: "snap-9",
+			Mode: ModeInPlace, Confirm: spec.Name}, ErrNotFound},
+		{"wrong confirmation before busy", busy, OperationRequest{OperationID: "op1", Kind: KindDelete,
+			SnapshotID: "snap-1", Confirm: "nope"}, ErrConfirmationMismatch},
+		{"busy", busy, OperationRequest{OperationID: "op1", Kind: KindSnapshot}, ErrVolumeBusy},
+		{"idle: for the validator", st, OperationRequest{OperationID: "op1", Kind: KindSnapshot}, ""},
+	} {
+		assert.Equal(t, c.want, typeOf(Precheck(c.st, spec.VolumeID, c.req)), c.name)
+	}
+}
