@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -216,7 +217,7 @@ func (c *Config) applyDefaults() {
 			h.CephConf = "/etc/ceph/ceph.conf"
 		}
 		if len(h.Drivers) == 0 {
-			h.Drivers = []string{"file"}
+			h.Drivers = []string{activities.VolumeFile}
 		}
 	}
 	for _, s := range c.Storages {
@@ -319,8 +320,8 @@ func (c *Config) Validate() error {
 			bad(f+".concurrency", "must be at least 1, got %d", h.Concurrency)
 		}
 		for i, d := range h.Drivers {
-			if d != "file" && d != "rbd" {
-				bad(fmt.Sprintf("%s.drivers[%d]", f, i), "must be file or rbd, got %q", d)
+			if !slices.Contains(activities.VolumeTypes(), d) {
+				bad(fmt.Sprintf("%s.drivers[%d]", f, i), "must be %s, got %q", volumeTypeChoice(), d)
 			}
 		}
 		if h.BandwidthBytesPerSecond < 0 {
@@ -374,6 +375,9 @@ func (c *Config) validateReplica(bad func(string, string, ...any), id string, s 
 			"so both must use the same key", s.Replica, r.EncryptionKeyFile, s.EncryptionKeyFile)
 	}
 }
+
+// volumeTypeChoice is the volume types as messages offer them: "file or rbd".
+func volumeTypeChoice() string { return strings.Join(activities.VolumeTypes(), " or ") }
 
 func checkID(bad func(string, string, ...any), field, id string) {
 	if !activities.ValidID(id) {
