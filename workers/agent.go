@@ -21,8 +21,8 @@ import (
 	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume"
+	volumedrivers "github.com/holdfast/holdfast/activities/volume/drivers"
 	"github.com/holdfast/holdfast/activities/volume/file"
-	"github.com/holdfast/holdfast/activities/volume/rbd"
 	"github.com/holdfast/holdfast/workers/config"
 )
 
@@ -109,25 +109,15 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		return nil, fmt.Errorf("hypervisor %q is not in the config", hypervisorID)
 	}
 	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt, hypervisorID: hypervisorID}
-	drivers := map[string]volume.Driver{}
 	limiter := agent.SharedLimiter(float64(h.BandwidthBytesPerSecond))
-	for _, d := range h.Drivers {
-		switch d {
-		case "file":
-			fd := file.New(h.LibvirtURI)
-			fd.Limiter = limiter // snapshot copies share the host's bandwidth with backups and restores
-			drivers["file"] = fd
-		case "rbd":
-			// "none" means none for both drivers: the rbd driver then asks the cluster alone who uses an image.
-			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: h.LibvirtURI})
-			if err != nil {
-				a.Close()
-				return nil, fmt.Errorf("hypervisors.%s: rbd driver: %w", hypervisorID, err)
-			}
-			drivers["rbd"] = r
-			a.closers = append(a.closers, r.Close)
-		}
+	// "none" as the libvirt URI means none for every driver: the rbd driver then asks the cluster alone who
+	// uses an image. Snapshot copies share the host's bandwidth with backups and restores.
+	drivers, closeDrivers, err := volumedrivers.Open(ctx, h.Drivers,
+		volume.HostConfig{LibvirtURI: h.LibvirtURI, CephConf: h.CephConf, Limiter: limiter})
+	if err != nil {
+		return nil, fmt.Errorf("hypervisors.%s: %w", hypervisorID, err)
 	}
+	a.closers = append(a.closers, closeDrivers)
 	hangFaults(drivers, log)
 	storeConfigs := map[string]stores.Config{}
 	var errs []error
