@@ -16,8 +16,6 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/agent"
 	"github.com/holdfast/holdfast/activities/backup"
-	"github.com/holdfast/holdfast/activities/backup/fs"
-	"github.com/holdfast/holdfast/activities/backup/s3"
 	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume"
@@ -61,24 +59,12 @@ func tlsConfig(t *config.TLS) (*tls.Config, error) {
 	return tc, nil
 }
 
-// StoreConfig turns a configured backup storage into the store's own config, reading credentials from the
+// StoreConfig is a configured backup storage's store configuration, with its credentials read from the
 // environment variables the config names (never from the file).
 func StoreConfig(s *config.Storage) (stores.Config, error) {
-	out := stores.Config{Type: s.Type, EncryptionKeyFile: s.EncryptionKeyFile}
-	switch s.Type {
-	case "fs":
-		out.FS = fs.Config{Path: s.Path}
-	case "s3":
-		out.S3 = s3.Config{Endpoint: s.Endpoint, Region: s.Region, Bucket: s.Bucket, Prefix: s.Prefix,
-			PathStyle: s.PathStyle}
-		if s.AccessKeyEnv != "" {
-			out.S3.AccessKey, out.S3.SecretKey = os.Getenv(s.AccessKeyEnv), os.Getenv(s.SecretKeyEnv)
-			if out.S3.AccessKey == "" || out.S3.SecretKey == "" {
-				return out, fmt.Errorf("credentials: %s and %s must be set", s.AccessKeyEnv, s.SecretKeyEnv)
-			}
-		}
-	}
-	return out, nil
+	sc := s.Config
+	err := sc.ReadSecrets()
+	return sc, err
 }
 
 // Agent is one hypervisor's activities and what they hold open.

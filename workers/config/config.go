@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -120,23 +121,10 @@ type Hypervisor struct {
 	RBDPools []string `yaml:"rbd_pools"`
 }
 
-// Storage is a backup storage: "fs" (local directory or NFS mount) or "s3".
+// Storage is a backup storage: the store's configuration (stores.Config: its type, that type's settings and
+// the encryption key file, as keys of this same section), and where its backups are replicated.
 type Storage struct {
-	Type string `yaml:"type"`
-	// Path of an fs storage.
-	Path string `yaml:"path"`
-	// S3 settings.
-	Endpoint  string `yaml:"endpoint"`
-	Region    string `yaml:"region"`
-	Bucket    string `yaml:"bucket"`
-	Prefix    string `yaml:"prefix"`
-	PathStyle bool   `yaml:"path_style"`
-	// AccessKeyEnv / SecretKeyEnv name environment variables holding the credentials (empty: the SDK's
-	// default chain). Credentials never appear in the file itself.
-	AccessKeyEnv string `yaml:"access_key_env"`
-	SecretKeyEnv string `yaml:"secret_key_env"`
-	// EncryptionKeyFile, when set, holds a 32-byte key (raw or hex) for client-side AES-256-GCM encryption.
-	EncryptionKeyFile string `yaml:"encryption_key_file"`
+	stores.Config `yaml:",inline"`
 	// Replica names another backup storage that receives a copy of every backup made here (off-site
 	// replication; "": none). Chunks are copied as stored, so it must use the same encryption_key_file.
 	Replica string `yaml:"replica"`
@@ -221,8 +209,8 @@ func (c *Config) applyDefaults() {
 		}
 	}
 	for _, s := range c.Storages {
-		if s != nil && s.Type == "s3" && s.Region == "" {
-			s.Region = "us-east-1"
+		if s != nil {
+			s.ApplyDefaults()
 		}
 	}
 	for id, p := range c.Policies {
@@ -277,21 +265,7 @@ func (c *Config) Validate() error {
 			bad(f, "is empty")
 			continue
 		}
-		switch s.Type {
-		case "fs":
-			if s.Path == "" {
-				bad(f+".path", "is required for type fs")
-			}
-		case "s3":
-			if s.Bucket == "" {
-				bad(f+".bucket", "is required for type s3")
-			}
-			if (s.AccessKeyEnv == "") != (s.SecretKeyEnv == "") {
-				bad(f+".access_key_env", "access_key_env and secret_key_env go together")
-			}
-		default:
-			bad(f+".type", "must be fs or s3, got %q", s.Type)
-		}
+		s.Validate(func(field, msg string) { bad(f+"."+field, "%s", msg) })
 		c.validateReplica(bad, id, s)
 	}
 	for _, id := range sortedKeys(c.Groups) {
