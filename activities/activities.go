@@ -49,7 +49,17 @@ const MsgAttachedRunning = "Cannot restore in-place while attached to a running 
 var NonRetryable = []string{ErrAttachedRunning, ErrNotFound, ErrInvalidArgument, ErrCorrupt, ErrNoBackupStorage,
 	ErrNoSpace}
 
-// VolumeRef says where a volume's bytes live. Type is "file" or "rbd".
+// Volume types: a VolumeRef's Type, and the drivers a hypervisor serves (hypervisors.<id>.drivers). The
+// drivers themselves are listed in activities/volume/drivers; workflows and the API only tell them apart.
+const (
+	VolumeFile = "file" // a qcow2 or raw image file on the hypervisor, used by libvirt/QEMU domains
+	VolumeRBD  = "rbd"  // a Ceph RBD image
+)
+
+// VolumeTypes returns every volume type, in the order messages name them.
+func VolumeTypes() []string { return []string{VolumeFile, VolumeRBD} }
+
+// VolumeRef says where a volume's bytes live. Type is VolumeFile or VolumeRBD.
 type VolumeRef struct {
 	Type string `json:"type"`
 	Path string `json:"path,omitempty"`

@@ -112,7 +112,7 @@ func TestDockerCompose(t *testing.T) {
 	}
 	env := parseEnvFile(t, "compose/holdfast.env")
 	for _, s := range cfg.Storages {
-		for _, name := range []string{s.AccessKeyEnv, s.SecretKeyEnv} {
+		for _, name := range []string{s.S3.AccessKeyEnv, s.S3.SecretKeyEnv} {
 			if _, ok := env[name]; name != "" && !ok {
 				t.Errorf("compose/holdfast.yaml names %s, compose/holdfast.env does not set it", name)
 			}

@@ -295,7 +295,7 @@ func binaryEnv(t *testing.T, cfg *config.Config) map[string]bool {
 		t.Fatalf("found %v in the binary's sources, not HOLDFAST_PANEL_TOKEN: the scan is broken", env)
 	}
 	for _, s := range cfg.Storages {
-		for _, name := range []string{s.AccessKeyEnv, s.SecretKeyEnv} {
+		for _, name := range []string{s.S3.AccessKeyEnv, s.S3.SecretKeyEnv} {
 			if name != "" {
 				env[name] = true
 			}

@@ -16,13 +16,11 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/agent"
 	"github.com/holdfast/holdfast/activities/backup"
-	"github.com/holdfast/holdfast/activities/backup/fs"
-	"github.com/holdfast/holdfast/activities/backup/s3"
 	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/activities/volume"
+	volumedrivers "github.com/holdfast/holdfast/activities/volume/drivers"
 	"github.com/holdfast/holdfast/activities/volume/file"
-	"github.com/holdfast/holdfast/activities/volume/rbd"
 	"github.com/holdfast/holdfast/workers/config"
 )
 
@@ -61,24 +59,12 @@ func tlsConfig(t *config.TLS) (*tls.Config, error) {
 	return tc, nil
 }
 
-// StoreConfig turns a configured backup storage into the store's own config, reading credentials from the
+// StoreConfig is a configured backup storage's store configuration, with its credentials read from the
 // environment variables the config names (never from the file).
 func StoreConfig(s *config.Storage) (stores.Config, error) {
-	out := stores.Config{Type: s.Type, EncryptionKeyFile: s.EncryptionKeyFile}
-	switch s.Type {
-	case "fs":
-		out.FS = fs.Config{Path: s.Path}
-	case "s3":
-		out.S3 = s3.Config{Endpoint: s.Endpoint, Region: s.Region, Bucket: s.Bucket, Prefix: s.Prefix,
-			PathStyle: s.PathStyle}
-		if s.AccessKeyEnv != "" {
-			out.S3.AccessKey, out.S3.SecretKey = os.Getenv(s.AccessKeyEnv), os.Getenv(s.SecretKeyEnv)
-			if out.S3.AccessKey == "" || out.S3.SecretKey == "" {
-				return out, fmt.Errorf("credentials: %s and %s must be set", s.AccessKeyEnv, s.SecretKeyEnv)
-			}
-		}
-	}
-	return out, nil
+	sc := s.Config
+	err := sc.ReadSecrets()
+	return sc, err
 }
 
 // Agent is one hypervisor's activities and what they hold open.
@@ -109,25 +95,15 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		return nil, fmt.Errorf("hypervisor %q is not in the config", hypervisorID)
 	}
 	a := &Agent{LibvirtUsed: h.LibvirtURI != file.NoLibvirt, hypervisorID: hypervisorID}
-	drivers := map[string]volume.Driver{}
 	limiter := agent.SharedLimiter(float64(h.BandwidthBytesPerSecond))
-	for _, d := range h.Drivers {
-		switch d {
-		case "file":
-			fd := file.New(h.LibvirtURI)
-			fd.Limiter = limiter // snapshot copies share the host's bandwidth with backups and restores
-			drivers["file"] = fd
-		case "rbd":
-			// "none" means none for both drivers: the rbd driver then asks the cluster alone who uses an image.
-			r, err := rbd.New(ctx, rbd.Config{CephConf: h.CephConf, LibvirtURI: h.LibvirtURI})
-			if err != nil {
-				a.Close()
-				return nil, fmt.Errorf("hypervisors.%s: rbd driver: %w", hypervisorID, err)
-			}
-			drivers["rbd"] = r
-			a.closers = append(a.closers, r.Close)
-		}
+	// "none" as the libvirt URI means none for every driver: the rbd driver then asks the cluster alone who
+	// uses an image. Snapshot copies share the host's bandwidth with backups and restores.
+	drivers, closeDrivers, err := volumedrivers.Open(ctx, h.Drivers,
+		volume.HostConfig{LibvirtURI: h.LibvirtURI, CephConf: h.CephConf, Limiter: limiter})
+	if err != nil {
+		return nil, fmt.Errorf("hypervisors.%s: %w", hypervisorID, err)
 	}
+	a.closers = append(a.closers, closeDrivers)
 	hangFaults(drivers, log)
 	storeConfigs := map[string]stores.Config{}
 	var errs []error

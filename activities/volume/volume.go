@@ -14,14 +14,17 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/holdfast/holdfast/activities"
 )
 
-// Type names a driver; it is the Ref.Type of the volumes that driver serves.
+// Type names a driver; it is the Ref.Type of the volumes that driver serves. The names are the activities
+// contract's (activities.VolumeTypes).
 type Type string
 
 const (
-	TypeFile Type = "file" // a qcow2 or raw image file on the hypervisor, used by libvirt/QEMU domains
-	TypeRBD  Type = "rbd"  // a Ceph RBD image
+	TypeFile Type = activities.VolumeFile
+	TypeRBD  Type = activities.VolumeRBD
 )
 
 // Format is the on-disk format of a file volume.

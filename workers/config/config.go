@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -119,23 +121,10 @@ type Hypervisor struct {
 	RBDPools []string `yaml:"rbd_pools"`
 }
 
-// Storage is a backup storage: "fs" (local directory or NFS mount) or "s3".
+// Storage is a backup storage: the store's configuration (stores.Config: its type, that type's settings and
+// the encryption key file, as keys of this same section), and where its backups are replicated.
 type Storage struct {
-	Type string `yaml:"type"`
-	// Path of an fs storage.
-	Path string `yaml:"path"`
-	// S3 settings.
-	Endpoint  string `yaml:"endpoint"`
-	Region    string `yaml:"region"`
-	Bucket    string `yaml:"bucket"`
-	Prefix    string `yaml:"prefix"`
-	PathStyle bool   `yaml:"path_style"`
-	// AccessKeyEnv / SecretKeyEnv name environment variables holding the credentials (empty: the SDK's
-	// default chain). Credentials never appear in the file itself.
-	AccessKeyEnv string `yaml:"access_key_env"`
-	SecretKeyEnv string `yaml:"secret_key_env"`
-	// EncryptionKeyFile, when set, holds a 32-byte key (raw or hex) for client-side AES-256-GCM encryption.
-	EncryptionKeyFile string `yaml:"encryption_key_file"`
+	stores.Config `yaml:",inline"`
 	// Replica names another backup storage that receives a copy of every backup made here (off-site
 	// replication; "": none). Chunks are copied as stored, so it must use the same encryption_key_file.
 	Replica string `yaml:"replica"`
@@ -216,12 +205,12 @@ func (c *Config) applyDefaults() {
 			h.CephConf = "/etc/ceph/ceph.conf"
 		}
 		if len(h.Drivers) == 0 {
-			h.Drivers = []string{"file"}
+			h.Drivers = []string{activities.VolumeFile}
 		}
 	}
 	for _, s := range c.Storages {
-		if s != nil && s.Type == "s3" && s.Region == "" {
-			s.Region = "us-east-1"
+		if s != nil {
+			s.ApplyDefaults()
 		}
 	}
 	for id, p := range c.Policies {
@@ -276,21 +265,7 @@ func (c *Config) Validate() error {
 			bad(f, "is empty")
 			continue
 		}
-		switch s.Type {
-		case "fs":
-			if s.Path == "" {
-				bad(f+".path", "is required for type fs")
-			}
-		case "s3":
-			if s.Bucket == "" {
-				bad(f+".bucket", "is required for type s3")
-			}
-			if (s.AccessKeyEnv == "") != (s.SecretKeyEnv == "") {
-				bad(f+".access_key_env", "access_key_env and secret_key_env go together")
-			}
-		default:
-			bad(f+".type", "must be fs or s3, got %q", s.Type)
-		}
+		s.Validate(func(field, msg string) { bad(f+"."+field, "%s", msg) })
 		c.validateReplica(bad, id, s)
 	}
 	for _, id := range sortedKeys(c.Groups) {
@@ -319,8 +294,8 @@ func (c *Config) Validate() error {
 			bad(f+".concurrency", "must be at least 1, got %d", h.Concurrency)
 		}
 		for i, d := range h.Drivers {
-			if d != "file" && d != "rbd" {
-				bad(fmt.Sprintf("%s.drivers[%d]", f, i), "must be file or rbd, got %q", d)
+			if !slices.Contains(activities.VolumeTypes(), d) {
+				bad(fmt.Sprintf("%s.drivers[%d]", f, i), "must be %s, got %q", volumeTypeChoice(), d)
 			}
 		}
 		if h.BandwidthBytesPerSecond < 0 {
@@ -374,6 +349,9 @@ func (c *Config) validateReplica(bad func(string, string, ...any), id string, s 
 			"so both must use the same key", s.Replica, r.EncryptionKeyFile, s.EncryptionKeyFile)
 	}
 }
+
+// volumeTypeChoice is the volume types as messages offer them: "file or rbd".
+func volumeTypeChoice() string { return strings.Join(activities.VolumeTypes(), " or ") }
 
 func checkID(bad func(string, string, ...any), field, id string) {
 	if !activities.ValidID(id) {

@@ -42,7 +42,7 @@ func TestParseAppliesDefaultsAndResolvesStorage(t *testing.T) {
 	assert.Equal(t, "", c.BackupStorage("hv2"), "a group without storage has none")
 	assert.Equal(t, "", c.BackupStorage("nope"))
 	assert.Equal(t, 2, c.Hypervisors["hv1"].Concurrency)
-	assert.Equal(t, "us-east-1", c.Storages["s3-eu"].Region)
+	assert.Equal(t, "us-east-1", c.Storages["s3-eu"].S3.Region)
 	assert.NotContains(t, c.String(), "S3_SECRET")
 }
 

@@ -51,7 +51,7 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 		return ref, fmt.Errorf("storage.created_by: is set by Holdfast, never by a caller")
 	}
 	switch ref.Type {
-	case "file":
+	case activities.VolumeFile:
 		if ref.Pool != "" || ref.Image != "" {
 			return ref, fmt.Errorf("storage: a file volume has no pool or image")
 		}
@@ -66,7 +66,7 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 		default:
 			return ref, fmt.Errorf("storage.format: must be raw or qcow2")
 		}
-	case "rbd":
+	case activities.VolumeRBD:
 		if ref.Path != "" || ref.Format != "" {
 			return ref, fmt.Errorf("storage: an rbd volume has no path or format")
 		}
@@ -80,7 +80,7 @@ func (c *Config) Placement(hypervisorID string, ref activities.VolumeRef) (activ
 			return ref, fmt.Errorf("storage.pool: not one of the pools hypervisor %s keeps volumes in", hypervisorID)
 		}
 	default:
-		return ref, fmt.Errorf("storage.type: must be file or rbd")
+		return ref, fmt.Errorf("storage.type: must be %s", volumeTypeChoice())
 	}
 	return ref, nil
 }
@@ -105,20 +105,21 @@ func (c *Config) NewVolumeRef(hypervisorID, volumeType, format, operationID stri
 	}
 	name := "holdfast-" + operationID
 	switch volumeType {
-	case "file":
+	case activities.VolumeFile:
 		if len(h.VolumeRoots) == 0 {
 			return activities.VolumeRef{}, fmt.Errorf("hypervisor_id: hypervisor %s has no volume_roots for file volumes", hypervisorID)
 		}
 		if format != FormatRaw {
 			format = FormatQCOW2
 		}
-		return activities.VolumeRef{Type: "file", Path: filepath.Join(h.VolumeRoots[0], name+Extension(format)),
-			Format: format, CreatedBy: operationID}, nil
-	case "rbd":
+		return activities.VolumeRef{Type: activities.VolumeFile,
+			Path: filepath.Join(h.VolumeRoots[0], name+Extension(format)), Format: format, CreatedBy: operationID}, nil
+	case activities.VolumeRBD:
 		if len(h.RBDPools) == 0 {
 			return activities.VolumeRef{}, fmt.Errorf("hypervisor_id: hypervisor %s has no rbd_pools for RBD volumes", hypervisorID)
 		}
-		return activities.VolumeRef{Type: "rbd", Pool: h.RBDPools[0], Image: name, CreatedBy: operationID}, nil
+		return activities.VolumeRef{Type: activities.VolumeRBD, Pool: h.RBDPools[0], Image: name,
+			CreatedBy: operationID}, nil
 	}
-	return activities.VolumeRef{}, fmt.Errorf("storage.type: must be file or rbd")
+	return activities.VolumeRef{}, fmt.Errorf("storage.type: must be %s", volumeTypeChoice())
 }

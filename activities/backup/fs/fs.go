@@ -21,11 +21,6 @@ import (
 // tmpPrefix marks in-flight writes; List skips them and a later GC-style cleanup may remove stale ones.
 const tmpPrefix = ".tmp-"
 
-// Config configures a file-system store.
-type Config struct {
-	Path string `yaml:"path" json:"path"` // root directory; created if missing
-}
-
 // Store keeps each object in a file named after it under Root.
 type Store struct {
 	root string

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 
@@ -26,31 +25,6 @@ import (
 
 	"github.com/holdfast/holdfast/activities/backup"
 )
-
-// Config configures an S3 store. Credentials are either both given or both empty, in which case the SDK's
-// default chain is used (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY env, shared config, instance role).
-type Config struct {
-	Endpoint    string `yaml:"endpoint" json:"endpoint"`       // e.g. http://127.0.0.1:9000; empty = AWS
-	Region      string `yaml:"region" json:"region"`           // default us-east-1
-	Bucket      string `yaml:"bucket" json:"bucket"`           // required
-	Prefix      string `yaml:"prefix" json:"prefix"`           // optional key prefix, e.g. "holdfast"
-	PathStyle   bool   `yaml:"path_style" json:"path_style"`   // bucket in the path (MinIO, radosgw, versitygw)
-	AccessKey   string `yaml:"access_key" json:"access_key"`   // optional; see type comment
-	SecretKey   string `yaml:"secret_key" json:"-"`            // never serialised back out
-	PartSize    int64  `yaml:"part_size" json:"part_size"`     // multipart part size; default 16 MiB
-	Concurrency int    `yaml:"concurrency" json:"concurrency"` // parts in flight per object; default 4
-}
-
-// LogValue keeps the secret out of structured logs even if a caller logs the whole config.
-func (c Config) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("endpoint", c.Endpoint), slog.String("region", c.Region),
-		slog.String("bucket", c.Bucket), slog.String("prefix", c.Prefix), slog.Bool("path_style", c.PathStyle))
-}
-
-// String is the redacted form, so fmt's %v of a Config never prints the secret.
-func (c Config) String() string {
-	return fmt.Sprintf("s3{endpoint=%s bucket=%s prefix=%s path_style=%t}", c.Endpoint, c.Bucket, c.Prefix, c.PathStyle)
-}
 
 // Store keeps objects as keys prefix/name in one bucket.
 type Store struct {
@@ -68,9 +42,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if (cfg.AccessKey == "") != (cfg.SecretKey == "") {
 		return nil, errors.New("s3 store: access_key and secret_key must be given together")
 	}
-	if cfg.Region == "" {
-		cfg.Region = "us-east-1"
-	}
+	cfg.ApplyDefaults()
 	if cfg.PartSize == 0 {
 		cfg.PartSize = 16 << 20
 	}

@@ -60,6 +60,12 @@ const NoLibvirt = "none"
 // New returns a driver talking to libvirt at uri (empty: the local system daemon; NoLibvirt: none).
 func New(uri string) *Driver { return &Driver{LibvirtURI: uri} }
 
+// Open is the driver a hypervisor's configuration sets up (activities/volume/drivers lists it): its libvirt,
+// and its bandwidth limit on snapshot copies, shared with backups and restores.
+func Open(_ context.Context, host volume.HostConfig) (volume.Driver, error) {
+	return &Driver{LibvirtURI: host.LibvirtURI, Limiter: host.Limiter}, nil
+}
+
 func (d *Driver) Type() volume.Type { return volume.TypeFile }
 
 func (d *Driver) Size(ctx context.Context, vol volume.Ref) (int64, error) {

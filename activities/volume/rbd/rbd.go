@@ -95,6 +95,17 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	return &Driver{cfg: cfg, conn: conn, ioctxs: map[string]*rados.IOContext{}}, nil
 }
 
+// Open is the driver a hypervisor's configuration sets up (activities/volume/drivers lists it): connected with
+// the host's ceph.conf, and asking its libvirt (or, with "none", the cluster alone) who uses an image.
+// Close releases it.
+func Open(ctx context.Context, host volume.HostConfig) (volume.Driver, error) {
+	d, err := New(ctx, Config{CephConf: host.CephConf, LibvirtURI: host.LibvirtURI})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
 // Close releases the cluster connection.
 func (d *Driver) Close() {
 	d.mu.Lock()
