@@ -56,7 +56,7 @@ type LocationClaim struct {
 // on its hypervisor; an RBD image is one cluster-wide. The key is hashed: paths may be long.
 func LocationWorkflowID(hypervisorID string, ref activities.VolumeRef) string {
 	key := "rbd\x00" + ref.Pool + "\x00" + ref.Image
-	if ref.Type != "rbd" {
+	if ref.Type != activities.VolumeRBD {
 		key = "file\x00" + hypervisorID + "\x00" + ref.Path
 	}
 	sum := sha256.Sum256([]byte(key))

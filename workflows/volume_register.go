@@ -58,7 +58,7 @@ func ValidateSpec(spec VolumeSpec) error {
 		return errInvalid("storage.created_by: must match %s", activities.IDPattern)
 	}
 	switch s := spec.Storage; s.Type {
-	case "file":
+	case activities.VolumeFile:
 		// The placement rules (inside a volume root) are the client's, against the config; these hold for
 		// any spec, wherever it came from.
 		if !path.IsAbs(s.Path) || path.Clean(s.Path) != s.Path || strings.ContainsRune(s.Path, 0) {
@@ -67,7 +67,7 @@ func ValidateSpec(spec VolumeSpec) error {
 		if s.Format != "" && s.Format != "raw" && s.Format != "qcow2" {
 			return errInvalid("storage.format: must be raw or qcow2")
 		}
-	case "rbd":
+	case activities.VolumeRBD:
 		if !activities.ValidID(s.Pool) || !activities.ValidID(s.Image) {
 			return errInvalid("storage: rbd pool and image must match %s", activities.IDPattern)
 		}

@@ -238,7 +238,7 @@ func restoreAll(ctx context.Context, c *starter.Client, big []bigVolume, dir str
 		g.Go(func() error {
 			started, err := c.Restore(gctx, b.volumeID, starter.RestoreRequest{BackupID: b.backupID,
 				Mode: workflows.ModeNewVolume, NewVolumeID: b.volumeID + "-restored", HypervisorID: hypervisor,
-				Storage: &activities.VolumeRef{Type: "file", Path: restoredPath(dir, b)}})
+				Storage: &activities.VolumeRef{Type: activities.VolumeFile, Path: restoredPath(dir, b)}})
 			if err != nil {
 				return fmt.Errorf("restore %s: %w", b.volumeID, err)
 			}

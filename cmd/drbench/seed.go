@@ -101,7 +101,7 @@ func backupOnce(ctx context.Context, eng *backup.Engine, volumeID string, n int,
 			activities.LabelConsistency:  activities.ConsistencyCrash,
 			activities.LabelVolumeName:   volumeID + "-disk",
 			activities.LabelPlanID:       "standard",
-			activities.LabelVolumeType:   "file",
+			activities.LabelVolumeType:   activities.VolumeFile,
 			activities.LabelVolumePath:   "/var/lib/holdfast/volumes/" + volumeID + ".raw",
 			activities.LabelOperationID:  operationID,
 		}})

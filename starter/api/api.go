@@ -181,7 +181,7 @@ func (s *Server) putVolume(w http.ResponseWriter, r *http.Request, c caller) {
 			return
 		}
 	}
-	if b.Storage.Type == "file" && b.Storage.Path == "" {
+	if b.Storage.Type == activities.VolumeFile && b.Storage.Path == "" {
 		writeError(w, http.StatusBadRequest, workflows.ErrInvalidArgument, "storage.path: is required for type file")
 		return
 	}

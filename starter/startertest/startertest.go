@@ -268,7 +268,7 @@ func (d deleteOnly) AbandonBackup(ctx context.Context, in activities.BackupRef) 
 // Register registers a file volume on hypervisor hv1.
 func (c *Cluster) Register(t testing.TB, volumeID, ownerID string) {
 	_, err := c.Client.RegisterVolume(context.Background(), starter.RegisterRequest{VolumeID: volumeID, Name: volumeID,
-		OwnerID: ownerID, HypervisorID: "hv1", Storage: activities.VolumeRef{Type: "file", Path: "/vols/" + volumeID + ".qcow2"}})
+		OwnerID: ownerID, HypervisorID: "hv1", Storage: activities.VolumeRef{Type: activities.VolumeFile, Path: "/vols/" + volumeID + ".qcow2"}})
 	require.NoError(t, err)
 }
 

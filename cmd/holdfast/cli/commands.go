@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
@@ -67,9 +68,9 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 		case o.path != "" && o.pool != "":
 			return usagef("restore: --path and --pool exclude each other")
 		case o.path != "":
-			req.Storage = &apiv1.Storage{Type: "file", Path: o.path}
+			req.Storage = &apiv1.Storage{Type: activities.VolumeFile, Path: o.path}
 		case o.pool != "":
-			req.Storage = &apiv1.Storage{Type: "rbd", Pool: o.pool, Image: o.newVolume}
+			req.Storage = &apiv1.Storage{Type: activities.VolumeRBD, Pool: o.pool, Image: o.newVolume}
 		}
 	default:
 		return usagef("restore: say where to: --in-place --confirm <volume name>, or --new-volume NEW_ID")

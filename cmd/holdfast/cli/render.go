@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
@@ -82,7 +83,7 @@ func writeList(w io.Writer, vols []apiv1.Volume) {
 
 func storageText(v *apiv1.Volume) string {
 	switch v.Storage.Type {
-	case "rbd":
+	case activities.VolumeRBD:
 		return fmt.Sprintf("rbd %s/%s", v.Storage.Pool, v.Storage.Image)
 	case "":
 		return "-"

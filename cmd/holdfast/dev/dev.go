@@ -361,7 +361,7 @@ func ensureSample(ctx context.Context, hf *starter.Client, dataDir string) error
 	}
 	_, err = hf.RegisterVolume(ctx, starter.RegisterRequest{VolumeID: SampleVolume, Name: SampleVolume,
 		OwnerID: SampleOwner, HypervisorID: HypervisorID, Plan: config.DefaultPlan,
-		Storage: activities.VolumeRef{Type: "file", Path: path}, SizeBytes: SampleSize})
+		Storage: activities.VolumeRef{Type: activities.VolumeFile, Path: path}, SizeBytes: SampleSize})
 	return err
 }
 
