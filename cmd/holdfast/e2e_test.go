@@ -23,6 +23,7 @@ import (
 	"github.com/holdfast/holdfast/activities/backup"
 	"github.com/holdfast/holdfast/activities/backup/fs"
 	"github.com/holdfast/holdfast/activities/backup/stores"
+	"github.com/holdfast/holdfast/activities/volume/volumetest"
 	"github.com/holdfast/holdfast/starter/startertest"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workflows"
@@ -109,11 +110,11 @@ limits: %s
 backup_storages: {local: %s}
 hypervisor_groups: {g1: {backup_storage: local}}
 hypervisors:
-  hv1: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
+  hv1: {group: g1, libvirt_uri: %s, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
   hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
 %s
-`, dev.Address, o.limits, e.storageYAML(), o.hv1Bandwidth, filepath.Join(dir, "volumes"), o.hv2Bandwidth,
-		filepath.Join(dir, "volumes"), billing)
+`, dev.Address, o.limits, e.storageYAML(), hv1Libvirt(t), o.hv1Bandwidth, filepath.Join(dir, "volumes"),
+		o.hv2Bandwidth, filepath.Join(dir, "volumes"), billing)
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
 	e.start("worker", "worker", "--config", e.config)
@@ -128,6 +129,26 @@ hypervisors:
 		return err == nil && resp.StatusCode == 200
 	})
 	return e
+}
+
+// hv1Libvirt is hv1's libvirt_uri: the real libvirtd of the test services (HOLDFAST_LIBVIRT_URI), so that
+// the end-to-end and fault cases run the agent as production does, asking libvirt whether a volume is in use;
+// hv2 stays without libvirt, as a host that has none. Under CI=true a libvirtd that does not answer fails
+// the test; elsewhere the case runs without it and says so.
+func hv1Libvirt(t *testing.T) string {
+	uri := os.Getenv("HOLDFAST_LIBVIRT_URI")
+	if uri == "" {
+		uri = "qemu:///system"
+	}
+	if os.Getenv("CI") == "true" {
+		volumetest.RequireLibvirt(t, uri)
+		return uri
+	}
+	if err := volumetest.LibvirtAnswers(uri); err != nil {
+		t.Logf("hv1 runs without libvirt: %v (make services-up-libvirt)", err)
+		return "none"
+	}
+	return uri
 }
 
 // storageYAML renders e.store as the config's backup storage (an S3 store's keys go into e.env).

@@ -58,12 +58,17 @@ func RequireService(t testing.TB, err error, service, target string) {
 // RequireLibvirt checks that libvirtd answers at uri.
 func RequireLibvirt(t testing.TB, uri string) {
 	t.Helper()
+	RequireService(t, LibvirtAnswers(uri), "libvirtd", "services-up-libvirt")
+}
+
+// LibvirtAnswers is nil when libvirtd answers at uri.
+func LibvirtAnswers(uri string) error {
 	conn, err := domains.Open(uri)
 	if err == nil {
 		_, err = conn.GetLibVersion()
 		conn.Close()
 	}
-	RequireService(t, err, "libvirtd", "services-up-libvirt")
+	return err
 }
 
 // Run runs the whole suite against h.
