@@ -270,6 +270,7 @@ func (c *Client) RequestScheduled(ctx context.Context, in workflows.ScheduledReq
 			return res, err
 		}
 		res.Rejection = &workflows.ErrorInfo{Type: e.Type, Message: e.Message}
+		res.RetryAfter = e.RetryAfter
 		return res, nil
 	}
 	p, err := c.Policy(ctx, in.PolicyID)
@@ -277,6 +278,9 @@ func (c *Client) RequestScheduled(ctx context.Context, in workflows.ScheduledReq
 		return reject(err)
 	}
 	res.Kind = p.Kind
+	if !in.StartedAt.IsZero() {
+		res.WaitUntil = p.WaitUntil(in.StartedAt)
+	}
 	retention := p.Retention()
 	op, err := c.Request(ctx, in.VolumeID, workflows.OperationRequest{OperationID: in.OperationID, Kind: p.Kind,
 		Scheduled: true, PolicyID: in.PolicyID, Retention: &retention})

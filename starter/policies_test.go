@@ -89,8 +89,9 @@ func TestIntegrationScheduledRunRejectionIsRecorded(t *testing.T) {
 	c := newCluster(t) // gate closed: the manual backup holds the volume busy
 	ctx := context.Background()
 	c.register(t, "vol1", "acct-1")
+	// A window that closed an hour ago: the run, started now, has no time left to wait for its turn.
 	_, err := c.hf.PutPolicy(ctx, workflows.Policy{PolicyID: "nightly", Kind: workflows.KindBackup,
-		Window: &workflows.Window{Start: "01:00", End: "05:00"}, KeepLast: 3})
+		Window: windowAround(-3*time.Hour, -time.Hour), KeepLast: 3})
 	require.NoError(t, err)
 	_, err = c.hf.AttachPolicy(ctx, "vol1", "nightly")
 	require.NoError(t, err)
@@ -117,6 +118,61 @@ func TestIntegrationScheduledRunRejectionIsRecorded(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, workflows.ErrInvalidArgument, se.Type)
 	c.hv.Gate.Open()
+}
+
+// windowAround is a daily window from now+from to now+to (UTC, to the minute).
+func windowAround(from, to time.Duration) *workflows.Window {
+	now := time.Now().UTC()
+	return &workflows.Window{Start: now.Add(from).Format("15:04"), End: now.Add(to).Format("15:04")}
+}
+
+// Scheduled runs that meet the owner's limit wait for their turn within their window instead of missing the
+// night: four volumes of one owner (limit 3) on one nightly policy, their runs started together.
+func TestIntegrationScheduledRunsWaitForTheOwnersPermits(t *testing.T) {
+	c := newCluster(t) // gate closed: the first three backups hold the owner's permits
+	ctx := context.Background()
+	vols := []string{"w1", "w2", "w3", "w4"}
+	for _, id := range vols {
+		c.register(t, id, "acct-w")
+	}
+	_, err := c.hf.PutPolicy(ctx, workflows.Policy{PolicyID: "nightly", Kind: workflows.KindBackup,
+		Window: windowAround(-time.Hour, time.Hour), KeepLast: 3})
+	require.NoError(t, err)
+	for _, id := range vols {
+		// The schedules fire at the window's opening, tomorrow: the runs below are started by hand.
+		_, err = c.hf.AttachPolicy(ctx, id, "nightly")
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.hf.DeleteSchedule(context.Background(), "nightly", id) })
+	}
+	runs := map[string]client.WorkflowRun{}
+	for _, id := range vols {
+		run, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "scheduled-run-" + id,
+			TaskQueue: workflows.TaskQueue}, workflows.ScheduledRunWorkflow,
+			workflows.ScheduledRunInput{PolicyID: "nightly", VolumeID: id})
+		require.NoError(t, err)
+		runs[id] = run
+	}
+	waitFor(t, "three backups running, the owner's limit", func() bool {
+		busy := 0
+		for _, id := range vols {
+			if v, err := c.hf.Volume(ctx, id); err == nil && v.Active != nil {
+				busy++
+			}
+		}
+		return busy == 3
+	})
+	c.hv.Gate.Open()
+	waited := ""
+	for id, run := range runs {
+		var res workflows.ScheduledRunResult
+		require.NoError(t, run.Get(ctx, &res))
+		assert.True(t, res.Accepted, "%s: %+v", id, res.Rejection)
+		if res.Attempts > 1 {
+			waited = id
+		}
+	}
+	require.NotEmpty(t, waited, "one run met the owner's limit and waited")
+	recordHistory(t, c.hf, "scheduled-run-"+waited, "scheduled-run-waited")
 }
 
 // TestIntegrationEditedConfigPolicyRetimesAttachedSchedules: a config-file policy's schedules follow the file

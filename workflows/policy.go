@@ -127,6 +127,33 @@ func clock(s string) (time.Duration, bool) {
 	return time.Duration(hh)*time.Hour + time.Duration(mm)*time.Minute, true
 }
 
+// defaultScheduledWait is how long a run of a cron policy without a window may wait for its turn.
+const defaultScheduledWait = time.Hour
+
+// WaitUntil is the latest time a run that started at start may still begin its operation: the end of the
+// window it started in (a window policy, also with a cron that opens it), the next run (an interval policy),
+// or start + defaultScheduledWait (a cron policy without a window). A run that started after its window
+// closed (caught up late) gets a time already past: it tries once.
+func (p Policy) WaitUntil(start time.Time) time.Time {
+	switch {
+	case p.Window != nil:
+		from, _, length, problem := p.Window.parse()
+		if problem != "" {
+			return start
+		}
+		local := start.In(p.Retention().location())
+		opened := time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, local.Location()).Add(from)
+		if opened.After(local) {
+			opened = opened.AddDate(0, 0, -1)
+		}
+		return opened.Add(length).UTC()
+	case p.Interval() > 0:
+		return start.Add(p.Interval()).UTC()
+	default:
+		return start.Add(defaultScheduledWait).UTC()
+	}
+}
+
 // Problems lists what is wrong with the policy, each naming its field ("every: ..."); none means valid.
 func (p Policy) Problems() []string {
 	var out []string

@@ -3,6 +3,7 @@ package workflows
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -32,6 +33,8 @@ type ScheduledRequest struct {
 	PolicyID    string `json:"policy_id"`
 	VolumeID    string `json:"volume_id"`
 	OperationID string `json:"operation_id"`
+	// StartedAt is when the run started; the answer's WaitUntil is computed from it (Policy.WaitUntil).
+	StartedAt time.Time `json:"started_at,omitzero"`
 }
 
 // ScheduledRunResult is what one scheduled run did: Accepted with the operation and item, or the guard-rail
@@ -44,22 +47,60 @@ type ScheduledRunResult struct {
 	Accepted    bool       `json:"accepted"`
 	ItemID      string     `json:"item_id,omitempty"`
 	Rejection   *ErrorInfo `json:"rejection,omitempty"`
+	// WaitUntil is how long the run may keep trying (the policy's Policy.WaitUntil for StartedAt), and
+	// RetryAfter the seconds a Cooldown rejection named.
+	WaitUntil  time.Time `json:"wait_until,omitzero"`
+	RetryAfter int64     `json:"retry_after,omitempty"`
+	// Attempts is how many requests the run sent (the last one's answer is the result).
+	Attempts int `json:"attempts,omitempty"`
+}
+
+// scheduledWaitChange has a scheduled run wait for its turn instead of ending at its first refusal.
+const scheduledWaitChange = "scheduled-wait"
+
+// waitsForTurn are the refusals a scheduled run waits out: another operation holds the owner's permits or
+// the volume, the volume cools down, or the control plane or the hypervisor is too busy to answer.
+var waitsForTurn = map[string]bool{ErrOwnerLimit: true, ErrVolumeBusy: true, ErrCooldown: true,
+	ErrUnavailable: true, ErrHypervisorDown: true}
+
+// Back-off between a waiting run's attempts: from scheduledRetryMin, doubling to scheduledRetryMax, with a
+// spread of its own per run (derived from the run's ID: deterministic) so that the runs refused together
+// do not all come back together.
+const (
+	scheduledRetryMin = 5 * time.Second
+	scheduledRetryMax = 2 * time.Minute
+)
+
+// scheduledRetryWait is the wait before attempt n+1 (n ≥ 1) of a run whose spread is in [0, 1).
+func scheduledRetryWait(n int, spread float64, retryAfter time.Duration) time.Duration {
+	d := scheduledRetryMin << min(n-1, 10)
+	d = min(d, scheduledRetryMax)
+	d += time.Duration(float64(d) * spread / 2)
+	return max(d, retryAfter)
 }
 
 // scheduledRunsName is metrics.ScheduledRunsName (declared there with the other metric names).
 const scheduledRunsName = metrics.ScheduledRunsName
 
 // ScheduledRunWorkflow is what a policy's schedule starts: it sends the volume one request with
-// Scheduled: true (through ScheduledRequestActivity, which takes the owner's permit like any request) and
-// returns as soon as the request is accepted or rejected. It never waits for the operation itself, so the
-// schedule's overlap policy (skip) only skips while this short run is in flight; a stuck operation is failed
-// by its own deadline and cannot block the next night. A rejection is the run's result (and a log line and a
-// metric), not an error to retry: the next night is the retry.
+// Scheduled: true (through ScheduledRequestActivity, which sends it like any request) and returns as soon as
+// a request is accepted. It never waits for the operation itself, so the schedule's overlap policy (skip)
+// only skips while this run is in flight; a stuck operation is failed by its own deadline.
+//
+// A refusal that only means "not now" (waitsForTurn: the owner's permits, the volume's lock or cooldown, a
+// busy control plane or hypervisor) is waited out, durably, until the run's window closes (the answer's
+// WaitUntil): the run tries again after a back-off, each attempt a request of its own (operation ID derived
+// from the run and the attempt). Any other refusal, or the window's end, is the run's result (and a log line
+// and a metric), not an error to retry: the next night is the retry.
 func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (ScheduledRunResult, error) {
 	info := workflow.GetInfo(ctx)
 	sum := sha256.Sum256([]byte(info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID))
-	req := ScheduledRequest{PolicyID: in.PolicyID, VolumeID: in.VolumeID,
-		OperationID: "sched-" + hex.EncodeToString(sum[:12])}
+	runID := hex.EncodeToString(sum[:12])
+	req := ScheduledRequest{PolicyID: in.PolicyID, VolumeID: in.VolumeID, OperationID: "sched-" + runID}
+	waits := workflow.GetVersion(ctx, scheduledWaitChange, workflow.DefaultVersion, 1) == 1
+	if waits {
+		req.StartedAt = info.WorkflowStartTime
+	}
 	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              TaskQueue,
 		StartToCloseTimeout:    time.Minute,
@@ -69,23 +110,45 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 	})
 	logger := workflow.GetLogger(ctx)
 	mh := workflow.GetMetricsHandler(ctx)
+	spread := float64(sum[12]) / 256
 	var res ScheduledRunResult
-	if err := workflow.ExecuteActivity(actx, ScheduledRequestActivity, req).Get(ctx, &res); err != nil {
-		logger.Error("scheduled run failed", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
-			"operation_id", req.OperationID, "error", err)
-		mh.WithTags(map[string]string{"policy": in.PolicyID, "result": "failed", "type": "Internal"}).
-			Counter(scheduledRunsName).Inc(1)
-		return ScheduledRunResult{PolicyID: in.PolicyID, VolumeID: in.VolumeID, OperationID: req.OperationID}, err
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
+			req.OperationID = fmt.Sprintf("sched-%s-%d", runID, attempt)
+		}
+		res = ScheduledRunResult{} // decoding into the last answer would keep its fields
+		if err := workflow.ExecuteActivity(actx, ScheduledRequestActivity, req).Get(ctx, &res); err != nil {
+			logger.Error("scheduled run failed", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
+				"operation_id", req.OperationID, "error", err)
+			mh.WithTags(map[string]string{"policy": in.PolicyID, "result": "failed", "type": "Internal"}).
+				Counter(scheduledRunsName).Inc(1)
+			return ScheduledRunResult{PolicyID: in.PolicyID, VolumeID: in.VolumeID, OperationID: req.OperationID,
+				Attempts: attempt}, err
+		}
+		res.Attempts = attempt
+		if res.Rejection == nil || !waits || !waitsForTurn[res.Rejection.Type] {
+			break
+		}
+		wait := scheduledRetryWait(attempt, spread, time.Duration(res.RetryAfter)*time.Second)
+		if !workflow.Now(ctx).Add(wait).Before(res.WaitUntil) {
+			break // the window closes before the next attempt: this night is missed
+		}
+		logger.Info("scheduled run waits for its turn", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
+			"type", res.Rejection.Type, "attempt", attempt, "retry_in", wait)
+		if err := workflow.Sleep(ctx, wait); err != nil {
+			return res, err
+		}
 	}
 	if res.Rejection != nil {
 		logger.Warn("scheduled run rejected", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
-			"operation_id", req.OperationID, "type", res.Rejection.Type, "message", res.Rejection.Message)
+			"operation_id", req.OperationID, "type", res.Rejection.Type, "message", res.Rejection.Message,
+			"attempts", res.Attempts)
 		mh.WithTags(map[string]string{"policy": in.PolicyID, "result": "rejected", "type": res.Rejection.Type}).
 			Counter(scheduledRunsName).Inc(1)
 		return res, nil
 	}
 	logger.Info("scheduled run accepted", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
-		"operation_id", res.OperationID, "item_id", res.ItemID)
+		"operation_id", res.OperationID, "item_id", res.ItemID, "attempts", res.Attempts)
 	mh.WithTags(map[string]string{"policy": in.PolicyID, "result": "accepted", "type": ""}).
 		Counter(scheduledRunsName).Inc(1)
 	return res, nil

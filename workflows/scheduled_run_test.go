@@ -69,3 +69,87 @@ func TestScheduledRunGivesUpOnAnUnreachableClusterWithinTenMinutes(t *testing.T)
 	assert.Greater(t, calls, 3)
 	assert.Less(t, calls, 40)
 }
+
+// A run refused for "not now" (the owner's permits taken, then the volume busy) waits and tries again, each
+// attempt a request of its own, until one is accepted within its window.
+func TestScheduledRunWaitsForItsTurn(t *testing.T) {
+	var got []ScheduledRequest
+	var at []time.Time
+	var env *testsuite.TestWorkflowEnvironment
+	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
+		got = append(got, r)
+		at = append(at, env.Now())
+		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
+			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
+		switch len(got) {
+		case 1:
+			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
+		case 2:
+			res.Rejection = &ErrorInfo{Type: ErrVolumeBusy, Message: "Volume is busy with operation: snapshot"}
+		default:
+			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
+		}
+		return res, nil
+	})
+	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, env.GetWorkflowError())
+	var res ScheduledRunResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	assert.True(t, res.Accepted)
+	assert.Equal(t, 3, res.Attempts)
+	require.Len(t, got, 3)
+	assert.False(t, got[0].StartedAt.IsZero(), "the run tells when it started, for its window")
+	ids := map[string]bool{}
+	for _, r := range got {
+		assert.True(t, activities.ValidID(r.OperationID), r.OperationID)
+		ids[r.OperationID] = true
+	}
+	assert.Len(t, ids, 3, "each attempt is a request of its own")
+	assert.GreaterOrEqual(t, at[1].Sub(at[0]), scheduledRetryMin, "it waits between attempts")
+	assert.Greater(t, at[2].Sub(at[1]), at[1].Sub(at[0])-time.Second, "backing off")
+}
+
+// A run still refused when its window closes ends with the refusal (a missed night, counted and alerted);
+// a Cooldown's Retry-After is honoured.
+func TestScheduledRunGivesUpWhenItsWindowCloses(t *testing.T) {
+	var at []time.Time
+	var env *testsuite.TestWorkflowEnvironment
+	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
+		at = append(at, env.Now())
+		return ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
+			WaitUntil: r.StartedAt.Add(10 * time.Minute), RetryAfter: 100,
+			Rejection: &ErrorInfo{Type: ErrCooldown, Message: "Volume is in cooldown. Try again in 100 seconds."}}, nil
+	})
+	start := env.Now()
+	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, env.GetWorkflowError())
+	var res ScheduledRunResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	assert.False(t, res.Accepted)
+	require.NotNil(t, res.Rejection)
+	assert.Equal(t, ErrCooldown, res.Rejection.Type)
+	require.Greater(t, len(at), 2)
+	for i := 1; i < len(at); i++ {
+		assert.GreaterOrEqual(t, at[i].Sub(at[i-1]), 100*time.Second, "Retry-After honoured")
+	}
+	assert.True(t, at[len(at)-1].Before(start.Add(10*time.Minute)), "no attempt after the window")
+	assert.Equal(t, len(at), res.Attempts)
+}
+
+func TestPolicyWaitUntilIsTheEndOfTheRunsWindow(t *testing.T) {
+	nightly := Policy{Kind: KindBackup, TimeZone: "Europe/Berlin", Window: &Window{Start: "23:00", End: "03:00"}}
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	require.NoError(t, err)
+	at := func(s string) time.Time {
+		tm, err := time.ParseInLocation("2006-01-02 15:04", s, berlin)
+		require.NoError(t, err)
+		return tm
+	}
+	assert.Equal(t, at("2026-12-01 03:00").UTC(), nightly.WaitUntil(at("2026-11-30 23:40")), "before midnight")
+	assert.Equal(t, at("2026-12-01 03:00").UTC(), nightly.WaitUntil(at("2026-12-01 01:10")), "after midnight")
+	assert.True(t, nightly.WaitUntil(at("2026-12-01 05:00")).Before(at("2026-12-01 05:00")),
+		"a run caught up after its window has no time left")
+	every := Policy{Kind: KindSnapshot, Every: "6h"}
+	start := at("2026-12-01 10:00")
+	assert.Equal(t, start.Add(6*time.Hour).UTC(), every.WaitUntil(start), "until the next run")
+}
