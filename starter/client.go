@@ -35,7 +35,8 @@ import (
 type Error struct {
 	Type    string
 	Message string
-	// RetryAfter is the cooldown's remaining seconds (Type Cooldown), for a Retry-After header.
+	// RetryAfter is when to try again, in seconds, for a Retry-After header: the cooldown's remaining seconds
+	// (Cooldown), workflows.OwnerLimitRetryAfter (OwnerLimit) or workflows.UnavailableRetryAfter (Unavailable).
 	RetryAfter int64
 }
 
@@ -736,8 +737,11 @@ func typed(err error) error {
 	var app *temporal.ApplicationError
 	if errors.As(err, &app) && app.Type() != "" {
 		out := &Error{Type: app.Type(), Message: app.Message()}
-		if out.Type == workflows.ErrCooldown || out.Type == ErrUnavailable {
+		switch out.Type {
+		case workflows.ErrCooldown, ErrUnavailable:
 			_ = app.Details(&out.RetryAfter)
+		case workflows.ErrOwnerLimit:
+			out.RetryAfter = workflows.OwnerLimitRetryAfter
 		}
 		return out
 	}

@@ -32,6 +32,10 @@ const (
 	ErrUnavailable = "Unavailable"
 )
 
+// OwnerLimitRetryAfter is the Retry-After, in seconds, given with ErrOwnerLimit: when an operation of the
+// owner's may have ended (a guess: operations take seconds to hours).
+const OwnerLimitRetryAfter = 30
+
 // UnavailableRetryAfter is the Retry-After, in seconds, given with ErrUnavailable.
 const UnavailableRetryAfter = 5
 

@@ -196,8 +196,10 @@ func TestAPIGuardRailsThroughHTTP(t *testing.T) {
 	// Two more in flight (snapshots gated open), then the owner limit.
 	require.Equal(t, 202, e.do("POST", "/v1/volumes/v2/snapshots", "alice-token", nil).status)
 	require.Equal(t, 202, e.do("POST", "/v1/volumes/v3/snapshots", "alice-token", nil).status)
-	requireError(t, e.do("POST", "/v1/volumes/v4/snapshots", "alice-token", nil), 429, "OwnerLimit",
+	limited := e.do("POST", "/v1/volumes/v4/snapshots", "alice-token", nil)
+	requireError(t, limited, 429, "OwnerLimit",
 		"Too many operations in flight for this account (limit 3). Try again when one finishes.")
+	assert.Equal(t, "30", limited.header.Get("Retry-After"), "OwnerLimit says when to try again too")
 
 	// Abort the backup: it ends aborted and the volume goes into cooldown.
 	ab := e.do("POST", "/v1/volumes/v1/abort", "alice-token", nil)

@@ -60,7 +60,7 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 	case s.OnRejection != nil:
 		s.OnRejection(e.Type)
 	}
-	if (e.Type == workflows.ErrCooldown || e.Type == starter.ErrUnavailable) && e.RetryAfter > 0 {
+	if e.RetryAfter > 0 { // Cooldown, OwnerLimit, Unavailable
 		w.Header().Set("Retry-After", strconv.FormatInt(e.RetryAfter, 10))
 	}
 	writeError(w, status, e.Type, e.Message)
