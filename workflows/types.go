@@ -357,9 +357,12 @@ var SearchAttributes = []SearchAttribute{
 	{SearchActiveOperation, "Keyword"}, {SearchOperations, "KeywordList"},
 }
 
-// DevServerSearchAttributeArgs are the `temporal server start-dev` flags that register SearchAttributes.
-func DevServerSearchAttributeArgs() []string {
-	var args []string
+// DevServerArgs are the `temporal server start-dev` flags every Holdfast dev server takes: SQLite in WAL mode
+// with normal sync (one fsync per checkpoint rather than per commit: the dev server's single SQLite connection
+// serialises every workflow task, and this alone doubles what it sustains; a crash of the machine may lose the
+// last commits, as befits a dev server), and the SearchAttributes registered.
+func DevServerArgs() []string {
+	args := []string{"--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"}
 	for _, sa := range SearchAttributes {
 		args = append(args, "--search-attribute", sa.Name+"="+sa.Type)
 	}

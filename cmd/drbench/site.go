@@ -42,7 +42,7 @@ func startSite(ctx context.Context, cfg *config.Config, temporalBin, hypervisorI
 	if s.logFile, err = os.Create(logPath); err != nil {
 		return nil, err
 	}
-	args := workflows.DevServerSearchAttributeArgs()
+	args := workflows.DevServerArgs()
 	quiet := slog.New(slog.DiscardHandler)
 	s.server, err = testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
 		ExtraArgs: args, Stdout: s.logFile, Stderr: s.logFile,

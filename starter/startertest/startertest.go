@@ -93,7 +93,7 @@ func (d *DevServer) start() {
 }
 
 func (d *DevServer) startOnce() error {
-	args := workflows.DevServerSearchAttributeArgs()
+	args := workflows.DevServerArgs()
 	s, err := testsuite.StartDevServer(context.Background(), testsuite.DevServerOptions{
 		ExistingPath: d.bin, DBFilename: d.db, LogLevel: "error", ExtraArgs: args,
 		ClientOptions: &client.Options{HostPort: d.Address, Namespace: "default"},

@@ -275,7 +275,7 @@ func startTemporal(o Options) (*temporalServer, error) {
 	}
 	args := []string{"server", "start-dev", "--ip", host, "--port", port, "--ui-port", fmt.Sprint(o.UIPort),
 		"--db-filename", filepath.Join(o.DataDir, "temporal.db"), "--log-level", "warn"}
-	args = append(args, workflows.DevServerSearchAttributeArgs()...)
+	args = append(args, workflows.DevServerArgs()...)
 	logFile, err := os.OpenFile(filepath.Join(o.DataDir, "temporal.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
