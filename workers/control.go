@@ -72,6 +72,17 @@ func StartBilling(ctx context.Context, w worker.Registry, c client.Client, cfg c
 	return func() { acts.Close() }, nil
 }
 
+// ControlOptions are the control worker's options for the config's pollers (config.Control): autoscaling
+// pollers for workflow and activity tasks, up to the configured maximum each.
+func ControlOptions(cfg config.Control) worker.Options {
+	scale := func(max int) worker.PollerBehavior {
+		return worker.NewPollerBehaviorAutoscaling(worker.PollerBehaviorAutoscalingOptions{
+			InitialNumberOfPollers: min(4, max), MinimumNumberOfPollers: 1, MaximumNumberOfPollers: max})
+	}
+	return worker.Options{WorkflowTaskPollerBehavior: scale(cfg.WorkflowPollers),
+		ActivityTaskPollerBehavior: scale(cfg.ActivityPollers)}
+}
+
 // NewControl returns the control-plane worker (not started), hosting every workflow and the given control
 // activities (see RegisterControl).
 func NewControl(c client.Client, control any, opts worker.Options) worker.Worker {

@@ -42,6 +42,7 @@ type Config struct {
 	Hypervisors map[string]*Hypervisor `yaml:"hypervisors"`
 	Storages    map[string]*Storage    `yaml:"backup_storages"`
 	Billing     Billing                `yaml:"billing"`
+	Control     Control                `yaml:"control"`
 	// Policies are scheduled snapshot/backup policies (policies.<policy_id>); volumes are attached to them
 	// through the API. Policies PUT through the API live in Temporal (PolicyWorkflow), not here.
 	Policies map[string]*workflows.Policy `yaml:"policies"`
@@ -62,6 +63,18 @@ type TLS struct {
 	KeyFile    string `yaml:"key_file"`
 	ServerName string `yaml:"server_name"`
 }
+
+// Control tunes the control worker (holdfast worker control): how many long polls it may keep open for
+// workflow and activity tasks. Its pollers scale between 1 and these with the backlog (the SDK's autoscaling
+// pollers): a fixed 2, the SDK's old default, kept every operation's child workflow waiting seconds for its
+// first task under a burst.
+type Control struct {
+	WorkflowPollers int `yaml:"workflow_pollers"`
+	ActivityPollers int `yaml:"activity_pollers"`
+}
+
+// DefaultControlPollers is the default maximum of each kind of control-worker poller.
+const DefaultControlPollers = 16
 
 // Billing says where hourly line items go (both sinks optional; with neither, billing does not run).
 type Billing struct {
@@ -174,6 +187,12 @@ func (c *Config) applyDefaults() {
 	if c.Temporal.Namespace == "" {
 		c.Temporal.Namespace = "default"
 	}
+	if c.Control.WorkflowPollers == 0 {
+		c.Control.WorkflowPollers = DefaultControlPollers
+	}
+	if c.Control.ActivityPollers == 0 {
+		c.Control.ActivityPollers = DefaultControlPollers
+	}
 	if c.Plans == nil {
 		c.Plans = map[string]*Plan{}
 	}
@@ -231,6 +250,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.OwnerInFlight < 1 {
 		bad("limits.owner_in_flight", "must be at least 1, got %d", c.Limits.OwnerInFlight)
+	}
+	if c.Control.WorkflowPollers < 1 {
+		bad("control.workflow_pollers", "must be at least 1, got %d", c.Control.WorkflowPollers)
+	}
+	if c.Control.ActivityPollers < 1 {
+		bad("control.activity_pollers", "must be at least 1, got %d", c.Control.ActivityPollers)
 	}
 	if c.Limits.Cooldown < 0 {
 		bad("limits.cooldown", "must not be negative, got %s", c.Limits.Cooldown)
