@@ -1,0 +1,265 @@
+// Command fleetbench measures a fleet's night, in one run, and prints it as percentiles and as a ratio to a
+// baseline measured in the same run. It is `make bench-fleet`; it never runs under `go test`.
+//
+// The fleet is N small file volumes (1 MiB sparse raw files) of 50 owners on one hypervisor, registered
+// through the HTTP API by the panel. The night is, in turn: a burst of snapshot requests for every volume, as
+// a scheduler client sends them (a bounded number in flight, refusals that mean "not now" retried after their
+// Retry-After), each operation polled until it ends; the same for backups (to an fs store in the scratch
+// directory); and the same night run by Holdfast itself, through a snapshot policy's ScheduledRunWorkflow per
+// volume, started at once as the schedules would start them at the window's opening. The baseline is a
+// trivial workflow of a snapshot's shape (one update accepted, one activity) on its own task queue in this
+// process, started for every volume the same way. At the end it reads the resident memory of the Temporal
+// dev server and of this process, which hosts every worker.
+//
+// Limits are the spec's, except the cooldown, which is off: each phase requests one operation per volume,
+// and a 5-minute cooldown between phases would only make the run longer. Timings are reported, never
+// asserted; a phase that cannot set up (a refused registration, a policy the API does not take) fails the run.
+//
+// It owns nothing but its scratch directory (volumes, backups, the dev server's log) and the dev server it
+// starts.
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/holdfast/holdfast/workers/config"
+)
+
+// The fleet's names, and the bench's fixed settings.
+const (
+	hypervisor = "hv1"
+	storage    = "local"
+	plan       = "standard"
+	panelToken = "fleetbench-panel"
+	volumeSize = 1 << 20
+	// hvConcurrency is the agent's activities at once: above the default 2, since one hypervisor carries the
+	// whole fleet here, and within what 2 cores take.
+	hvConcurrency = 8
+	// phaseTimeout bounds each phase, so that a stuck one ends the run instead of hanging it.
+	phaseTimeout = 6 * time.Minute
+)
+
+type options struct {
+	volumes, owners, concurrency int
+	dir, temporalBin             string
+	// window is how long the scheduled night's window stays open after the runs start.
+	window time.Duration
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.volumes, "n", 1000, "volumes")
+	flag.IntVar(&o.owners, "owners", 50, "owners the volumes are spread over")
+	flag.IntVar(&o.concurrency, "concurrency", 32, "requests in flight")
+	flag.StringVar(&o.dir, "dir", ".run/bench-fleet", "scratch directory: volumes, backups, dev server log")
+	flag.StringVar(&o.temporalBin, "temporal", cmp.Or(os.Getenv("HOLDFAST_TEMPORAL_BIN"), "bin/temporal"),
+		"Temporal CLI (make temporal)")
+	flag.DurationVar(&o.window, "window", 3*time.Minute, "the scheduled night's window, from the runs' start")
+	flag.Parse()
+	if err := run(context.Background(), o); err != nil {
+		log.Fatal("fleetbench: ", err)
+	}
+}
+
+// results are what the bench measured.
+type results struct {
+	registered   latencies
+	registerTook time.Duration
+	baseline     *baselineResult
+	snapshots    *burst
+	backups      *burst
+	night        *night
+	temporal     memory
+	workers      memory
+	total        time.Duration
+}
+
+func run(ctx context.Context, o options) error {
+	begin := time.Now()
+	dir, err := filepath.Abs(o.dir)
+	if err != nil {
+		return err
+	}
+	// A previous run's volumes and backups would be refused or counted: start clean.
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	volumeRoot := filepath.Join(dir, "volumes")
+	if err := os.MkdirAll(volumeRoot, 0o755); err != nil {
+		return err
+	}
+	cfg, err := config.Parse(bytes.NewReader(fmt.Appendf(nil, `
+limits: {cooldown: 0s}
+backup_storages: {%s: {type: fs, path: %q}}
+hypervisor_groups: {fleet: {backup_storage: %s}}
+hypervisors: {%s: {group: fleet, libvirt_uri: none, concurrency: %d, volume_roots: [%q]}}
+plans: {%s: {}}
+`, storage, filepath.Join(dir, "backups"), storage, hypervisor, hvConcurrency, volumeRoot, plan)))
+	if err != nil {
+		return err
+	}
+	volumeIDs := make([]string, o.volumes)
+	for i := range volumeIDs {
+		volumeIDs[i] = fmt.Sprintf("vol-%05d", i)
+		f, err := os.Create(filepath.Join(volumeRoot, volumeIDs[i]+".raw"))
+		if err == nil {
+			err = f.Truncate(volumeSize)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+
+	s, err := startSite(ctx, cfg, o.temporalBin, filepath.Join(dir, "temporal.log"), panelToken)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	p := newPanel(s.apiURL, panelToken, o.concurrency)
+	var r results
+
+	log.Printf("fleetbench: registering %d volumes", o.volumes)
+	start := time.Now()
+	if r.registered, err = register(ctx, p, volumeIDs, volumeRoot, o); err != nil {
+		return err
+	}
+	r.registerTook = time.Since(start)
+
+	log.Print("fleetbench: baseline")
+	if r.baseline, err = runBaseline(ctx, s.server.Client(), volumeIDs, o.concurrency); err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	log.Print("fleetbench: snapshot burst")
+	pctx, cancel := context.WithTimeout(ctx, phaseTimeout)
+	r.snapshots = runBurst(pctx, p, volumeIDs, "snapshots")
+	cancel()
+	log.Print("fleetbench: backup burst")
+	pctx, cancel = context.WithTimeout(ctx, phaseTimeout)
+	r.backups = runBurst(pctx, p, volumeIDs, "backups")
+	cancel()
+	log.Print("fleetbench: scheduled night")
+	pctx, cancel = context.WithTimeout(ctx, phaseTimeout)
+	r.night, err = runNight(pctx, p, s.server.Client(), volumeIDs, o.window, o.concurrency)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("scheduled night: %w", err)
+	}
+
+	pid, err := childNamed("temporal")
+	if err == nil {
+		r.temporal, err = readMemory(pid)
+	}
+	if err != nil {
+		return fmt.Errorf("dev server memory: %w", err)
+	}
+	if r.workers, err = readMemory(os.Getpid()); err != nil {
+		return err
+	}
+	r.total = time.Since(begin)
+	report(o, r)
+	return nil
+}
+
+// register PUTs every volume, owners taking turns, concurrency at a time; every registration must succeed.
+func register(ctx context.Context, p *panel, volumeIDs []string, root string, o options) (latencies, error) {
+	var l latencies
+	var mu sync.Mutex
+	err := forEach(indexes(len(volumeIDs)), o.concurrency, func(i int) error {
+		id := volumeIDs[i]
+		a, err := p.call(ctx, http.MethodPut, "/v1/volumes/"+id, map[string]any{"name": id,
+			"owner_id": fmt.Sprintf("owner-%02d", i%o.owners), "hypervisor_id": hypervisor, "plan": plan,
+			"storage": map[string]string{"type": "file", "path": filepath.Join(root, id+".raw")}})
+		if err != nil {
+			return err
+		}
+		if a.status != http.StatusOK {
+			return fmt.Errorf("register %s: %d %s", id, a.status, a.body)
+		}
+		mu.Lock()
+		l = append(l, a.took)
+		mu.Unlock()
+		return nil
+	})
+	return l, err
+}
+
+func report(o options, r results) {
+	perSec := func(n int, d time.Duration) float64 { return float64(n) / max(d.Seconds(), 1e-9) }
+	fmt.Printf("fleet benchmark: %d volumes (%d MiB sparse raw files) of %d owners on one hypervisor "+
+		"(concurrency %d), %d requests in flight, owner limit %d, cooldown off; %.0f s in all\n",
+		o.volumes, volumeSize>>20, o.owners, hvConcurrency, o.concurrency, config.DefaultOwnerLimit, r.total.Seconds())
+	fmt.Printf("  latencies are p50 / p95 / p99 / max, ms, of each HTTP call (retries are calls of their own)\n\n")
+	fmt.Printf("  %-40s %12s  %s\n", "measure", "value", "latency p50 / p95 / p99 / max, ms")
+	row := func(name, value, lat string) { fmt.Printf("  %-40s %12s  %s\n", name, value, lat) }
+	row("registrations/s", fmt.Sprintf("%.1f", perSec(len(r.registered), r.registerTook)), r.registered.summary())
+	for _, b := range []*burst{r.snapshots, r.backups} {
+		row(b.kind+": calls (incl. retries)", fmt.Sprint(len(b.latency)), b.latency.summary())
+		row(b.kind+": accepted / completed", fmt.Sprintf("%d / %d", b.accepted, b.completed), "")
+		row(b.kind+": last accepted after, s", fmt.Sprintf("%.1f", b.lastAccept.Seconds()), "")
+		row(b.kind+": burst (to last finished_at), s", fmt.Sprintf("%.1f", b.took().Seconds()), "")
+		row(b.kind+": operations completed/s", fmt.Sprintf("%.2f", perSec(b.completed, b.took())), "")
+		row(b.kind+": 5xx answers", fmt.Sprint(b.serverErrs), "")
+		row(b.kind+": refusals by type", counts(b.rejections), "")
+		if len(b.gaveUp) > 0 {
+			row(b.kind+": never accepted, by last refusal", counts(b.gaveUp), "")
+		}
+		if len(b.failed) > 0 {
+			row(b.kind+": operations that failed", counts(b.failed), "")
+		}
+	}
+	n := r.night
+	row("night: policy attach/s", fmt.Sprintf("%.1f", perSec(len(n.attach), n.attachTook)), n.attach.summary())
+	row("night: window closed after, s", fmt.Sprintf("%.0f", n.closesIn.Seconds()), "")
+	row("night: runs accepted / missed", fmt.Sprintf("%d / %d", n.accepted, n.missed), "")
+	if n.missed > 0 {
+		row("night: missed by refusal", counts(n.missedBy), "")
+	}
+	row("night: attempts per accepted run p50/p95/max", fmt.Sprintf("%d / %d / %d", percentile(n.attempts, 50),
+		percentile(n.attempts, 95), percentile(n.attempts, 100)), "")
+	row("night: all runs returned after, s", fmt.Sprintf("%.1f", n.runsTook.Seconds()), "")
+	row("night: all operations ended after, s", fmt.Sprintf("%.1f", n.lastEnd.Seconds()), "")
+	row("night: operations completed", fmt.Sprint(n.completed), "")
+	if len(n.failed) > 0 {
+		row("night: operations that failed", counts(n.failed), "")
+	}
+	row("baseline: burst (to last workflow end), s", fmt.Sprintf("%.1f", r.baseline.took.Seconds()),
+		r.baseline.latency.summary()+" (update-with-start)")
+	row("snapshot burst ÷ baseline", fmt.Sprintf("%.1f", r.snapshots.took().Seconds()/r.baseline.took.Seconds()), "")
+	row("backup burst ÷ baseline", fmt.Sprintf("%.1f", r.backups.took().Seconds()/r.baseline.took.Seconds()), "")
+	row("night ÷ baseline", fmt.Sprintf("%.1f", n.lastEnd.Seconds()/r.baseline.took.Seconds()), "")
+	mib := func(kib int64) string { return fmt.Sprintf("%.0f", float64(kib)/1024) }
+	row("Temporal dev server RSS / peak, MiB", mib(r.temporal.rss)+" / "+mib(r.temporal.peak), "")
+	row("workers + API (this process) RSS / peak, MiB", mib(r.workers.rss)+" / "+mib(r.workers.peak), "")
+}
+
+// counts is "Type=n Type=n", sorted by type, or "none".
+func counts(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
+	}
+	return strings.Join(parts, " ")
+}
