@@ -18,6 +18,9 @@ SERVICES     :=
 TOOLS        :=
 BENCHES      :=
 
+# The included files define targets of their own; plain `make` must still build, never start a service.
+.DEFAULT_GOAL := all
+
 include $(sort $(wildcard scripts/mk/*.mk))
 
 .PHONY: all build run test test-unit test-go lint vet fmt bench deps tools services-up services-down clean

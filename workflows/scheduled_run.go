@@ -71,12 +71,13 @@ const (
 	scheduledRetryMax = 2 * time.Minute
 )
 
-// scheduledRetryWait is the wait before attempt n+1 (n ≥ 1) of a run whose spread is in [0, 1).
-func scheduledRetryWait(n int, spread float64, retryAfter time.Duration) time.Duration {
+// scheduledRetryWait is the wait before attempt n+1 (n ≥ 1) of a run whose spread is in [0, 1): the back-off,
+// or a cooldown's remaining time when longer, plus the run's own share of half of it, so that runs refused
+// together come back apart.
+func scheduledRetryWait(n int, spread float64, cooldown time.Duration) time.Duration {
 	d := scheduledRetryMin << min(n-1, 10)
-	d = min(d, scheduledRetryMax)
-	d += time.Duration(float64(d) * spread / 2)
-	return max(d, retryAfter)
+	d = max(min(d, scheduledRetryMax), cooldown)
+	return d + time.Duration(float64(d)*spread/2)
 }
 
 // scheduledRunsName is metrics.ScheduledRunsName (declared there with the other metric names).
@@ -129,7 +130,11 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 		if res.Rejection == nil || !waits || !waitsForTurn[res.Rejection.Type] {
 			break
 		}
-		wait := scheduledRetryWait(attempt, spread, time.Duration(res.RetryAfter)*time.Second)
+		var cooldown time.Duration
+		if res.Rejection.Type == ErrCooldown {
+			cooldown = time.Duration(res.RetryAfter) * time.Second
+		}
+		wait := scheduledRetryWait(attempt, spread, cooldown)
 		if !workflow.Now(ctx).Add(wait).Before(res.WaitUntil) {
 			break // the window closes before the next attempt: this night is missed
 		}

@@ -153,3 +153,14 @@ func TestPolicyWaitUntilIsTheEndOfTheRunsWindow(t *testing.T) {
 	start := at("2026-12-01 10:00")
 	assert.Equal(t, start.Add(6*time.Hour).UTC(), every.WaitUntil(start), "until the next run")
 }
+
+// Runs refused together come back apart: each run's spread shifts its waits, also after a cooldown.
+func TestScheduledRetryWaitKeepsEachRunsSpread(t *testing.T) {
+	for n := 1; n <= 6; n++ {
+		early, late := scheduledRetryWait(n, 0, 0), scheduledRetryWait(n, 0.9, 0)
+		assert.Greater(t, late, early, "attempt %d", n)
+		assert.LessOrEqual(t, late, scheduledRetryMax*3/2, "attempt %d", n)
+	}
+	assert.GreaterOrEqual(t, scheduledRetryWait(1, 0, 100*time.Second), 100*time.Second, "a cooldown is waited out")
+	assert.Greater(t, scheduledRetryWait(1, 0.9, 100*time.Second), scheduledRetryWait(1, 0, 100*time.Second))
+}

@@ -199,7 +199,7 @@ func TestAPIGuardRailsThroughHTTP(t *testing.T) {
 	limited := e.do("POST", "/v1/volumes/v4/snapshots", "alice-token", nil)
 	requireError(t, limited, 429, "OwnerLimit",
 		"Too many operations in flight for this account (limit 3). Try again when one finishes.")
-	assert.Equal(t, "30", limited.header.Get("Retry-After"), "OwnerLimit says when to try again too")
+	assert.Equal(t, "5", limited.header.Get("Retry-After"), "OwnerLimit says when to try again too")
 
 	// Abort the backup: it ends aborted and the volume goes into cooldown.
 	ab := e.do("POST", "/v1/volumes/v1/abort", "alice-token", nil)
