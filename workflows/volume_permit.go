@@ -32,13 +32,14 @@ func (v *volume) takePermit(ctx workflow.Context, req *OperationRequest) error {
 	started := workflow.Now(ctx)
 	ask := PermitRequest{LeaseID: req.OperationID, VolumeID: v.volumeID, Limit: v.st.Spec.OwnerLimit,
 		TTL: v.permitTTL()}
-	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		TaskQueue:              TaskQueue,
+	// A local activity: the control worker that runs this workflow task delivers the signal itself, without
+	// an activity task's round trip through the server (the request's answer waits on it).
+	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
 		ScheduleToCloseTimeout: permitTimeout,
 		StartToCloseTimeout:    permitTimeout / 2,
 		RetryPolicy:            &temporal.RetryPolicy{InitialInterval: 200 * time.Millisecond, MaximumInterval: 2 * time.Second},
 	})
-	err := workflow.ExecuteActivity(actx, AcquirePermitActivity,
+	err := workflow.ExecuteLocalActivity(lctx, AcquirePermitActivity,
 		AcquirePermitInput{OwnerID: v.st.Spec.OwnerID, Request: ask}).Get(ctx, nil)
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("owner permit not asked for in time", "volume_id", v.volumeID,
