@@ -2,27 +2,20 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 
-	"go.temporal.io/sdk/client"
-	sdklog "go.temporal.io/sdk/log"
-	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
+	"github.com/holdfast/holdfast/cmd/internal/devserver"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/workflows"
 )
 
 // site is the recovery site's control plane, started from nothing: a Temporal dev server on an empty
 // in-memory database, the control worker, and one hypervisor's agent with all its workers.
 type site struct {
-	server  *testsuite.DevServer
-	logFile *os.File
+	server  *devserver.Server
 	agent   *workers.Agent
 	workers []worker.Worker
 	client  *starter.Client
@@ -31,27 +24,13 @@ type site struct {
 // startSite starts the dev server (Holdfast's search attributes registered, its output in logPath), the
 // control worker and hypervisorID's agent, and returns once every worker polls.
 func startSite(ctx context.Context, cfg *config.Config, temporalBin, hypervisorID, logPath string) (*site, error) {
-	bin, err := filepath.Abs(temporalBin)
-	if err == nil {
-		_, err = os.Stat(bin)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("temporal dev server: %w (make temporal)", err)
-	}
 	s := &site{}
-	if s.logFile, err = os.Create(logPath); err != nil {
+	var err error
+	if s.server, err = devserver.Start(ctx, temporalBin, logPath, cfg.Temporal.Namespace); err != nil {
 		return nil, err
 	}
-	args := workflows.DevServerArgs()
-	quiet := slog.New(slog.DiscardHandler)
-	s.server, err = testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
-		ExtraArgs: args, Stdout: s.logFile, Stderr: s.logFile,
-		ClientOptions: &client.Options{Namespace: cfg.Temporal.Namespace, Logger: sdklog.NewStructuredLogger(quiet)}})
-	if err != nil {
-		s.close()
-		return nil, fmt.Errorf("temporal dev server: %w", err)
-	}
 	tc := s.server.Client()
+	quiet := slog.New(slog.DiscardHandler)
 	s.client = starter.New(tc, cfg)
 	if s.agent, err = workers.NewAgent(ctx, cfg, hypervisorID, nil, quiet); err != nil {
 		s.close()
@@ -78,8 +57,6 @@ func (s *site) close() {
 		s.agent.Close()
 	}
 	if s.server != nil {
-		s.server.Client().Close()
-		_ = s.server.Stop()
+		s.server.Stop()
 	}
-	_ = s.logFile.Close()
 }

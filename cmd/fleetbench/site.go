@@ -2,33 +2,26 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
-	"go.temporal.io/sdk/client"
-	sdklog "go.temporal.io/sdk/log"
-	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 
 	"github.com/holdfast/holdfast/activities/metrics"
 	"github.com/holdfast/holdfast/cmd/holdfast/serve"
+	"github.com/holdfast/holdfast/cmd/internal/devserver"
 	"github.com/holdfast/holdfast/starter/api"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workers/config"
-	"github.com/holdfast/holdfast/workflows"
 )
 
 // site is the fleet's control plane in this process: a Temporal dev server on an empty database (its own
 // process), the control worker as serve.Control builds it, one hypervisor's agent, the baseline's worker and
 // the HTTP API on a loopback port.
 type site struct {
-	server  *testsuite.DevServer
-	logFile *os.File
+	server  *devserver.Server
 	agent   *workers.Agent
 	workers []worker.Worker
 	closers []func()
@@ -38,26 +31,13 @@ type site struct {
 
 // startSite starts everything and returns once every worker polls and the API listens.
 func startSite(ctx context.Context, cfg *config.Config, temporalBin, logPath, panelToken string) (*site, error) {
-	bin, err := filepath.Abs(temporalBin)
-	if err == nil {
-		_, err = os.Stat(bin)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("temporal dev server: %w (make temporal)", err)
-	}
 	s := &site{}
-	if s.logFile, err = os.Create(logPath); err != nil {
+	var err error
+	if s.server, err = devserver.Start(ctx, temporalBin, logPath, cfg.Temporal.Namespace); err != nil {
 		return nil, err
 	}
-	quiet := slog.New(slog.DiscardHandler)
-	s.server, err = testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
-		ExtraArgs: workflows.DevServerArgs(), Stdout: s.logFile, Stderr: s.logFile,
-		ClientOptions: &client.Options{Namespace: cfg.Temporal.Namespace, Logger: sdklog.NewStructuredLogger(quiet)}})
-	if err != nil {
-		s.close()
-		return nil, fmt.Errorf("temporal dev server: %w", err)
-	}
 	tc := s.server.Client()
+	quiet := slog.New(slog.DiscardHandler)
 	m := metrics.New(metrics.NewRegistry())
 	if s.agent, err = workers.NewAgent(ctx, cfg, hypervisor, m, quiet); err != nil {
 		s.close()
@@ -105,8 +85,6 @@ func (s *site) close() {
 		s.agent.Close()
 	}
 	if s.server != nil {
-		s.server.Client().Close()
-		_ = s.server.Stop()
+		s.server.Stop()
 	}
-	_ = s.logFile.Close()
 }
