@@ -531,8 +531,9 @@ func (c *Client) Request(ctx context.Context, volumeID string, req workflows.Ope
 	return &op, nil
 }
 
-// takenOperation is the operation operationID as the volume's state shows it when the volume took it, running
-// or finished (nil if the state does not show it).
+// takenOperation is the operation operationID as the volume's state shows it once the volume took it: the
+// active one, or a recent one (nil if the state does not show it). Operation ids are unique, so at most one
+// recent operation matches.
 func takenOperation(st *workflows.VolumeState, operationID string) *workflows.Operation {
 	if st.Active != nil && st.Active.OperationID == operationID {
 		return st.Active
@@ -587,20 +588,17 @@ func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.
 	if err != nil {
 		return nil, err
 	}
-	if st.Active != nil && st.Active.OperationID == operationID {
-		op := *st.Active
+	taken := takenOperation(st, operationID)
+	if taken == nil {
+		return nil, &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+	}
+	op := *taken
+	if taken == st.Active {
 		if p, err := c.progress(ctx, operationID); err == nil {
 			op.Progress = p
 		}
-		return &op, nil
 	}
-	for i := len(st.Recent) - 1; i >= 0; i-- {
-		if st.Recent[i].OperationID == operationID {
-			op := st.Recent[i]
-			return &op, nil
-		}
-	}
-	return nil, &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
+	return &op, nil
 }
 
 // operationVolume finds an operation's volume: from its child workflow's search attributes (read from the
