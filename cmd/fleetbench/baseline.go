@@ -9,6 +9,9 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
+
+	"github.com/holdfast/holdfast/workers"
+	"github.com/holdfast/holdfast/workers/config"
 )
 
 // The baseline's task queue and update: a workflow with a snapshot's shape and nothing else.
@@ -17,9 +20,9 @@ const (
 	baselineUpdate = "request"
 )
 
-// newBaselineWorker hosts the baseline on its own task queue, with the control worker's default options.
-func newBaselineWorker(c client.Client) worker.Worker {
-	w := worker.New(c, baselineQueue, worker.Options{})
+// newBaselineWorker hosts the baseline on its own task queue, with the control worker's options (its pollers).
+func newBaselineWorker(c client.Client, cfg *config.Config) worker.Worker {
+	w := worker.New(c, baselineQueue, workers.ControlOptions(cfg.Control))
 	w.RegisterWorkflow(baselineWorkflow)
 	w.RegisterActivity(baselineActivity)
 	return w

@@ -5,11 +5,13 @@
 // through the HTTP API by the panel. The night is, in turn: a burst of snapshot requests for every volume, as
 // a scheduler client sends them (a bounded number in flight, refusals that mean "not now" retried after their
 // Retry-After), each operation polled until it ends; the same for backups (to an fs store in the scratch
-// directory); and the same night run by Holdfast itself, through a snapshot policy's ScheduledRunWorkflow per
-// volume, started at once as the schedules would start them at the window's opening. The baseline is a
-// trivial workflow of a snapshot's shape (one update accepted, one activity) on its own task queue in this
-// process, started for every volume the same way. At the end it reads the resident memory of the Temporal
-// dev server and of this process, which hosts every worker.
+// directory); and a night run by Holdfast itself, through a backup (-night) policy's ScheduledRunWorkflow per
+// volume, started at once as the schedules would start them at the window's opening, the window closing 10
+// minutes (-window) later. The baseline is a trivial workflow of a snapshot's shape (one update accepted, one
+// activity) on its own task queue in this process, with the control worker's options, started for every
+// volume the same way. -phases picks the phases after registration. For each phase it reads the dev server's
+// persistence requests (its Prometheus endpoint); at the end, the volume workflows' history sizes and the
+// resident memory of the Temporal dev server and of this process, which hosts every worker.
 //
 // Limits are the spec's, except the cooldown, which is off: each phase requests one operation per volume,
 // and a 5-minute cooldown between phases would only make the run longer. Timings are reported, never
@@ -54,9 +56,16 @@ const (
 type options struct {
 	volumes, owners, concurrency int
 	dir, temporalBin             string
-	// window is how long the scheduled night's window stays open after the runs start.
-	window time.Duration
+	// window is how long the scheduled night's window stays open after the runs start; nightKind is what its
+	// policy takes (snapshot or backup).
+	window    time.Duration
+	nightKind string
+	// phases are the phases to run after registration, of baseline, snapshots, backups, night.
+	phases map[string]bool
 }
+
+// allPhases are the phases after registration, in the order they run.
+var allPhases = []string{"baseline", "snapshots", "backups", "night"}
 
 func main() {
 	var o options
@@ -66,8 +75,17 @@ func main() {
 	flag.StringVar(&o.dir, "dir", ".run/bench-fleet", "scratch directory: volumes, backups, dev server log")
 	flag.StringVar(&o.temporalBin, "temporal", cmp.Or(os.Getenv("HOLDFAST_TEMPORAL_BIN"), "bin/temporal"),
 		"Temporal CLI (make temporal)")
-	flag.DurationVar(&o.window, "window", 3*time.Minute, "the scheduled night's window, from the runs' start")
+	flag.DurationVar(&o.window, "window", 10*time.Minute, "the scheduled night's window, from the runs' start")
+	flag.StringVar(&o.nightKind, "night", "backup", "what the scheduled night's policy takes: snapshot or backup")
+	phases := flag.String("phases", strings.Join(allPhases, ","), "phases to run after registration, comma-separated")
 	flag.Parse()
+	o.phases = map[string]bool{}
+	for _, ph := range strings.Split(*phases, ",") {
+		if !slices.Contains(allPhases, ph) {
+			log.Fatalf("fleetbench: unknown phase %q (of %s)", ph, strings.Join(allPhases, ", "))
+		}
+		o.phases[ph] = true
+	}
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal("fleetbench: ", err)
 	}
@@ -84,6 +102,9 @@ type results struct {
 	temporal     memory
 	workers      memory
 	total        time.Duration
+	// persistence is the dev server's persistence requests in each phase (registration included).
+	persistence map[string]persistence
+	histories   histories
 }
 
 func run(ctx context.Context, o options) error {
@@ -133,33 +154,73 @@ plans: {%s: {}}
 	p := newPanel(s.apiURL, panelToken, o.concurrency)
 	var r results
 
-	log.Printf("fleetbench: registering %d volumes", o.volumes)
-	start := time.Now()
-	if r.registered, err = register(ctx, p, volumeIDs, volumeRoot, o); err != nil {
+	r.persistence = map[string]persistence{}
+	// phase runs one phase and records the dev server's persistence requests during it.
+	phase := func(name string, fn func() error) error {
+		before, err := serverCounters(ctx, s.metricsURL)
+		if err != nil {
+			return fmt.Errorf("dev server metrics: %w", err)
+		}
+		log.Printf("fleetbench: %s", name)
+		if err := fn(); err != nil {
+			return err
+		}
+		after, err := serverCounters(ctx, s.metricsURL)
+		if err != nil {
+			return fmt.Errorf("dev server metrics: %w", err)
+		}
+		r.persistence[name] = since(before, after)
+		return nil
+	}
+	if err := phase("registrations", func() error {
+		start := time.Now()
+		r.registered, err = register(ctx, p, volumeIDs, volumeRoot, o)
+		r.registerTook = time.Since(start)
+		return err
+	}); err != nil {
 		return err
 	}
-	r.registerTook = time.Since(start)
-
-	log.Print("fleetbench: baseline")
-	if r.baseline, err = runBaseline(ctx, s.server.Client(), volumeIDs, o.concurrency); err != nil {
-		return fmt.Errorf("baseline: %w", err)
+	if o.phases["baseline"] {
+		if err := phase("baseline", func() error {
+			r.baseline, err = runBaseline(ctx, s.server.Client(), volumeIDs, o.concurrency)
+			return err
+		}); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
 	}
-	log.Print("fleetbench: snapshot burst")
-	pctx, cancel := context.WithTimeout(ctx, phaseTimeout)
-	r.snapshots = runBurst(pctx, p, volumeIDs, "snapshots")
-	cancel()
-	log.Print("fleetbench: backup burst")
-	pctx, cancel = context.WithTimeout(ctx, phaseTimeout)
-	r.backups = runBurst(pctx, p, volumeIDs, "backups")
-	cancel()
-	log.Print("fleetbench: scheduled night")
-	pctx, cancel = context.WithTimeout(ctx, phaseTimeout)
-	r.night, err = runNight(pctx, p, s.server.Client(), volumeIDs, o.window, o.concurrency)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("scheduled night: %w", err)
+	for _, kind := range []string{"snapshots", "backups"} {
+		if !o.phases[kind] {
+			continue
+		}
+		if err := phase(kind, func() error {
+			pctx, cancel := context.WithTimeout(ctx, phaseTimeout)
+			defer cancel()
+			b := runBurst(pctx, p, volumeIDs, kind)
+			if kind == "snapshots" {
+				r.snapshots = b
+			} else {
+				r.backups = b
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if o.phases["night"] {
+		if err := phase("night", func() error {
+			// The night's runs may wait until the window closes; their operations end after it.
+			pctx, cancel := context.WithTimeout(ctx, o.window+phaseTimeout)
+			defer cancel()
+			r.night, err = runNight(pctx, p, s.server.Client(), volumeIDs, o.nightKind, o.window, o.concurrency)
+			return err
+		}); err != nil {
+			return fmt.Errorf("scheduled night: %w", err)
+		}
 	}
 
+	if r.histories, err = readHistories(ctx, s.server.Client(), volumeIDs, o.concurrency); err != nil {
+		return fmt.Errorf("volume histories: %w", err)
+	}
 	pid, err := childNamed("temporal")
 	if err == nil {
 		r.temporal, err = readMemory(pid)
@@ -208,6 +269,9 @@ func report(o options, r results) {
 	row := func(name, value, lat string) { fmt.Printf("  %-40s %12s  %s\n", name, value, lat) }
 	row("registrations/s", fmt.Sprintf("%.1f", perSec(len(r.registered), r.registerTook)), r.registered.summary())
 	for _, b := range []*burst{r.snapshots, r.backups} {
+		if b == nil {
+			continue
+		}
 		row(b.kind+": calls (incl. retries)", fmt.Sprint(len(b.latency)), b.latency.summary())
 		row(b.kind+": accepted / completed", fmt.Sprintf("%d / %d", b.accepted, b.completed), "")
 		row(b.kind+": last accepted after, s", fmt.Sprintf("%.1f", b.lastAccept.Seconds()), "")
@@ -222,26 +286,45 @@ func report(o options, r results) {
 			row(b.kind+": operations that failed", counts(b.failed), "")
 		}
 	}
-	n := r.night
-	row("night: policy attach/s", fmt.Sprintf("%.1f", perSec(len(n.attach), n.attachTook)), n.attach.summary())
-	row("night: window closed after, s", fmt.Sprintf("%.0f", n.closesIn.Seconds()), "")
-	row("night: runs accepted / missed", fmt.Sprintf("%d / %d", n.accepted, n.missed), "")
-	if n.missed > 0 {
-		row("night: missed by refusal", counts(n.missedBy), "")
+	if n := r.night; n != nil {
+		row("night: policy attach/s", fmt.Sprintf("%.1f", perSec(len(n.attach), n.attachTook)), n.attach.summary())
+		row("night: window closed after, s", fmt.Sprintf("%.0f", n.closesIn.Seconds()), "")
+		row("night: runs accepted / missed", fmt.Sprintf("%d / %d", n.accepted, n.missed), "")
+		if n.missed > 0 {
+			row("night: missed by refusal", counts(n.missedBy), "")
+		}
+		row("night: attempts per accepted run p50/p95/max", fmt.Sprintf("%d / %d / %d", percentile(n.attempts, 50),
+			percentile(n.attempts, 95), percentile(n.attempts, 100)), "")
+		row("night: all runs returned after, s", fmt.Sprintf("%.1f", n.runsTook.Seconds()), "")
+		row("night: all operations ended after, s", fmt.Sprintf("%.1f", n.lastEnd.Seconds()), "")
+		row("night: operations completed", fmt.Sprint(n.completed), "")
+		if len(n.failed) > 0 {
+			row("night: operations that failed", counts(n.failed), "")
+		}
 	}
-	row("night: attempts per accepted run p50/p95/max", fmt.Sprintf("%d / %d / %d", percentile(n.attempts, 50),
-		percentile(n.attempts, 95), percentile(n.attempts, 100)), "")
-	row("night: all runs returned after, s", fmt.Sprintf("%.1f", n.runsTook.Seconds()), "")
-	row("night: all operations ended after, s", fmt.Sprintf("%.1f", n.lastEnd.Seconds()), "")
-	row("night: operations completed", fmt.Sprint(n.completed), "")
-	if len(n.failed) > 0 {
-		row("night: operations that failed", counts(n.failed), "")
+	if b := r.baseline; b != nil {
+		row("baseline: burst (to last workflow end), s", fmt.Sprintf("%.1f", b.took.Seconds()),
+			b.latency.summary()+" (update-with-start)")
+		ratio := func(name string, d time.Duration) {
+			row(name+" ÷ baseline", fmt.Sprintf("%.1f", d.Seconds()/b.took.Seconds()), "")
+		}
+		if r.snapshots != nil {
+			ratio("snapshot burst", r.snapshots.took())
+		}
+		if r.backups != nil {
+			ratio("backup burst", r.backups.took())
+		}
+		if r.night != nil {
+			ratio("night", r.night.lastEnd)
+		}
 	}
-	row("baseline: burst (to last workflow end), s", fmt.Sprintf("%.1f", r.baseline.took.Seconds()),
-		r.baseline.latency.summary()+" (update-with-start)")
-	row("snapshot burst ÷ baseline", fmt.Sprintf("%.1f", r.snapshots.took().Seconds()/r.baseline.took.Seconds()), "")
-	row("backup burst ÷ baseline", fmt.Sprintf("%.1f", r.backups.took().Seconds()/r.baseline.took.Seconds()), "")
-	row("night ÷ baseline", fmt.Sprintf("%.1f", n.lastEnd.Seconds()/r.baseline.took.Seconds()), "")
+	for _, ph := range append([]string{"registrations"}, allPhases...) {
+		if pr, ok := r.persistence[ph]; ok {
+			row(ph+": dev server persistence requests per volume", fmt.Sprintf("%.0f", pr.total()/float64(o.volumes)),
+				pr.top(20))
+		}
+	}
+	row("volume workflow history p50 / max", "", r.histories.summary())
 	mib := func(kib int64) string { return fmt.Sprintf("%.0f", float64(kib)/1024) }
 	row("Temporal dev server RSS / peak, MiB", mib(r.temporal.rss)+" / "+mib(r.temporal.peak), "")
 	row("workers + API (this process) RSS / peak, MiB", mib(r.workers.rss)+" / "+mib(r.workers.peak), "")

@@ -28,16 +28,16 @@ type night struct {
 	*tally
 }
 
-// runNight puts a snapshot policy whose window opened a minute ago and closes after window, attaches every
+// runNight puts a policy of kind (snapshot or backup) whose window opened a minute ago and closes after window, attaches every
 // volume to it through the API, then starts each volume's ScheduledRunWorkflow at once (the schedules would
 // fire them at the window's opening, tomorrow) and waits for every run's result and every accepted operation.
-func runNight(ctx context.Context, p *panel, c client.Client, volumeIDs []string, window time.Duration,
+func runNight(ctx context.Context, p *panel, c client.Client, volumeIDs []string, kind string, window time.Duration,
 	concurrency int) (*night, error) {
 	n := &night{missedBy: map[string]int{}, tally: newTally()}
 	now := time.Now().UTC()
 	// The window is in whole minutes: it closes at the start of the minute window after now.
 	n.closesIn = now.Add(window).Truncate(time.Minute).Sub(now)
-	a, err := p.call(ctx, http.MethodPut, "/v1/policies/"+nightlyPolicy, map[string]any{"kind": "snapshot",
+	a, err := p.call(ctx, http.MethodPut, "/v1/policies/"+nightlyPolicy, map[string]any{"kind": kind,
 		"window": map[string]string{"start": now.Add(-time.Minute).Format("15:04"),
 			"end": now.Add(window).Format("15:04")}})
 	if err != nil {

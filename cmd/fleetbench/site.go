@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.temporal.io/sdk/worker"
@@ -27,13 +29,20 @@ type site struct {
 	closers []func()
 	http    *http.Server
 	apiURL  string
+	// metricsURL is the dev server's Prometheus endpoint.
+	metricsURL string
 }
 
 // startSite starts everything and returns once every worker polls and the API listens.
 func startSite(ctx context.Context, cfg *config.Config, temporalBin, logPath, panelToken string) (*site, error) {
 	s := &site{}
-	var err error
-	if s.server, err = devserver.Start(ctx, temporalBin, logPath, cfg.Temporal.Namespace); err != nil {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.metricsURL = fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
+	if s.server, err = devserver.Start(ctx, temporalBin, logPath, cfg.Temporal.Namespace,
+		"--metrics-port", strconv.Itoa(port)); err != nil {
 		return nil, err
 	}
 	tc := s.server.Client()
@@ -49,7 +58,7 @@ func startSite(ctx context.Context, cfg *config.Config, temporalBin, logPath, pa
 		return nil, err
 	}
 	s.closers = append(s.closers, closeBilling)
-	ws := append([]worker.Worker{control, newBaselineWorker(tc)}, workers.NewAgentWorkers(tc, cfg, hypervisor, s.agent)...)
+	ws := append([]worker.Worker{control, newBaselineWorker(tc, cfg)}, workers.NewAgentWorkers(tc, cfg, hypervisor, s.agent)...)
 	for _, w := range ws {
 		if err := w.Start(); err != nil {
 			s.close()
@@ -66,6 +75,16 @@ func startSite(ctx context.Context, cfg *config.Config, temporalBin, logPath, pa
 	go func() { _ = s.http.Serve(ln) }()
 	s.apiURL = "http://" + ln.Addr().String()
 	return s, nil
+}
+
+// freePort is a loopback TCP port nothing listens on now.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // close stops the API, the workers, the agent and the dev server (its database goes with it).

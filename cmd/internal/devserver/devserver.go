@@ -23,8 +23,9 @@ type Server struct {
 	log *os.File
 }
 
-// Start starts temporalBin's dev server for namespace, writing its output to logPath.
-func Start(ctx context.Context, temporalBin, logPath, namespace string) (*Server, error) {
+// Start starts temporalBin's dev server for namespace, writing its output to logPath; extraArgs are added to
+// Holdfast's flags (a benchmark's --metrics-port, say).
+func Start(ctx context.Context, temporalBin, logPath, namespace string, extraArgs ...string) (*Server, error) {
 	bin, err := filepath.Abs(temporalBin)
 	if err == nil {
 		_, err = os.Stat(bin)
@@ -38,7 +39,7 @@ func Start(ctx context.Context, temporalBin, logPath, namespace string) (*Server
 	}
 	quiet := slog.New(slog.DiscardHandler)
 	dev, err := testsuite.StartDevServer(ctx, testsuite.DevServerOptions{ExistingPath: bin, LogLevel: "error",
-		ExtraArgs: workflows.DevServerArgs(), Stdout: log, Stderr: log,
+		ExtraArgs: append(workflows.DevServerArgs(), extraArgs...), Stdout: log, Stderr: log,
 		ClientOptions: &client.Options{Namespace: namespace, Logger: sdklog.NewStructuredLogger(quiet)}})
 	if err != nil {
 		_ = log.Close()
