@@ -46,10 +46,18 @@ func (e *Error) Error() string { return e.Message }
 type Client struct {
 	temporal client.Client
 	cfg      *config.Config
+	// volumes remembers which volume each recently looked-up operation belongs to: that never changes, and a
+	// panel polling an operation would otherwise pay a Describe per poll to learn it again.
+	volumes *lru
 }
 
+// operationsRemembered bounds Client.volumes: a night's operations of a large fleet, a few MiB.
+const operationsRemembered = 20_000
+
 // New returns a client over a connected Temporal client.
-func New(c client.Client, cfg *config.Config) *Client { return &Client{temporal: c, cfg: cfg} }
+func New(c client.Client, cfg *config.Config) *Client {
+	return &Client{temporal: c, cfg: cfg, volumes: newLRU(operationsRemembered)}
+}
 
 // Temporal returns the underlying Temporal client.
 func (c *Client) Temporal() client.Client { return c.temporal }
@@ -263,8 +271,11 @@ func (c *Client) Volume(ctx context.Context, volumeID string) (*Volume, error) {
 	}
 	v := withCooldown(*st)
 	if v.Active != nil {
-		if p, err := c.progress(ctx, v.Active.OperationID); err == nil {
-			v.Active.Progress = p
+		resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(v.Active.OperationID), "")
+		if err == nil {
+			if p, err := progress(resp); err == nil {
+				v.Active.Progress = p
+			}
 		}
 	}
 	return v, nil
@@ -580,7 +591,7 @@ func (c *Client) sendUpdate(ctx context.Context, workflowID, name, updateID stri
 
 // Operation returns one operation, live (with progress) or finished.
 func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.Operation, error) {
-	volumeID, err := c.operationVolume(ctx, operationID)
+	volumeID, described, err := c.operationVolume(ctx, operationID)
 	if err != nil {
 		return nil, err
 	}
@@ -594,43 +605,57 @@ func (c *Client) Operation(ctx context.Context, operationID string) (*workflows.
 	}
 	op := *taken
 	if taken == st.Active {
-		if p, err := c.progress(ctx, operationID); err == nil {
-			op.Progress = p
+		if described == nil {
+			described, err = c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
+		}
+		if err == nil {
+			if p, err := progress(described); err == nil {
+				op.Progress = p
+			}
 		}
 	}
 	return &op, nil
 }
 
-// operationVolume finds an operation's volume: from its child workflow's search attributes (read from the
-// workflow itself, so it is current), or else from the volume workflow whose SearchOperations lists it (an
-// operation aborted before it started never had a child). An operation accepted a moment ago may be in
-// neither yet, so a miss is retried briefly.
-func (c *Client) operationVolume(ctx context.Context, operationID string) (string, error) {
+// operationVolume finds an operation's volume: remembered from an earlier lookup, else from its child
+// workflow's search attributes (read from the workflow itself, so it is current; the description read is
+// returned too), or else from the volume workflow whose SearchOperations lists it (an operation aborted before
+// it started never had a child). An operation accepted a moment ago may be in neither yet, so a miss is
+// retried briefly.
+func (c *Client) operationVolume(ctx context.Context, operationID string) (string, *workflowservice.DescribeWorkflowExecutionResponse, error) {
 	notFound := &Error{Type: workflows.ErrNotFound, Message: fmt.Sprintf("Operation %s not found.", operationID)}
 	if !activities.ValidID(operationID) {
-		return "", notFound
+		return "", nil, notFound
+	}
+	if volumeID, ok := c.volumes.get(operationID); ok {
+		return volumeID, nil, nil
 	}
 	for attempt := 0; ; attempt++ {
 		resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
 		if err == nil {
 			if volumeID := keyword(resp.GetWorkflowExecutionInfo().GetSearchAttributes(), workflows.SearchVolume); volumeID != "" {
-				return volumeID, nil
+				c.volumes.put(operationID, volumeID)
+				return volumeID, resp, nil
 			}
 		}
 		var nf *serviceerror.NotFound
 		if err != nil && !errors.As(err, &nf) {
-			return "", typed(err)
+			return "", nil, typed(err)
 		}
 		volumeID, err := c.indexedVolume(ctx, operationID)
-		if err != nil || volumeID != "" {
-			return volumeID, err
+		if err != nil {
+			return "", nil, err
+		}
+		if volumeID != "" {
+			c.volumes.put(operationID, volumeID)
+			return volumeID, nil, nil
 		}
 		if attempt >= 10 {
-			return "", notFound
+			return "", nil, notFound
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return "", nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -665,13 +690,9 @@ func keyword(sa *commonpb.SearchAttributes, name string) string {
 	return v
 }
 
-// progress reads the live progress an operation's running activity heartbeats. Reading it from the server's
-// view of pending activities costs no workflow history.
-func (c *Client) progress(ctx context.Context, operationID string) (*activities.Progress, error) {
-	resp, err := c.temporal.DescribeWorkflowExecution(ctx, workflows.OperationWorkflowID(operationID), "")
-	if err != nil {
-		return nil, err
-	}
+// progress is the live progress an operation's running activity heartbeats, from its workflow's
+// description (the server's view of pending activities: it costs no workflow history).
+func progress(resp *workflowservice.DescribeWorkflowExecutionResponse) (*activities.Progress, error) {
 	for _, pa := range resp.GetPendingActivities() {
 		details := pa.GetHeartbeatDetails()
 		if details == nil || len(details.GetPayloads()) == 0 {
