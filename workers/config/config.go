@@ -65,16 +65,25 @@ type TLS struct {
 }
 
 // Control tunes the control worker (holdfast worker control): how many long polls it may keep open for
-// workflow and activity tasks. Its pollers scale between 1 and these with the backlog (the SDK's autoscaling
-// pollers): a fixed 2, the SDK's old default, kept every operation's child workflow waiting seconds for its
-// first task under a burst.
+// workflow and activity tasks, and how many workflows it keeps in memory. Its pollers scale between 1 and
+// these with the backlog (the SDK's autoscaling pollers): a fixed 2, the SDK's old default, kept every
+// operation's child workflow waiting seconds for its first task under a burst.
 type Control struct {
 	WorkflowPollers int `yaml:"workflow_pollers"`
 	ActivityPollers int `yaml:"activity_pollers"`
+	// WorkflowCache is how many workflows the worker keeps in memory between their tasks (the SDK's sticky
+	// cache, process-wide). It bounds the worker's memory whatever the number of volumes: a workflow pushed
+	// out is replayed from its (bounded) history at its next task.
+	WorkflowCache int `yaml:"workflow_cache"`
 }
 
-// DefaultControlPollers is the default maximum of each kind of control-worker poller.
-const DefaultControlPollers = 16
+// Control worker defaults: the maximum of each kind of poller, and the workflows kept in memory (a 1,000-volume
+// fleet's volume, owner and operation workflows fit, with its night's scheduled runs; the SDK's own default,
+// 10,000, let memory grow with the fleet).
+const (
+	DefaultControlPollers = 16
+	DefaultWorkflowCache  = 2_500
+)
 
 // Billing says where hourly line items go (both sinks optional; with neither, billing does not run).
 type Billing struct {
@@ -193,6 +202,9 @@ func (c *Config) applyDefaults() {
 	if c.Control.ActivityPollers == 0 {
 		c.Control.ActivityPollers = DefaultControlPollers
 	}
+	if c.Control.WorkflowCache == 0 {
+		c.Control.WorkflowCache = DefaultWorkflowCache
+	}
 	if c.Plans == nil {
 		c.Plans = map[string]*Plan{}
 	}
@@ -256,6 +268,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Control.ActivityPollers < 1 {
 		bad("control.activity_pollers", "must be at least 1, got %d", c.Control.ActivityPollers)
+	}
+	if c.Control.WorkflowCache < 1 {
+		bad("control.workflow_cache", "must be at least 1, got %d", c.Control.WorkflowCache)
 	}
 	if c.Limits.Cooldown < 0 {
 		bad("limits.cooldown", "must not be negative, got %s", c.Limits.Cooldown)

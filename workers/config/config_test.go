@@ -55,7 +55,8 @@ func TestEmptyConfigGetsSpecDefaults(t *testing.T) {
 	require.Contains(t, c.Plans, DefaultPlan)
 	assert.Equal(t, 5, c.Plans[DefaultPlan].MaxSnapshots)
 	assert.Equal(t, 10, c.Plans[DefaultPlan].MaxBackups)
-	assert.Equal(t, Control{WorkflowPollers: DefaultControlPollers, ActivityPollers: DefaultControlPollers}, c.Control)
+	assert.Equal(t, Control{WorkflowPollers: DefaultControlPollers, ActivityPollers: DefaultControlPollers,
+		WorkflowCache: DefaultWorkflowCache}, c.Control)
 }
 
 func TestExplicitZeroCooldownIsKept(t *testing.T) {
@@ -77,6 +78,7 @@ func TestValidationNamesTheField(t *testing.T) {
 		"hypervisors: {\"bad id!\": {}}":                                 "hypervisors.bad id!: id",
 		"hypervisors: {hv1: {concurrency: -2}}":                          "hypervisors.hv1.concurrency: must be at least 1",
 		"control: {workflow_pollers: -1}":                                "control.workflow_pollers: must be at least 1",
+		"control: {workflow_cache: -5}":                                  "control.workflow_cache: must be at least 1",
 		"control: {activity_pollers: -3}":                                "control.activity_pollers: must be at least 1",
 		"backup_storages: {x: {type: s3, bucket: b, access_key_env: K}}": "backup_storages.x.access_key_env",
 	}

@@ -24,6 +24,7 @@ import (
 // ledger.
 func Control(ctx context.Context, c client.Client, cfg *config.Config) (w worker.Worker, close func(), err error) {
 	hf := starter.New(c, cfg)
+	worker.SetStickyWorkflowCacheSize(cfg.Control.WorkflowCache)
 	w = workers.NewControl(c, hf.ControlActivities(), workers.ControlOptions(cfg.Control))
 	closeBilling, err := workers.StartBilling(ctx, w, c, cfg.Billing)
 	if err != nil {
