@@ -283,7 +283,7 @@ func (c *Client) RequestScheduled(ctx context.Context, in workflows.ScheduledReq
 	}
 	retention := p.Retention()
 	op, err := c.Request(ctx, in.VolumeID, workflows.OperationRequest{OperationID: in.OperationID, Kind: p.Kind,
-		Scheduled: true, PolicyID: in.PolicyID, Retention: &retention})
+		Scheduled: true, PolicyID: in.PolicyID, Retention: &retention, Waiter: in.Waiter})
 	if err != nil {
 		return reject(err)
 	}

@@ -127,7 +127,8 @@ func windowAround(from, to time.Duration) *workflows.Window {
 }
 
 // Scheduled runs that meet the owner's limit wait for their turn within their window instead of missing the
-// night: four volumes of one owner (limit 3) on one nightly policy, their runs started together.
+// night: four volumes of one owner (limit 3) on one nightly policy, their runs started together. The run
+// refused is queued at the owner, which tells it its turn (SignalTurn) when a permit frees.
 func TestIntegrationScheduledRunsWaitForTheOwnersPermits(t *testing.T) {
 	c := newCluster(t) // gate closed: the first three backups hold the owner's permits
 	ctx := context.Background()
@@ -172,7 +173,19 @@ func TestIntegrationScheduledRunsWaitForTheOwnersPermits(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, waited, "one run met the owner's limit and waited")
-	recordHistory(t, c.hf, "scheduled-run-"+waited, "scheduled-run-waited")
+	told := false
+	iter := c.Temporal.GetWorkflowHistory(ctx, workflows.OwnerWorkflowID("acct-w"), "", false,
+		enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		require.NoError(t, err)
+		if a := ev.GetSignalExternalWorkflowExecutionInitiatedEventAttributes(); a != nil &&
+			a.GetSignalName() == workflows.SignalTurn && a.GetWorkflowExecution().GetWorkflowId() == "scheduled-run-"+waited {
+			told = true
+		}
+	}
+	assert.True(t, told, "the owner told the waiting run its turn")
+	recordHistory(t, c.hf, "scheduled-run-"+waited, "scheduled-run-told-its-turn")
 }
 
 // TestIntegrationEditedConfigPolicyRetimesAttachedSchedules: a config-file policy's schedules follow the file

@@ -19,9 +19,22 @@ type owner struct {
 	leases  map[string]*Lease
 	// changes counts acquires, so the loop re-arms its expiry timer for a new lease.
 	changes int
-	// replying counts answers to volumes not yet delivered (the run must not continue-as-new before them).
+	// replying counts answers to volumes and turns to waiters not yet delivered (the run must not
+	// continue-as-new before them).
 	replying int
+	// waiters are the scheduled runs refused at the limit, first come first served: each permit that frees
+	// tells the first one still waiting that it is its turn.
+	waiters []Waiter
 }
+
+// Bounds of an owner's queue of waiting scheduled runs: a run waits at most a night's window, and a queue
+// past maxWaiters (a fleet's worth for one owner) takes no more (the runs fall back on their back-off).
+const (
+	waiterTTL  = 24 * time.Hour
+	maxWaiters = 10_000
+	// maxWaiterLength bounds a waiter's workflow ID (Temporal's own default limit).
+	maxWaiterLength = 1000
+)
 
 // OwnerWorkflow is one owner's counting semaphore (ID owner/<owner_id>): at most Limit operations in flight
 // across all of the owner's volumes. A volume that has checked a request and taken its lock asks for a permit
@@ -34,7 +47,7 @@ type owner struct {
 // claimed them (SignalClaim); that path stays for them, and an acquired permit never claimed within a minute
 // comes back.
 func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
-	o := &owner{ownerID: in.OwnerID, leases: map[string]*Lease{}}
+	o := &owner{ownerID: in.OwnerID, leases: map[string]*Lease{}, waiters: in.Waiters}
 	for i := range in.Leases {
 		l := in.Leases[i]
 		o.leases[l.LeaseID] = &l
@@ -65,7 +78,7 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 		sel.AddReceive(releases, func(c workflow.ReceiveChannel, _ bool) {
 			var s ReleaseSignal
 			c.Receive(ctx, &s)
-			delete(o.leases, s.LeaseID)
+			o.release(ctx, s.LeaseID)
 		})
 		if next, ok := o.nextExpiry(); ok {
 			sel.AddFuture(workflow.NewTimer(timerCtx, next.Sub(workflow.Now(ctx))), func(workflow.Future) {})
@@ -99,14 +112,15 @@ func OwnerWorkflow(ctx workflow.Context, in OwnerInput) error {
 				}
 				var r ReleaseSignal
 				if releases.ReceiveAsync(&r) {
-					delete(o.leases, r.LeaseID)
+					o.release(ctx, r.LeaseID)
 					drained = false
 				}
 			}
 			if err := workflow.Await(ctx, func() bool { return o.replying == 0 }); err != nil {
 				return err
 			}
-			return workflow.NewContinueAsNewError(ctx, OwnerWorkflow, OwnerInput{OwnerID: o.ownerID, Leases: o.sorted()})
+			return workflow.NewContinueAsNewError(ctx, OwnerWorkflow, OwnerInput{OwnerID: o.ownerID, Leases: o.sorted(),
+				Waiters: o.waiters})
 		}
 	}
 }
@@ -159,6 +173,8 @@ func (o *owner) answer(ctx workflow.Context, r PermitRequest) {
 		o.claim(ctx, ClaimSignal{LeaseID: r.LeaseID, VolumeID: r.VolumeID, TTL: r.TTL})
 		o.changes++
 		reply.Granted = true
+	} else if r.Waiter != "" {
+		o.enqueue(ctx, r.Waiter)
 	}
 	o.replying++
 	workflow.Go(ctx, func(gctx workflow.Context) {
@@ -168,7 +184,7 @@ func (o *owner) answer(ctx workflow.Context, r PermitRequest) {
 			// The volume is gone: nobody will release the permit.
 			workflow.GetLogger(ctx).Warn("permit answer not delivered; permit returned", "owner_id", o.ownerID,
 				"lease_id", r.LeaseID, "volume_id", r.VolumeID, "error", err)
-			delete(o.leases, r.LeaseID)
+			o.release(ctx, r.LeaseID)
 		}
 	})
 }
@@ -207,8 +223,53 @@ func (o *owner) expire(ctx workflow.Context) {
 			workflow.GetLogger(ctx).Info("permit expired", "owner_id", o.ownerID, "lease_id", id,
 				"volume_id", l.VolumeID, "claimed", l.Claimed)
 			delete(o.leases, id)
+			o.wake(ctx)
 		}
 	}
+}
+
+// release gives a permit back, and the next waiting run its turn.
+func (o *owner) release(ctx workflow.Context, leaseID string) {
+	if _, held := o.leases[leaseID]; !held {
+		return // released twice, or expired already
+	}
+	delete(o.leases, leaseID)
+	o.wake(ctx)
+}
+
+// enqueue adds a refused scheduled run to the waiters, once (a run refused again keeps its place).
+func (o *owner) enqueue(ctx workflow.Context, workflowID string) {
+	for _, w := range o.waiters {
+		if w.WorkflowID == workflowID {
+			return
+		}
+	}
+	if len(o.waiters) >= maxWaiters {
+		return
+	}
+	o.waiters = append(o.waiters, Waiter{WorkflowID: workflowID, Since: workflow.Now(ctx)})
+}
+
+// wake tells the first waiting run that a permit is free. A run that no longer waits (its window closed,
+// or its back-off brought it in first) cannot be told, and the next one is told instead; one that waited
+// past waiterTTL is dropped. A run told its turn leaves the queue: refused again, it queues again.
+func (o *owner) wake(ctx workflow.Context) {
+	now := workflow.Now(ctx)
+	for len(o.waiters) > 0 && now.Sub(o.waiters[0].Since) > waiterTTL {
+		o.waiters = o.waiters[1:]
+	}
+	if len(o.waiters) == 0 {
+		return
+	}
+	w := o.waiters[0]
+	o.waiters = o.waiters[1:]
+	o.replying++
+	workflow.Go(ctx, func(gctx workflow.Context) {
+		defer func() { o.replying-- }()
+		if err := workflow.SignalExternalWorkflow(gctx, w.WorkflowID, "", SignalTurn, nil).Get(gctx, nil); err != nil {
+			o.wake(gctx)
+		}
+	})
 }
 
 func (o *owner) nextExpiry() (time.Time, bool) {

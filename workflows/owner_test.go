@@ -271,3 +271,76 @@ func TestOwnerTakesBackAPermitItCouldNotAnswer(t *testing.T) {
 	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
 	assert.Empty(t, after)
 }
+
+// Scheduled runs refused at the limit queue at the owner, once each, and each permit that frees (released or
+// expired) tells the first run still waiting that it is its turn; a run that can no longer be told (gone)
+// is skipped for the next. The queue outlives a continue-as-new.
+func TestOwnerTellsWaitingScheduledRunsTheirTurnInOrder(t *testing.T) {
+	h := newOwnerHarness(t)
+	h.permitAnswers()
+	var turns []string
+	var toldAt []time.Duration
+	start := h.env.Now()
+	h.env.OnSignalExternalWorkflow(mock.Anything, "run-gone", "", SignalTurn, mock.Anything).
+		Return(errors.New("workflow not found"))
+	h.env.OnSignalExternalWorkflow(mock.Anything, mock.Anything, "", SignalTurn, mock.Anything).
+		Run(func(args mock.Arguments) {
+			turns = append(turns, args.String(1))
+			toldAt = append(toldAt, h.env.Now().Sub(start))
+		}).Return(nil)
+	waiting := func(leaseID, volumeID, run string, ttl time.Duration) {
+		h.env.SignalWorkflow(SignalPermitRequest, PermitRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: 3,
+			TTL: ttl, Waiter: run})
+	}
+	h.env.RegisterDelayedCallback(func() {
+		waiting("op-a", "vol-a", "run-a", 3*time.Hour)
+		waiting("op-b", "vol-b", "run-b", 3*time.Hour)
+		waiting("op-c", "vol-c", "run-c", 30*time.Minute) // expires at 30 min
+		waiting("op-d", "vol-d", "run-d", 3*time.Hour)
+		waiting("op-x", "vol-x", "run-gone", 3*time.Hour)
+		waiting("op-e", "vol-e", "run-e", 3*time.Hour)
+		waiting("op-d2", "vol-d", "run-d", 3*time.Hour) // refused again: keeps its place
+		h.ask("op-f", "vol-f")                          // a manual request does not queue
+	}, time.Second)
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) },
+		10*time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) // twice: frees nothing more
+	}, 11*time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*time.Hour)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
+
+	assert.Equal(t, []string{"run-d", "run-e"}, turns, "released at 10 min: run-d; expired at 30 min: run-e, run-gone skipped")
+	require.Len(t, toldAt, 2)
+	assert.Less(t, toldAt[0], 11*time.Minute)
+	assert.GreaterOrEqual(t, toldAt[1], 30*time.Minute)
+	assert.Less(t, toldAt[1], 31*time.Minute)
+}
+
+// Waiters outlive a continue-as-new, in order, and the next run tells them their turn.
+func TestOwnerContinueAsNewKeepsItsWaiters(t *testing.T) {
+	since := time.Now()
+	waiters := []Waiter{{WorkflowID: "run-b", Since: since}, {WorkflowID: "run-c", Since: since}}
+	lease := Lease{LeaseID: "op-a", VolumeID: "vol-a", Claimed: true, ExpiresAt: since.Add(time.Hour)}
+
+	h := newOwnerHarness(t)
+	h.env.SetContinueAsNewSuggested(true)
+	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42", Leases: []Lease{lease}, Waiters: waiters})
+	var next OwnerInput
+	continueAsNewInput(t, h.env.GetWorkflowError(), &next)
+	require.Len(t, next.Waiters, 2)
+	assert.Equal(t, "run-b", next.Waiters[0].WorkflowID)
+	assert.Equal(t, "run-c", next.Waiters[1].WorkflowID)
+
+	h = newOwnerHarness(t)
+	var turns []string
+	h.env.OnSignalExternalWorkflow(mock.Anything, mock.Anything, "", SignalTurn, mock.Anything).
+		Run(func(args mock.Arguments) { turns = append(turns, args.String(1)) }).Return(nil)
+	next.Leases[0].ExpiresAt = h.env.Now().Add(time.Hour)
+	next.Waiters[0].Since, next.Waiters[1].Since = h.env.Now(), h.env.Now()
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) },
+		time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*time.Minute)
+	h.env.ExecuteWorkflow(OwnerWorkflow, next)
+	assert.Equal(t, []string{"run-b"}, turns)
+}

@@ -35,6 +35,8 @@ type ScheduledRequest struct {
 	OperationID string `json:"operation_id"`
 	// StartedAt is when the run started; the answer's WaitUntil is computed from it (Policy.WaitUntil).
 	StartedAt time.Time `json:"started_at,omitzero"`
+	// Waiter is the run's workflow ID, for the owner to tell it when a permit frees (OperationRequest.Waiter).
+	Waiter string `json:"waiter,omitempty"`
 }
 
 // ScheduledRunResult is what one scheduled run did: Accepted with the operation and item, or the guard-rail
@@ -55,8 +57,13 @@ type ScheduledRunResult struct {
 	Attempts int `json:"attempts,omitempty"`
 }
 
-// scheduledWaitChange has a scheduled run wait for its turn instead of ending at its first refusal.
-const scheduledWaitChange = "scheduled-wait"
+// scheduledWaitChange has a scheduled run wait for its turn instead of ending at its first refusal;
+// scheduledTurnChange has it queue at the owner when refused OwnerLimit, and come back as soon as it is told
+// a permit is free (SignalTurn) rather than only at the end of its back-off.
+const (
+	scheduledWaitChange = "scheduled-wait"
+	scheduledTurnChange = "scheduled-turn"
+)
 
 // waitsForTurn are the refusals a scheduled run waits out: another operation holds the owner's permits or
 // the volume, the volume cools down, or the control plane or the hypervisor is too busy to answer.
@@ -80,6 +87,17 @@ func scheduledRetryWait(n int, spread float64, cooldown time.Duration) time.Dura
 	return d + time.Duration(float64(d)*spread/2)
 }
 
+// awaitTurn returns when the owner tells the run it is its turn, or after wait.
+func awaitTurn(ctx workflow.Context, turns workflow.ReceiveChannel, wait time.Duration) error {
+	tctx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	sel := workflow.NewSelector(ctx)
+	sel.AddReceive(turns, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, nil) })
+	sel.AddFuture(workflow.NewTimer(tctx, wait), func(workflow.Future) {})
+	sel.Select(ctx)
+	return ctx.Err()
+}
+
 // scheduledRunsName is metrics.ScheduledRunsName (declared there with the other metric names).
 const scheduledRunsName = metrics.ScheduledRunsName
 
@@ -91,7 +109,10 @@ const scheduledRunsName = metrics.ScheduledRunsName
 // A refusal that only means "not now" (waitsForTurn: the owner's permits, the volume's lock or cooldown, a
 // busy control plane or hypervisor) is waited out, durably, until the run's window closes (the answer's
 // WaitUntil): the run tries again after a back-off, each attempt a request of its own (operation ID derived
-// from the run and the attempt). Any other refusal, or the window's end, is the run's result (and a log line
+// from the run and the attempt). Refused at the owner's limit, it is queued at the owner (its workflow ID is
+// the request's Waiter) and comes back as soon as the owner tells it a permit is free (SignalTurn), first
+// come first served among the owner's runs; the back-off remains the bound for the other refusals and for a
+// turn that never comes. Any other refusal, or the window's end, is the run's result (and a log line
 // and a metric), not an error to retry: the next night is the retry.
 func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (ScheduledRunResult, error) {
 	info := workflow.GetInfo(ctx)
@@ -102,6 +123,11 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 	if waits {
 		req.StartedAt = info.WorkflowStartTime
 	}
+	queues := waits && workflow.GetVersion(ctx, scheduledTurnChange, workflow.DefaultVersion, 1) == 1
+	if queues {
+		req.Waiter = info.WorkflowExecution.ID
+	}
+	turns := workflow.GetSignalChannel(ctx, SignalTurn)
 	actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		TaskQueue:              TaskQueue,
 		StartToCloseTimeout:    time.Minute,
@@ -118,6 +144,9 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 			req.OperationID = fmt.Sprintf("sched-%s-%d", runID, attempt)
 		}
 		res = ScheduledRunResult{} // decoding into the last answer would keep its fields
+		for turns.ReceiveAsync(nil) {
+			// a turn told while the last attempt was in flight: this attempt is the one it was for
+		}
 		if err := workflow.ExecuteActivity(actx, ScheduledRequestActivity, req).Get(ctx, &res); err != nil {
 			logger.Error("scheduled run failed", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
 				"operation_id", req.OperationID, "error", err)
@@ -140,7 +169,15 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 		}
 		logger.Info("scheduled run waits for its turn", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
 			"type", res.Rejection.Type, "attempt", attempt, "retry_in", wait)
-		if err := workflow.Sleep(ctx, wait); err != nil {
+		if !queues {
+			if err := workflow.Sleep(ctx, wait); err != nil {
+				return res, err
+			}
+			continue
+		}
+		// Queued at the owner (OwnerLimit): told when a permit frees. The back-off still bounds the wait,
+		// for every other refusal and for a turn that never comes.
+		if err := awaitTurn(ctx, turns, wait); err != nil {
 			return res, err
 		}
 	}

@@ -164,3 +164,37 @@ func TestScheduledRetryWaitKeepsEachRunsSpread(t *testing.T) {
 	assert.GreaterOrEqual(t, scheduledRetryWait(1, 0, 100*time.Second), 100*time.Second, "a cooldown is waited out")
 	assert.Greater(t, scheduledRetryWait(1, 0.9, 100*time.Second), scheduledRetryWait(1, 0, 100*time.Second))
 }
+
+// A run refused at the owner's limit names itself as the waiter and comes back as soon as the owner tells
+// it its turn, well before its back-off; a turn told while an attempt is in flight does not trigger another.
+func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
+	var got []ScheduledRequest
+	var at []time.Time
+	var env *testsuite.TestWorkflowEnvironment
+	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
+		got = append(got, r)
+		at = append(at, env.Now())
+		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
+			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
+		if len(got) < 3 {
+			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
+		} else {
+			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
+		}
+		return res, nil
+	})
+	start := env.Now()
+	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, time.Second)
+	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, 2*time.Second)
+	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, env.GetWorkflowError())
+	var res ScheduledRunResult
+	require.NoError(t, env.GetWorkflowResult(&res))
+	assert.True(t, res.Accepted)
+	require.Len(t, got, 3)
+	for _, r := range got {
+		assert.Equal(t, "default-test-workflow-id", r.Waiter, "the run names itself for the owner's queue")
+	}
+	assert.Less(t, at[1].Sub(start), 2*time.Second, "came back at the first turn, not after %s", scheduledRetryMin)
+	assert.Less(t, at[2].Sub(start), 3*time.Second, "and at the second")
+}

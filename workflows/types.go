@@ -30,6 +30,8 @@ const (
 	SignalPermitRequest = "permit-request"
 	SignalPermit        = "permit"
 	QueryPermits        = "permits"
+	// SignalTurn tells a scheduled run waiting for the owner's permit that one has been freed (no payload).
+	SignalTurn = "turn"
 )
 
 // Search attributes kept current on volume and operation workflows (register them on the namespace).
@@ -184,6 +186,9 @@ type OperationRequest struct {
 	// must still be attached to it) and the retention to apply, at the plan cap and after success.
 	PolicyID  string     `json:"policy_id,omitempty"`
 	Retention *Retention `json:"retention,omitempty"`
+	// Waiter, with a scheduled request, is its run's workflow ID: refused at the owner's limit, the run is
+	// queued at the owner and told when a permit frees (PermitRequest.Waiter).
+	Waiter string `json:"waiter,omitempty"`
 	// KeepBackupsFor, with a deregistration, keeps the volume's backups (restorable by the panel, their ID
 	// reserved) for this long before they are deleted; 0 deletes them with the volume.
 	KeepBackupsFor time.Duration `json:"keep_backups_for,omitempty"`
@@ -305,6 +310,15 @@ type PermitRequest struct {
 	VolumeID string        `json:"volume_id"`
 	Limit    int           `json:"limit"`
 	TTL      time.Duration `json:"ttl"`
+	// Waiter, from a scheduled request, is the workflow to tell (SignalTurn) when a permit frees should this
+	// one be refused: the owner queues it.
+	Waiter string `json:"waiter,omitempty"`
+}
+
+// Waiter is a scheduled run waiting in an owner's queue for a permit, since Since.
+type Waiter struct {
+	WorkflowID string    `json:"workflow_id"`
+	Since      time.Time `json:"since"`
 }
 
 // PermitReply answers a PermitRequest.
@@ -342,8 +356,9 @@ type Lease struct {
 
 // OwnerInput starts (or continues) an OwnerWorkflow.
 type OwnerInput struct {
-	OwnerID string  `json:"owner_id"`
-	Leases  []Lease `json:"leases,omitempty"`
+	OwnerID string   `json:"owner_id"`
+	Leases  []Lease  `json:"leases,omitempty"`
+	Waiters []Waiter `json:"waiters,omitempty"`
 }
 
 // SearchAttribute is a custom search attribute to register on the namespace; Type is spelled as the

@@ -31,7 +31,7 @@ func (v *volume) takePermit(ctx workflow.Context, req *OperationRequest) error {
 	defer func() { v.asking = false }()
 	started := workflow.Now(ctx)
 	ask := PermitRequest{LeaseID: req.OperationID, VolumeID: v.volumeID, Limit: v.st.Spec.OwnerLimit,
-		TTL: v.permitTTL()}
+		TTL: v.permitTTL(), Waiter: req.Waiter}
 	// A local activity: the control worker that runs this workflow task delivers the signal itself, without
 	// an activity task's round trip through the server (the request's answer waits on it).
 	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{

@@ -3,6 +3,7 @@ package workflows
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,13 @@ func TestScheduledRequestsAreValidated(t *testing.T) {
 	typ, msg := errType(t, err)
 	assert.Equal(t, ErrInvalidArgument, typ)
 	assert.Equal(t, "kind: only snapshots and backups are scheduled", msg)
+
+	// Only a scheduled request names a run to tell its turn, and a bounded one.
+	typ, _ = errType(t, validateRequest(OperationRequest{OperationID: "o", Kind: KindSnapshot, Waiter: "run"}, "v"))
+	assert.Equal(t, ErrInvalidArgument, typ)
+	long := OperationRequest{OperationID: "o", Kind: KindSnapshot, Scheduled: true, Waiter: strings.Repeat("r", 1001)}
+	typ, _ = errType(t, validateRequest(long, "v"))
+	assert.Equal(t, ErrInvalidArgument, typ)
+	assert.NoError(t, validateRequest(OperationRequest{OperationID: "o", Kind: KindSnapshot, Scheduled: true,
+		Waiter: "policy/nightly/volume/v-2026-11-30T00:00:00Z"}, "v"))
 }

@@ -130,6 +130,9 @@ func validateRequest(req OperationRequest, volumeID string) error {
 	if !req.Scheduled && (req.PolicyID != "" || req.Retention != nil) {
 		return errInvalid("policy_id: only scheduled requests name a policy")
 	}
+	if req.Waiter != "" && (!req.Scheduled || len(req.Waiter) > maxWaiterLength) {
+		return errInvalid("waiter: only a scheduled request names its run, in at most %d characters", maxWaiterLength)
+	}
 	if req.Scheduled && req.Kind != KindSnapshot && req.Kind != KindBackup {
 		return errInvalid("kind: only snapshots and backups are scheduled")
 	}
