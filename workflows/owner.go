@@ -32,6 +32,9 @@ type owner struct {
 const (
 	waiterTTL  = 24 * time.Hour
 	maxWaiters = 10_000
+	// turnTTL is how long the permit freed for a run told its turn is kept for it: the run asks again at
+	// once, and a run that does not (its volume busy, say) must not hold it.
+	turnTTL = 30 * time.Second
 	// maxWaiterLength bounds a waiter's workflow ID (Temporal's own default limit).
 	maxWaiterLength = 1000
 )
@@ -169,6 +172,9 @@ func (o *owner) acquire(ctx workflow.Context, req AcquireRequest) (Lease, error)
 func (o *owner) answer(ctx workflow.Context, r PermitRequest) {
 	limit := max(r.Limit, 1)
 	reply := PermitReply{LeaseID: r.LeaseID, Limit: limit}
+	if r.Waiter != "" {
+		delete(o.leases, turnLease(r.Waiter)) // the permit kept for this run, if it was told its turn
+	}
 	if _, held := o.leases[r.LeaseID]; held || o.live(ctx) < limit {
 		o.claim(ctx, ClaimSignal{LeaseID: r.LeaseID, VolumeID: r.VolumeID, TTL: r.TTL})
 		o.changes++
@@ -250,9 +256,10 @@ func (o *owner) enqueue(ctx workflow.Context, workflowID string) {
 	o.waiters = append(o.waiters, Waiter{WorkflowID: workflowID, Since: workflow.Now(ctx)})
 }
 
-// wake tells the first waiting run that a permit is free. A run that no longer waits (its window closed,
-// or its back-off brought it in first) cannot be told, and the next one is told instead; one that waited
-// past waiterTTL is dropped. A run told its turn leaves the queue: refused again, it queues again.
+// wake tells the first waiting run that a permit is free, and keeps that permit for it (turnTTL), so that
+// no other request takes it before the run's comes. A run that no longer waits (its window closed, or its
+// back-off brought it in first) cannot be told: its permit is given to the next one; one that waited past
+// waiterTTL is dropped. A run told its turn leaves the queue: refused again, it queues again.
 func (o *owner) wake(ctx workflow.Context) {
 	now := workflow.Now(ctx)
 	for len(o.waiters) > 0 && now.Sub(o.waiters[0].Since) > waiterTTL {
@@ -263,14 +270,20 @@ func (o *owner) wake(ctx workflow.Context) {
 	}
 	w := o.waiters[0]
 	o.waiters = o.waiters[1:]
+	kept := turnLease(w.WorkflowID)
+	o.leases[kept] = &Lease{LeaseID: kept, Waiter: w.WorkflowID, ExpiresAt: now.Add(turnTTL)}
+	o.changes++
 	o.replying++
 	workflow.Go(ctx, func(gctx workflow.Context) {
 		defer func() { o.replying-- }()
 		if err := workflow.SignalExternalWorkflow(gctx, w.WorkflowID, "", SignalTurn, nil).Get(gctx, nil); err != nil {
-			o.wake(gctx)
+			o.release(gctx, kept)
 		}
 	})
 }
+
+// turnLease is the ID of the permit kept for a run told its turn.
+func turnLease(waiter string) string { return "turn:" + waiter }
 
 func (o *owner) nextExpiry() (time.Time, bool) {
 	var next time.Time

@@ -272,12 +272,13 @@ func TestOwnerTakesBackAPermitItCouldNotAnswer(t *testing.T) {
 	assert.Empty(t, after)
 }
 
-// Scheduled runs refused at the limit queue at the owner, once each, and each permit that frees (released or
-// expired) tells the first run still waiting that it is its turn; a run that can no longer be told (gone)
-// is skipped for the next. The queue outlives a continue-as-new.
+// Scheduled runs refused at the limit queue at the owner, once each; each permit that frees (released or
+// expired) is kept for the first run still waiting, which is told its turn: no other request takes it, the
+// run's own does, and one the run does not take within turnTTL goes to the next. A run that can no longer be
+// told (gone) is skipped for the next.
 func TestOwnerTellsWaitingScheduledRunsTheirTurnInOrder(t *testing.T) {
 	h := newOwnerHarness(t)
-	h.permitAnswers()
+	answers := h.permitAnswers()
 	var turns []string
 	var toldAt []time.Duration
 	start := h.env.Now()
@@ -288,33 +289,41 @@ func TestOwnerTellsWaitingScheduledRunsTheirTurnInOrder(t *testing.T) {
 			turns = append(turns, args.String(1))
 			toldAt = append(toldAt, h.env.Now().Sub(start))
 		}).Return(nil)
-	waiting := func(leaseID, volumeID, run string, ttl time.Duration) {
+	waiting := func(leaseID, volumeID, run string) {
 		h.env.SignalWorkflow(SignalPermitRequest, PermitRequest{LeaseID: leaseID, VolumeID: volumeID, Limit: 3,
-			TTL: ttl, Waiter: run})
+			TTL: 3 * time.Hour, Waiter: run})
 	}
-	h.env.RegisterDelayedCallback(func() {
-		waiting("op-a", "vol-a", "run-a", 3*time.Hour)
-		waiting("op-b", "vol-b", "run-b", 3*time.Hour)
-		waiting("op-c", "vol-c", "run-c", 30*time.Minute) // expires at 30 min
-		waiting("op-d", "vol-d", "run-d", 3*time.Hour)
-		waiting("op-x", "vol-x", "run-gone", 3*time.Hour)
-		waiting("op-e", "vol-e", "run-e", 3*time.Hour)
-		waiting("op-d2", "vol-d", "run-d", 3*time.Hour) // refused again: keeps its place
-		h.ask("op-f", "vol-f")                          // a manual request does not queue
-	}, time.Second)
-	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) },
-		10*time.Minute)
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) // twice: frees nothing more
-	}, 11*time.Minute)
-	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*time.Hour)
+	at := func(d time.Duration, fn func()) { h.env.RegisterDelayedCallback(fn, d) }
+	at(time.Second, func() {
+		waiting("op-a", "vol-a", "run-a")
+		waiting("op-b", "vol-b", "run-b")
+		waiting("op-c", "vol-c", "run-c")
+		waiting("op-d", "vol-d", "run-d")
+		waiting("op-x", "vol-x", "run-gone")
+		waiting("op-e", "vol-e", "run-e")
+		waiting("op-d2", "vol-d", "run-d") // refused again: keeps its place
+		h.ask("op-f", "vol-f")             // a manual request does not queue
+	})
+	at(10*time.Minute, func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-a"}) })
+	at(10*time.Minute+5*time.Second, func() { h.ask("op-g", "vol-g") }) // the freed permit is run-d's
+	at(10*time.Minute+10*time.Second, func() { waiting("op-d3", "vol-d", "run-d") })
+	at(10*time.Minute+20*time.Second, func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-b"}) })
+	at(10*time.Minute+25*time.Second, func() { h.env.SignalWorkflow(SignalRelease, ReleaseSignal{LeaseID: "op-b"}) })
+	// run-e never asks: its permit is free again after turnTTL.
+	at(12*time.Minute, func() { h.ask("op-h", "vol-h") })
+	at(time.Hour, func() { h.env.CancelWorkflow() })
 	h.env.ExecuteWorkflow(OwnerWorkflow, OwnerInput{OwnerID: "acct-42"})
 
-	assert.Equal(t, []string{"run-d", "run-e"}, turns, "released at 10 min: run-d; expired at 30 min: run-e, run-gone skipped")
+	assert.Equal(t, []string{"run-d", "run-e"}, turns, "run-gone skipped; a release twice frees one permit")
 	require.Len(t, toldAt, 2)
-	assert.Less(t, toldAt[0], 11*time.Minute)
-	assert.GreaterOrEqual(t, toldAt[1], 30*time.Minute)
-	assert.Less(t, toldAt[1], 31*time.Minute)
+	assert.Less(t, toldAt[0], 10*time.Minute+5*time.Second)
+	assert.Less(t, toldAt[1], 10*time.Minute+25*time.Second)
+	granted := func(lease string) PermitReply { return PermitReply{LeaseID: lease, Granted: true, Limit: 3} }
+	refused := func(lease string) PermitReply { return PermitReply{LeaseID: lease, Limit: 3} }
+	assert.Equal(t, []PermitReply{refused("op-d"), refused("op-d2"), granted("op-d3")}, answers[VolumeWorkflowID("vol-d")])
+	assert.Equal(t, []PermitReply{refused("op-f")}, answers[VolumeWorkflowID("vol-f")])
+	assert.Equal(t, []PermitReply{refused("op-g")}, answers[VolumeWorkflowID("vol-g")], "kept for the run told its turn")
+	assert.Equal(t, []PermitReply{granted("op-h")}, answers[VolumeWorkflowID("vol-h")], "a turn not taken frees its permit")
 }
 
 // Waiters outlive a continue-as-new, in order, and the next run tells them their turn.
@@ -342,5 +351,5 @@ func TestOwnerContinueAsNewKeepsItsWaiters(t *testing.T) {
 		time.Minute)
 	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*time.Minute)
 	h.env.ExecuteWorkflow(OwnerWorkflow, next)
-	assert.Equal(t, []string{"run-b"}, turns)
+	assert.Equal(t, []string{"run-b", "run-c"}, turns, "run-b does not ask: after turnTTL it is run-c's turn")
 }

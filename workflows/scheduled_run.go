@@ -110,9 +110,9 @@ const scheduledRunsName = metrics.ScheduledRunsName
 // busy control plane or hypervisor) is waited out, durably, until the run's window closes (the answer's
 // WaitUntil): the run tries again after a back-off, each attempt a request of its own (operation ID derived
 // from the run and the attempt). Refused at the owner's limit, it is queued at the owner (its workflow ID is
-// the request's Waiter) and comes back as soon as the owner tells it a permit is free (SignalTurn), first
-// come first served among the owner's runs; the back-off remains the bound for the other refusals and for a
-// turn that never comes. Any other refusal, or the window's end, is the run's result (and a log line
+// the request's Waiter) and comes back as soon as the owner tells it a permit is free (SignalTurn) and kept
+// for it, first come first served among the owner's runs, without trying in between (scheduledRetryMax
+// bounds a turn that never comes); the other refusals are waited out with the back-off. Any other refusal, or the window's end, is the run's result (and a log line
 // and a metric), not an error to retry: the next night is the retry.
 func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (ScheduledRunResult, error) {
 	info := workflow.GetInfo(ctx)
@@ -164,7 +164,15 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 			cooldown = time.Duration(res.RetryAfter) * time.Second
 		}
 		wait := scheduledRetryWait(attempt, spread, cooldown)
-		if !workflow.Now(ctx).Add(wait).Before(res.WaitUntil) {
+		if queues && res.Rejection.Type == ErrOwnerLimit {
+			// Queued at the owner: told its turn when a permit frees, and that permit is kept for it, so
+			// trying sooner would only be refused again. scheduledRetryMax bounds a turn that never comes;
+			// the run waits for one until its window closes.
+			wait = min(scheduledRetryMax, res.WaitUntil.Sub(workflow.Now(ctx))-time.Second)
+			if wait <= 0 {
+				break // the window closed while the run waited: this night is missed
+			}
+		} else if !workflow.Now(ctx).Add(wait).Before(res.WaitUntil) {
 			break // the window closes before the next attempt: this night is missed
 		}
 		logger.Info("scheduled run waits for its turn", "policy_id", in.PolicyID, "volume_id", in.VolumeID,
@@ -175,8 +183,6 @@ func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (Scheduled
 			}
 			continue
 		}
-		// Queued at the owner (OwnerLimit): told when a permit frees. The back-off still bounds the wait,
-		// for every other refusal and for a turn that never comes.
 		if err := awaitTurn(ctx, turns, wait); err != nil {
 			return res, err
 		}

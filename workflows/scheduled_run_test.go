@@ -70,8 +70,8 @@ func TestScheduledRunGivesUpOnAnUnreachableClusterWithinTenMinutes(t *testing.T)
 	assert.Less(t, calls, 40)
 }
 
-// A run refused for "not now" (the owner's permits taken, then the volume busy) waits and tries again, each
-// attempt a request of its own, until one is accepted within its window.
+// A run refused for "not now" (the volume busy, twice) waits and tries again, backing off, each attempt a
+// request of its own, until one is accepted within its window.
 func TestScheduledRunWaitsForItsTurn(t *testing.T) {
 	var got []ScheduledRequest
 	var at []time.Time
@@ -82,9 +82,7 @@ func TestScheduledRunWaitsForItsTurn(t *testing.T) {
 		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
 			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
 		switch len(got) {
-		case 1:
-			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
-		case 2:
+		case 1, 2:
 			res.Rejection = &ErrorInfo{Type: ErrVolumeBusy, Message: "Volume is busy with operation: snapshot"}
 		default:
 			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
@@ -197,4 +195,27 @@ func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
 	}
 	assert.Less(t, at[1].Sub(start), 2*time.Second, "came back at the first turn, not after %s", scheduledRetryMin)
 	assert.Less(t, at[2].Sub(start), 3*time.Second, "and at the second")
+}
+
+// A run queued at the owner does not try again on its back-off: it waits for its turn, up to
+// scheduledRetryMax, and then asks again (a turn lost must not cost the night).
+func TestScheduledRunQueuedAtTheOwnerWaitsForItsTurnNotItsBackoff(t *testing.T) {
+	var at []time.Time
+	var env *testsuite.TestWorkflowEnvironment
+	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
+		at = append(at, env.Now())
+		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
+			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
+		if len(at) < 3 {
+			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
+		} else {
+			res.Accepted = true
+		}
+		return res, nil
+	})
+	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, env.GetWorkflowError())
+	require.Len(t, at, 3)
+	assert.GreaterOrEqual(t, at[1].Sub(at[0]), scheduledRetryMax)
+	assert.GreaterOrEqual(t, at[2].Sub(at[1]), scheduledRetryMax)
 }

@@ -352,6 +352,8 @@ type Lease struct {
 	VolumeID  string    `json:"volume_id"`
 	Claimed   bool      `json:"claimed"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// Waiter marks a permit kept for a scheduled run told its turn, until its request comes (or turnTTL).
+	Waiter string `json:"waiter,omitempty"`
 }
 
 // OwnerInput starts (or continues) an OwnerWorkflow.
