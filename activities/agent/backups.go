@@ -189,7 +189,8 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 // changedSince returns the extents of snapshot r that changed since in.BaseSnapshotID, or nil and why the
 // whole snapshot must be read instead: no base, a driver without cheap change tracking, a parent that
 // cannot be used, a resized volume, or a base the driver cannot diff against (deleted behind our back). A
-// wrong incremental is data loss, so anything short of the driver's own answer is a full read.
+// wrong incremental is data loss, so anything short of the driver's own answer is a full read. The reasons
+// are short fixed phrases (users read them on the backup); the driver's error goes to the log.
 func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in activities.UploadBackupInput,
 	ref volume.Ref, parent string, r volume.Reader) ([]backup.Extent, string) {
 	switch {
@@ -207,13 +208,13 @@ func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in acti
 		return nil, "parent backup unusable"
 	}
 	if pm.Size != r.Size() {
-		return nil, fmt.Sprintf("volume resized since the parent backup (%d to %d bytes)", pm.Size, r.Size())
+		return nil, "volume resized"
 	}
 	exts, err := r.Changed(ctx, in.BaseSnapshotID)
 	if err != nil {
 		a.logger(ctx, in.VolumeID, "base_snapshot_id", in.BaseSnapshotID).
 			Warn("changes since the base snapshot unavailable; reading everything", "error", err)
-		return nil, "base snapshot unusable: " + err.Error()
+		return nil, "base snapshot unusable"
 	}
 	out := make([]backup.Extent, len(exts)) // non-nil even when empty: nothing changed
 	for i, x := range exts {
