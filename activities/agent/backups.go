@@ -194,14 +194,14 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in activities.UploadBackupInput,
 	ref volume.Ref, parent string, r volume.Reader) ([]backup.Extent, string) {
 	switch {
+	case !tracksChanges(ref):
+		return nil, "no change tracking on raw files"
 	case in.BaseSnapshotID == "":
 		return nil, cmp.Or(in.FullReadReason, "no base snapshot")
 	case checkID("base_snapshot_id", in.BaseSnapshotID) != nil:
-		return nil, "base snapshot id invalid"
+		return nil, "base snapshot unusable"
 	case parent == "":
 		return nil, "parent backup unusable"
-	case !tracksChanges(ref):
-		return nil, "no change tracking on raw files"
 	}
 	pm, err := e.Manifest(ctx, in.VolumeID, parent)
 	if err != nil {

@@ -184,6 +184,7 @@ func TestRawVolumeBackupKeepsNoBase(t *testing.T) {
 	up := c.backup(t, "b00", "")
 	assert.False(t, up.KeepSnapshot, "raw: no base kept")
 	assert.Equal(t, size, up.ReadBytes)
+	assert.Equal(t, "no change tracking on raw files", up.FullReadReason)
 	requireSame(t, model, c.restored(t, "b00"), "raw b00")
 
 	c.overwrite(t, model, 2, volume.Extent{Offset: MiB, Length: 4096})
