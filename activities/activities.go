@@ -138,12 +138,27 @@ type UploadBackupInput struct {
 	ParentBackupID string            `json:"parent_backup_id,omitempty"`
 	Storage        string            `json:"storage"`
 	Labels         map[string]string `json:"labels,omitempty"`
+	// BaseSnapshotID is the snapshot ParentBackupID was read from, kept on the volume's storage since: the
+	// upload reads only the extents that changed since it (the driver's Changed), and takes the others from
+	// the parent's manifest. Empty, or unusable (gone, the volume resized, the parent unreadable), means a
+	// full read, for the reason FullReadReason gives (the workflow's, when it had no base to give).
+	BaseSnapshotID string `json:"base_snapshot_id,omitempty"`
+	FullReadReason string `json:"full_read_reason,omitempty"`
 }
 
-// UploadBackupResult describes a stored backup.
+// UploadBackupResult describes a stored backup and how it was read.
 type UploadBackupResult struct {
 	SizeBytes   int64 `json:"size_bytes"`
 	StoredBytes int64 `json:"stored_bytes"`
+	// ReadBytes is what the upload read from the volume's snapshot. Incremental is true when it read only
+	// what changed since BaseSnapshotID; otherwise FullReadReason says why it read everything.
+	ReadBytes      int64  `json:"read_bytes"`
+	Incremental    bool   `json:"incremental,omitempty"`
+	FullReadReason string `json:"full_read_reason,omitempty"`
+	// KeepSnapshot says that the volume's driver tracks changes against a snapshot cheaply (RBD, qcow2): the
+	// workflow keeps the snapshot this backup was read from as the next backup's base. Raw files have no
+	// change tracking (a diff would read two full copies), so theirs is dropped.
+	KeepSnapshot bool `json:"keep_snapshot,omitempty"`
 }
 
 // BackupRef names one backup in a backup storage (delete, verify).

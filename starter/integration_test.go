@@ -349,3 +349,30 @@ func TestIntegrationOperationAbortedBeforeItStartedIsFound(t *testing.T) {
 		assert.Equal(t, workflows.ErrNotFound, typeOf(err), id)
 	}
 }
+
+// Two backups of a qcow2 volume: the second reads only what changed since the first's snapshot, which the
+// volume kept as its base, and says so on the backup.
+func TestIntegrationSecondBackupIsIncremental(t *testing.T) {
+	c := newCluster(t)
+	c.hv.Gate.Open()
+	ctx := context.Background()
+	c.register(t, "vol1", "acct-1")
+	var ops []*workflows.Operation
+	for _, name := range []string{"monday", "tuesday"} {
+		op, err := c.hf.Backup(ctx, "vol1", name)
+		require.NoError(t, err)
+		final, err := c.hf.Watch(ctx, op.OperationID, 200*time.Millisecond, nil)
+		require.NoError(t, err)
+		require.Equal(t, workflows.StatusAvailable, final.Status, "%+v", final.Error)
+		ops = append(ops, op)
+	}
+	v, err := c.hf.Volume(ctx, "vol1")
+	require.NoError(t, err)
+	require.Len(t, v.Backups, 2)
+	assert.Equal(t, "first backup", v.Backups[0].FullReadReason)
+	assert.False(t, v.Backups[0].Incremental)
+	assert.True(t, v.Backups[1].Incremental, "read against the first backup's snapshot: %s", v.Backups[1].FullReadReason)
+	assert.Equal(t, int64(4<<20), v.Backups[1].ReadBytes)
+	recordHistory(t, c.hf, workflows.OperationWorkflowID(ops[1].OperationID), "backup-incremental")
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-incremental")
+}

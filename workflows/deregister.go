@@ -23,8 +23,8 @@ const maxKeepBackups = 10 * 366 * 24 * time.Hour
 // keptPurgeRetry is how long a failed deletion of kept backups waits before it is tried again.
 const keptPurgeRetry = time.Hour
 
-// DeregisterWorkflow deletes a volume's snapshots, its backups (unless Request.KeepBackupsFor keeps them),
-// and releases its location. A snapshot or backup already gone is not an error: the panel may have deleted
+// DeregisterWorkflow deletes a volume's snapshots, the base snapshot its backups kept (in.Base), its backups
+// (unless Request.KeepBackupsFor keeps them), and releases its location. A snapshot or backup already gone is not an error: the panel may have deleted
 // the disk first. It also serves the deletion of kept backups once their period ends (in.Volume then has no
 // storage, and nothing but the backups is touched).
 func DeregisterWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
@@ -36,6 +36,14 @@ func DeregisterWorkflow(ctx workflow.Context, in OperationInput) (OperationResul
 				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: it.ItemID}).Get(ctx, nil)
 			if err != nil && !isNotFound(err) {
 				return OperationResult{}, fmt.Errorf("snapshot %s: %w", it.ItemID, err)
+			}
+		}
+		if b := in.Base; b != nil {
+			s.doing("delete the backup base snapshot on hypervisor " + b.HypervisorID)
+			err := workflow.ExecuteActivity(onHypervisor(ctx, b.HypervisorID), activities.DeleteSnapshotName,
+				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: b.Volume, SnapshotID: b.SnapshotID}).Get(ctx, nil)
+			if err != nil && !isNotFound(err) {
+				return OperationResult{}, fmt.Errorf("base snapshot %s: %w", b.SnapshotID, err)
 			}
 		}
 		if in.Request.KeepBackupsFor == 0 {
@@ -73,6 +81,7 @@ func (v *volume) deregistered(ctx workflow.Context, req OperationRequest) {
 	v.st.Registered = false
 	v.dropAll(KindSnapshot, now)
 	v.st.PolicyID = ""
+	v.st.Base = nil // deleted by the deregistration
 	if req.KeepBackupsFor > 0 && len(v.st.Backups) > 0 {
 		until := now.Add(req.KeepBackupsFor)
 		v.st.BackupsKeptUntil = &until

@@ -399,21 +399,32 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			s.add("remove backup "+backup.BackupID+" and its chunks", abandonBackupStep(backup))
 		}
 		s.doing("upload on hypervisor " + vol.HypervisorID)
+		incremental := workflow.GetVersion(ctx, incrementalChange, workflow.DefaultVersion, 1) == 1
+		upIn := activities.UploadBackupInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
+			BackupID: backup.BackupID, ParentBackupID: in.ParentID, Storage: backup.Storage,
+			Labels: backupLabels(in, snap.Consistency)}
+		if incremental {
+			upIn.BaseSnapshotID, upIn.FullReadReason = baseFor(in)
+		}
 		var up activities.UploadBackupResult
 		if err := workflow.ExecuteActivity(streaming(ctx, vol.HypervisorID, vol.Deadline), activities.UploadBackupName,
-			activities.UploadBackupInput{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: tmp.SnapshotID,
-				BackupID: backup.BackupID, ParentBackupID: in.ParentID, Storage: backup.Storage,
-				Labels: backupLabels(in, snap.Consistency)}).Get(ctx, &up); err != nil {
+			upIn).Get(ctx, &up); err != nil {
 			return OperationResult{}, err
 		}
-		// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
-		// backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
-		if err := deleteSnapshotStep(vol.HypervisorID, tmp).run(ctx); err != nil {
+		res := OperationResult{SizeBytes: up.SizeBytes, StoredBytes: up.StoredBytes, Consistency: snap.Consistency,
+			FreezeError: snap.FreezeError, ReadBytes: up.ReadBytes, Incremental: up.Incremental,
+			FullReadReason: up.FullReadReason}
+		if incremental && up.KeepSnapshot {
+			// The snapshot stays, as the next backup's base (its compensation still removes it should a
+			// later step fail this backup).
+			res.Base = &BackupBase{SnapshotID: tmp.SnapshotID, BackupID: backup.BackupID,
+				HypervisorID: vol.HypervisorID, Volume: vol.Storage}
+		} else if err := deleteSnapshotStep(vol.HypervisorID, tmp).run(ctx); err != nil {
+			// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
+			// backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
 			workflow.GetLogger(ctx).Error("temporary snapshot left behind", "volume_id", vol.VolumeID,
 				"snapshot_id", tmp.SnapshotID, "error", err)
 		}
-		res := OperationResult{SizeBytes: up.SizeBytes, StoredBytes: up.StoredBytes, Consistency: snap.Consistency,
-			FreezeError: snap.FreezeError}
 		if vol.BackupReplica != "" && workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == 1 {
 			r, err := replicate(ctx, s, vol, backup)
 			if err != nil {
@@ -425,8 +436,50 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 				res.CaughtUp = catchUp(ctx, vol, backup.Storage, in.Unreplicated)
 			}
 		}
+		if incremental {
+			dropBase(ctx, vol.VolumeID, in.Base, res.Base)
+		}
 		return res, nil
 	})
+}
+
+// incrementalChange has a backup read only what changed since the snapshot the previous backup was read
+// from (the volume's BackupBase), keep its own snapshot as the next one's base, and drop the old base.
+const incrementalChange = "incremental-base"
+
+// baseFor is the snapshot a backup may diff against, or why it reads everything: the volume's base must
+// be the snapshot of the parent backup (the last available one), on the volume's current hypervisor and
+// storage, and not made stale (by a restore in place). The agent checks the rest (the parent's manifest,
+// the size, the snapshot itself).
+func baseFor(in OperationInput) (snapshotID, whyNot string) {
+	b := in.Base
+	switch {
+	case in.ParentID == "":
+		return "", "first backup"
+	case b == nil:
+		return "", "no base snapshot"
+	case b.Stale != "":
+		return "", b.Stale
+	case b.BackupID != in.ParentID:
+		return "", "base is not of the previous backup"
+	case b.HypervisorID != in.Volume.HypervisorID || b.Volume != in.Volume.Storage:
+		return "", "volume moved"
+	}
+	return b.SnapshotID, ""
+}
+
+// dropBase deletes the volume's old base snapshot once a backup succeeded (it kept a new one, or none for a
+// volume without change tracking), on the hypervisor that holds it. Failing to delete it does not fail the
+// backup; it is logged for operators (it holds diverged blocks on the volume's storage).
+func dropBase(ctx workflow.Context, volumeID string, old, kept *BackupBase) {
+	if old == nil || (kept != nil && kept.SnapshotID == old.SnapshotID) {
+		return
+	}
+	ref := activities.SnapshotRef{VolumeID: volumeID, Volume: old.Volume, SnapshotID: old.SnapshotID}
+	if err := deleteSnapshotStep(old.HypervisorID, ref).run(ctx); err != nil {
+		workflow.GetLogger(ctx).Error("old backup base snapshot left behind", "volume_id", volumeID,
+			"snapshot_id", old.SnapshotID, "hypervisor_id", old.HypervisorID, "error", err)
+	}
 }
 
 // abandonBackupChange makes a failed backup's compensation remove its chunks too (AbandonBackup).

@@ -137,6 +137,11 @@ type Item struct {
 	Error       string    `json:"error,omitempty"`
 	// Replica is the state of a backup's off-site copy (nil: the storage has no replica).
 	Replica *Replica `json:"replica,omitempty"`
+	// How a backup was read: ReadBytes from the volume; Incremental when only what changed since the previous
+	// backup was read, otherwise FullReadReason says why everything was.
+	ReadBytes      int64  `json:"read_bytes,omitempty"`
+	Incremental    bool   `json:"incremental,omitempty"`
+	FullReadReason string `json:"full_read_reason,omitempty"`
 	// Recovered marks a backup found in storage by a catalog rebuild rather than made by this control plane.
 	Recovered bool `json:"recovered,omitempty"`
 	// AvailableAt is when the item became available, DeletedAt when it went (on an item in VolumeState.Gone):
@@ -258,8 +263,23 @@ type VolumeState struct {
 	BackupsKeptUntil *time.Time `json:"backups_kept_until,omitempty"`
 	// PolicyID is the policy the volume is attached to ("": none); its schedule is ScheduleID(PolicyID, id).
 	PolicyID string `json:"policy_id,omitempty"`
+	// Base is the snapshot the last backup was read from, kept for the next one (nil: none kept).
+	Base *BackupBase `json:"base,omitempty"`
 	// CooldownRemainingSeconds is filled by the state query (never stored).
 	CooldownRemainingSeconds int64 `json:"cooldown_remaining_seconds"`
+}
+
+// BackupBase is the snapshot a volume's last backup (BackupID) was read from, kept on the volume's storage
+// so that the next backup reads only what changed since (UploadBackupInput.BaseSnapshotID). It is not an
+// Item: never listed, counted against a plan or billed. One per volume: it is replaced, and the old one
+// deleted, when the next backup succeeds. Stale, when set, is why it can no longer be trusted (the volume
+// was restored in place): the next backup reads everything, and the snapshot still goes after it.
+type BackupBase struct {
+	SnapshotID   string               `json:"snapshot_id"`
+	BackupID     string               `json:"backup_id"`
+	HypervisorID string               `json:"hypervisor_id"`
+	Volume       activities.VolumeRef `json:"volume"`
+	Stale        string               `json:"stale,omitempty"`
 }
 
 // VolumeInput starts (or continues) a VolumeWorkflow.
@@ -282,6 +302,9 @@ type OperationInput struct {
 	// Snapshots and Backups are what a deregistration deletes.
 	Snapshots []Item `json:"snapshots,omitempty"`
 	Backups   []Item `json:"backups,omitempty"`
+	// Base is the volume's kept backup base: a backup diffs against it and deletes it once replaced, a
+	// deregistration deletes it.
+	Base *BackupBase `json:"base,omitempty"`
 }
 
 // OperationResult is what an operation child returns on success.
@@ -293,6 +316,12 @@ type OperationResult struct {
 	Replica     *Replica `json:"replica,omitempty"`
 	// CaughtUp are the replicas of earlier backups this backup retried (by backup id), whatever their outcome.
 	CaughtUp map[string]*Replica `json:"caught_up,omitempty"`
+	// A backup's read: the bytes read from the volume, whether only the changes since the base were read
+	// (else why not), and the base it leaves for the next backup (nil: none kept).
+	ReadBytes      int64       `json:"read_bytes,omitempty"`
+	Incremental    bool        `json:"incremental,omitempty"`
+	FullReadReason string      `json:"full_read_reason,omitempty"`
+	Base           *BackupBase `json:"base,omitempty"`
 }
 
 // AcquireRequest asks an owner's workflow for a permit.

@@ -113,6 +113,10 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 		}
 		it.Status, it.SizeBytes, it.StoredBytes, it.Consistency = StatusAvailable, res.SizeBytes, res.StoredBytes,
 			res.Consistency
+		if req.Kind == KindBackup {
+			it.ReadBytes, it.Incremental, it.FullReadReason = res.ReadBytes, res.Incremental, res.FullReadReason
+			v.st.Base = res.Base // the backup dropped the old one
+		}
 		it.AvailableAt = op.FinishedAt
 		it.Replica = res.Replica
 		for id, r := range res.CaughtUp {
@@ -122,6 +126,11 @@ func (v *volume) recordItem(req OperationRequest, op *Operation, res OperationRe
 		}
 		if res.FreezeError != "" {
 			it.Error = "crash-consistent: " + res.FreezeError
+		}
+	case KindRestore:
+		if err == nil && req.Mode == ModeInPlace && v.st.Base != nil {
+			// The volume's contents were replaced wholesale: the next backup reads everything.
+			v.st.Base.Stale = "restored in place"
 		}
 	case KindDelete:
 		it, e := v.item(req.ItemKind(), req.ItemID())

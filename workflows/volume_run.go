@@ -24,6 +24,7 @@ func (v *volume) run(ctx workflow.Context) {
 		if req.Kind == KindBackup {
 			in.ParentID = v.lastAvailableBackup()
 			in.Unreplicated = v.unreplicated()
+			in.Base = v.st.Base
 		}
 	case KindRestore:
 		op.Status = StatusRestoring
@@ -36,7 +37,7 @@ func (v *volume) run(ctx workflow.Context) {
 		in.Item = *it
 	case KindDeregister:
 		op.Status = StatusDeleting
-		in.Snapshots, in.Backups = v.st.Snapshots, v.st.Backups
+		in.Snapshots, in.Backups, in.Base = v.st.Snapshots, v.st.Backups, v.st.Base
 	}
 	mh := workflow.GetMetricsHandler(ctx) // replay-safe: nothing is recorded while replaying
 	metrics.OperationStarted(mh, string(req.Kind))

@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.temporal.io/sdk/activity"
@@ -96,9 +99,9 @@ func previousProgress(ctx context.Context) (activities.Progress, bool) {
 // then fails retryably; a newer attempt of the same backup takes its lock over and this one stops.
 //
 // ParentBackupID is used for deduplication against the parent's manifest (its chunks are neither looked up
-// nor uploaded again). No changed-extent hint is given to the engine: the parent's snapshot, the only thing
-// the drivers can diff against, is deleted once the parent's upload ends, so every block is read and hashed;
-// unchanged chunks cost a read, not an upload.
+// nor uploaded again). With BaseSnapshotID, the snapshot the parent was read from, only what changed since
+// it is read (changedSince): the other chunks are the parent's. Without it, or when it cannot be trusted,
+// every block is read and hashed (unchanged chunks cost a read, not an upload), and the result says why.
 func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBackupInput) (activities.UploadBackupResult, error) {
 	if err := checkIDs("volume_id", in.VolumeID, "snapshot_id", in.SnapshotID, "backup_id", in.BackupID); err != nil {
 		return activities.UploadBackupResult{}, err
@@ -137,6 +140,11 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 	}
 	defer r.Close()
+	changed, whyFull := a.changedSince(ctx, e, in, ref, parent, r)
+	if err := ctx.Err(); err != nil {
+		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
+	}
+	src := &readCounter{ReaderAt: r}
 
 	var resume *backup.Checkpoint
 	if p, ok := previousProgress(ctx); ok && p.NextOffset > 0 {
@@ -147,13 +155,15 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 	defer hb.close()
 
 	start := time.Now()
-	log.Info("upload started", "size_bytes", r.Size(), "parent_backup_id", parent)
+	log.Info("upload started", "size_bytes", r.Size(), "parent_backup_id", parent,
+		"base_snapshot_id", in.BaseSnapshotID, "incremental", changed != nil, "full_read_reason", whyFull)
 	m, err := e.Backup(ctx, backup.BackupRequest{
 		VolumeID:   in.VolumeID,
 		BackupID:   in.BackupID,
-		Source:     r,
+		Source:     src,
 		Size:       r.Size(),
 		Parent:     parent,
+		Changed:    changed,
 		Labels:     in.Labels,
 		SourceType: sourceType(ref),
 		Resume:     resume,
@@ -164,14 +174,72 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 	}
 	took := time.Since(start)
-	log.Info("upload done", "size_bytes", m.Size, "stored_bytes", m.StoredBytes, "chunks", len(m.Chunks),
-		"duration", took.Round(time.Millisecond))
-	a.metrics.BackupRead(a.hypervisorID, m.Size)
+	read := src.n.Load()
+	log.Info("upload done", "size_bytes", m.Size, "stored_bytes", m.StoredBytes, "read_bytes", read,
+		"chunks", len(m.Chunks), "duration", took.Round(time.Millisecond))
+	a.metrics.BackupRead(a.hypervisorID, read)
 	a.metrics.BackupStored(a.hypervisorID, m.StoredBytes)
 	if took > 0 {
 		a.metrics.Throughput(a.hypervisorID, "backup", float64(m.Size)/took.Seconds())
 	}
-	return activities.UploadBackupResult{SizeBytes: m.Size, StoredBytes: m.StoredBytes}, nil
+	return activities.UploadBackupResult{SizeBytes: m.Size, StoredBytes: m.StoredBytes, ReadBytes: read,
+		Incremental: changed != nil, FullReadReason: whyFull, KeepSnapshot: tracksChanges(ref)}, nil
+}
+
+// changedSince returns the extents of snapshot r that changed since in.BaseSnapshotID, or nil and why the
+// whole snapshot must be read instead: no base, a driver without cheap change tracking, a parent that
+// cannot be used, a resized volume, or a base the driver cannot diff against (deleted behind our back). A
+// wrong incremental is data loss, so anything short of the driver's own answer is a full read. The reasons
+// are short fixed phrases (users read them on the backup); the driver's error goes to the log.
+func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in activities.UploadBackupInput,
+	ref volume.Ref, parent string, r volume.Reader) ([]backup.Extent, string) {
+	switch {
+	case !tracksChanges(ref):
+		return nil, "no change tracking on raw files"
+	case in.BaseSnapshotID == "":
+		return nil, cmp.Or(in.FullReadReason, "no base snapshot")
+	case checkID("base_snapshot_id", in.BaseSnapshotID) != nil:
+		return nil, "base snapshot unusable"
+	case parent == "":
+		return nil, "parent backup unusable"
+	}
+	pm, err := e.Manifest(ctx, in.VolumeID, parent)
+	if err != nil {
+		return nil, "parent backup unusable"
+	}
+	if pm.Size != r.Size() {
+		return nil, "volume resized"
+	}
+	exts, err := r.Changed(ctx, in.BaseSnapshotID)
+	if err != nil {
+		a.logger(ctx, in.VolumeID, "base_snapshot_id", in.BaseSnapshotID).
+			Warn("changes since the base snapshot unavailable; reading everything", "error", err)
+		return nil, "base snapshot unusable"
+	}
+	out := make([]backup.Extent, len(exts)) // non-nil even when empty: nothing changed
+	for i, x := range exts {
+		out[i] = backup.Extent{Offset: x.Offset, Length: x.Length}
+	}
+	return out, ""
+}
+
+// tracksChanges says whether the volume's driver diffs a snapshot against an earlier one cheaply: RBD
+// (diff-iterate) and qcow2 (cluster tables). A raw file's "diff" reads both copies in full.
+func tracksChanges(ref volume.Ref) bool {
+	t := sourceType(ref)
+	return t == string(volume.TypeRBD) || t == string(volume.FormatQCOW2)
+}
+
+// readCounter counts the bytes read through it: what a backup actually read from the volume.
+type readCounter struct {
+	io.ReaderAt
+	n atomic.Int64
+}
+
+func (c *readCounter) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.ReaderAt.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func resumeFloor(c *backup.Checkpoint) int64 {

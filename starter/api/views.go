@@ -38,7 +38,8 @@ func volumeView(v *starter.Volume) apiv1.Volume {
 
 // details are an item's fields beyond v1 (each left out when unset).
 func details(it workflows.Item) apiv1.ItemDetails {
-	d := apiv1.ItemDetails{Consistency: it.Consistency, Error: it.Error, Scheduled: it.Scheduled, Recovered: it.Recovered}
+	d := apiv1.ItemDetails{Consistency: it.Consistency, Error: it.Error, Scheduled: it.Scheduled, Recovered: it.Recovered,
+		ReadBytes: it.ReadBytes, Incremental: it.Incremental, FullReadReason: it.FullReadReason}
 	if it.Replica != nil {
 		r := apiv1.Replica(*it.Replica)
 		d.Replica = &r

@@ -355,7 +355,14 @@ func (g *GatedHypervisor) UploadBackup(ctx context.Context, in activities.Upload
 			NextOffset: done, BytesPerSecond: 4 << 20})
 		select {
 		case <-g.Gate.ch:
-			return activities.UploadBackupResult{SizeBytes: total, StoredBytes: total / 4}, nil
+			// As the agent answers for a qcow2 volume (the cluster's): the snapshot is kept as the next
+			// base, and a base given is diffed against.
+			res := activities.UploadBackupResult{SizeBytes: total, StoredBytes: total / 4, ReadBytes: total,
+				FullReadReason: in.FullReadReason, KeepSnapshot: true}
+			if in.BaseSnapshotID != "" {
+				res.ReadBytes, res.Incremental = 4<<20, true
+			}
+			return res, nil
 		case <-ctx.Done():
 			return activities.UploadBackupResult{}, ctx.Err()
 		case <-time.After(200 * time.Millisecond):

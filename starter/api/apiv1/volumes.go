@@ -77,6 +77,11 @@ type ItemDetails struct {
 	Replica *Replica `json:"replica,omitempty"`
 	// Recovered marks a backup found in its storage by a catalog rebuild.
 	Recovered bool `json:"recovered,omitempty"`
+	// How a backup was read: ReadBytes from the volume; Incremental when only what changed since the
+	// previous backup was read, otherwise FullReadReason, a short fixed phrase, says why all of it was.
+	ReadBytes      int64  `json:"read_bytes,omitempty"`
+	Incremental    bool   `json:"incremental,omitempty"`
+	FullReadReason string `json:"full_read_reason,omitempty"`
 }
 
 // Replica is where a backup's copy lives and whether it is complete (Status "replicated" or "failed").
