@@ -108,8 +108,10 @@ type results struct {
 	temporal     memory
 	workers      memory
 	total        time.Duration
-	// persistence is the dev server's persistence requests in each phase (registration included).
+	// persistence is the dev server's persistence requests in each phase (registration included); cpu the
+	// CPU seconds the dev server and this process used in it.
 	persistence map[string]persistence
+	cpu         map[string][2]float64
 	histories   histories
 }
 
@@ -160,12 +162,26 @@ plans: {%s: {}}
 	p := newPanel(s.apiURL, panelToken, o.concurrency)
 	var r results
 
-	r.persistence = map[string]persistence{}
-	// phase runs one phase and records the dev server's persistence requests during it.
+	r.persistence, r.cpu = map[string]persistence{}, map[string][2]float64{}
+	serverPID, err := childNamed("temporal")
+	if err != nil {
+		return err
+	}
+	cpu := func() (c [2]float64, err error) {
+		if c[0], err = cpuSeconds(serverPID); err == nil {
+			c[1], err = cpuSeconds(os.Getpid())
+		}
+		return c, err
+	}
+	// phase runs one phase and records the dev server's persistence requests and both processes' CPU during it.
 	phase := func(name string, fn func() error) error {
 		before, err := serverCounters(ctx, s.metricsURL)
 		if err != nil {
 			return fmt.Errorf("dev server metrics: %w", err)
+		}
+		cpuBefore, err := cpu()
+		if err != nil {
+			return err
 		}
 		log.Printf("fleetbench: %s", name)
 		if err := fn(); err != nil {
@@ -176,6 +192,11 @@ plans: {%s: {}}
 			return fmt.Errorf("dev server metrics: %w", err)
 		}
 		r.persistence[name] = since(before, after)
+		cpuAfter, err := cpu()
+		if err != nil {
+			return err
+		}
+		r.cpu[name] = [2]float64{cpuAfter[0] - cpuBefore[0], cpuAfter[1] - cpuBefore[1]}
 		return nil
 	}
 	if err := phase("registrations", func() error {
@@ -227,10 +248,7 @@ plans: {%s: {}}
 	if r.histories, err = readHistories(ctx, s.server.Client(), volumeIDs, o.concurrency); err != nil {
 		return fmt.Errorf("volume histories: %w", err)
 	}
-	pid, err := childNamed("temporal")
-	if err == nil {
-		r.temporal, err = readMemory(pid)
-	}
+	r.temporal, err = readMemory(serverPID)
 	if err != nil {
 		return fmt.Errorf("dev server memory: %w", err)
 	}
@@ -327,7 +345,10 @@ func report(o options, r results) {
 	for _, ph := range append([]string{"registrations"}, allPhases...) {
 		if pr, ok := r.persistence[ph]; ok {
 			row(ph+": dev server persistence requests per volume", fmt.Sprintf("%.0f", pr.total()/float64(o.volumes)),
-				pr.top(20))
+				pr.top(6))
+		}
+		if c, ok := r.cpu[ph]; ok {
+			row(ph+": CPU s, dev server / workers + API", fmt.Sprintf("%.0f / %.0f", c[0], c[1]), "")
 		}
 	}
 	row("volume workflow history p50 / max", "", r.histories.summary())

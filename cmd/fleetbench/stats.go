@@ -83,3 +83,29 @@ func childNamed(name string) (int, error) {
 	}
 	return 0, fmt.Errorf("no child process %q", name)
 }
+
+// cpuSeconds is the CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+func cpuSeconds(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	closing := strings.LastIndexByte(string(b), ')')
+	if closing < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command", pid)
+	}
+	// After the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime.
+	fields := strings.Fields(string(b[closing+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
+	}
+	utime, err1 := strconv.ParseFloat(fields[11], 64)
+	stime, err2 := strconv.ParseFloat(fields[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return (utime + stime) / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux this runs on.
+const clockTicks = 100
