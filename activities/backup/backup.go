@@ -155,7 +155,7 @@ func (e *Engine) planBackup(ctx context.Context, req BackupRequest) (backupPlan,
 // lists join known.
 func (e *Engine) resumeBackup(ctx context.Context, req BackupRequest, known *knownSet) (*backupState, error) {
 	// Resume: replay the journal of the crashed run, or start clean.
-	st := &backupState{createdAt: e.opts.Now().UTC()}
+	st := &backupState{createdAt: e.opts.Now().UTC(), lastJournal: e.opts.Now()}
 	if req.Resume != nil && req.Resume.NextOffset > 0 {
 		if err := e.loadJournal(ctx, req, st); err != nil {
 			return nil, err
@@ -255,7 +255,7 @@ func (e *Engine) uploadChunks(ctx context.Context, req BackupRequest, plan backu
 }
 
 // collect is the collector: it puts the chunks of results back in offset order into st, writes a journal
-// segment every CheckpointEvery chunks and reports progress after each result, forcing the report at every
+// segment every CheckpointEvery chunks or CheckpointInterval and reports progress after each result, forcing the report at every
 // new resume point so that heartbeats carry the latest. A journal write that fails cancels the workers
 // (through cancel) and is returned; results is drained until the workers close it, whatever happens.
 func (e *Engine) collect(wctx context.Context, cancel context.CancelCauseFunc, req BackupRequest, st *backupState,
@@ -276,12 +276,14 @@ func (e *Engine) collect(wctx context.Context, cancel context.CancelCauseFunc, r
 			st.add(r)
 		}
 		checkpoint := false
-		if st.unjournalled >= e.opts.CheckpointEvery {
+		if now := e.opts.Now(); st.unjournalled >= e.opts.CheckpointEvery ||
+			(st.unjournalled > 0 && now.Sub(st.lastJournal) >= e.opts.CheckpointInterval) {
 			if err := e.writeJournal(wctx, req, st); err != nil {
 				collectErr = err
 				cancel(err)
 				continue
 			}
+			st.lastJournal = now
 			checkpoint = true // every new resume point is reported, so heartbeats carry the latest
 		}
 		rep.report(Progress{Phase: PhaseTransfer, BytesDone: st.next, BytesTotal: req.Size, NextOffset: st.journalled}, checkpoint)
@@ -437,10 +439,11 @@ func (k *knownSet) put(id string, size int64) {
 // backupState is the in-order result of a backup so far.
 type backupState struct {
 	createdAt    time.Time
-	next         int64 // everything below is done (uploaded or zero), in order
-	journalled   int64 // everything below is in the journal
-	seq          int   // next journal segment number
-	unjournalled int   // chunks done since the last segment
+	lastJournal  time.Time // when the last journal segment was written (or the state made)
+	next         int64     // everything below is done (uploaded or zero), in order
+	journalled   int64     // everything below is in the journal
+	seq          int       // next journal segment number
+	unjournalled int       // chunks done since the last segment
 	chunks       []ChunkRef
 	zeros        []Extent
 	segChunks    int // index into chunks where the current segment starts

@@ -28,8 +28,12 @@ type Options struct {
 	Key []byte
 	// ChunkSize overrides DefaultChunkSize (tests only: the format's chunks are 4 MiB).
 	ChunkSize int64
-	// CheckpointEvery is how many chunks go between resume-journal writes (default 64 = 256 MiB).
+	// CheckpointEvery is how many chunks go between resume points: a backup's journal writes, a restore's
+	// flushes (default 64 = 256 MiB).
 	CheckpointEvery int
+	// CheckpointInterval bounds the time between two resume points while a backup or restore makes
+	// progress (default 5 s): on a throttled or slow link a killed agent redoes at most that much.
+	CheckpointInterval time.Duration
 	// ProgressInterval is the minimum time between two Progress calls within a phase (default 1 s).
 	ProgressInterval time.Duration
 	// Now is the clock (tests pin it); default time.Now.
@@ -87,6 +91,9 @@ func New(store Store, opts Options) (*Engine, error) {
 	}
 	if opts.CheckpointEvery <= 0 {
 		opts.CheckpointEvery = 64
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = 5 * time.Second
 	}
 	if opts.ProgressInterval <= 0 {
 		opts.ProgressInterval = time.Second

@@ -715,3 +715,83 @@ func TestHooksReportDeduplicatedBytesAndThrottleWaits(t *testing.T) {
 		t.Fatalf("unchanged backup reported %d deduplicated bytes, want %d (its three non-zero chunks)", got, want)
 	}
 }
+
+// writeCounter is a restore target that counts the chunk bytes written to it and its flushes, and can fail
+// the writes past a point (a crash) once it was flushed at least once.
+type writeCounter struct {
+	memTarget
+	written, flushes atomic.Int64
+	failAt           int64 // > 0: writes fail once this many bytes were written and a flush happened
+}
+
+func (w *writeCounter) WriteAt(p []byte, off int64) (int, error) {
+	if n := w.written.Add(int64(len(p))); w.failAt > 0 && n > w.failAt && w.flushes.Load() > 0 {
+		return 0, errors.New("simulated crash")
+	}
+	return w.memTarget.WriteAt(p, off)
+}
+
+// A restore that crashes resumes from the last point it flushed: the retry writes only the chunks from
+// there, and the target is byte-identical. Without a Flush there is no resume point.
+func TestRestoreResumesFromItsLastFlush(t *testing.T) {
+	img := makeImage(6, testChunk, "RAZRRBZR", 40*testChunk+999)
+	// One worker: chunks are written in order, so the flushes (every 4 chunks) come where the test expects.
+	opts := func(o *backup.Options) {
+		o.CheckpointEvery = 4
+		o.ProgressInterval = time.Nanosecond
+		o.Concurrency = 1
+	}
+	e := newEngine(t, fsStore(t), opts)
+	m := doBackup(t, e, "vol-x", "b1", img, nil)
+	var chunkBytes int64
+	for _, c := range m.Chunks {
+		chunkBytes += c.Length
+	}
+
+	target := &writeCounter{memTarget: memTarget{buf: make([]byte, len(img))}, failAt: chunkBytes / 3}
+	var last backup.Progress
+	_, err := e.Restore(context.Background(), backup.RestoreRequest{VolumeID: "vol-x", BackupID: "b1",
+		Target: target, TargetZeroed: true, Progress: func(p backup.Progress) { last = p },
+		Flush: func() error { target.flushes.Add(1); return nil }})
+	if err == nil || !strings.Contains(err.Error(), "simulated crash") {
+		t.Fatalf("crashing restore: %v", err)
+	}
+	if target.flushes.Load() == 0 || last.NextOffset == 0 || last.NextOffset >= int64(len(img)) {
+		t.Fatalf("no resume point: %d flushes, last progress %+v", target.flushes.Load(), last)
+	}
+	var below int64
+	for _, c := range m.Chunks {
+		if c.Offset < last.NextOffset {
+			below += c.Length
+		}
+	}
+
+	target.failAt = 0
+	target.written.Store(0)
+	res, err := e.Restore(context.Background(), backup.RestoreRequest{VolumeID: "vol-x", BackupID: "b1",
+		Target: target, TargetZeroed: true, Resume: last.Checkpoint(), Flush: func() error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := target.written.Load(); got != chunkBytes-below || res.BytesSkipped != below {
+		t.Fatalf("resumed at %d: wrote %d bytes, skipped %d; want %d written, %d skipped", last.NextOffset, got,
+			res.BytesSkipped, chunkBytes-below, below)
+	}
+	if !bytes.Equal(target.buf, img) {
+		t.Fatal("resumed restore differs from the image")
+	}
+
+	// No Flush: progress never names a resume point, so a retry writes everything again.
+	var points []int64
+	if _, err := e.Restore(context.Background(), backup.RestoreRequest{VolumeID: "vol-x", BackupID: "b1",
+		Target: &memTarget{buf: make([]byte, len(img))}, Progress: func(p backup.Progress) {
+			points = append(points, p.NextOffset)
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range points {
+		if p != 0 {
+			t.Fatalf("a restore without Flush reported resume point %d", p)
+		}
+	}
+}

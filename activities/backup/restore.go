@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // RestoreRequest restores one backup onto a target.
@@ -21,13 +23,21 @@ type RestoreRequest struct {
 	// restore over old data is still byte-identical.
 	TargetZeroed bool
 	Progress     func(Progress)
+	// Flush, when given, makes every write to Target so far durable (the volume writer's Flush). It lets the
+	// restore vouch for a resume point: a progress report's NextOffset is set only once the chunks below it
+	// were written and flushed. Without it NextOffset stays 0 (a retry starts over).
+	Flush func() error
+	// Resume continues a restore whose earlier attempt, onto the same Target, reported NextOffset: the
+	// chunks below it are not fetched or written again (zero ranges, when written, always are).
+	Resume *Checkpoint
 }
 
 // RestoreResult says what a successful restore wrote.
 type RestoreResult struct {
 	Manifest     *Manifest
-	BytesWritten int64 // chunk bytes plus zero bytes written
-	Chunks       int   // chunks fetched, verified and written
+	BytesWritten int64 // chunk bytes plus zero bytes written, by this attempt
+	BytesSkipped int64 // chunk bytes below the resume point, written by an earlier attempt
+	Chunks       int   // chunks fetched, verified and written by this attempt
 }
 
 // ChunkError names the chunk an operation failed on; it wraps ErrCorrupt, ErrNotExist or an I/O error.
@@ -46,7 +56,8 @@ func (e *ChunkError) Unwrap() error { return e.Err }
 
 // Restore writes backup BackupID onto req.Target. Every chunk is verified against its hash before it is
 // written; on any failure Restore returns an error (a *ChunkError for a bad or missing chunk) and the
-// target must be treated as garbage. Restores are idempotent: a retry starts over and writes the same bytes.
+// target must be treated as garbage. Restores are idempotent: a retry writes the same bytes, from
+// req.Resume's offset when an earlier attempt reported one (see RestoreRequest.Flush).
 func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResult, error) {
 	m, err := e.Manifest(ctx, req.VolumeID, req.BackupID)
 	if err != nil {
@@ -61,8 +72,6 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 	if err := extendTarget(req.Target, m.Size); err != nil {
 		return nil, fmt.Errorf("restore %s: %w", req.BackupID, err)
 	}
-	rep := newReporter(req.Progress, e.opts, 0)
-	var done atomic.Int64
 	var total = m.Size
 	if req.TargetZeroed {
 		total = 0
@@ -70,13 +79,29 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 			total += c.Length
 		}
 	}
-	rep.report(Progress{Phase: PhaseTransfer, BytesTotal: total}, true)
+	// Resume: the chunks below the checkpoint are on the target already.
+	first := 0
+	var skipped int64
+	if req.Resume != nil && req.Resume.NextOffset > 0 {
+		for first < len(m.Chunks) && m.Chunks[first].Offset < req.Resume.NextOffset {
+			skipped += m.Chunks[first].Length
+			first++
+		}
+	}
+	rep := newReporter(req.Progress, e.opts, skipped)
+	var done atomic.Int64
+	done.Store(skipped)
+	wm := newWatermark(m, first, e.opts.CheckpointEvery, e.opts.CheckpointInterval, e.opts.Now)
+	rep.report(Progress{Phase: PhaseTransfer, BytesDone: skipped, BytesTotal: total, NextOffset: wm.durable}, true)
 	progress := make(chan struct{}, 1)
 	progressDone := make(chan struct{})
-	go func() { // one goroutine calls Progress, so callers need no locking
+	var moved atomic.Bool // a flush moved the resume point since the last report
+	go func() {           // one goroutine calls Progress, so callers need no locking
 		defer close(progressDone)
 		for range progress {
-			rep.report(Progress{Phase: PhaseTransfer, BytesDone: done.Load(), BytesTotal: total}, false)
+			// A new resume point is always reported (a retry resumes from the last one heartbeated).
+			rep.report(Progress{Phase: PhaseTransfer, BytesDone: done.Load(), BytesTotal: total,
+				NextOffset: wm.durableOffset()}, moved.Swap(false))
 		}
 	}()
 	tick := func(n int64) {
@@ -88,7 +113,8 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 	}
 
 	bufs := make([]struct{ plain, obj []byte }, e.opts.Concurrency)
-	err = parallel(ctx, e.opts.Concurrency, len(m.Chunks), func(ctx context.Context, w, i int) error {
+	err = parallel(ctx, e.opts.Concurrency, len(m.Chunks)-first, func(ctx context.Context, w, k int) error {
+		i := first + k
 		c := m.Chunks[i]
 		obj, err := readSized(ctx, e.store, chunkName(m.VolumeID, c.ID), c.StoredSize, &bufs[w].obj)
 		if err != nil {
@@ -108,6 +134,10 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 		if _, err := req.Target.WriteAt(plain, c.Offset); err != nil {
 			return fmt.Errorf("write target at %d: %w", c.Offset, err)
 		}
+		wm.written(i)
+		if req.Flush != nil && wm.due() && wm.flush(req.Flush) {
+			moved.Store(true)
+		}
 		tick(c.Length)
 		return nil
 	})
@@ -117,15 +147,113 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 	close(progress)
 	<-progressDone
 	if err != nil {
+		// The last resume point, whatever the rate limit let through: the retry starts from it.
+		rep.report(Progress{Phase: PhaseTransfer, BytesDone: done.Load(), BytesTotal: total,
+			NextOffset: wm.durableOffset()}, true)
 		return nil, fmt.Errorf("restore %s of volume %s: %w", req.BackupID, req.VolumeID, err)
 	}
-	// Final check: every byte the manifest accounts for went out.
+	// Final check: every byte the manifest accounts for went out (in this attempt or, below the resume
+	// point, in the one before).
 	if done.Load() != total {
 		return nil, fmt.Errorf("restore %s: wrote %d of %d bytes", req.BackupID, done.Load(), total)
 	}
-	rep.report(Progress{Phase: PhaseDone, BytesDone: total, BytesTotal: total, NextOffset: m.Size}, true)
-	e.opts.Logger.Info("restore done", "volume_id", req.VolumeID, "backup_id", req.BackupID, "size", m.Size)
-	return &RestoreResult{Manifest: m, BytesWritten: total, Chunks: len(m.Chunks)}, nil
+	// The end is a resume point only once flushed (the caller's Close flushes again, and must succeed).
+	var end int64
+	if req.Flush != nil {
+		if err := req.Flush(); err != nil {
+			return nil, fmt.Errorf("restore %s: flush target: %w", req.BackupID, err)
+		}
+		end = m.Size
+	}
+	rep.report(Progress{Phase: PhaseDone, BytesDone: total, BytesTotal: total, NextOffset: end}, true)
+	e.opts.Logger.Info("restore done", "volume_id", req.VolumeID, "backup_id", req.BackupID, "size", m.Size,
+		"resumed_at", resumedAt(req.Resume))
+	return &RestoreResult{Manifest: m, BytesWritten: total - skipped, BytesSkipped: skipped,
+		Chunks: len(m.Chunks) - first}, nil
+}
+
+func resumedAt(c *Checkpoint) int64 {
+	if c == nil {
+		return 0
+	}
+	return c.NextOffset
+}
+
+// watermark tracks which chunks of a restore are written, and the resume point a flush made durable: the
+// offset below which every chunk was written before the last successful flush began.
+type watermark struct {
+	m *Manifest
+	// every and interval bound the chunks and the time between two flushes that move the resume point
+	// (Options.CheckpointEvery and CheckpointInterval, as for a backup's journal): a flush syncs the
+	// target, and a resumed restore redoes at most that much.
+	every     int
+	interval  time.Duration
+	now       func() time.Time
+	lastFlush time.Time
+	flushing  sync.Mutex // one flush at a time
+	mu        sync.Mutex
+	done      []bool
+	next      int   // first chunk not yet written (all before it are)
+	durable   int64 // NextOffset vouched for by a flush
+	flushed   int   // next at the last flush
+}
+
+func newWatermark(m *Manifest, first, every int, interval time.Duration, now func() time.Time) *watermark {
+	w := &watermark{m: m, every: every, interval: interval, now: now, lastFlush: now(),
+		done: make([]bool, len(m.Chunks)), next: first, flushed: first}
+	if first > 0 {
+		w.durable = w.offset(first)
+	}
+	return w
+}
+
+// offset is where chunk i starts (the backup's size past the last chunk).
+func (w *watermark) offset(i int) int64 {
+	if i >= len(w.m.Chunks) {
+		return w.m.Size
+	}
+	return w.m.Chunks[i].Offset
+}
+
+func (w *watermark) written(i int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done[i] = true
+	for w.next < len(w.done) && w.done[w.next] {
+		w.next++
+	}
+}
+
+// due says whether enough was written since the last flush to move the resume point.
+func (w *watermark) due() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.next-w.flushed >= w.every || (w.next > w.flushed && w.now().Sub(w.lastFlush) >= w.interval)
+}
+
+// flush makes what is written durable and moves the resume point to the watermark taken before it, and says
+// whether it did; a failed flush leaves the resume point where it was (the restore itself fails at Close).
+func (w *watermark) flush(fn func() error) bool {
+	if !w.flushing.TryLock() {
+		return false // another worker is flushing
+	}
+	defer w.flushing.Unlock()
+	w.mu.Lock()
+	next := w.next
+	w.mu.Unlock()
+	if fn() != nil {
+		return false
+	}
+	w.mu.Lock()
+	w.flushed, w.durable, w.lastFlush = next, w.offset(next), w.now()
+	w.mu.Unlock()
+	return true
+}
+
+func (w *watermark) durableOffset() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.durable
 }
 
 func (e *Engine) writeZeros(ctx context.Context, w io.WriterAt, zs []Extent, tick func(int64)) error {

@@ -132,6 +132,13 @@ type Writer interface {
 	Size() int64
 }
 
+// Flusher is a Writer that can make every write so far durable before Close (every driver's writer can):
+// once Flush returned nil, those writes survive the writing process being killed. A restore flushes before
+// it vouches for a resume point.
+type Flusher interface {
+	Flush() error
+}
+
 // Driver snapshots, reads, restores and creates the volumes of one storage type.
 //
 // Contract, which volumetest.Run checks against every implementation on real services:

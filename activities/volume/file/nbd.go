@@ -158,6 +158,13 @@ func (w *nbdWriter) WriteAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// Flush asks qemu-nbd to flush the image (NBD_CMD_FLUSH): the writes before it are on disk once it answers.
+func (w *nbdWriter) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.request(nbdCmdFlush, 0, nil)
+}
+
 func (w *nbdWriter) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -242,6 +242,9 @@ func (w *rawWriter) WriteAt(p []byte, off int64) (int, error) {
 	return w.f.WriteAt(p, off)
 }
 
+// Flush syncs the image file.
+func (w *rawWriter) Flush() error { return w.f.Sync() }
+
 func (w *rawWriter) Close() error {
 	if err := w.f.Sync(); err != nil {
 		w.f.Close()

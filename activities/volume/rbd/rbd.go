@@ -454,6 +454,13 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	return w.img.WriteAt(p, off)
 }
 
+// Flush flushes librbd's cache to the cluster.
+func (w *writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.img.Flush()
+}
+
 func (w *writer) Close() error {
 	err := w.img.Flush()
 	if cerr := w.img.Close(); err == nil {
