@@ -416,6 +416,55 @@ func TestUploadResumes(t *testing.T) {
 	requireSame(t, want, f.contents(target), "restore of a resumed backup")
 }
 
+// A restore whose target fails half way (a disk error; for the agent, the same as being killed) resumes on
+// retry from the last point it flushed: the retry writes only the rest, and the volume is byte-identical.
+// Both to a new volume (which the retry reuses: the same operation created it) and in place, on raw and on
+// qcow2 (written through qemu-nbd).
+func TestRestoreResumes(t *testing.T) {
+	for _, format := range []string{"raw", "qcow2"} {
+		t.Run(format, func(t *testing.T) {
+			const size = 32 * MiB
+			// One writer: chunks land in order, so resume points come every 2 MiB as the test expects.
+			f := newFixture(t, backup.Options{Concurrency: 1, ChunkSize: MiB, CheckpointEvery: 2})
+			ctx := context.Background()
+			vol := f.ref("vol." + format)
+			want := f.createVolume(vol, size, 7, volume.Extent{Offset: 0, Length: size})
+			require.NoError(t, f.run(ctx, activities.CreateSnapshotName,
+				activities.SnapshotInput{VolumeID: "vol1", Volume: vol, SnapshotID: "s1"}, nil, nil))
+			require.NoError(t, f.run(ctx, activities.UploadBackupName, activities.UploadBackupInput{VolumeID: "vol1",
+				Volume: vol, SnapshotID: "s1", BackupID: "b1", Storage: storage}, nil, nil))
+			target := f.ref("copy." + format)
+			target.CreatedBy = "op-restore-vol2"
+			newVolume := activities.RestoreBackupInput{SourceVolumeID: "vol1", BackupID: "b1", Storage: storage,
+				TargetVolumeID: "vol2", Target: target, Create: true}
+			inPlace := activities.RestoreBackupInput{SourceVolumeID: "vol1", BackupID: "b1", Storage: storage,
+				TargetVolumeID: "vol1", Target: vol}
+			f.overwrite(vol, make([]byte, size), 8, volume.Extent{Offset: 0, Length: size}) // in place: over other data
+			for _, in := range []activities.RestoreBackupInput{newVolume, inPlace} {
+				f.hb.take()
+				f.driver.written.Store(0)
+				f.driver.writeFailAfter.Store(20 * MiB)
+				err := f.run(ctx, activities.RestoreBackupName, in, nil, nil)
+				require.Error(t, err)
+				hbs := f.hb.take()
+				require.NotEmpty(t, hbs)
+				last := hbs[len(hbs)-1]
+				require.Greater(t, last.NextOffset, 8*MiB, "%s: the first attempt flushed a resume point: %+v", in.TargetVolumeID, last)
+				require.Less(t, last.NextOffset, size)
+
+				f.driver.writeFailAfter.Store(0)
+				f.driver.written.Store(0)
+				var res activities.RestoreResult
+				require.NoError(t, f.run(ctx, activities.RestoreBackupName, in, &res, last))
+				wrote := f.driver.written.Load()
+				t.Logf("%s: retry resumed at %d MiB and wrote %d MiB of %d", in.TargetVolumeID, last.NextOffset/MiB, wrote/MiB, size/MiB)
+				require.LessOrEqual(t, wrote, size-last.NextOffset, "the retry must resume, not restart")
+				requireSame(t, want, f.contents(in.Target), in.TargetVolumeID)
+			}
+		})
+	}
+}
+
 // TestUploadCancel aborts an upload (the workflow's cancellation reaches the activity as ctx cancellation)
 // and checks that it stops promptly and commits nothing.
 func TestUploadCancel(t *testing.T) {
@@ -548,6 +597,10 @@ type countingDriver struct {
 	onRead       func(total int64)
 	refuseWriter atomic.Bool
 	onCopy       func(done, total int64) // sees the driver's copy progress (raw snapshot, rollback, clone)
+	// written counts the bytes written through the driver's writers; writes fail once writeFailAfter (> 0)
+	// bytes were written.
+	written        atomic.Int64
+	writeFailAfter atomic.Int64
 }
 
 // progressDriver is what a driver that reports its copies' progress implements (the file driver does).
@@ -582,7 +635,41 @@ func (d *countingDriver) OpenWriter(ctx context.Context, vol volume.Ref) (volume
 	if d.refuseWriter.Load() {
 		return nil, &volume.AttachedRunningError{Volume: vol, Domain: "holdfast-test-vm"}
 	}
-	return d.Driver.OpenWriter(ctx, vol)
+	w, err := d.Driver.OpenWriter(ctx, vol)
+	if err != nil {
+		return nil, err
+	}
+	return &countingWriter{Writer: w, d: d}, nil
+}
+
+func (d *countingDriver) CreateVolume(ctx context.Context, vol volume.Ref, size int64) (volume.Writer, error) {
+	w, err := d.Driver.CreateVolume(ctx, vol, size)
+	if err != nil {
+		return nil, err
+	}
+	return &countingWriter{Writer: w, d: d}, nil
+}
+
+// countingWriter counts (and may fail) writes, and passes Flush through.
+type countingWriter struct {
+	volume.Writer
+	d *countingDriver
+}
+
+func (w *countingWriter) WriteAt(p []byte, off int64) (int, error) {
+	total := w.d.written.Add(int64(len(p)))
+	if limit := w.d.writeFailAfter.Load(); limit > 0 && total > limit {
+		return 0, errInjected
+	}
+	return w.Writer.WriteAt(p, off)
+}
+
+func (w *countingWriter) Flush() error {
+	f, ok := w.Writer.(volume.Flusher)
+	if !ok {
+		return errors.New("writer cannot flush")
+	}
+	return f.Flush()
 }
 
 type countingReader struct {

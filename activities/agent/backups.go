@@ -303,11 +303,22 @@ func (a *Activities) RestoreBackup(ctx context.Context, in activities.RestoreBac
 			in.TargetVolumeID, w.Size(), in.BackupID, m.Size))
 	}
 
-	hb := startHeartbeats(ctx, 0)
+	// A retry resumes from the point its earlier attempt flushed (the target is the same volume: the one
+	// this operation created, or the one it restores in place, locked by the operation meanwhile).
+	var resume *backup.Checkpoint
+	if p, ok := previousProgress(ctx); ok && p.NextOffset > 0 && p.NextOffset <= m.Size {
+		resume = &backup.Checkpoint{NextOffset: p.NextOffset}
+		log.Info("resuming restore", "next_offset", p.NextOffset)
+	}
+	var flush func() error
+	if f, ok := w.(volume.Flusher); ok {
+		flush = f.Flush
+	}
+	hb := startHeartbeats(ctx, resumeFloor(resume))
 	start := time.Now()
 	log.Info("restore started", "size_bytes", m.Size, "target_zeroed", zeroed)
 	res, err := e.Restore(ctx, backup.RestoreRequest{VolumeID: in.SourceVolumeID, BackupID: in.BackupID,
-		Target: w, TargetZeroed: zeroed, Progress: hb.report})
+		Target: w, TargetZeroed: zeroed, Progress: hb.report, Flush: flush, Resume: resume})
 	hb.close()
 	if err != nil {
 		w.Close() // the target is garbage now; the workflow rolls back or deletes it
@@ -321,7 +332,7 @@ func (a *Activities) RestoreBackup(ctx context.Context, in activities.RestoreBac
 	}
 	took := time.Since(start)
 	log.Info("restore done", "size_bytes", m.Size, "bytes_written", res.BytesWritten,
-		"duration", took.Round(time.Millisecond))
+		"bytes_skipped", res.BytesSkipped, "duration", took.Round(time.Millisecond))
 	a.metrics.RestoreWritten(a.hypervisorID, res.BytesWritten)
 	if took > 0 {
 		a.metrics.Throughput(a.hypervisorID, "restore", float64(m.Size)/took.Seconds())
