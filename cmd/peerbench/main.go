@@ -19,8 +19,10 @@ import (
 	"log"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // password encrypts every repository (Holdfast derives its key from it, see child.go).
@@ -44,6 +46,7 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "runs; the medians are printed")
 	flag.IntVar(&cfg.writes, "writes", 200, "scattered 4 KiB writes before the third backup")
 	flag.IntVar(&cfg.concurrency, "concurrency", 0, "Holdfast engine chunks in flight (0: the engine's default)")
+	flag.StringVar(&cfg.kopiaCompression, "kopia-compression", "", "kopia compression policy, e.g. zstd (empty: kopia's default, none)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the scratch directory and the buckets")
 	flag.Parse()
 	var err error
@@ -51,7 +54,11 @@ func main() {
 		log.Fatalf("-size: %v", err)
 	}
 	cfg.data, cfg.peers = strings.Split(*data, ","), strings.Split(*peers, ",")
-	if err := run(context.Background(), cfg); err != nil {
+	// Interrupted, the children are killed and the run still removes its buckets and scratch directory.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, cfg)
+	stop()
+	if err != nil {
 		log.Fatal(err)
 	}
 }
@@ -63,6 +70,7 @@ type config struct {
 	data, peers           []string
 	runs, writes          int
 	concurrency           int
+	kopiaCompression      string
 	keep                  bool
 }
 
@@ -72,13 +80,19 @@ func run(ctx context.Context, cfg config) (err error) {
 			return fmt.Errorf("%s not found (Debian package e2fsprogs): %w", p, err)
 		}
 	}
+	// A directory of its own inside -dir: removing it never touches what was there before.
+	if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
+		return err
+	}
+	if cfg.dir, err = os.MkdirTemp(cfg.dir, "peerbench-"); err != nil {
+		return err
+	}
 	if cfg.dir, err = filepath.Abs(cfg.dir); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(cfg.dir); err != nil {
-		return err
-	}
-	if !cfg.keep {
+	if cfg.keep {
+		log.Printf("keeping %s and the buckets (-keep)", cfg.dir)
+	} else {
 		defer func() { _ = os.RemoveAll(cfg.dir) }()
 	}
 	tools, err := newTools(cfg)

@@ -32,7 +32,7 @@ func newTools(cfg config) ([]tool, error) {
 		case "restic":
 			tools = append(tools, restic{bin: bin})
 		case "kopia":
-			tools = append(tools, kopia{bin: bin})
+			tools = append(tools, kopia{bin: bin, compression: cfg.kopiaCompression})
 		}
 	}
 	return tools, nil
@@ -75,7 +75,10 @@ func (t restic) restore(ctx context.Context, r *repo, image, dir string) (*exec.
 }
 
 // kopia keeps its configuration, cache and logs in the repo's state directory.
-type kopia struct{ bin string }
+type kopia struct {
+	bin         string
+	compression string // the repository's global compression policy; empty: kopia's default (none)
+}
 
 func (kopia) name() string { return "kopia" }
 
@@ -91,7 +94,10 @@ func (t kopia) init(ctx context.Context, r *repo) error {
 	if r.s3 != nil {
 		args = []string{"repository", "create", "s3", "--bucket", r.bucket, "--endpoint", r.endpointHost(), "--disable-tls"}
 	}
-	_, _, err := runChildProcess(t.command(ctx, r, args...))
+	if _, _, err := runChildProcess(t.command(ctx, r, args...)); err != nil || t.compression == "" {
+		return err
+	}
+	_, _, err := runChildProcess(t.command(ctx, r, "policy", "set", "--global", "--compression", t.compression))
 	return err
 }
 

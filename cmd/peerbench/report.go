@@ -55,7 +55,8 @@ func (r *results) median(tool, kind string, step int) sample {
 // Holdfast's ÷ best peer's, lower is better).
 func (r *results) print(w io.Writer, cfg config, img *image) {
 	fmt.Fprintf(w, "\npeer benchmark: %s ext4 image holding %s of files from %s; %d run(s), medians; "+
-		"%d scattered 4 KiB writes before step 3; every repository encrypted\n",
+		"%d scattered 4 KiB writes before step 3; every repository encrypted\n"+
+		"every backup reads the whole image (no tool is given a changed-block hint); time and peak RSS are the child process's\n",
 		formatMiB(img.size), formatMiB(img.used), strings.Join(cfg.data, ", "), cfg.runs, cfg.writes)
 	fmt.Fprintf(w, "%-6s %-26s %-20s %22s %14s %14s\n", "repo", "step", "tool", "time s", "added MiB", "peak RSS MiB")
 	for _, kind := range repoKinds {
