@@ -114,6 +114,12 @@ func run(ctx context.Context, cfg config) (err error) {
 	return nil
 }
 
+// trial is one tool on one of its repositories, for one run.
+type trial struct {
+	tool tool
+	repo *repo
+}
+
 // runOnce takes every tool on every repository kind through the steps on one fresh copy of the image.
 func runOnce(ctx context.Context, cfg config, tools []tool, pristine *image, r int, res *results) error {
 	runDir := filepath.Join(cfg.dir, fmt.Sprintf("run%d", r+1))
@@ -121,26 +127,17 @@ func runOnce(ctx context.Context, cfg config, tools []tool, pristine *image, r i
 	if err != nil {
 		return err
 	}
-	var repos []*repo
+	trials, err := openTrials(ctx, cfg, runDir, tools, r)
 	defer func() {
 		if !cfg.keep {
-			for _, rp := range repos {
-				rp.remove()
+			for _, tr := range trials {
+				tr.repo.remove()
 			}
 			_ = os.RemoveAll(runDir)
 		}
 	}()
-	for _, t := range tools {
-		for _, kind := range repoKinds {
-			rp, err := newRepo(ctx, cfg, runDir, t.name(), kind, r)
-			if err != nil {
-				return err
-			}
-			repos = append(repos, rp)
-			if err := t.init(ctx, rp); err != nil {
-				return fmt.Errorf("%s %s: init: %w", t.name(), kind, err)
-			}
-		}
+	if err != nil {
+		return err
 	}
 	for step := range steps {
 		switch step {
@@ -158,16 +155,35 @@ func runOnce(ctx context.Context, cfg config, tools []tool, pristine *image, r i
 				return err
 			}
 		}
-		for i, rp := range repos {
-			t := tools[i/len(repoKinds)]
-			s, err := runStep(ctx, t, rp, step, img.path, want)
+		for _, tr := range trials {
+			name, kind := tr.tool.name(), tr.repo.kind
+			s, err := runStep(ctx, tr.tool, tr.repo, step, img.path, want)
 			if err != nil {
-				return fmt.Errorf("%s %s, %s: %w", t.name(), rp.kind, steps[step], err)
+				return fmt.Errorf("%s %s, %s: %w", name, kind, steps[step], err)
 			}
-			log.Printf("run %d %-8s %-5s %-28s %6.1f s %8s added, peak RSS %s", r+1, t.name(), rp.kind, steps[step],
+			log.Printf("run %d %-8s %-5s %-28s %6.1f s %8s added, peak RSS %s", r+1, name, kind, steps[step],
 				s.wall.Seconds(), formatMiB(s.added), formatMiB(s.rss))
-			res.add(t.name(), rp.kind, step, s)
+			res.add(name, kind, step, s)
 		}
 	}
 	return nil
+}
+
+// openTrials makes and initialises a repository of every kind for every tool. On error it still returns
+// the trials made so far, for their buckets to be removed.
+func openTrials(ctx context.Context, cfg config, runDir string, tools []tool, r int) ([]trial, error) {
+	var trials []trial
+	for _, t := range tools {
+		for _, kind := range repoKinds {
+			rp, err := newRepo(ctx, cfg, runDir, t.name(), kind, r)
+			if err != nil {
+				return trials, err
+			}
+			trials = append(trials, trial{tool: t, repo: rp})
+			if err := t.init(ctx, rp); err != nil {
+				return trials, fmt.Errorf("%s %s: init: %w", t.name(), kind, err)
+			}
+		}
+	}
+	return trials, nil
 }
