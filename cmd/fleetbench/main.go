@@ -4,8 +4,8 @@
 // The fleet is N small file volumes (1 MiB sparse raw files) of 50 owners on one hypervisor, registered
 // through the HTTP API by the panel. The night is, in turn: a burst of snapshot requests for every volume, as
 // a scheduler client sends them (a bounded number in flight, refusals that mean "not now" retried after their
-// Retry-After), each operation polled until it ends; the same for backups (to an fs store in the scratch
-// directory); and a night run by Holdfast itself, through a backup (-night) policy's ScheduledRunWorkflow per
+// Retry-After), each operation followed until it ends (its workflow awaited, then read once through the API);
+// the same for backups (to an fs store in the scratch directory); and a night run by Holdfast itself, through a backup (-night) policy's ScheduledRunWorkflow per
 // volume, started at once as the schedules would start them at the window's opening, the window closing 10
 // minutes (-window) later. The baseline is a trivial workflow of a snapshot's shape (one update accepted, one
 // activity) on its own task queue in this process, with the control worker's options, started for every
@@ -222,7 +222,7 @@ plans: {%s: {}}
 		if err := phase(kind, func() error {
 			pctx, cancel := context.WithTimeout(ctx, o.phaseTimeout())
 			defer cancel()
-			b := runBurst(pctx, p, volumeIDs, kind)
+			b := runBurst(pctx, p, s.server.Client(), volumeIDs, kind)
 			if kind == "snapshots" {
 				r.snapshots = b
 			} else {

@@ -102,7 +102,7 @@ func runNight(ctx context.Context, p *panel, c client.Client, volumeIDs []string
 			if err != nil || res.Rejection != nil {
 				return
 			}
-			n.follow(ctx, p, res.OperationID, start)
+			n.follow(ctx, p, c, res.OperationID, start)
 		}()
 	}
 	wg.Wait()
