@@ -73,23 +73,10 @@ func TestScheduledRunGivesUpOnAnUnreachableClusterWithinTenMinutes(t *testing.T)
 // A run refused for "not now" (the volume busy, twice) waits and tries again, backing off, each attempt a
 // request of its own, until one is accepted within its window.
 func TestScheduledRunWaitsForItsTurn(t *testing.T) {
-	var got []ScheduledRequest
-	var at []time.Time
-	var env *testsuite.TestWorkflowEnvironment
-	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
-		got = append(got, r)
-		at = append(at, env.Now())
-		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
-			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
-		switch len(got) {
-		case 1, 2:
-			res.Rejection = &ErrorInfo{Type: ErrVolumeBusy, Message: "Volume is busy with operation: snapshot"}
-		default:
-			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
-		}
-		return res, nil
-	})
+	rt := newRefusedThen(t, 2, volumeBusy)
+	env := rt.env
 	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	got, at := rt.got, rt.at
 	require.NoError(t, env.GetWorkflowError())
 	var res ScheduledRunResult
 	require.NoError(t, env.GetWorkflowResult(&res))
@@ -166,25 +153,13 @@ func TestScheduledRetryWaitKeepsEachRunsSpread(t *testing.T) {
 // A run refused at the owner's limit names itself as the waiter and comes back as soon as the owner tells
 // it its turn, well before its back-off; a turn told while an attempt is in flight does not trigger another.
 func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
-	var got []ScheduledRequest
-	var at []time.Time
-	var env *testsuite.TestWorkflowEnvironment
-	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
-		got = append(got, r)
-		at = append(at, env.Now())
-		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
-			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
-		if len(got) < 3 {
-			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
-		} else {
-			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
-		}
-		return res, nil
-	})
+	rt := newRefusedThen(t, 2, ownerAtLimit)
+	env := rt.env
 	start := env.Now()
 	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, time.Second)
 	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, 2*time.Second)
 	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	got, at := rt.got, rt.at
 	require.NoError(t, env.GetWorkflowError())
 	var res ScheduledRunResult
 	require.NoError(t, env.GetWorkflowResult(&res))
@@ -200,22 +175,42 @@ func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
 // A run queued at the owner does not try again on its back-off: it waits for its turn, up to
 // scheduledRetryMax, and then asks again (a turn lost must not cost the night).
 func TestScheduledRunQueuedAtTheOwnerWaitsForItsTurnNotItsBackoff(t *testing.T) {
-	var at []time.Time
-	var env *testsuite.TestWorkflowEnvironment
-	env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
-		at = append(at, env.Now())
-		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
-			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
-		if len(at) < 3 {
-			res.Rejection = &ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
-		} else {
-			res.Accepted = true
-		}
-		return res, nil
-	})
+	rt := newRefusedThen(t, 2, ownerAtLimit)
+	env := rt.env
 	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	at := rt.at
 	require.NoError(t, env.GetWorkflowError())
 	require.Len(t, at, 3)
 	assert.GreaterOrEqual(t, at[1].Sub(at[0]), scheduledRetryMax)
 	assert.GreaterOrEqual(t, at[2].Sub(at[1]), scheduledRetryMax)
 }
+
+// refusedThen is a run's environment whose requests are refused with refusal (type, message) refused times,
+// then accepted; it records each request and when it came.
+type refusedThen struct {
+	env *testsuite.TestWorkflowEnvironment
+	got []ScheduledRequest
+	at  []time.Time
+}
+
+func newRefusedThen(t *testing.T, refused int, refusal ErrorInfo) *refusedThen {
+	rt := &refusedThen{}
+	rt.env = scheduledRunEnv(t, func(_ context.Context, r ScheduledRequest) (ScheduledRunResult, error) {
+		rt.got = append(rt.got, r)
+		rt.at = append(rt.at, rt.env.Now())
+		res := ScheduledRunResult{PolicyID: r.PolicyID, VolumeID: r.VolumeID, OperationID: r.OperationID,
+			Kind: KindBackup, WaitUntil: r.StartedAt.Add(10 * time.Minute)}
+		if len(rt.got) <= refused {
+			res.Rejection = &refusal
+		} else {
+			res.Accepted, res.ItemID = true, "bk-"+r.OperationID
+		}
+		return res, nil
+	})
+	return rt
+}
+
+var (
+	volumeBusy   = ErrorInfo{Type: ErrVolumeBusy, Message: "Volume is busy with operation: snapshot"}
+	ownerAtLimit = ErrorInfo{Type: ErrOwnerLimit, Message: "Too many operations in flight"}
+)

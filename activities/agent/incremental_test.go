@@ -85,6 +85,15 @@ func (c *chain) restored(t *testing.T, id string) []byte {
 	return c.f.contents(target)
 }
 
+// fullRead checks that a backup read the whole volume, for reason, and restores to want.
+func (c *chain) fullRead(t *testing.T, up activities.UploadBackupResult, id, reason string, want []byte) {
+	t.Helper()
+	assert.False(t, up.Incremental, id)
+	assert.Equal(t, int64(len(want)), up.ReadBytes, id)
+	assert.Equal(t, reason, up.FullReadReason, id)
+	requireSame(t, want, c.restored(t, id), id)
+}
+
 // generations runs a volume through a first backup and ten incremental ones with writes between them, then
 // through two fallback causes: its base snapshot deleted behind Holdfast's back, and its parent backup gone.
 // Every backup restores byte-identical, alone; each incremental reads only the 4 MiB chunks its writes
@@ -121,21 +130,13 @@ func (c *chain) generations(t *testing.T, model []byte) {
 	c.overwrite(t, model, 200, volume.Extent{Offset: 3 * MiB, Length: 4096})
 	require.NoError(t, c.run(activities.DeleteSnapshotName,
 		activities.SnapshotRef{VolumeID: "vol1", Volume: c.vol, SnapshotID: c.prev}, nil))
-	up := c.backup(t, "b11", "b10")
-	assert.False(t, up.Incremental)
-	assert.Equal(t, size, up.ReadBytes)
-	assert.Equal(t, "base snapshot unusable", up.FullReadReason)
-	requireSame(t, model, c.restored(t, "b11"), "b11, its base deleted")
+	c.fullRead(t, c.backup(t, "b11", "b10"), "b11", "base snapshot unusable", model)
 
 	// The parent backup gone (retention deleted it).
 	c.overwrite(t, model, 201, volume.Extent{Offset: 9 * MiB, Length: 4096})
 	require.NoError(t, c.f.run(context.Background(), activities.DeleteBackupName,
 		activities.BackupRef{VolumeID: "vol1", BackupID: "b11", Storage: storage}, nil, nil))
-	up = c.backup(t, "b12", "b11")
-	assert.False(t, up.Incremental)
-	assert.Equal(t, size, up.ReadBytes)
-	assert.Equal(t, "parent backup unusable", up.FullReadReason)
-	requireSame(t, model, c.restored(t, "b12"), "b12, its parent deleted")
+	c.fullRead(t, c.backup(t, "b12", "b11"), "b12", "parent backup unusable", model)
 }
 
 // qcow2 (cluster tables), then a resize: the next backup reads everything, of the new size.
@@ -150,11 +151,7 @@ func TestIncrementalBackupsOfAQCOW2Volume(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	grown := append(bytes.Clone(model), make([]byte, 8*MiB)...)
 	c.overwrite(t, grown, 202, volume.Extent{Offset: size + MiB, Length: 4096})
-	up := c.backup(t, "b13", "b12")
-	assert.False(t, up.Incremental)
-	assert.Equal(t, size+8*MiB, up.ReadBytes)
-	assert.Equal(t, "volume resized", up.FullReadReason)
-	requireSame(t, grown, c.restored(t, "b13"), "b13, after a resize")
+	c.fullRead(t, c.backup(t, "b13", "b12"), "b13", "volume resized", grown)
 }
 
 // RBD (diff-iterate), on the test cluster.
@@ -189,11 +186,8 @@ func TestRawVolumeBackupKeepsNoBase(t *testing.T) {
 	requireSame(t, model, c.restored(t, "b00"), "raw b00")
 
 	c.overwrite(t, model, 2, volume.Extent{Offset: MiB, Length: 4096})
-	up = c.backup(t, "b01", "b00")
-	assert.False(t, up.Incremental)
-	assert.Equal(t, size, up.ReadBytes, "the snapshot read once, never two copies compared")
-	assert.Equal(t, "no change tracking on raw files", up.FullReadReason)
-	requireSame(t, model, c.restored(t, "b01"), "raw b01")
+	// The snapshot is read once, never two copies compared.
+	c.fullRead(t, c.backup(t, "b01", "b00"), "b01", "no change tracking on raw files", model)
 }
 
 // A qcow2 volume a running (TCG) domain uses: the guest writes between backups, through QEMU's own block
