@@ -229,7 +229,14 @@ const pollEvery = time.Second
 // waitOperation polls GET /v1/operations/{id} until the operation ends (at once, usually: follow waited for
 // its workflow), and returns when it finished and whether it succeeded.
 func waitOperation(ctx context.Context, p *panel, t *tally, operationID string) (time.Time, bool) {
-	for {
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-time.After(pollEvery):
+			case <-ctx.Done():
+				return time.Now(), false
+			}
+		}
 		a, err := p.call(ctx, http.MethodGet, "/v1/operations/"+operationID, nil)
 		if err != nil || a.status != http.StatusOK {
 			continue // a busy API answers later; the phase's deadline bounds this
@@ -254,11 +261,6 @@ func waitOperation(ctx context.Context, p *panel, t *tally, operationID string) 
 			}
 			t.count(t.failed, why)
 			return finishedAt(op.FinishedAt), false
-		}
-		select {
-		case <-time.After(pollEvery):
-		case <-ctx.Done():
-			return time.Now(), false
 		}
 	}
 }
