@@ -122,15 +122,16 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 	log := a.logger(ctx, in.VolumeID, "snapshot_id", in.SnapshotID, "backup_id", in.BackupID, "storage", in.Storage)
 
 	parent := in.ParentBackupID
+	var parentManifest *backup.Manifest // read once: its size tells whether changes since the base are usable
 	if parent != "" {
 		// A parent only saves uploads; losing it (retention deleted it, its manifest is damaged) must not
 		// fail a backup that is complete on its own.
-		if _, err := e.Manifest(ctx, in.VolumeID, parent); err != nil {
+		if parentManifest, err = e.Manifest(ctx, in.VolumeID, parent); err != nil {
 			if ctx.Err() != nil {
 				return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 			}
 			log.Warn("parent backup unusable; uploading without it", "parent_backup_id", parent, "error", err)
-			parent = ""
+			parent, parentManifest = "", nil
 		}
 	}
 
@@ -140,7 +141,7 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 	}
 	defer r.Close()
-	changed, whyFull := a.changedSince(ctx, e, in, ref, parent, r)
+	changed, whyFull := a.changedSince(ctx, in, ref, parentManifest, r)
 	if err := ctx.Err(); err != nil {
 		return activities.UploadBackupResult{}, classify(ctx, activities.UploadBackupName, err)
 	}
@@ -151,7 +152,7 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 		resume = &backup.Checkpoint{NextOffset: p.NextOffset}
 		log.Info("resuming upload", "next_offset", p.NextOffset)
 	}
-	hb := startHeartbeats(ctx, resumeFloor(resume))
+	hb := startHeartbeats(ctx, resume.Offset())
 	defer hb.close()
 
 	start := time.Now()
@@ -191,8 +192,8 @@ func (a *Activities) UploadBackup(ctx context.Context, in activities.UploadBacku
 // cannot be used, a resized volume, or a base the driver cannot diff against (deleted behind our back). A
 // wrong incremental is data loss, so anything short of the driver's own answer is a full read. The reasons
 // are short fixed phrases (users read them on the backup); the driver's error goes to the log.
-func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in activities.UploadBackupInput,
-	ref volume.Ref, parent string, r volume.Reader) ([]backup.Extent, string) {
+func (a *Activities) changedSince(ctx context.Context, in activities.UploadBackupInput, ref volume.Ref,
+	parent *backup.Manifest, r volume.Reader) ([]backup.Extent, string) {
 	switch {
 	case !tracksChanges(ref):
 		return nil, "no change tracking on raw files"
@@ -200,14 +201,9 @@ func (a *Activities) changedSince(ctx context.Context, e *backup.Engine, in acti
 		return nil, cmp.Or(in.FullReadReason, "no base snapshot")
 	case checkID("base_snapshot_id", in.BaseSnapshotID) != nil:
 		return nil, "base snapshot unusable"
-	case parent == "":
+	case parent == nil:
 		return nil, "parent backup unusable"
-	}
-	pm, err := e.Manifest(ctx, in.VolumeID, parent)
-	if err != nil {
-		return nil, "parent backup unusable"
-	}
-	if pm.Size != r.Size() {
+	case parent.Size != r.Size():
 		return nil, "volume resized"
 	}
 	exts, err := r.Changed(ctx, in.BaseSnapshotID)
@@ -240,13 +236,6 @@ func (c *readCounter) ReadAt(p []byte, off int64) (int, error) {
 	n, err := c.ReaderAt.ReadAt(p, off)
 	c.n.Add(int64(n))
 	return n, err
-}
-
-func resumeFloor(c *backup.Checkpoint) int64 {
-	if c == nil {
-		return 0
-	}
-	return c.NextOffset
 }
 
 // sourceType is what the catalog records as the backup's origin: "rbd", or the file volume's recorded format
@@ -314,7 +303,7 @@ func (a *Activities) RestoreBackup(ctx context.Context, in activities.RestoreBac
 	if f, ok := w.(volume.Flusher); ok {
 		flush = f.Flush
 	}
-	hb := startHeartbeats(ctx, resumeFloor(resume))
+	hb := startHeartbeats(ctx, resume.Offset())
 	start := time.Now()
 	log.Info("restore started", "size_bytes", m.Size, "target_zeroed", zeroed)
 	res, err := e.Restore(ctx, backup.RestoreRequest{VolumeID: in.SourceVolumeID, BackupID: in.BackupID,

@@ -156,7 +156,7 @@ func (e *Engine) planBackup(ctx context.Context, req BackupRequest) (backupPlan,
 func (e *Engine) resumeBackup(ctx context.Context, req BackupRequest, known *knownSet) (*backupState, error) {
 	// Resume: replay the journal of the crashed run, or start clean.
 	st := &backupState{createdAt: e.opts.Now().UTC(), lastJournal: e.opts.Now()}
-	if req.Resume != nil && req.Resume.NextOffset > 0 {
+	if req.Resume.Offset() > 0 {
 		if err := e.loadJournal(ctx, req, st); err != nil {
 			return nil, err
 		}
@@ -255,9 +255,10 @@ func (e *Engine) uploadChunks(ctx context.Context, req BackupRequest, plan backu
 }
 
 // collect is the collector: it puts the chunks of results back in offset order into st, writes a journal
-// segment every CheckpointEvery chunks or CheckpointInterval and reports progress after each result, forcing the report at every
-// new resume point so that heartbeats carry the latest. A journal write that fails cancels the workers
-// (through cancel) and is returned; results is drained until the workers close it, whatever happens.
+// segment every CheckpointEvery chunks or CheckpointInterval, and reports progress after each result,
+// forcing the report at every new resume point so that heartbeats carry the latest. A journal write that
+// fails cancels the workers (through cancel) and is returned; results is drained until the workers close it,
+// whatever happens.
 func (e *Engine) collect(wctx context.Context, cancel context.CancelCauseFunc, req BackupRequest, st *backupState,
 	rep *progressReporter, results <-chan chunkResult) error {
 	pending := map[int64]chunkResult{}

@@ -157,6 +157,14 @@ type Checkpoint struct {
 // Checkpoint is the resume point this progress report vouches for.
 func (p Progress) Checkpoint() *Checkpoint { return &Checkpoint{NextOffset: p.NextOffset} }
 
+// Offset is where a run given this checkpoint resumes: its NextOffset, or 0 without one.
+func (c *Checkpoint) Offset() int64 {
+	if c == nil {
+		return 0
+	}
+	return c.NextOffset
+}
+
 // progressReporter rate-limits calls to a Progress callback.
 type progressReporter struct {
 	fn       func(Progress)

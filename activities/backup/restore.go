@@ -82,7 +82,7 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 	// Resume: the chunks below the checkpoint are on the target already.
 	first := 0
 	var skipped int64
-	if req.Resume != nil && req.Resume.NextOffset > 0 {
+	if req.Resume.Offset() > 0 {
 		for first < len(m.Chunks) && m.Chunks[first].Offset < req.Resume.NextOffset {
 			skipped += m.Chunks[first].Length
 			first++
@@ -167,16 +167,9 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 	}
 	rep.report(Progress{Phase: PhaseDone, BytesDone: total, BytesTotal: total, NextOffset: end}, true)
 	e.opts.Logger.Info("restore done", "volume_id", req.VolumeID, "backup_id", req.BackupID, "size", m.Size,
-		"resumed_at", resumedAt(req.Resume))
+		"resumed_at", req.Resume.Offset())
 	return &RestoreResult{Manifest: m, BytesWritten: total - skipped, BytesSkipped: skipped,
 		Chunks: len(m.Chunks) - first}, nil
-}
-
-func resumedAt(c *Checkpoint) int64 {
-	if c == nil {
-		return 0
-	}
-	return c.NextOffset
 }
 
 // watermark tracks which chunks of a restore are written, and the resume point a flush made durable: the
