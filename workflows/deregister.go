@@ -24,25 +24,23 @@ const maxKeepBackups = 10 * 366 * 24 * time.Hour
 const keptPurgeRetry = time.Hour
 
 // DeregisterWorkflow deletes a volume's snapshots, the base snapshot its backups kept (in.Base), its backups
-// (unless Request.KeepBackupsFor keeps them), and releases its location. A snapshot or backup already gone is not an error: the panel may have deleted
-// the disk first. It also serves the deletion of kept backups once their period ends (in.Volume then has no
-// storage, and nothing but the backups is touched).
+// (unless Request.KeepBackupsFor keeps them), and releases its location. A snapshot or backup already gone is
+// not an error: the panel may have deleted the disk first. It also serves the deletion of kept backups once
+// their period ends (in.Volume then has no storage, and nothing but the backups is touched).
 func DeregisterWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, error) {
 	return runSaga(ctx, in, func(ctx workflow.Context, s *saga) (OperationResult, error) {
 		vol := in.Volume
 		for _, it := range in.Snapshots {
 			s.doing("delete snapshot " + it.ItemID + " on hypervisor " + vol.HypervisorID)
-			err := workflow.ExecuteActivity(onHypervisor(ctx, vol.HypervisorID), activities.DeleteSnapshotName,
-				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: vol.Storage, SnapshotID: it.ItemID}).Get(ctx, nil)
-			if err != nil && !isNotFound(err) {
+			if err := deleteSnapshotOn(ctx, vol.HypervisorID, activities.SnapshotRef{VolumeID: vol.VolumeID,
+				Volume: vol.Storage, SnapshotID: it.ItemID}); err != nil {
 				return OperationResult{}, fmt.Errorf("snapshot %s: %w", it.ItemID, err)
 			}
 		}
 		if b := in.Base; b != nil {
 			s.doing("delete the backup base snapshot on hypervisor " + b.HypervisorID)
-			err := workflow.ExecuteActivity(onHypervisor(ctx, b.HypervisorID), activities.DeleteSnapshotName,
-				activities.SnapshotRef{VolumeID: vol.VolumeID, Volume: b.Volume, SnapshotID: b.SnapshotID}).Get(ctx, nil)
-			if err != nil && !isNotFound(err) {
+			if err := deleteSnapshotOn(ctx, b.HypervisorID, activities.SnapshotRef{VolumeID: vol.VolumeID,
+				Volume: b.Volume, SnapshotID: b.SnapshotID}); err != nil {
 				return OperationResult{}, fmt.Errorf("base snapshot %s: %w", b.SnapshotID, err)
 			}
 		}
@@ -67,6 +65,15 @@ func DeregisterWorkflow(ctx workflow.Context, in OperationInput) (OperationResul
 			OperationID: in.Request.OperationID, VolumeID: vol.VolumeID, HypervisorID: vol.HypervisorID,
 			Storage: vol.Storage}).Get(ctx, nil)
 	})
+}
+
+// deleteSnapshotOn deletes a snapshot on its hypervisor; one already gone is not an error.
+func deleteSnapshotOn(ctx workflow.Context, hypervisorID string, ref activities.SnapshotRef) error {
+	err := workflow.ExecuteActivity(onHypervisor(ctx, hypervisorID), activities.DeleteSnapshotName, ref).Get(ctx, nil)
+	if isNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 func isNotFound(err error) bool {

@@ -419,11 +419,8 @@ func BackupWorkflow(ctx workflow.Context, in OperationInput) (OperationResult, e
 			// later step fail this backup).
 			res.Base = &BackupBase{SnapshotID: tmp.SnapshotID, BackupID: backup.BackupID,
 				HypervisorID: vol.HypervisorID, Volume: vol.Storage}
-		} else if err := deleteSnapshotStep(vol.HypervisorID, tmp).run(ctx); err != nil {
-			// The backup is complete; the temporary snapshot goes now. Failing to drop it does not fail the
-			// backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
-			workflow.GetLogger(ctx).Error("temporary snapshot left behind", "volume_id", vol.VolumeID,
-				"snapshot_id", tmp.SnapshotID, "error", err)
+		} else {
+			dropSnapshot(ctx, vol.HypervisorID, tmp, "temporary snapshot") // the backup is complete
 		}
 		if vol.BackupReplica != "" && workflow.GetVersion(ctx, replicationChange, workflow.DefaultVersion, 1) == 1 {
 			r, err := replicate(ctx, s, vol, backup)
@@ -469,16 +466,21 @@ func baseFor(in OperationInput) (snapshotID, whyNot string) {
 }
 
 // dropBase deletes the volume's old base snapshot once a backup succeeded (it kept a new one, or none for a
-// volume without change tracking), on the hypervisor that holds it. Failing to delete it does not fail the
-// backup; it is logged for operators (it holds diverged blocks on the volume's storage).
+// volume without change tracking), on the hypervisor that holds it.
 func dropBase(ctx workflow.Context, volumeID string, old, kept *BackupBase) {
 	if old == nil || (kept != nil && kept.SnapshotID == old.SnapshotID) {
 		return
 	}
-	ref := activities.SnapshotRef{VolumeID: volumeID, Volume: old.Volume, SnapshotID: old.SnapshotID}
-	if err := deleteSnapshotStep(old.HypervisorID, ref).run(ctx); err != nil {
-		workflow.GetLogger(ctx).Error("old backup base snapshot left behind", "volume_id", volumeID,
-			"snapshot_id", old.SnapshotID, "hypervisor_id", old.HypervisorID, "error", err)
+	dropSnapshot(ctx, old.HypervisorID, activities.SnapshotRef{VolumeID: volumeID, Volume: old.Volume,
+		SnapshotID: old.SnapshotID}, "old backup base snapshot")
+}
+
+// dropSnapshot deletes a snapshot a successful backup no longer needs (what names it in the log). Failing to
+// does not fail the backup, but it is logged for operators (it holds diverged blocks on the volume's storage).
+func dropSnapshot(ctx workflow.Context, hypervisorID string, ref activities.SnapshotRef, what string) {
+	if err := deleteSnapshotStep(hypervisorID, ref).run(ctx); err != nil {
+		workflow.GetLogger(ctx).Error(what+" left behind", "volume_id", ref.VolumeID, "snapshot_id", ref.SnapshotID,
+			"hypervisor_id", hypervisorID, "error", err)
 	}
 }
 

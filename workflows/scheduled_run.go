@@ -108,12 +108,12 @@ const scheduledRunsName = metrics.ScheduledRunsName
 //
 // A refusal that only means "not now" (waitsForTurn: the owner's permits, the volume's lock or cooldown, a
 // busy control plane or hypervisor) is waited out, durably, until the run's window closes (the answer's
-// WaitUntil): the run tries again after a back-off, each attempt a request of its own (operation ID derived
-// from the run and the attempt). Refused at the owner's limit, it is queued at the owner (its workflow ID is
-// the request's Waiter) and comes back as soon as the owner tells it a permit is free (SignalTurn) and kept
-// for it, first come first served among the owner's runs, without trying in between (scheduledRetryMax
-// bounds a turn that never comes); the other refusals are waited out with the back-off. Any other refusal, or the window's end, is the run's result (and a log line
-// and a metric), not an error to retry: the next night is the retry.
+// WaitUntil), each attempt a request of its own (operation ID derived from the run and the attempt).
+// Refused at the owner's limit, the run is queued at the owner (its workflow ID is the request's Waiter) and
+// comes back as soon as the owner tells it a permit is free (SignalTurn) and kept for it, first come first
+// served among the owner's runs, without trying in between (scheduledRetryMax bounds a turn that never
+// comes); the other refusals are waited out with the back-off. Any other refusal, or the window's end, is
+// the run's result (and a log line and a metric), not an error to retry: the next night is the retry.
 func ScheduledRunWorkflow(ctx workflow.Context, in ScheduledRunInput) (ScheduledRunResult, error) {
 	info := workflow.GetInfo(ctx)
 	sum := sha256.Sum256([]byte(info.WorkflowExecution.ID + "/" + info.WorkflowExecution.RunID))
