@@ -5,13 +5,14 @@
 // through the HTTP API by the panel. The night is, in turn: a burst of snapshot requests for every volume, as
 // a scheduler client sends them (a bounded number in flight, refusals that mean "not now" retried after their
 // Retry-After), each operation followed until it ends (its workflow awaited, then read once through the API);
-// the same for backups (to an fs store in the scratch directory); and a night run by Holdfast itself, through a backup (-night) policy's ScheduledRunWorkflow per
-// volume, started at once as the schedules would start them at the window's opening, the window closing 10
-// minutes (-window) later. The baseline is a trivial workflow of a snapshot's shape (one update accepted, one
-// activity) on its own task queue in this process, with the control worker's options, started for every
-// volume the same way. -phases picks the phases after registration. For each phase it reads the dev server's
-// persistence requests (its Prometheus endpoint); at the end, the volume workflows' history sizes and the
-// resident memory of the Temporal dev server and of this process, which hosts every worker.
+// the same for backups (to an fs store in the scratch directory); and a night run by Holdfast itself, through
+// a backup (-night) policy's ScheduledRunWorkflow per volume, started at once as the schedules would start
+// them at the window's opening, the window closing 10 minutes (-window) later. The baseline is a trivial
+// workflow of a snapshot's shape (one update accepted, one activity) on its own task queue in this process,
+// with the control worker's options, started for every volume the same way. -phases picks the phases after
+// registration. For each phase it reads the dev server's persistence requests (its Prometheus endpoint) and
+// the CPU both processes used; at the end, the volume workflows' history sizes and the resident memory of
+// the Temporal dev server and of this process, which hosts every worker.
 //
 // Limits are the spec's, except the cooldown, which is off: each phase requests one operation per volume,
 // and a 5-minute cooldown between phases would only make the run longer. Timings are reported, never

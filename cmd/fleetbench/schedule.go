@@ -28,9 +28,10 @@ type night struct {
 	*tally
 }
 
-// runNight puts a policy of kind (snapshot or backup) whose window opened a minute ago and closes after window, attaches every
-// volume to it through the API, then starts each volume's ScheduledRunWorkflow at once (the schedules would
-// fire them at the window's opening, tomorrow) and waits for every run's result and every accepted operation.
+// runNight puts a policy of kind (snapshot or backup) whose window opened a minute ago and closes after
+// window, attaches every volume to it through the API, then starts each volume's ScheduledRunWorkflow at once
+// (the schedules would fire them at the window's opening, tomorrow) and waits for every run's result and
+// every accepted operation.
 func runNight(ctx context.Context, p *panel, c client.Client, volumeIDs []string, kind string, window time.Duration,
 	concurrency int) (*night, error) {
 	n := &night{missedBy: map[string]int{}, tally: newTally()}
