@@ -74,12 +74,8 @@ func TestScheduledRunGivesUpOnAnUnreachableClusterWithinTenMinutes(t *testing.T)
 // request of its own, until one is accepted within its window.
 func TestScheduledRunWaitsForItsTurn(t *testing.T) {
 	rt := newRefusedThen(t, 2, volumeBusy)
-	env := rt.env
-	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	res := rt.run(t)
 	got, at := rt.got, rt.at
-	require.NoError(t, env.GetWorkflowError())
-	var res ScheduledRunResult
-	require.NoError(t, env.GetWorkflowResult(&res))
 	assert.True(t, res.Accepted)
 	assert.Equal(t, 3, res.Attempts)
 	require.Len(t, got, 3)
@@ -158,11 +154,8 @@ func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
 	start := env.Now()
 	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, time.Second)
 	env.RegisterDelayedCallback(func() { env.SignalWorkflow(SignalTurn, nil) }, 2*time.Second)
-	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	res := rt.run(t)
 	got, at := rt.got, rt.at
-	require.NoError(t, env.GetWorkflowError())
-	var res ScheduledRunResult
-	require.NoError(t, env.GetWorkflowResult(&res))
 	assert.True(t, res.Accepted)
 	require.Len(t, got, 3)
 	for _, r := range got {
@@ -176,10 +169,8 @@ func TestScheduledRunComesBackWhenToldItsTurn(t *testing.T) {
 // scheduledRetryMax, and then asks again (a turn lost must not cost the night).
 func TestScheduledRunQueuedAtTheOwnerWaitsForItsTurnNotItsBackoff(t *testing.T) {
 	rt := newRefusedThen(t, 2, ownerAtLimit)
-	env := rt.env
-	env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	rt.run(t)
 	at := rt.at
-	require.NoError(t, env.GetWorkflowError())
 	require.Len(t, at, 3)
 	assert.GreaterOrEqual(t, at[1].Sub(at[0]), scheduledRetryMax)
 	assert.GreaterOrEqual(t, at[2].Sub(at[1]), scheduledRetryMax)
@@ -208,6 +199,16 @@ func newRefusedThen(t *testing.T, refused int, refusal ErrorInfo) *refusedThen {
 		return res, nil
 	})
 	return rt
+}
+
+// run executes the run to its end and returns its result; a workflow error fails the test.
+func (rt *refusedThen) run(t *testing.T) ScheduledRunResult {
+	t.Helper()
+	rt.env.ExecuteWorkflow(ScheduledRunWorkflow, ScheduledRunInput{PolicyID: "nightly", VolumeID: "vol1"})
+	require.NoError(t, rt.env.GetWorkflowError())
+	var res ScheduledRunResult
+	require.NoError(t, rt.env.GetWorkflowResult(&res))
+	return res
 }
 
 var (

@@ -391,11 +391,7 @@ func TestUploadResumes(t *testing.T) {
 	var appErr *temporal.ApplicationError
 	require.True(t, errors.As(err, &appErr))
 	require.False(t, appErr.NonRetryable(), "an I/O error is retryable: %v", err)
-	hbs := f.hb.take()
-	require.NotEmpty(t, hbs)
-	last := hbs[len(hbs)-1]
-	require.Greater(t, last.NextOffset, 8*MiB, "the first attempt checkpointed progress: %+v", last)
-	require.Less(t, last.NextOffset, size)
+	last := f.lastCheckpoint(t, size, "the first attempt checkpointed progress")
 
 	f.driver.failAfter.Store(0)
 	f.driver.read.Store(0)
@@ -446,11 +442,7 @@ func TestRestoreResumes(t *testing.T) {
 				f.driver.writeFailAfter.Store(20 * MiB)
 				err := f.run(ctx, activities.RestoreBackupName, in, nil, nil)
 				require.Error(t, err)
-				hbs := f.hb.take()
-				require.NotEmpty(t, hbs)
-				last := hbs[len(hbs)-1]
-				require.Greater(t, last.NextOffset, 8*MiB, "%s: the first attempt flushed a resume point: %+v", in.TargetVolumeID, last)
-				require.Less(t, last.NextOffset, size)
+				last := f.lastCheckpoint(t, size, in.TargetVolumeID+": the first attempt flushed a resume point")
 
 				f.driver.writeFailAfter.Store(0)
 				f.driver.written.Store(0)
@@ -463,6 +455,18 @@ func TestRestoreResumes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// lastCheckpoint is the last progress a failed attempt heartbeated, which must name a resume point past
+// 8 MiB and short of size (what says why, on failure).
+func (f *fixture) lastCheckpoint(t *testing.T, size int64, what string) activities.Progress {
+	t.Helper()
+	hbs := f.hb.take()
+	require.NotEmpty(t, hbs)
+	last := hbs[len(hbs)-1]
+	require.Greater(t, last.NextOffset, 8*MiB, "%s: %+v", what, last)
+	require.Less(t, last.NextOffset, size)
+	return last
 }
 
 // TestUploadCancel aborts an upload (the workflow's cancellation reaches the activity as ctx cancellation)
