@@ -31,11 +31,12 @@ type BackupRequest struct {
 	Progress func(Progress)
 }
 
-// chunkResult is what a worker learned about one chunk.
+// chunkResult is what a worker learned about one cell of the chunk grid, [off, off+length): the chunk refs
+// and zero ranges that cover it, each by offset.
 type chunkResult struct {
 	off, length int64
-	zero        bool
-	ref         ChunkRef
+	refs        []ChunkRef
+	zeros       []Extent
 }
 
 // Backup streams req.Source into the store and writes the manifest last; the backup exists once Backup
@@ -115,6 +116,8 @@ type backupPlan struct {
 	// size), else nil; changed is req.Changed sorted, kept only with such a parent (nil: read everything).
 	parent  *Manifest
 	changed []Extent
+	// diffs decides whether a changed cell is compared with the parent's (see spliceDiff).
+	diffs *diffGate
 }
 
 // planBackup reads req.Parent's manifest (a parent that cannot be read fails the backup, wrapped "parent:")
@@ -142,11 +145,9 @@ func (e *Engine) planBackup(ctx context.Context, req BackupRequest) (backupPlan,
 	}
 	var changed []Extent
 	if req.Changed != nil && parent != nil {
-		changed = make([]Extent, len(req.Changed)) // non-nil even when empty: "nothing changed" is a hint too
-		copy(changed, req.Changed)
-		sort.Slice(changed, func(i, j int) bool { return changed[i].Offset < changed[j].Offset })
+		changed = mergeExtents(req.Changed) // non-nil even when empty: "nothing changed" is a hint too
 	}
-	return backupPlan{known: known, parent: parent, changed: changed}, nil
+	return backupPlan{known: known, parent: parent, changed: changed, diffs: &diffGate{}}, nil
 }
 
 // resumeBackup returns the backup's state to continue from: what the journal of a crashed run covers when
@@ -232,18 +233,10 @@ func (e *Engine) transfer(ctx context.Context, req BackupRequest, plan backupPla
 func (e *Engine) uploadChunks(ctx context.Context, req BackupRequest, plan backupPlan, start int64, nChunks int,
 	results chan<- chunkResult) error {
 	cs := e.opts.ChunkSize
-	type buffers struct {
-		plain []byte
-		seal  sealBufs
-	}
-	bufs := make([]buffers, e.opts.Concurrency)
+	bufs := make([]cellBufs, e.opts.Concurrency)
 	return parallel(ctx, e.opts.Concurrency, nChunks, func(ctx context.Context, w, i int) error {
-		b := &bufs[w]
-		if b.plain == nil {
-			b.plain = make([]byte, cs)
-		}
 		off := start + int64(i)*cs
-		r, err := e.backupChunk(ctx, req, plan.parent, plan.changed, plan.known, off, min(cs, req.Size-off), b.plain, &b.seal)
+		r, err := e.backupChunk(ctx, req, plan, off, min(cs, req.Size-off), &bufs[w])
 		if err != nil {
 			return err
 		}
@@ -353,53 +346,84 @@ func (e *Engine) backupManifest(req BackupRequest, st *backupState) *Manifest {
 	return m
 }
 
-// backupChunk handles the chunk [off, off+length).
-func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, parent *Manifest, changed []Extent,
-	known *knownSet, off, length int64, plain []byte, sb *sealBufs) (chunkResult, error) {
+// backupChunk backs up the cell [off, off+length). Without a parent it reads the cell and stores it as
+// one chunk (or a zero range). With one, only what changed is stored (see splice): a cell outside
+// plan.changed is the parent's pieces, unread; a cell that changed in at most half of it is read only where
+// it changed (spliceRuns); a cell read whole whose chunk is not stored already is compared with the
+// parent's, block by block (spliceDiff).
+func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, plan backupPlan, off, length int64,
+	b *cellBufs) (chunkResult, error) {
 	res := chunkResult{off: off, length: length}
-	if parent != nil && changed != nil && !intersects(changed, off, length) {
-		if ref, zero, ok := parent.chunkAt(off, length); ok {
-			res.zero, res.ref = zero, ref
-			return res, nil
+	parent := plan.parent
+	if parent != nil && plan.changed != nil {
+		runs := changedRuns(plan.changed, off, length, e.grain())
+		if len(runs) == 0 {
+			if refs, zeros, ok := parent.piecesIn(off, length); ok {
+				res.refs, res.zeros = refs, zeros
+				return res, nil
+			}
+		} else if extentsLength(runs) <= length/2 {
+			if r, ok, err := e.spliceRuns(ctx, req, plan, off, length, runs, b); err != nil || ok {
+				return r, err
+			}
 		}
 	}
 	if err := e.throttle(ctx, length); err != nil {
 		return res, err
 	}
-	buf := plain[:length]
+	buf := b.cell(e.opts.ChunkSize)[:length]
 	if err := readFull(req.Source, buf, off); err != nil {
 		return res, err
 	}
 	if isZero(buf) {
-		res.zero = true
+		res.zeros = []Extent{{Offset: off, Length: length}}
 		return res, nil
 	}
 	id, err := e.codec.id(e.codec.hashName(), buf)
 	if err != nil {
 		return res, err
 	}
-	res.ref = ChunkRef{Offset: off, Length: length, ID: id}
-	if size, ok := known.get(id); ok {
-		res.ref.StoredSize = size
+	ref := ChunkRef{Offset: off, Length: length, ID: id}
+	if size, ok := plan.known.get(id); ok {
+		ref.StoredSize = size
 		e.deduplicated(length)
+		res.refs = []ChunkRef{ref}
 		return res, nil
 	}
-	name := chunkName(req.VolumeID, id)
-	if info, err := e.store.Stat(ctx, name); err == nil {
-		res.ref.StoredSize = info.Size
-		known.put(id, info.Size)
-		e.deduplicated(length)
-		return res, nil
-	} else if !errors.Is(err, ErrNotExist) {
+	if parent != nil {
+		if r, ok, err := e.spliceDiff(ctx, req, plan, off, buf, b); err != nil || ok {
+			return r, err
+		}
+	}
+	if ref.StoredSize, err = e.storeChunk(ctx, req.VolumeID, plan.known, id, buf, &b.seal); err != nil {
 		return res, err
 	}
-	obj := e.codec.seal(id, buf, sb)
-	if err := PutBytes(ctx, e.store, name, obj); err != nil {
-		return res, err
-	}
-	res.ref.StoredSize = int64(len(obj))
-	known.put(id, res.ref.StoredSize)
+	res.refs = []ChunkRef{ref}
 	return res, nil
+}
+
+// storeChunk stores plain as chunk id unless it is known or found stored already, and returns the stored
+// object's size.
+func (e *Engine) storeChunk(ctx context.Context, volumeID string, known *knownSet, id string, plain []byte,
+	sb *sealBufs) (int64, error) {
+	if size, ok := known.get(id); ok {
+		e.deduplicated(int64(len(plain)))
+		return size, nil
+	}
+	name := chunkName(volumeID, id)
+	if info, err := e.store.Stat(ctx, name); err == nil {
+		known.put(id, info.Size)
+		e.deduplicated(int64(len(plain)))
+		return info.Size, nil
+	} else if !errors.Is(err, ErrNotExist) {
+		return 0, err
+	}
+	obj := e.codec.seal(id, plain, sb)
+	if err := PutBytes(ctx, e.store, name, obj); err != nil {
+		return 0, err
+	}
+	known.put(id, int64(len(obj)))
+	return int64(len(obj)), nil
 }
 
 func (e *Engine) deduplicated(n int64) {
@@ -408,15 +432,25 @@ func (e *Engine) deduplicated(n int64) {
 	}
 }
 
-// intersects reports whether any of the sorted extents overlaps [off, off+length).
-func intersects(sorted []Extent, off, length int64) bool {
-	i := sort.Search(len(sorted), func(i int) bool { return sorted[i].End() > off })
-	for ; i < len(sorted) && sorted[i].Offset < off+length; i++ {
-		if sorted[i].Length > 0 {
-			return true
+// mergeExtents returns es sorted, without empty extents, and with overlapping or adjacent ones merged, so
+// that their ends ascend too (changedRuns searches by end). Never nil.
+func mergeExtents(es []Extent) []Extent {
+	sorted := make([]Extent, 0, len(es))
+	for _, e := range es {
+		if e.Length > 0 {
+			sorted = append(sorted, e)
 		}
 	}
-	return false
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
+	out := sorted[:0]
+	for _, e := range sorted {
+		if n := len(out); n > 0 && e.Offset <= out[n-1].End() {
+			out[n-1].Length = max(out[n-1].End(), e.End()) - out[n-1].Offset
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 type knownSet struct {
@@ -452,14 +486,11 @@ type backupState struct {
 }
 
 func (s *backupState) add(r chunkResult) {
-	if r.zero {
-		s.zeros = mergeZero(s.zeros, Extent{Offset: r.off, Length: r.length})
-		s.segZeros = mergeZero(s.segZeros, Extent{Offset: r.off, Length: r.length})
-	} else {
-		ref := r.ref
-		ref.Offset, ref.Length = r.off, r.length // a chunk taken from the parent keeps its geometry
-		s.chunks = append(s.chunks, ref)
+	for _, z := range r.zeros {
+		s.zeros = mergeZero(s.zeros, z)
+		s.segZeros = mergeZero(s.segZeros, z)
 	}
+	s.chunks = append(s.chunks, r.refs...)
 	s.next += r.length
 	s.unjournalled++
 }

@@ -1,9 +1,11 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -11,9 +13,10 @@ import (
 // a store so slow that a listing outlasts LockStale/2 three times fails the commit (retryably) instead.
 const commitRounds = 3
 
-// repairFunc stores chunk c again (from the backup's source, or the replication's source store) and returns
-// its stored size.
-type repairFunc func(ctx context.Context, c ChunkRef) (int64, error)
+// repairFunc stores a missing chunk again (from the backup's source, or the replication's source store),
+// given every ref of the manifest that names it, and returns those refs as they now stand: the stored size
+// updated, or, when the chunk itself cannot be made again, each ref pointing at a chunk that could.
+type repairFunc func(ctx context.Context, refs []ChunkRef) ([]ChunkRef, error)
 
 // commit makes m available, under l (lock.go): it renews the lease, waits out any GC or abandon of the volume,
 // confirms that every chunk m lists is stored with its recorded size, storing missing ones again through
@@ -98,24 +101,36 @@ func (e *Engine) missingChunks(ctx context.Context, m *Manifest) ([]ChunkRef, er
 	return missing, nil
 }
 
-// repairChunks stores missing again and records their stored sizes in m.
+// repairChunks stores missing again and records in m the refs repair returns.
 func (e *Engine) repairChunks(ctx context.Context, m *Manifest, missing []ChunkRef, repair repairFunc) error {
-	sizes := make([]int64, len(missing))
-	err := parallel(ctx, e.opts.Concurrency, len(missing), func(ctx context.Context, _, i int) error {
-		s, err := repair(ctx, missing[i])
-		sizes[i] = s
+	at := make(map[string][]int, len(missing)) // missing id → indexes of its refs in m.Chunks
+	for _, c := range missing {
+		at[c.ID] = nil
+	}
+	for i, c := range m.Chunks {
+		if _, ok := at[c.ID]; ok {
+			at[c.ID] = append(at[c.ID], i)
+		}
+	}
+	fixed := make([][]ChunkRef, len(missing))
+	err := parallel(ctx, e.opts.Concurrency, len(missing), func(ctx context.Context, _, k int) error {
+		var refs []ChunkRef
+		for _, i := range at[missing[k].ID] {
+			refs = append(refs, m.Chunks[i])
+		}
+		var err error
+		fixed[k], err = repair(ctx, refs)
+		if err == nil && len(fixed[k]) != len(refs) {
+			err = fmt.Errorf("internal error: repair of chunk %s returned %d refs for %d", missing[k].ID, len(fixed[k]), len(refs))
+		}
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("store missing chunks again: %w", err)
 	}
-	bySize := make(map[string]int64, len(missing))
-	for i, c := range missing {
-		bySize[c.ID] = sizes[i]
-	}
-	for i := range m.Chunks {
-		if s, ok := bySize[m.Chunks[i].ID]; ok {
-			m.Chunks[i].StoredSize = s
+	for k, c := range missing {
+		for j, i := range at[c.ID] {
+			m.Chunks[i] = fixed[k][j]
 		}
 	}
 	m.StoredBytes = storedBytes(m.Chunks)
@@ -125,29 +140,82 @@ func (e *Engine) repairChunks(ctx context.Context, m *Manifest, missing []ChunkR
 // errSourceChanged is a missing chunk that the backup's source no longer holds either.
 var errSourceChanged = errors.New("the source no longer holds it")
 
-// repairFromSource is a backup's repairFunc: it reads the chunk's range from the source again, checks it
-// still hashes to the chunk's id, and uploads it.
+// repairFromSource is a backup's repairFunc. The chunk is read from the source again, where the backup's
+// refs place it: when they cover all of it (a chunk the backup refers to whole, or one it made from the
+// blocks that changed in a cell) and it still hashes to its id, it is uploaded again; a whole chunk that no
+// longer does fails with errSourceChanged. A chunk the refs cover only in part (a parent's chunk, sliced,
+// that the store lost) or that no longer hashes to its id is replaced: each ref's bytes are stored alone,
+// from the source, which is what the backup records.
 func (e *Engine) repairFromSource(req BackupRequest) repairFunc {
-	return func(ctx context.Context, c ChunkRef) (int64, error) {
-		if err := e.throttle(ctx, c.Length); err != nil {
-			return 0, err
+	return func(ctx context.Context, refs []ChunkRef) ([]ChunkRef, error) {
+		c := refs[0]
+		plain := make([]byte, c.PlainLength())
+		var have []Extent // parts of the chunk read, in the chunk's offsets
+		for _, r := range refs {
+			if err := e.throttle(ctx, r.Length); err != nil {
+				return nil, err
+			}
+			if err := readFull(req.Source, plain[r.Skip:r.Skip+r.Length], r.Offset); err != nil {
+				return nil, err
+			}
+			have = append(have, Extent{Offset: r.Skip, Length: r.Length})
+			if r.ChunkLength == 0 {
+				break // the whole chunk
+			}
 		}
-		buf := make([]byte, c.Length)
-		if err := readFull(req.Source, buf, c.Offset); err != nil {
-			return 0, err
+		whole := slices.ContainsFunc(refs, func(r ChunkRef) bool { return r.ChunkLength == 0 })
+		if covers(have, int64(len(plain))) {
+			id, err := e.codec.id(e.codec.hashName(), plain)
+			if err != nil {
+				return nil, err
+			}
+			if id == c.ID {
+				var sb sealBufs
+				obj := e.codec.seal(id, plain, &sb)
+				if err := PutBytes(ctx, e.store, chunkName(req.VolumeID, id), obj); err != nil {
+					return nil, err
+				}
+				out := slices.Clone(refs)
+				for i := range out {
+					out[i].StoredSize = int64(len(obj))
+				}
+				return out, nil
+			}
+			if whole {
+				return nil, fmt.Errorf("chunk %s at offset %d is missing from the store: %w", c.ID, c.Offset, errSourceChanged)
+			}
 		}
-		id, err := e.codec.id(e.codec.hashName(), buf)
-		if err != nil {
-			return 0, err
+		out := make([]ChunkRef, len(refs))
+		for i, r := range refs {
+			buf := make([]byte, r.Length)
+			if err := readFull(req.Source, buf, r.Offset); err != nil {
+				return nil, err
+			}
+			id, err := e.codec.id(e.codec.hashName(), buf)
+			if err != nil {
+				return nil, err
+			}
+			var sb sealBufs
+			size, err := e.storeChunk(ctx, req.VolumeID, &knownSet{m: map[string]int64{}}, id, buf, &sb)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = ChunkRef{Offset: r.Offset, Length: r.Length, ID: id, StoredSize: size}
 		}
-		if id != c.ID {
-			return 0, fmt.Errorf("chunk %s at offset %d is missing from the store: %w", c.ID, c.Offset, errSourceChanged)
-		}
-		var sb sealBufs
-		obj := e.codec.seal(id, buf, &sb)
-		if err := PutBytes(ctx, e.store, chunkName(req.VolumeID, id), obj); err != nil {
-			return 0, err
-		}
-		return int64(len(obj)), nil
+		return out, nil
 	}
+}
+
+// covers reports whether the extents cover [0, n).
+func covers(es []Extent, n int64) bool {
+	es = slices.Clone(es)
+	slices.SortFunc(es, func(a, b Extent) int { return cmp.Compare(a.Offset, b.Offset) })
+	var pos int64
+	for _, e := range es {
+		if e.Offset > pos {
+			return false
+		}
+		pos = max(pos, e.End())
+	}
+	return pos >= n
 }

@@ -255,11 +255,15 @@ func TestChangedExtentsReadOnlyChanged(t *testing.T) {
 		r.Parent = "b1"
 		r.Changed = []backup.Extent{{Offset: 19*testChunk + 1, Length: 1}, {Offset: 3*testChunk + 10, Length: 1}}
 	})
-	if got := src.read.Load(); got != 2*testChunk {
-		t.Fatalf("read %d bytes, want only the 2 changed chunks (%d)", got, 2*testChunk)
+	// The grain within a cell is 1/64 of it, at least 4 KiB: with 64 KiB test chunks, 4 KiB.
+	if got := src.read.Load(); got != 2*4096 {
+		t.Fatalf("read %d bytes, want only the 2 changed blocks (%d)", got, 2*4096)
 	}
 	if n := cs.chunkPuts.Load(); n != 2 {
-		t.Fatalf("uploaded %d chunks, want 2", n)
+		t.Fatalf("uploaded %d chunks, want 2 (one per changed cell)", n)
+	}
+	if got := restoreBytes(t, e, "vol-c", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
+		t.Fatal("the spliced backup restores wrong bytes")
 	}
 	// "Nothing changed" (an empty, non-nil hint) reads nothing at all.
 	none := &readCounter{r: bytes.NewReader(img2)}

@@ -11,11 +11,25 @@ import (
 	"time"
 )
 
-// FormatVersion is the manifest format this package writes and reads.
-const FormatVersion = 1
+// FormatVersion is the manifest format this package writes. It reads FormatVersion1 too.
+//
+//   - 1: every chunk covers one whole cell of the chunk grid (ChunkSize-aligned, ChunkSize long, shorter
+//     only at the end of the volume), zero ranges start and end on the grid.
+//   - 2: a cell may be made of pieces: zero ranges and slices of chunks (ChunkRef.Skip, ChunkLength), so an
+//     incremental backup stores only the blocks that changed in a cell and takes the rest from its parent's
+//     chunks (see backupChunk). Pieces never cross a cell boundary and start and end on a sector (or at the
+//     end of the volume). A v1 manifest is a v2 manifest without slices.
+const FormatVersion = 2
 
-// DefaultChunkSize is the fixed chunk size of the format (4 MiB of raw blocks).
+// FormatVersion1 is the first manifest format (whole-cell chunks only), still read.
+const FormatVersion1 = 1
+
+// DefaultChunkSize is the chunk grid of the format (4 MiB of raw blocks): the unit a backup reads, hashes
+// and uploads, and the most a chunk object holds.
 const DefaultChunkSize = 4 << 20
+
+// pieceAlign is what a v2 piece's boundaries must be a multiple of (or the volume's end): a sector.
+const pieceAlign = 512
 
 // maxChunkSize bounds what a manifest may declare, so a hostile manifest cannot make restore allocate
 // without limit.
@@ -34,12 +48,37 @@ type Extent struct {
 // End is the first offset after the extent.
 func (e Extent) End() int64 { return e.Offset + e.Length }
 
-// ChunkRef is one stored chunk of a backup: Length bytes of the volume at Offset, stored as object ID.
+// ChunkRef is one stored chunk of a backup: Length bytes of the volume at Offset, stored as object ID. In a
+// v2 manifest it may be a slice: the volume's bytes are bytes [Skip, Skip+Length) of a chunk whose plain
+// content is ChunkLength bytes long (several refs may slice one chunk). ChunkLength 0 means the whole
+// chunk: Skip is 0 and the chunk is Length bytes.
 type ChunkRef struct {
-	Offset     int64  `json:"offset"`
-	Length     int64  `json:"length"`
-	ID         string `json:"id"`          // hex content hash; the object name is derived from it
-	StoredSize int64  `json:"stored_size"` // bytes of the stored object (compressed, encrypted)
+	Offset      int64  `json:"offset"`
+	Length      int64  `json:"length"`
+	ID          string `json:"id"`                     // hex content hash of the whole chunk; names the object
+	StoredSize  int64  `json:"stored_size"`            // bytes of the stored object (compressed, encrypted)
+	Skip        int64  `json:"skip,omitempty"`         // v2: where the slice starts in the chunk
+	ChunkLength int64  `json:"chunk_length,omitempty"` // v2: the whole chunk's plain length, when a slice
+}
+
+// PlainLength is the plain length of the chunk c names (what its hash covers).
+func (c ChunkRef) PlainLength() int64 {
+	if c.ChunkLength > 0 {
+		return c.ChunkLength
+	}
+	return c.Length
+}
+
+// slice returns the part of c covering [from, to) of the volume (within c), as a slice of c's chunk.
+func (c ChunkRef) slice(from, to int64) ChunkRef {
+	s := c
+	s.ChunkLength = c.PlainLength()
+	s.Skip = c.Skip + from - c.Offset
+	s.Offset, s.Length = from, to-from
+	if s.Skip == 0 && s.Length == s.ChunkLength {
+		s.ChunkLength = 0 // the whole chunk after all
+	}
+	return s
 }
 
 // Manifest describes one backup completely: with it and the chunks it names, the volume can be restored
@@ -202,8 +241,8 @@ func (m *Manifest) validate() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrInvalidManifest, fmt.Sprintf(format, a...))
 	}
-	if m.FormatVersion != FormatVersion {
-		return bad("format_version %d not supported (want %d)", m.FormatVersion, FormatVersion)
+	if m.FormatVersion != FormatVersion && m.FormatVersion != FormatVersion1 {
+		return bad("format_version %d not supported (want %d or %d)", m.FormatVersion, FormatVersion1, FormatVersion)
 	}
 	if err := validComponent(m.VolumeID); err != nil {
 		return bad("volume_id: %v", err)
@@ -237,17 +276,8 @@ func (m *Manifest) validate() error {
 	for ci < len(m.Chunks) || zi < len(m.ZeroRanges) {
 		if ci < len(m.Chunks) && m.Chunks[ci].Offset == pos {
 			c := m.Chunks[ci]
-			if c.Offset%m.ChunkSize != 0 || c.Length != min(m.ChunkSize, m.Size-c.Offset) || c.Length <= 0 {
-				return bad("chunk at %d: length %d does not fit the chunk grid", c.Offset, c.Length)
-			}
-			if len(c.ID) != 64 {
-				return bad("chunk at %d: id must be 64 hex digits", c.Offset)
-			}
-			if _, err := hex.DecodeString(c.ID); err != nil {
-				return bad("chunk at %d: id: %v", c.Offset, err)
-			}
-			if c.StoredSize <= 0 || c.StoredSize > 2*maxChunkSize {
-				return bad("chunk at %d: stored_size %d", c.Offset, c.StoredSize)
+			if err := m.checkChunk(c); err != nil {
+				return bad("chunk at %d: %v", c.Offset, err)
 			}
 			pos += c.Length
 			ci++
@@ -255,8 +285,7 @@ func (m *Manifest) validate() error {
 		}
 		if zi < len(m.ZeroRanges) && m.ZeroRanges[zi].Offset == pos {
 			z := m.ZeroRanges[zi]
-			if z.Length <= 0 || z.Offset%m.ChunkSize != 0 || z.Length > m.Size-z.Offset ||
-				(z.End() != m.Size && z.End()%m.ChunkSize != 0) {
+			if z.Length <= 0 || z.Length > m.Size-z.Offset || !m.onBoundary(z.Offset) || !m.onBoundary(z.End()) {
 				return bad("zero range %d+%d does not fit the chunk grid", z.Offset, z.Length)
 			}
 			pos += z.Length
@@ -271,17 +300,73 @@ func (m *Manifest) validate() error {
 	return nil
 }
 
-// chunkAt finds the chunk covering exactly [off, off+length), or reports whether that range is all zero.
-func (m *Manifest) chunkAt(off, length int64) (ref ChunkRef, zero, ok bool) {
-	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].Offset >= off })
-	if i < len(m.Chunks) && m.Chunks[i].Offset == off && m.Chunks[i].Length == length {
-		return m.Chunks[i], false, true
+// onBoundary reports whether a piece may start or end at off: on the chunk grid (v1), on a sector (v2), or
+// at the end of the volume.
+func (m *Manifest) onBoundary(off int64) bool {
+	if off == m.Size {
+		return true
+	}
+	if m.FormatVersion == FormatVersion1 {
+		return off%m.ChunkSize == 0
+	}
+	return off%pieceAlign == 0
+}
+
+// checkChunk checks one chunk ref's geometry against m's version (Offset is already where the walk is).
+func (m *Manifest) checkChunk(c ChunkRef) error {
+	if c.Length <= 0 || c.Length > m.Size-c.Offset {
+		return fmt.Errorf("length %d out of range", c.Length)
+	}
+	if m.FormatVersion == FormatVersion1 {
+		if c.Offset%m.ChunkSize != 0 || c.Length != min(m.ChunkSize, m.Size-c.Offset) || c.Skip != 0 || c.ChunkLength != 0 {
+			return fmt.Errorf("length %d does not fit the chunk grid", c.Length)
+		}
+	} else {
+		if !m.onBoundary(c.Offset) || !m.onBoundary(c.End()) || c.Offset/m.ChunkSize != (c.End()-1)/m.ChunkSize {
+			return fmt.Errorf("piece of %d bytes does not fit the chunk grid", c.Length)
+		}
+		switch {
+		case c.ChunkLength == 0 && c.Skip != 0:
+			return fmt.Errorf("skip %d without chunk_length", c.Skip)
+		case c.ChunkLength < 0 || c.ChunkLength > maxChunkSize || c.Skip < 0 ||
+			(c.ChunkLength > 0 && c.Length > c.ChunkLength-c.Skip):
+			return fmt.Errorf("slice %d+%d of a %d-byte chunk", c.Skip, c.Length, c.ChunkLength)
+		}
+	}
+	if len(c.ID) != 64 {
+		return errors.New("id must be 64 hex digits")
+	}
+	if _, err := hex.DecodeString(c.ID); err != nil {
+		return fmt.Errorf("id: %v", err)
+	}
+	if c.StoredSize <= 0 || c.StoredSize > 2*maxChunkSize {
+		return fmt.Errorf("stored_size %d", c.StoredSize)
+	}
+	return nil
+}
+
+// End is the first offset after the ref's range.
+func (c ChunkRef) End() int64 { return c.Offset + c.Length }
+
+// piecesIn returns m's chunk refs and zero ranges covering [off, off+length), cut to it (a chunk ref cut
+// becomes a slice of its chunk), or false when m does not cover the range (it is past m's size).
+func (m *Manifest) piecesIn(off, length int64) (refs []ChunkRef, zeros []Extent, ok bool) {
+	end := off + length
+	if off < 0 || end > m.Size {
+		return nil, nil, false
+	}
+	i := sort.Search(len(m.Chunks), func(i int) bool { return m.Chunks[i].End() > off })
+	for ; i < len(m.Chunks) && m.Chunks[i].Offset < end; i++ {
+		c := m.Chunks[i]
+		refs = append(refs, c.slice(max(c.Offset, off), min(c.End(), end)))
 	}
 	j := sort.Search(len(m.ZeroRanges), func(j int) bool { return m.ZeroRanges[j].End() > off })
-	if j < len(m.ZeroRanges) && m.ZeroRanges[j].Offset <= off && m.ZeroRanges[j].End() >= off+length {
-		return ChunkRef{}, true, true
+	for ; j < len(m.ZeroRanges) && m.ZeroRanges[j].Offset < end; j++ {
+		z := m.ZeroRanges[j]
+		from, to := max(z.Offset, off), min(z.End(), end)
+		zeros = append(zeros, Extent{Offset: from, Length: to - from})
 	}
-	return ChunkRef{}, false, false
+	return refs, zeros, true
 }
 
 // storedBytes sums StoredSize over distinct chunk ids.

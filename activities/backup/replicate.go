@@ -132,9 +132,9 @@ func (e *Engine) Replicate(ctx context.Context, dst *Engine, volumeID, backupID 
 	// then the manifest, re-encoded from its verified decode, which is byte-identical to what Backup wrote
 	// (the encoding is canonical) and can never be a torn copy.
 	prog.report(Progress{Phase: PhaseCommit, BytesDone: total, BytesTotal: total}, true)
-	recopy := func(ctx context.Context, c ChunkRef) (int64, error) {
+	recopy := func(ctx context.Context, refs []ChunkRef) ([]ChunkRef, error) {
 		var b copyBufs
-		return c.StoredSize, e.copyChunk(ctx, dst, m, c, &b)
+		return refs, e.copyChunk(ctx, dst, m, refs[0], &b)
 	}
 	if _, err := dst.commit(ctx, lock, m, recopy); err != nil {
 		return fail(err)
@@ -185,7 +185,7 @@ func (e *Engine) copyChunk(ctx context.Context, dst *Engine, m *Manifest, c Chun
 	if err == nil {
 		// open decrypts in place: check a copy, send the object as stored.
 		b.check = append(b.check[:0], obj...)
-		b.plain, err = e.codec.open(m.Hash, c.ID, b.check, c.Length, b.plain)
+		b.plain, err = e.codec.open(m.Hash, c.ID, b.check, c.PlainLength(), b.plain)
 	}
 	if err != nil {
 		if ctx.Err() != nil {

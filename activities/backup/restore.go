@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,33 +113,47 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 		}
 	}
 
+	// One task per cell of the chunk grid: its refs, by offset. A v2 cell may slice one chunk more than
+	// once; the chunk is fetched once for all of them.
+	cells := cellGroups(m, first)
 	bufs := make([]struct{ plain, obj []byte }, e.opts.Concurrency)
-	err = parallel(ctx, e.opts.Concurrency, len(m.Chunks)-first, func(ctx context.Context, w, k int) error {
-		i := first + k
-		c := m.Chunks[i]
-		obj, err := readSized(ctx, e.store, chunkName(m.VolumeID, c.ID), c.StoredSize, &bufs[w].obj)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+	err = parallel(ctx, e.opts.Concurrency, len(cells)-1, func(ctx context.Context, w, k int) error {
+		refs := m.Chunks[cells[k]:cells[k+1]]
+		for i, c := range refs {
+			if i > 0 && slices.ContainsFunc(refs[:i], func(p ChunkRef) bool { return p.ID == c.ID }) {
+				continue // written with the first ref of its chunk
 			}
-			return &ChunkError{VolumeID: m.VolumeID, Offset: c.Offset, ID: c.ID, Err: err}
+			obj, err := readSized(ctx, e.store, chunkName(m.VolumeID, c.ID), c.StoredSize, &bufs[w].obj)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return &ChunkError{VolumeID: m.VolumeID, Offset: c.Offset, ID: c.ID, Err: err}
+			}
+			plain, err := e.codec.open(m.Hash, c.ID, obj, c.PlainLength(), bufs[w].plain)
+			if err != nil {
+				return &ChunkError{VolumeID: m.VolumeID, Offset: c.Offset, ID: c.ID, Err: err}
+			}
+			bufs[w].plain = plain
+			for _, s := range refs[i:] {
+				if s.ID != c.ID {
+					continue
+				}
+				if err := e.throttle(ctx, s.Length); err != nil {
+					return err
+				}
+				if _, err := req.Target.WriteAt(plain[s.Skip:s.Skip+s.Length], s.Offset); err != nil {
+					return fmt.Errorf("write target at %d: %w", s.Offset, err)
+				}
+				tick(s.Length)
+			}
 		}
-		plain, err := e.codec.open(m.Hash, c.ID, obj, c.Length, bufs[w].plain)
-		if err != nil {
-			return &ChunkError{VolumeID: m.VolumeID, Offset: c.Offset, ID: c.ID, Err: err}
+		for i := cells[k]; i < cells[k+1]; i++ {
+			wm.written(i)
 		}
-		bufs[w].plain = plain
-		if err := e.throttle(ctx, c.Length); err != nil {
-			return err
-		}
-		if _, err := req.Target.WriteAt(plain, c.Offset); err != nil {
-			return fmt.Errorf("write target at %d: %w", c.Offset, err)
-		}
-		wm.written(i)
 		if req.Flush != nil && wm.due() && wm.flush(req.Flush) {
 			moved.Store(true)
 		}
-		tick(c.Length)
 		return nil
 	})
 	if err == nil && !req.TargetZeroed {
@@ -170,6 +185,21 @@ func (e *Engine) Restore(ctx context.Context, req RestoreRequest) (*RestoreResul
 		"resumed_at", req.Resume.Offset())
 	return &RestoreResult{Manifest: m, BytesWritten: total - skipped, BytesSkipped: skipped,
 		Chunks: len(m.Chunks) - first}, nil
+}
+
+// cellGroups splits m.Chunks from first into runs of refs in the same cell of the chunk grid: run k is
+// m.Chunks[g[k]:g[k+1]].
+func cellGroups(m *Manifest, first int) []int {
+	g := []int{first}
+	for i := first + 1; i < len(m.Chunks); i++ {
+		if m.Chunks[i].Offset/m.ChunkSize != m.Chunks[i-1].Offset/m.ChunkSize {
+			g = append(g, i)
+		}
+	}
+	if first < len(m.Chunks) {
+		g = append(g, len(m.Chunks))
+	}
+	return g
 }
 
 // watermark tracks which chunks of a restore are written, and the resume point a flush made durable: the

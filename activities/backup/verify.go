@@ -94,7 +94,7 @@ func (e *Engine) Verify(ctx context.Context, req VerifyRequest) (*VerifyReport, 
 			case err != nil:
 				return err
 			default:
-				plain, err := e.codec.open(m.Hash, c.ID, obj, c.Length, bufs[w].plain)
+				plain, err := e.codec.open(m.Hash, c.ID, obj, c.PlainLength(), bufs[w].plain)
 				if err != nil {
 					if errors.Is(err, ErrWrongKey) {
 						return err

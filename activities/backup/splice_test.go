@@ -1,0 +1,316 @@
+package backup_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/activities/backup"
+)
+
+// chunkBytes sums the sizes of the chunk objects stored for vol.
+func chunkBytes(t *testing.T, st backup.Store, vol string) (n int64, objects int) {
+	t.Helper()
+	err := st.List(context.Background(), "volumes/"+vol+"/chunks/", func(oi backup.ObjectInfo) error {
+		n += oi.Size
+		objects++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, objects
+}
+
+// scribble writes n random blocks of 4 KiB at random 4 KiB-aligned offsets of img, each in its own cell,
+// and returns the extents written.
+func scribble(rng *rand.Rand, img []byte, n int) []backup.Extent {
+	cells := len(img) / testChunk
+	var out []backup.Extent
+	for _, c := range rng.Perm(cells)[:n] {
+		off := int64(c)*testChunk + int64(rng.IntN(testChunk/4096))*4096
+		for i := range 4096 {
+			img[off+int64(i)] = byte(rng.Uint32())
+		}
+		out = append(out, backup.Extent{Offset: off, Length: 4096})
+	}
+	return out
+}
+
+// TestIncrementalStoresOnlyChangedBlocks: after 4 KiB writes in 10 cells, a backup read in full (no
+// changed-extent hint, as for a raw file) stores one small chunk per changed cell, not the cells: the
+// bytes added are about the bytes written, not 10 cells.
+func TestIncrementalStoresOnlyChangedBlocks(t *testing.T) {
+	for _, enc := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "encrypted"}[enc], func(t *testing.T) {
+			st := fsStore(t)
+			e := newEngine(t, st, func(o *backup.Options) {
+				if enc {
+					o.Key = bytes.Repeat([]byte{7}, 32)
+				}
+			})
+			img := makeImage(11, testChunk, "R", 40*testChunk)
+			doBackup(t, e, "vol-s", "b1", img, nil)
+			before, objs := chunkBytes(t, st, "vol-s")
+
+			img2 := bytes.Clone(img)
+			written := scribble(rand.New(rand.NewPCG(1, 2)), img2, 10)
+			m := doBackup(t, e, "vol-s", "b2", img2, func(r *backup.BackupRequest) { r.Parent = "b1" })
+			after, objs2 := chunkBytes(t, st, "vol-s")
+			added := after - before
+			if objs2-objs != len(written) {
+				t.Errorf("stored %d new objects, want one per changed cell (%d)", objs2-objs, len(written))
+			}
+			// Random 4 KiB blocks do not compress: 10 × 4 KiB plus framing, far from 10 × 64 KiB cells.
+			if limit := int64(len(written)) * 4096 * 3 / 2; added > limit {
+				t.Errorf("added %d bytes for %d bytes written, want ≤ %d", added, len(written)*4096, limit)
+			}
+			if m.FormatVersion != backup.FormatVersion {
+				t.Errorf("format_version %d", m.FormatVersion)
+			}
+			if got := restoreBytes(t, e, "vol-s", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
+				t.Fatal("b2 restores wrong bytes")
+			}
+			if got := restoreBytes(t, e, "vol-s", "b1", int64(len(img))); !bytes.Equal(got, img) {
+				t.Fatal("b1 restores wrong bytes after b2")
+			}
+		})
+	}
+}
+
+// TestTenGenerationsRestoreIdentical writes between ten backups — small blocks, zeros, runs across cell
+// boundaries, whole cells — with and without a changed-extent hint, then deletes every other generation,
+// runs GC, and checks that every remaining one restores byte-identical, verifies deep, and draws on no more
+// than 8 chunks per cell.
+func TestTenGenerationsRestoreIdentical(t *testing.T) {
+	st := fsStore(t)
+	e := newEngine(t, st, func(o *backup.Options) { o.Key = bytes.Repeat([]byte{9}, 32) })
+	rng := rand.New(rand.NewPCG(3, 4))
+	img := makeImage(5, testChunk, "RRZAB", 24*testChunk+8192)
+	images := map[string][]byte{}
+	parent := ""
+	for g := range 10 {
+		id := "g" + string(rune('0'+g))
+		var changed []backup.Extent
+		if g > 0 {
+			for range 1 + rng.IntN(12) {
+				off := int64(rng.IntN(len(img)/512)) * 512
+				n := min(int64(512*(1+rng.IntN(300))), int64(len(img))-off)
+				switch rng.IntN(4) {
+				case 0: // zeros
+					clear(img[off : off+n])
+				default:
+					for i := range n {
+						img[off+i] = byte(rng.Uint32())
+					}
+				}
+				changed = append(changed, backup.Extent{Offset: off, Length: n})
+			}
+		}
+		hint := g%2 == 1
+		m := doBackup(t, e, "vol-g", id, img, func(r *backup.BackupRequest) {
+			r.Parent = parent
+			if hint {
+				r.Changed = changed
+			}
+		})
+		checkCellChunks(t, m)
+		if got := restoreBytes(t, e, "vol-g", id, int64(len(img))); !bytes.Equal(got, img) {
+			for i := range got {
+				if got[i] != img[i] {
+					t.Logf("first difference at %d (cell %d), hint %v", i, i/testChunk, hint)
+					break
+				}
+			}
+			for _, mid := range []string{parent, id} {
+				mm, _ := e.Manifest(context.Background(), "vol-g", mid)
+				for _, c := range mm.Chunks {
+					if c.Offset/testChunk == 19 {
+						t.Logf("%s %+v", mid, c)
+					}
+				}
+				for _, z := range mm.ZeroRanges {
+					if z.Offset/testChunk <= 19 && (z.End()-1)/testChunk >= 19 {
+						t.Logf("%s zero %+v", mid, z)
+					}
+				}
+			}
+			t.Fatalf("%s restores wrong bytes right after its backup; changes %v", id, changed)
+		}
+		images[id] = bytes.Clone(img)
+		parent = id
+	}
+	for _, id := range []string{"g0", "g2", "g4", "g6", "g8"} {
+		if err := e.Delete(context.Background(), "vol-g", id); err != nil {
+			t.Fatal(err)
+		}
+		delete(images, id)
+	}
+	if _, err := e.GC(context.Background(), "vol-g", -time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range images {
+		if got := restoreBytes(t, e, "vol-g", id, int64(len(want))); !bytes.Equal(got, want) {
+			t.Fatalf("%s restores wrong bytes", id)
+		}
+		v, err := e.Verify(context.Background(), backup.VerifyRequest{VolumeID: "vol-g", BackupID: id, Deep: true})
+		if err != nil || !v.OK() {
+			t.Fatalf("verify %s: %+v, %v", id, v, err)
+		}
+	}
+}
+
+// checkCellChunks fails when a cell of m draws on more than 8 chunks.
+func checkCellChunks(t *testing.T, m *backup.Manifest) {
+	t.Helper()
+	cells := map[int64]map[string]bool{}
+	for _, c := range m.Chunks {
+		k := c.Offset / m.ChunkSize
+		if cells[k] == nil {
+			cells[k] = map[string]bool{}
+		}
+		cells[k][c.ID] = true
+	}
+	for k, ids := range cells {
+		if len(ids) > 8 {
+			t.Errorf("%s: cell %d draws on %d chunks", m.BackupID, k, len(ids))
+		}
+	}
+}
+
+// TestFormatV1Reads: a manifest of the first format restores, and serves as the parent of an incremental;
+// a v1 manifest with v2 slices is refused.
+func TestFormatV1Reads(t *testing.T) {
+	st := fsStore(t)
+	e := newEngine(t, st, nil)
+	img := makeImage(8, testChunk, "RZA", 9*testChunk+100)
+	m := doBackup(t, e, "vol-v1", "b1", img, nil)
+	m.FormatVersion = backup.FormatVersion1
+	data, err := backup.EncodeManifest(m)
+	if err != nil {
+		t.Fatalf("a full backup's manifest is a valid v1 manifest: %v", err)
+	}
+	if err := backup.PutBytes(context.Background(), st, "volumes/vol-v1/manifests/b1.json", data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.Manifest(context.Background(), "vol-v1", "b1"); err != nil || got.FormatVersion != 1 {
+		t.Fatalf("manifest: %v, %v", got, err)
+	}
+	if got := restoreBytes(t, e, "vol-v1", "b1", int64(len(img))); !bytes.Equal(got, img) {
+		t.Fatal("v1 backup restores wrong bytes")
+	}
+	img2 := bytes.Clone(img)
+	img2[3*testChunk+5000] ^= 1
+	m2 := doBackup(t, e, "vol-v1", "b2", img2, func(r *backup.BackupRequest) {
+		r.Parent = "b1"
+		r.Changed = []backup.Extent{{Offset: 3*testChunk + 5000, Length: 1}}
+	})
+	if got := restoreBytes(t, e, "vol-v1", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
+		t.Fatal("incremental of a v1 parent restores wrong bytes")
+	}
+	sliced := false
+	for _, c := range m2.Chunks {
+		sliced = sliced || c.ChunkLength > 0
+	}
+	if !sliced {
+		t.Fatal("the incremental has no slice: it stored the changed cell whole")
+	}
+	m2.FormatVersion = backup.FormatVersion1
+	if _, err := backup.EncodeManifest(m2); !errors.Is(err, backup.ErrInvalidManifest) {
+		t.Fatalf("v1 manifest with slices: %v, want refused", err)
+	}
+}
+
+// TestManifestV2Geometry refuses slices that do not fit: across a cell, past their chunk, skip without a
+// chunk length, off a sector.
+func TestManifestV2Geometry(t *testing.T) {
+	id := strings.Repeat("ab", 32)
+	base := func() *backup.Manifest {
+		return &backup.Manifest{FormatVersion: backup.FormatVersion, VolumeID: "v", BackupID: "b", Size: 8192,
+			ChunkSize: 4096, Hash: backup.HashBLAKE3, Compression: backup.CompressionZstd,
+			Chunks: []backup.ChunkRef{
+				{Offset: 0, Length: 1024, ID: id, StoredSize: 10, Skip: 512, ChunkLength: 4096},
+				{Offset: 1024, Length: 3072, ID: id, StoredSize: 10},
+			},
+			ZeroRanges: []backup.Extent{{Offset: 4096, Length: 4096}},
+		}
+	}
+	if _, err := backup.EncodeManifest(base()); err != nil {
+		t.Fatalf("valid v2 manifest refused: %v", err)
+	}
+	for name, mod := range map[string]func(m *backup.Manifest){
+		"across a cell": func(m *backup.Manifest) {
+			m.Chunks[1].Length = 4096
+			m.ZeroRanges[0] = backup.Extent{Offset: 5120, Length: 3072}
+		},
+		"past its chunk":      func(m *backup.Manifest) { m.Chunks[0].Skip = 3584 },
+		"skip without length": func(m *backup.Manifest) { m.Chunks[0].ChunkLength = 0 },
+		"off a sector": func(m *backup.Manifest) {
+			m.Chunks[0].Length = 1000
+			m.Chunks[1].Offset = 1000
+			m.Chunks[1].Length = 3096
+		},
+		"negative skip": func(m *backup.Manifest) { m.Chunks[0].Skip = -512 },
+		"huge chunk":    func(m *backup.Manifest) { m.Chunks[0].ChunkLength = 1 << 40 },
+	} {
+		m := base()
+		mod(m)
+		if _, err := backup.EncodeManifest(m); !errors.Is(err, backup.ErrInvalidManifest) {
+			js, _ := json.Marshal(m.Chunks)
+			t.Errorf("%s: %v, want refused (%s)", name, err, js)
+		}
+	}
+}
+
+// TestLostParentChunkUnderASlice: a parent chunk that the store lost, which the new backup only slices, is
+// not made again from the source (the source no longer holds the rest of it); each slice is stored alone,
+// and the backup restores byte-identical and verifies.
+func TestLostParentChunkUnderASlice(t *testing.T) {
+	st := fsStore(t)
+	e := newEngine(t, st, nil)
+	img := makeImage(12, testChunk, "R", 6*testChunk)
+	m1 := doBackup(t, e, "vol-l", "b1", img, nil)
+	lost := m1.Chunks[2]
+	if err := st.Delete(context.Background(), "volumes/vol-l/chunks/"+lost.ID[:2]+"/"+lost.ID); err != nil {
+		t.Fatal(err)
+	}
+	img2 := bytes.Clone(img)
+	img2[2*testChunk+100] ^= 1
+	m2 := doBackup(t, e, "vol-l", "b2", img2, func(r *backup.BackupRequest) {
+		r.Parent = "b1"
+		r.Changed = []backup.Extent{{Offset: 2*testChunk + 100, Length: 1}}
+	})
+	for _, c := range m2.Chunks {
+		if c.ID == lost.ID {
+			t.Fatalf("b2 still names the lost chunk at %d", c.Offset)
+		}
+	}
+	if got := restoreBytes(t, e, "vol-l", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
+		t.Fatal("b2 restores wrong bytes")
+	}
+	if v, err := e.Verify(context.Background(), backup.VerifyRequest{VolumeID: "vol-l", BackupID: "b2", Deep: true}); err != nil || !v.OK() {
+		t.Fatalf("verify b2: %+v, %v", v, err)
+	}
+}
+
+// TestOverlappingChangedExtents: a hint whose extents overlap (sorted by offset, their ends do not ascend)
+// still counts every one of them; the change inside the long first extent is backed up.
+func TestOverlappingChangedExtents(t *testing.T) {
+	e := newEngine(t, fsStore(t), nil)
+	img := makeImage(13, testChunk, "R", 8*testChunk)
+	doBackup(t, e, "vol-o", "b1", img, nil)
+	img2 := bytes.Clone(img)
+	img2[3*testChunk+100] ^= 1
+	doBackup(t, e, "vol-o", "b2", img2, func(r *backup.BackupRequest) {
+		r.Parent = "b1"
+		r.Changed = []backup.Extent{{Offset: 0, Length: 4 * testChunk}, {Offset: testChunk, Length: 1}}
+	})
+	if got := restoreBytes(t, e, "vol-o", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
+		t.Fatal("the change inside the first of two overlapping extents was lost")
+	}
+}
