@@ -356,7 +356,7 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, plan backup
 	res := chunkResult{off: off, length: length}
 	parent := plan.parent
 	if parent != nil && plan.changed != nil {
-		runs := changedRuns(plan.changed, off, length, e.grain())
+		runs := changedRuns(plan.changed, off, length, runAlign)
 		if len(runs) == 0 {
 			if refs, zeros, ok := parent.piecesIn(off, length); ok {
 				res.refs, res.zeros = refs, zeros

@@ -2,7 +2,7 @@
 //
 // It owns the Store interface (the contract every backend passes, see storetest), the storage-neutral
 // backup format (a 4 MiB chunk grid, chunks named by BLAKE3 content hash — an incremental stores only
-// the 64 KiB blocks that changed in a cell and slices its parent's chunks for the rest, splice.go — zstd,
+// the blocks that changed in a cell and slices its parent's chunks for the rest, splice.go — zstd,
 // optional AES-256-GCM, one manifest per backup written last and, in an encrypted store, authenticated by
 // a MAC under the store key, everything under volumes/{volume_id}/), and the Engine that streams images:
 // Backup (bounded parallel read → zero-skip → hash → dedup → compress → encrypt → upload, throttled,

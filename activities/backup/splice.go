@@ -11,11 +11,13 @@ import (
 // Finer granularity than the chunk grid, without more objects (format v2).
 //
 // A cell of the chunk grid (4 MiB) is still what a backup reads, hashes and uploads at once, and a full
-// backup stores one chunk per cell, as before. An incremental backup looks inside a cell that changed, in
-// blocks of grain() (64 KiB: a qcow2 cluster): blocks that did not change stay slices of the parent's
-// chunks, all-zero blocks become zero ranges, and only the blocks that changed are stored, together, as
-// one new chunk for the cell. So one 4 KiB write stores one 64 KiB block (compressed), not 4 MiB, and an
-// incremental never makes more objects than cells it touched: one PUT per changed cell, as before.
+// backup stores one chunk per cell, as before. An incremental backup looks inside a cell that changed:
+// with the driver's changed extents it reads only those (to the 4 KiB page, runAlign); without them it
+// reads the cell and compares it with the parent's in blocks of grain() (64 KiB). Blocks that did not
+// change stay slices of the parent's chunks, all-zero blocks become zero ranges, and only the blocks that
+// changed are stored, together, as one new chunk for the cell. So one 4 KiB write stores 4 KiB (with
+// changed extents) or 64 KiB (compared), compressed, not 4 MiB, and an incremental never makes more objects
+// than cells it touched: one PUT per changed cell, as before.
 //
 // Why not smaller chunks (packs of 1 MiB blocks, restic's way, or content-defined chunking): a block device
 // does not shift its contents, so fixed blocks find every unchanged byte a CDC would, and slicing keeps GC,
@@ -25,8 +27,14 @@ import (
 // restore fetches each once); past it the cell is stored whole again, which also ends the slices' hold.
 const maxCellChunks = 8
 
-// grain is the block size within a cell at which changes are found: 1/64 of the chunk grid, at least 4 KiB.
-func (e *Engine) grain() int64 { return max(e.opts.ChunkSize/64, 4096) }
+// grain is the block size within a cell at which a cell read whole is compared with its parent's: 1/64 of
+// the chunk grid, at least 4 KiB. Changed extents from a driver are taken at runAlign instead: they were
+// found without reading, so reading them more finely costs nothing.
+func (e *Engine) grain() int64 { return max(e.opts.ChunkSize/64, runAlign) }
+
+// runAlign is the block size changed extents are widened to: a page, which every driver and target can
+// read and write at.
+const runAlign = 4096
 
 // cellBufs are one backup worker's buffers, allocated on first use: the cell read from the source, the
 // parent's bytes of the cell, the changed blocks to store, and an object being fetched.
@@ -89,8 +97,8 @@ func extentsLength(es []Extent) int64 {
 	return n
 }
 
-// spliceRuns backs up a cell of which only runs (whole blocks, from changedRuns) may differ from the parent:
-// it reads just those, and splices them into the parent's pieces. ok is false when the cell is better read
+// spliceRuns backs up a cell of which only runs (whole blocks of runAlign, from changedRuns) may differ from
+// the parent: it reads just those, and splices them into the parent's pieces. ok is false when the cell is better read
 // and stored whole (the parent does not cover it, or it would draw on too many chunks).
 func (e *Engine) spliceRuns(ctx context.Context, req BackupRequest, plan backupPlan, off, length int64,
 	runs []Extent, b *cellBufs) (chunkResult, bool, error) {
@@ -98,7 +106,7 @@ func (e *Engine) spliceRuns(ctx context.Context, req BackupRequest, plan backupP
 		return chunkResult{}, false, err
 	}
 	buf := b.cell(e.opts.ChunkSize)[:length]
-	g := e.grain()
+	g := int64(runAlign)
 	kinds := make([]blockKind, (length+g-1)/g)
 	for _, r := range runs {
 		if err := readFull(req.Source, buf[r.Offset-off:r.End()-off], r.Offset); err != nil {
@@ -111,7 +119,7 @@ func (e *Engine) spliceRuns(ctx context.Context, req BackupRequest, plan backupP
 			}
 		}
 	}
-	return e.splice(ctx, req, plan, off, buf, kinds, b)
+	return e.splice(ctx, req, plan, off, buf, kinds, g, b)
 }
 
 // spliceDiff compares a cell read whole (buf) with the parent's content of it, block by block, and splices
@@ -153,7 +161,7 @@ func (e *Engine) spliceDiff(ctx context.Context, req BackupRequest, plan backupP
 		return chunkResult{}, false, nil
 	}
 	plan.diffs.useful.Add(1)
-	return e.splice(ctx, req, plan, off, buf, kinds, b)
+	return e.splice(ctx, req, plan, off, buf, kinds, g, b)
 }
 
 // parentCell reads the parent's content of the cell [off, off+length) from its chunks (each fetched once,
@@ -187,13 +195,13 @@ func (e *Engine) parentCell(ctx context.Context, parent *Manifest, off, length i
 	return out, nil
 }
 
-// splice makes the cell at off from kinds (one per block of buf): runs of blockParent are the parent's
+// splice makes the cell at off from kinds (one per block of g bytes of buf): runs of blockParent are the parent's
 // pieces, runs of blockZero zero ranges, and the blockData blocks, in order, one new chunk that the data
 // runs are slices of. ok is false when the parent does not cover the cell or the result would draw on more
 // than maxCellChunks chunks.
 func (e *Engine) splice(ctx context.Context, req BackupRequest, plan backupPlan, off int64, buf []byte,
-	kinds []blockKind, b *cellBufs) (chunkResult, bool, error) {
-	length, g := int64(len(buf)), e.grain()
+	kinds []blockKind, g int64, b *cellBufs) (chunkResult, bool, error) {
+	length := int64(len(buf))
 	res := chunkResult{off: off, length: length}
 	if b.pack == nil {
 		b.pack = make([]byte, e.opts.ChunkSize)

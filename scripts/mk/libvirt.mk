@@ -13,6 +13,7 @@ services-up-libvirt:
 services-down-libvirt:
 	@scripts/services/libvirt.sh down
 
-## bench-drivers: point-in-time read of 1 GiB per volume driver vs dd / rbd export, and 1 % changed-extent read.
+## bench-drivers: point-in-time read of 4 GiB per volume driver vs dd / rbd export, 1 % changed-extent read,
+## and a full vs a 1 %-changed incremental backup through the engine (HOLDFAST_BENCH_SIZE_MIB sets the size).
 bench-drivers:
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./activities/volume/bench/
+	HOLDFAST_BENCH_SIZE_MIB=$${HOLDFAST_BENCH_SIZE_MIB:-4096} $(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./activities/volume/bench/
