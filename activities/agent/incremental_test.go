@@ -96,8 +96,8 @@ func (c *chain) fullRead(t *testing.T, up activities.UploadBackupResult, id, rea
 
 // generations runs a volume through a first backup and ten incremental ones with writes between them, then
 // through two fallback causes: its base snapshot deleted behind Holdfast's back, and its parent backup gone.
-// Every backup restores byte-identical, alone; each incremental reads only the 4 MiB chunks its writes
-// touched; each fallback reads everything and says why.
+// Every backup restores byte-identical, alone; each incremental reads only the blocks its writes touched;
+// each fallback reads everything and says why.
 func (c *chain) generations(t *testing.T, model []byte) {
 	size := int64(len(model))
 	first := c.backup(t, "b00", "")
@@ -109,12 +109,10 @@ func (c *chain) generations(t *testing.T, model []byte) {
 
 	rng := rand.New(rand.NewPCG(7, 7))
 	for g := 1; g <= 10; g++ {
-		touched := map[int64]bool{}
 		var writes []volume.Extent
 		for range 3 { // small writes anywhere, holes included
 			off := rng.Int64N(size/(64<<10)) * (64 << 10)
 			writes = append(writes, volume.Extent{Offset: off, Length: 64 << 10})
-			touched[off/(4*MiB)] = true
 		}
 		c.overwrite(t, model, uint64(100+g), writes...)
 		id := fmt.Sprintf("b%02d", g)
@@ -122,7 +120,9 @@ func (c *chain) generations(t *testing.T, model []byte) {
 		assert.True(t, up.Incremental, "%s: %s", id, up.FullReadReason)
 		assert.Empty(t, up.FullReadReason, id)
 		assert.Greater(t, up.ReadBytes, int64(0), id)
-		assert.LessOrEqual(t, up.ReadBytes, int64(len(touched))*4*MiB, "%s reads only the chunks its writes touched", id)
+		// The writes are 64 KiB-aligned: both drivers report exactly them (qcow2 clusters are 64 KiB), and the
+		// engine reads only what they report, not the 4 MiB cells around them.
+		assert.LessOrEqual(t, up.ReadBytes, int64(len(writes))*(64<<10), "%s reads only the blocks it wrote", id)
 		requireSame(t, model, c.restored(t, id), id)
 	}
 

@@ -89,6 +89,8 @@ func newCodec(key []byte, maxChunk int64, concurrency int) (*codec, error) {
 		return nil, err
 	}
 	c.dec = dec
+	// zstd's fastest level, by BenchmarkCompression: the default level stores 4.7 % fewer bytes for 16 % more
+	// CPU, and compression is most of a first backup's CPU (README, "peers").
 	c.encs.New = func() any {
 		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
 			zstd.WithLowerEncoderMem(true))
