@@ -81,10 +81,14 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if err != nil {
 		return nil, err
 	}
+	if plan.batch = e.newBatch(); plan.batch != nil {
+		defer plan.batch.Discard() // a failed backup leaves no chunk it did not flush
+	}
 	st, err := e.resumeBackup(ctx, req, plan.known)
 	if err != nil {
 		return nil, err
 	}
+	st.batch = plan.batch
 	if err := e.transfer(ctx, req, plan, st, rep); err != nil {
 		return nil, err
 	}
@@ -118,6 +122,9 @@ type backupPlan struct {
 	changed []Extent
 	// diffs decides whether a changed cell is compared with the parent's (see spliceDiff).
 	diffs *diffGate
+	// batch defers the durability of the chunks the backup stores (DeferredStore), nil on other stores:
+	// it is flushed before each journal segment and before the commit, and discarded when the backup fails.
+	batch PutBatch
 }
 
 // planBackup reads req.Parent's manifest (a parent that cannot be read fails the backup, wrapped "parent:")
@@ -294,6 +301,9 @@ func (e *Engine) commitBackup(ctx context.Context, lock *volumeLock, req BackupR
 	rep *progressReporter) (*Manifest, error) {
 	rep.report(Progress{Phase: PhaseCommit, BytesDone: req.Size, BytesTotal: req.Size, NextOffset: st.journalled}, true)
 	m := e.backupManifest(req, st)
+	if err := flush(ctx, st.batch); err != nil {
+		return nil, fmt.Errorf("backup %s of volume %s: commit: %w", req.BackupID, req.VolumeID, err)
+	}
 	// Every chunk m lists is confirmed stored (missing ones read from the source and uploaded again) and
 	// then the manifest is written, under the lock: see commit.
 	if _, err := e.commit(ctx, lock, m, e.repairFromSource(req)); err != nil {
@@ -395,7 +405,7 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, plan backup
 			return r, err
 		}
 	}
-	if ref.StoredSize, err = e.storeChunk(ctx, req.VolumeID, plan.known, id, buf, &b.seal); err != nil {
+	if ref.StoredSize, err = e.storeChunk(ctx, plan.batch, req.VolumeID, plan.known, id, buf, &b.seal); err != nil {
 		return res, err
 	}
 	res.refs = []ChunkRef{ref}
@@ -403,15 +413,16 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, plan backup
 }
 
 // storeChunk stores plain as chunk id unless it is known or found stored already, and returns the stored
-// object's size.
-func (e *Engine) storeChunk(ctx context.Context, volumeID string, known *knownSet, id string, plain []byte,
-	sb *sealBufs) (int64, error) {
+// object's size. With a batch the put is deferred: durable and visible once the batch is flushed.
+func (e *Engine) storeChunk(ctx context.Context, batch PutBatch, volumeID string, known *knownSet, id string,
+	plain []byte, sb *sealBufs) (int64, error) {
 	if size, ok := known.get(id); ok {
 		e.deduplicated(int64(len(plain)))
 		return size, nil
 	}
 	name := chunkName(volumeID, id)
-	if info, err := e.store.Stat(ctx, name); err == nil {
+	info, err := e.store.Stat(ctx, name)
+	if err == nil {
 		known.put(id, info.Size)
 		e.deduplicated(int64(len(plain)))
 		return info.Size, nil
@@ -419,11 +430,35 @@ func (e *Engine) storeChunk(ctx context.Context, volumeID string, known *knownSe
 		return 0, err
 	}
 	obj := e.codec.seal(id, plain, sb)
-	if err := PutBytes(ctx, e.store, name, obj); err != nil {
+	if batch != nil {
+		err = batch.Put(ctx, name, obj) // durable once flushed: before a journal or the manifest names it
+	} else {
+		err = PutBytes(ctx, e.store, name, obj)
+	}
+	if err != nil {
 		return 0, err
 	}
 	known.put(id, int64(len(obj)))
 	return int64(len(obj)), nil
+}
+
+// newBatch returns a batch of deferred puts on a store that has them (DeferredStore), else nil.
+func (e *Engine) newBatch() PutBatch {
+	if d, ok := e.store.(DeferredStore); ok {
+		return d.Batch()
+	}
+	return nil
+}
+
+// flush makes batch's puts durable and visible; nothing to do without a batch.
+func flush(ctx context.Context, batch PutBatch) error {
+	if batch == nil {
+		return nil
+	}
+	if err := batch.Flush(ctx); err != nil {
+		return fmt.Errorf("flush chunks: %w", err)
+	}
+	return nil
 }
 
 func (e *Engine) deduplicated(n int64) {
@@ -473,6 +508,7 @@ func (k *knownSet) put(id string, size int64) {
 
 // backupState is the in-order result of a backup so far.
 type backupState struct {
+	batch        PutBatch // the plan's: flushed before a journal segment names its chunks
 	createdAt    time.Time
 	lastJournal  time.Time // when the last journal segment was written (or the state made)
 	next         int64     // everything below is done (uploaded or zero), in order

@@ -196,7 +196,7 @@ func (e *Engine) repairFromSource(req BackupRequest) repairFunc {
 				return nil, err
 			}
 			var sb sealBufs
-			size, err := e.storeChunk(ctx, req.VolumeID, &knownSet{m: map[string]int64{}}, id, buf, &sb)
+			size, err := e.storeChunk(ctx, nil, req.VolumeID, &knownSet{m: map[string]int64{}}, id, buf, &sb)
 			if err != nil {
 				return nil, err
 			}

@@ -20,6 +20,7 @@ type GCReport struct {
 	DeletedBytes  int64  `json:"deleted_bytes"`
 	StaleJournals int    `json:"stale_journals"` // segments of abandoned resume journals removed
 	StaleLocks    int    `json:"stale_locks"`    // locks of operations that died without releasing them, removed
+	StaleTemp     int    `json:"stale_temp"`     // temporary files of puts whose process died, removed (DeferredStore)
 	// Busy, when not "", is why nothing was collected: another operation (a running backup) holds the
 	// volume. The next collection takes what this one could not.
 	Busy string `json:"busy,omitempty"`
@@ -55,9 +56,18 @@ func (e *Engine) GC(ctx context.Context, volumeID string, grace time.Duration) (
 	if err := e.sweep(lock.ctx, lock, rep, sweepPlan{chunkCutoff: cutoff, journalCutoff: cutoff}); err != nil {
 		return nil, fmt.Errorf("gc %s: %w", volumeID, err)
 	}
+	// What deferred puts of a process that died left behind. No backup of the volume runs now (the lock), and
+	// LockStale is how long one that lost its lock may still be writing.
+	if d, ok := e.store.(DeferredStore); ok {
+		n, err := d.RemoveStaleTemp(lock.ctx, volumePrefix(volumeID), e.opts.LockStale)
+		if err != nil {
+			return nil, fmt.Errorf("gc %s: remove stale temporary files: %w", volumeID, err)
+		}
+		rep.StaleTemp = n
+	}
 	e.opts.Logger.Info("gc done", "volume_id", volumeID, "manifests", rep.Manifests, "live_chunks", rep.LiveChunks,
 		"deleted_chunks", rep.DeletedChunks, "young_chunks", rep.YoungChunks, "stale_journals", rep.StaleJournals,
-		"stale_locks", rep.StaleLocks)
+		"stale_locks", rep.StaleLocks, "stale_temp", rep.StaleTemp)
 	return rep, nil
 }
 

@@ -56,7 +56,11 @@ func (c *codec) authenticJournal(volumeID, backupID string, seg journalSegment) 
 	return err == nil && hmac.Equal([]byte(seg.MAC), []byte(want))
 }
 
+// writeJournal writes the segment of what st did since the last one, once the chunks it names are durable.
 func (e *Engine) writeJournal(ctx context.Context, req BackupRequest, st *backupState) error {
+	if err := flush(ctx, st.batch); err != nil {
+		return err
+	}
 	seg := journalSegment{
 		FormatVersion: FormatVersion, Seq: st.seq, Size: req.Size, ChunkSize: e.opts.ChunkSize,
 		Parent: req.Parent, KeyID: e.codec.keyID, CreatedAt: st.createdAt,

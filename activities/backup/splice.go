@@ -247,7 +247,7 @@ func (e *Engine) splice(ctx context.Context, req BackupRequest, plan backupPlan,
 	if err != nil {
 		return res, false, err
 	}
-	size, err := e.storeChunk(ctx, req.VolumeID, plan.known, id, pack, &b.seal)
+	size, err := e.storeChunk(ctx, plan.batch, req.VolumeID, plan.known, id, pack, &b.seal)
 	if err != nil {
 		return res, false, err
 	}

@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/holdfast/holdfast/activities/backup"
+	"github.com/holdfast/holdfast/activities/backup/fs"
 )
 
 // chunkBytes sums the sizes of the chunk objects stored for vol.
@@ -313,4 +315,80 @@ func TestOverlappingChangedExtents(t *testing.T) {
 	if got := restoreBytes(t, e, "vol-o", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
 		t.Fatal("the change inside the first of two overlapping extents was lost")
 	}
+}
+
+// TestDeferredChunksAndTheJournal: on a local directory chunks are put deferred (fs batches). A backup that
+// crashes has journalled only chunks that are durable and visible, and leaves no temporary file behind (its
+// last journal write flushes what it put; fs's TestBatchPutsAreInvisibleUntilFlushed checks Discard); a
+// temporary file a dead process left is removed by GC.
+func TestDeferredChunksAndTheJournal(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, st, func(o *backup.Options) { o.CheckpointEvery = 2 })
+	img := makeImage(21, testChunk, "R", 30*testChunk)
+	crashing := &readCounter{r: bytes.NewReader(img), failAt: 17 * testChunk}
+	if _, err := e.Backup(ctx, backup.BackupRequest{VolumeID: "vol-j", BackupID: "b1", Source: crashing,
+		Size: int64(len(img))}); err == nil {
+		t.Fatal("the crashing backup succeeded")
+	}
+	journalled := 0
+	err = st.List(ctx, "volumes/vol-j/inprogress/", func(oi backup.ObjectInfo) error {
+		data, err := backup.ReadAll(ctx, st, oi.Name, 1<<20)
+		if err != nil {
+			return err
+		}
+		var seg struct{ Chunks []backup.ChunkRef }
+		if err := json.Unmarshal(data, &seg); err != nil {
+			return err
+		}
+		for _, c := range seg.Chunks {
+			journalled++
+			if _, err := st.Stat(ctx, "volumes/vol-j/chunks/"+c.ID[:2]+"/"+c.ID); err != nil {
+				t.Errorf("the journal names chunk %s at %d, which is not stored: %v", c.ID, c.Offset, err)
+			}
+		}
+		return nil
+	})
+	if err != nil || journalled == 0 {
+		t.Fatalf("journal: %d chunks, %v", journalled, err)
+	}
+	if left := tempFiles(t, root); len(left) != 0 {
+		t.Fatalf("the failed backup left temporary files: %v", left)
+	}
+
+	// A process that died with puts pending (another Store on the same directory stands for it).
+	dead, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Batch().Put(ctx, "volumes/vol-j/chunks/ab/"+strings.Repeat("ab", 32), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	for _, p := range tempFiles(t, root) {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := e.GC(ctx, "vol-j", time.Hour)
+	if err != nil || rep.StaleTemp != 1 {
+		t.Fatalf("gc: %+v, %v; want the dead process's temporary file removed", rep, err)
+	}
+	if left := tempFiles(t, root); len(left) != 0 {
+		t.Fatalf("left after gc: %v", left)
+	}
+}
+
+// tempFiles lists the temporary files under root.
+func tempFiles(t *testing.T, root string) []string {
+	t.Helper()
+	out, err := fs.TempFiles(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -54,6 +54,27 @@ type Store interface {
 	String() string
 }
 
+// DeferredStore is a Store that can defer the durability of puts: on a local directory two fsyncs per
+// chunk object are most of an incremental backup's time. A backup puts its chunks through its own Batch and
+// flushes it before anything that names them is written (a journal segment, the manifest), so nothing that
+// names a chunk outlives it in a crash. RemoveStaleTemp removes, under prefix, what batches left when their
+// process died before flushing or discarding them, older than age (never a live batch's puts).
+type DeferredStore interface {
+	Store
+	Batch() PutBatch
+	RemoveStaleTemp(ctx context.Context, prefix string, age time.Duration) (int, error)
+}
+
+// PutBatch is a set of deferred puts. Put stores data under name as Store.Put does, except that the object
+// is neither visible (Get, Stat, List) nor durable until a Flush returns nil; Flush makes every put so far
+// both (after a failed Flush they stay pending); Discard removes the puts not flushed. One goroutine at a
+// time uses a batch.
+type PutBatch interface {
+	Put(ctx context.Context, name string, data []byte) error
+	Flush(ctx context.Context) error
+	Discard()
+}
+
 // ValidateName reports whether name is a legal object name: non-empty '/'-separated components made of
 // letters, digits, '.', '_' and '-', none of them "." or "..". Stores call it so that no name can escape
 // their root, whatever the caller passes.

@@ -2,7 +2,9 @@
 //
 // It owns the mapping of object names onto files under one root directory and the atomic-write protocol
 // (temp file in the target directory, fsync, rename, fsync of the directory), so a crash never leaves a
-// partial object visible. It must never touch anything outside its root or follow names that could escape it.
+// partial object visible. Batches (backup.DeferredStore) write many objects and sync them together at
+// Flush (the files, then the renames, then their directories), so an object is never visible before it is
+// durable either. It must never touch anything outside its root or follow names that could escape it.
 package fs
 
 import (
@@ -11,9 +13,13 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/holdfast/holdfast/activities/backup"
 )
@@ -24,7 +30,13 @@ const tmpPrefix = ".tmp-"
 // Store keeps each object in a file named after it under Root.
 type Store struct {
 	root string
+
+	mu   sync.Mutex
+	live map[string]bool // temporary files of batches' puts not yet flushed or discarded
 }
+
+// deferred is a batch's put written to tmp, to be renamed to final when the batch is flushed.
+type deferred struct{ tmp, final string }
 
 // New opens (creating if needed) a store rooted at cfg.Path.
 func New(cfg Config) (*Store, error) {
@@ -53,21 +65,11 @@ func (s *Store) path(name string) (string, error) {
 // Put writes to a temp file beside the target, fsyncs it, renames it into place and fsyncs the directory:
 // the rename is the commit point, so readers never see a partial object.
 func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
-	p, err := s.path(name)
+	p, f, err := s.createTemp(ctx, name)
 	if err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
 		return err
 	}
 	dir := filepath.Dir(p)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("fs put %s: %w", name, err)
-	}
-	f, err := os.CreateTemp(dir, tmpPrefix+"*")
-	if err != nil {
-		return fmt.Errorf("fs put %s: %w", name, err)
-	}
 	defer func() {
 		if err != nil {
 			_ = f.Close()
@@ -94,6 +96,197 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (
 		return fmt.Errorf("fs put %s: %w", name, err)
 	}
 	return syncDir(dir)
+}
+
+// Batch starts a set of deferred puts (backup.DeferredStore): each is written to a temporary file beside
+// its object's (never listed) without syncing it; Flush syncs them together and renames them into place.
+// A crash before then leaves the temporary files, for RemoveStaleTemp.
+func (s *Store) Batch() backup.PutBatch { return &batch{s: s} }
+
+type batch struct {
+	s       *Store
+	pending []deferred
+}
+
+func (b *batch) Put(ctx context.Context, name string, data []byte) (err error) {
+	p, f, err := b.s.createTemp(ctx, name)
+	if err != nil {
+		return err
+	}
+	b.s.track(f.Name(), true)
+	if _, err = f.Write(data); err == nil {
+		err = f.Close()
+	} else {
+		_ = f.Close()
+	}
+	if err != nil {
+		b.s.track(f.Name(), false)
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("fs put %s: %w", name, err)
+	}
+	b.pending = append(b.pending, deferred{tmp: f.Name(), final: p})
+	return nil
+}
+
+// Flush makes the batch's puts durable and visible: their files are synced (concurrently, so the file
+// system commits them together), renamed into place, and their directories synced. Only the batch's own
+// files are synced, never the whole file system: on a hypervisor the store may share it with the guests'
+// disks. Puts it could not rename stay pending.
+func (b *batch) Flush(ctx context.Context) error {
+	if len(b.pending) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	files := make([]string, len(b.pending))
+	dirs := map[string]bool{}
+	for i, d := range b.pending {
+		files[i] = d.tmp
+		dirs[filepath.Dir(d.final)] = true
+	}
+	if err := syncAll(files, syncFile); err != nil {
+		return fmt.Errorf("fs flush: %w", err)
+	}
+	for len(b.pending) > 0 {
+		d := b.pending[0]
+		if err := os.Rename(d.tmp, d.final); err != nil {
+			return fmt.Errorf("fs flush: %w", err)
+		}
+		b.s.track(d.tmp, false)
+		b.pending = b.pending[1:]
+	}
+	if err := syncAll(slices.Collect(maps.Keys(dirs)), syncDir); err != nil {
+		return fmt.Errorf("fs flush: %w", err)
+	}
+	return nil
+}
+
+// flushWorkers bounds the syncs a Flush runs at once.
+const flushWorkers = 16
+
+// syncAll runs sync on every path, flushWorkers at a time, and returns the first error.
+func syncAll(paths []string, sync func(string) error) error {
+	errs := make(chan error, len(paths))
+	sem := make(chan struct{}, flushWorkers)
+	for _, p := range paths {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			errs <- sync(p)
+		}()
+	}
+	var first error
+	for range paths {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", path, err)
+	}
+	return nil
+}
+
+// Discard removes the puts not flushed.
+func (b *batch) Discard() {
+	for _, d := range b.pending {
+		_ = os.Remove(d.tmp)
+		b.s.track(d.tmp, false)
+	}
+	b.pending = nil
+}
+
+// track records whether tmp is a live batch's put, which RemoveStaleTemp must not remove.
+func (s *Store) track(tmp string, live bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.live == nil {
+		s.live = map[string]bool{}
+	}
+	if live {
+		s.live[tmp] = true
+	} else {
+		delete(s.live, tmp)
+	}
+}
+
+// RemoveStaleTemp removes the temporary files under prefix older than age, but none of a live batch's
+// puts: what a process that died mid-put, or before flushing or discarding a batch, left behind.
+func (s *Store) RemoveStaleTemp(ctx context.Context, prefix string, age time.Duration) (int, error) {
+	if err := backup.ValidateName(strings.TrimSuffix(prefix, "/")); err != nil {
+		return 0, err
+	}
+	cutoff := time.Now().Add(-age)
+	removed := 0
+	start := filepath.Join(s.root, filepath.FromSlash(prefix))
+	err := filepath.WalkDir(start, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, iofs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		live := s.live[p]
+		s.mu.Unlock()
+		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) || live {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil || !info.ModTime().Before(cutoff) {
+			return nil //nolint:nilerr // gone meanwhile, or young: not stale
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+			return err
+		}
+		removed++
+		return nil
+	})
+	return removed, err
+}
+
+// createTemp creates the temporary file a put of name writes before renaming it to path.
+func (s *Store) createTemp(ctx context.Context, name string) (path string, f *os.File, err error) {
+	if path, err = s.path(name); err != nil {
+		return "", nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", nil, err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", nil, fmt.Errorf("fs put %s: %w", name, err)
+	}
+	if f, err = os.CreateTemp(dir, tmpPrefix+"*"); err != nil {
+		return "", nil, fmt.Errorf("fs put %s: %w", name, err)
+	}
+	return path, f, nil
+}
+
+// TempFiles lists the temporary files under root: puts in flight, batches not flushed, or what a process
+// that died left (tests check that an operation leaves none).
+func TempFiles(root string) ([]string, error) {
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d iofs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), tmpPrefix) {
+			out = append(out, p)
+		}
+		return err
+	})
+	return out, err
 }
 
 func syncDir(dir string) error {

@@ -1,0 +1,119 @@
+package fs_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/activities/backup"
+	"github.com/holdfast/holdfast/activities/backup/fs"
+)
+
+// temps lists the temporary files under root.
+func temps(t *testing.T, root string) []string {
+	t.Helper()
+	out, err := fs.TempFiles(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestBatchPutsAreInvisibleUntilFlushed: a batch's put is not listed, read or stat-ed until Flush; then it
+// is, with its bytes; Discard leaves nothing of the puts not flushed.
+func TestBatchPutsAreInvisibleUntilFlushed(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d backup.DeferredStore = st
+	b := d.Batch()
+	if err := b.Put(ctx, "volumes/v/chunks/ab/one", []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Stat(ctx, "volumes/v/chunks/ab/one"); !errors.Is(err, backup.ErrNotExist) {
+		t.Fatalf("stat before flush: %v, want not exist", err)
+	}
+	listed := 0
+	if err := st.List(ctx, "volumes/", func(backup.ObjectInfo) error { listed++; return nil }); err != nil || listed != 0 {
+		t.Fatalf("list before flush: %d objects, %v", listed, err)
+	}
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := st.Get(ctx, "volumes/v/chunks/ab/one")
+	if err != nil {
+		t.Fatalf("get after flush: %v", err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(got, []byte("first")) {
+		t.Fatalf("after flush: %q", got)
+	}
+
+	if err := b.Put(ctx, "volumes/v/chunks/cd/two", []byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	b.Discard()
+	if _, err := st.Stat(ctx, "volumes/v/chunks/cd/two"); !errors.Is(err, backup.ErrNotExist) {
+		t.Fatalf("discarded put: %v, want not exist", err)
+	}
+	if left := temps(t, root); len(left) != 0 {
+		t.Fatalf("discard left %v", left)
+	}
+	if err := b.Flush(ctx); err != nil { // nothing pending any more
+		t.Fatal(err)
+	}
+	if _, err := st.Stat(ctx, "volumes/v/chunks/cd/two"); !errors.Is(err, backup.ErrNotExist) {
+		t.Fatalf("flush after discard made the put visible: %v", err)
+	}
+}
+
+// TestRemoveStaleTemp removes what a batch of a dead process left (another Store on the same directory
+// stands for it), once older than the age given, and never a live batch's puts.
+func TestRemoveStaleTemp(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dead.Batch().Put(ctx, "volumes/v/chunks/ab/lost", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	mine := st.Batch()
+	if err := mine.Put(ctx, "volumes/v/chunks/ab/live", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.RemoveStaleTemp(ctx, "volumes/v/", time.Hour); err != nil || n != 0 {
+		t.Fatalf("young temporary files: removed %d, %v", n, err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	for _, p := range temps(t, root) {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := st.RemoveStaleTemp(ctx, "volumes/v/", time.Hour); err != nil || n != 1 {
+		t.Fatalf("removed %d, %v; want the dead batch's one", n, err)
+	}
+	if err := mine.Flush(ctx); err != nil {
+		t.Fatalf("the live batch lost its put: %v", err)
+	}
+	if _, err := st.Stat(ctx, "volumes/v/chunks/ab/live"); err != nil {
+		t.Fatal(err)
+	}
+	if left := temps(t, root); len(left) != 0 {
+		t.Fatalf("left %v", left)
+	}
+}
