@@ -372,7 +372,9 @@ func (d *Driver) OpenWriter(ctx context.Context, vol volume.Ref) (volume.Writer,
 
 // reader reads an image opened at a snapshot.
 type reader struct {
-	mu   sync.Mutex // librbd image handles are not documented as safe for concurrent use
+	// mu lets reads run together (rbd_read on one image is thread-safe: librbd queues every request on the
+	// image's own work queue, and go-ceph's ReadAt keeps no state) and keeps diffs and Close to themselves.
+	mu   sync.RWMutex
 	img  *librbd.Image
 	size int64
 }
@@ -384,16 +386,20 @@ func (r *reader) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, short
 	}
-	r.mu.Lock()
+	r.mu.RLock()
 	n, err := r.img.ReadAt(p, off)
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	if err == nil && n == len(p) {
 		err = short
 	}
 	return n, err
 }
 
-func (r *reader) Close() error { return r.img.Close() }
+func (r *reader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.img.Close()
+}
 
 func (r *reader) diff(ctx context.Context, from string, keep func(exists int) bool) ([]volume.Extent, error) {
 	var out []volume.Extent
@@ -440,7 +446,9 @@ func (r *reader) Changed(ctx context.Context, parent string) ([]volume.Extent, e
 type writer struct {
 	img  *librbd.Image
 	size int64
-	mu   sync.Mutex
+	// mu lets writes run together, as reads do (see reader.mu); a Flush waits for the writes in flight, so
+	// that it covers every write that returned before it began.
+	mu sync.RWMutex
 }
 
 func (w *writer) Size() int64 { return w.size }
@@ -449,8 +457,8 @@ func (w *writer) WriteAt(p []byte, off int64) (int, error) {
 	if err := volume.CheckWrite(off, len(p), w.size); err != nil {
 		return 0, err
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.mu.RLock()
+	defer w.mu.RUnlock()
 	return w.img.WriteAt(p, off)
 }
 
