@@ -203,10 +203,7 @@ func (e *Engine) splice(ctx context.Context, req BackupRequest, plan backupPlan,
 	kinds []blockKind, g int64, b *cellBufs) (chunkResult, bool, error) {
 	length := int64(len(buf))
 	res := chunkResult{off: off, length: length}
-	if b.pack == nil {
-		b.pack = make([]byte, e.opts.ChunkSize)
-	}
-	pack := b.pack[:0]
+	pack := b.pack[:0]          // grows to what changed: a cell with one small change holds little
 	chunks := map[string]bool{} // the parent's chunks the cell draws on
 	data := 0                   // slices of the new chunk
 	for k := 0; k < len(kinds); {
@@ -237,6 +234,7 @@ func (e *Engine) splice(ctx context.Context, req BackupRequest, plan backupPlan,
 		}
 		k = j
 	}
+	b.pack = pack
 	if n := len(chunks) + min(data, 1); n > maxCellChunks {
 		return res, false, nil
 	}
