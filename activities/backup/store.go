@@ -67,8 +67,8 @@ type DeferredStore interface {
 
 // PutBatch is a set of deferred puts. Put stores data under name as Store.Put does, except that the object
 // is neither visible (Get, Stat, List) nor durable until a Flush returns nil; Flush makes every put so far
-// both (after a failed Flush they stay pending); Discard removes the puts not flushed. One goroutine at a
-// time uses a batch.
+// both (after a failed Flush they stay pending); Discard removes the puts not flushed. Safe for concurrent
+// use: "so far" is the puts that returned before Flush began.
 type PutBatch interface {
 	Put(ctx context.Context, name string, data []byte) error
 	Flush(ctx context.Context) error

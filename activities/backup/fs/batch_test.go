@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,5 +117,65 @@ func TestRemoveStaleTemp(t *testing.T) {
 	}
 	if left := temps(t, root); len(left) != 0 {
 		t.Fatalf("left %v", left)
+	}
+}
+
+// TestBatchConcurrentPutsAndFlushes: a backup's workers put while its collector flushes; every put ends up
+// visible after the last Flush, and nothing temporary is left.
+func TestBatchConcurrentPutsAndFlushes(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.Batch()
+	const workers, each = 8, 50
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if err := b.Put(ctx, fmt.Sprintf("volumes/v/chunks/%02d/%04d", w, i), []byte{byte(i)}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	flushed := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				flushed <- nil
+				return
+			default:
+				if err := b.Flush(ctx); err != nil {
+					flushed <- err
+					return
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	if err := st.List(ctx, "volumes/", func(backup.ObjectInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != workers*each {
+		t.Fatalf("%d objects visible, want %d", n, workers*each)
+	}
+	if left := temps(t, root); len(left) != 0 {
+		t.Fatalf("left %d temporary files", len(left))
 	}
 }

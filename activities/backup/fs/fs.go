@@ -105,6 +105,7 @@ func (s *Store) Batch() backup.PutBatch { return &batch{s: s} }
 
 type batch struct {
 	s       *Store
+	mu      sync.Mutex // Put runs from a backup's workers while its collector flushes
 	pending []deferred
 }
 
@@ -124,7 +125,9 @@ func (b *batch) Put(ctx context.Context, name string, data []byte) (err error) {
 		_ = os.Remove(f.Name())
 		return fmt.Errorf("fs put %s: %w", name, err)
 	}
+	b.mu.Lock()
 	b.pending = append(b.pending, deferred{tmp: f.Name(), final: p})
+	b.mu.Unlock()
 	return nil
 }
 
@@ -133,28 +136,36 @@ func (b *batch) Put(ctx context.Context, name string, data []byte) (err error) {
 // files are synced, never the whole file system: on a hypervisor the store may share it with the guests'
 // disks. Puts it could not rename stay pending.
 func (b *batch) Flush(ctx context.Context) error {
-	if len(b.pending) == 0 {
+	b.mu.Lock()
+	todo := b.pending // the puts that returned before this Flush; later ones wait for the next
+	b.pending = nil
+	b.mu.Unlock()
+	if len(todo) == 0 {
 		return nil
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	keep := func(rest []deferred, err error) error {
+		b.mu.Lock()
+		b.pending = append(rest, b.pending...)
+		b.mu.Unlock()
+		return fmt.Errorf("fs flush: %w", err)
 	}
-	files := make([]string, len(b.pending))
+	if err := ctx.Err(); err != nil {
+		return keep(todo, err)
+	}
+	files := make([]string, len(todo))
 	dirs := map[string]bool{}
-	for i, d := range b.pending {
+	for i, d := range todo {
 		files[i] = d.tmp
 		dirs[filepath.Dir(d.final)] = true
 	}
 	if err := syncAll(files, syncFile); err != nil {
-		return fmt.Errorf("fs flush: %w", err)
+		return keep(todo, err)
 	}
-	for len(b.pending) > 0 {
-		d := b.pending[0]
+	for i, d := range todo {
 		if err := os.Rename(d.tmp, d.final); err != nil {
-			return fmt.Errorf("fs flush: %w", err)
+			return keep(todo[i:], err)
 		}
 		b.s.track(d.tmp, false)
-		b.pending = b.pending[1:]
 	}
 	if err := syncAll(slices.Collect(maps.Keys(dirs)), syncDir); err != nil {
 		return fmt.Errorf("fs flush: %w", err)
@@ -199,11 +210,14 @@ func syncFile(path string) error {
 
 // Discard removes the puts not flushed.
 func (b *batch) Discard() {
-	for _, d := range b.pending {
+	b.mu.Lock()
+	todo := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, d := range todo {
 		_ = os.Remove(d.tmp)
 		b.s.track(d.tmp, false)
 	}
-	b.pending = nil
 }
 
 // track records whether tmp is a live batch's put, which RemoveStaleTemp must not remove.
