@@ -65,11 +65,12 @@ var commands = []*command{
 	{
 		name: "restore",
 		synopsis: []string{
-			"restore VOLUME (--snapshot ID | --backup ID) --in-place --confirm VOLUME_NAME",
-			"restore VOLUME (--snapshot ID | --backup ID) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H] [--path P | --pool P]",
+			"restore VOLUME (--snapshot ID | --backup ID | --latest-backup) --in-place --confirm VOLUME_NAME",
+			"restore VOLUME (--snapshot ID | --backup ID | --latest-backup) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H] [--path P | --pool P]",
 		},
 		summary: "restore over VOLUME (confirm with its name), or into a new volume NEW_ID beside it\n" +
-			"(named NEW_ID unless --new-name; plan and hypervisor default to the source's)",
+			"(named NEW_ID unless --new-name; plan and hypervisor default to the source's);\n" +
+			"--latest-backup is VOLUME's newest available backup",
 		mutating: true, minArgs: 1, maxArgs: 1, flags: restoreFlags, run: runRestore,
 	},
 	{
@@ -120,6 +121,7 @@ type options struct {
 
 	name                 string
 	snapshotID, backupID string
+	latestBackup         bool
 	confirm              string
 	inPlace              bool
 	newVolume, newName   string
@@ -138,6 +140,7 @@ func itemFlags(fs *flag.FlagSet, o *options) {
 
 func restoreFlags(fs *flag.FlagSet, o *options) {
 	itemFlags(fs, o)
+	fs.BoolVar(&o.latestBackup, "latest-backup", false, "restore VOLUME's newest available backup")
 	fs.BoolVar(&o.inPlace, "in-place", false, "overwrite VOLUME itself (needs --confirm with the volume's name)")
 	fs.StringVar(&o.confirm, "confirm", "", "the volume's `NAME`, retyped, for --in-place")
 	fs.StringVar(&o.newVolume, "new-volume", "", "restore into a new volume with this `ID`")

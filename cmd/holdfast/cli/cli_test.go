@@ -562,3 +562,33 @@ func TestIsCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoreLatestBackup: --latest-backup restores the newest backup whose status is available (not a
+// newer one still being created, nor an older one), and refuses a volume that has none.
+func TestRestoreLatestBackup(t *testing.T) {
+	f, srv := newFakeAPI(t)
+	v := f.addVolume("vol1", "web-data")
+	v.items["back-1"], v.items["back-2"], v.items["back-3"] = "old", "new", "running"
+	v.doc["backups"] = []any{
+		map[string]any{"backup_id": "back-2", "name": "new", "status": "available", "created_at": "2026-01-03T00:00:00Z"},
+		map[string]any{"backup_id": "back-3", "name": "running", "status": "creating", "created_at": "2026-01-04T00:00:00Z"},
+		map[string]any{"backup_id": "back-1", "name": "old", "status": "available", "created_at": "2026-01-02T00:00:00Z"},
+	}
+	r := run(t, srv, "restore", "vol1", "--latest-backup", "--new-volume", "vol2")
+	r.expect(t, ExitOK)
+	reqs := f.recorded()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests, want the volume's GET and the restore", len(reqs))
+	}
+	expectRequest(t, reqs[1], "POST", "/v1/volumes/vol1/restore", "",
+		`{"backup_id":"back-2","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2"}`)
+
+	r = run(t, srv, "restore", "vol1", "--latest-backup", "--backup", "back-1", "--new-volume", "vol2")
+	r.expect(t, ExitUsage)
+
+	f.addVolume("vol9", "empty")
+	r = run(t, srv, "restore", "vol9", "--latest-backup", "--new-volume", "vol2")
+	if r.code == ExitOK || !strings.Contains(r.stderr, "no available backup") {
+		t.Fatalf("a volume without backups: exit %d, %q", r.code, r.stderr)
+	}
+}

@@ -35,6 +35,16 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 	if err := checkID("VOLUME", volumeID); err != nil {
 		return err
 	}
+	if o.latestBackup {
+		if o.snapshotID != "" || o.backupID != "" {
+			return usagef("restore: --latest-backup excludes --snapshot and --backup")
+		}
+		id, err := inv.latestBackup(ctx, volumeID)
+		if err != nil {
+			return err
+		}
+		o.backupID = id
+	}
 	req := apiv1.RestoreRequest{SnapshotID: o.snapshotID, BackupID: o.backupID}
 	if err := checkSource(o); err != nil {
 		return err
@@ -76,6 +86,24 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 		return usagef("restore: say where to: --in-place --confirm <volume name>, or --new-volume NEW_ID")
 	}
 	return inv.start(ctx, http.MethodPost, volumePath(volumeID)+"/restore", nil, req)
+}
+
+// latestBackup is the ID of volumeID's newest backup whose status is "available" (api.md's item status).
+func (inv *invocation) latestBackup(ctx context.Context, volumeID string) (string, error) {
+	var v apiv1.Volume
+	if _, err := inv.api.getJSON(ctx, volumePath(volumeID), &v); err != nil {
+		return "", err
+	}
+	var latest *apiv1.Backup
+	for i, b := range v.Backups {
+		if b.Status == "available" && (latest == nil || b.CreatedAt.After(latest.CreatedAt)) {
+			latest = &v.Backups[i]
+		}
+	}
+	if latest == nil {
+		return "", fmt.Errorf("volume %s has no available backup", volumeID)
+	}
+	return latest.BackupID, nil
 }
 
 // checkSource insists on exactly one of --snapshot and --backup.

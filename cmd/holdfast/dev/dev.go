@@ -44,7 +44,13 @@ const (
 	SampleVolume = "sample"
 	SampleOwner  = "demo"
 	SampleSize   = 256 << 20
+	// SampleCopy is the volume the printed tour restores the sample's backup into.
+	SampleCopy = "sample-copy"
 )
+
+// DevCooldown is dev mode's cooldown between two operations on a volume, unless Options.Cooldown says
+// otherwise: off, so that the printed tour runs command after command (production keeps the spec's 5 min).
+const DevCooldown = time.Duration(0)
 
 // Options configure a dev run; Defaults fills them from the environment (api.md's HOLDFAST_* variables).
 type Options struct {
@@ -70,6 +76,7 @@ type Options struct {
 type Info struct {
 	APIURL, WebUI, PanelToken, DataDir, Metrics string
 	Libvirt                                     bool
+	Cooldown                                    time.Duration
 }
 
 // Defaults reads HOLDFAST_PANEL_TOKEN, HOLDFAST_OWNER_TOKENS, HOLDFAST_API_ADDR, HOLDFAST_DATA_DIR and
@@ -143,6 +150,10 @@ func Run(ctx context.Context, o Options) error {
 	if o.PanelToken == "" {
 		o.PanelToken = randomToken()
 	}
+	if o.Cooldown == nil {
+		cooldown := DevCooldown
+		o.Cooldown = &cooldown
+	}
 	libvirtURI := o.LibvirtURI
 	if libvirtURI == "" {
 		libvirtURI = detectLibvirt()
@@ -215,7 +226,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	info := Info{APIURL: "http://" + ln.Addr().String(), WebUI: fmt.Sprintf("http://127.0.0.1:%d", o.UIPort),
 		Metrics:    "http://" + o.MetricsAddr + "/metrics",
-		PanelToken: o.PanelToken, DataDir: o.DataDir, Libvirt: libvirtURI != file.NoLibvirt}
+		PanelToken: o.PanelToken, DataDir: o.DataDir, Libvirt: libvirtURI != file.NoLibvirt, Cooldown: *o.Cooldown}
 	printInfo(o.Out, info, o.OwnerTokens)
 	if o.Ready != nil {
 		o.Ready(info)
@@ -412,10 +423,20 @@ func printInfo(w io.Writer, i Info, owners map[string]string) {
 	if !i.Libvirt {
 		fmt.Fprintf(w, "  libvirt          not reachable: volumes are treated as detached\n")
 	}
-	fmt.Fprintf(w, "\nTry, in another shell:\n\n")
+	cooldown := "off"
+	if i.Cooldown > 0 {
+		cooldown = i.Cooldown.String()
+	}
+	fmt.Fprintf(w, "  Cooldown         %s between operations on a volume (production: 5m; holdfast dev --cooldown 5m)\n", cooldown)
+	// The tour: TestDevRunsTheProductAndStopsCleanly runs these lines as printed, in order.
+	fmt.Fprintf(w, "\nTry, in another shell, in order:\n\n")
 	fmt.Fprintf(w, "  export HOLDFAST_API=%s HOLDFAST_TOKEN=%s\n", i.APIURL, i.PanelToken)
 	fmt.Fprintf(w, "  bin/holdfast snapshot %s --wait\n", SampleVolume)
-	fmt.Fprintf(w, "  bin/holdfast backup %s --wait\n", SampleVolume)
-	fmt.Fprintf(w, "  bin/holdfast status %s\n\n", SampleVolume)
+	fmt.Fprintf(w, "  bin/holdfast backup %s --wait                                   # live progress: phase, %%, MB/s, ETA\n", SampleVolume)
+	fmt.Fprintf(w, "  bin/holdfast restore %s --latest-backup --new-volume %s --wait\n", SampleVolume, SampleCopy)
+	fmt.Fprintf(w, "  bin/holdfast status %s\n", SampleVolume)
+	fmt.Fprintf(w, "  bin/holdfast status %s\n\n", SampleCopy)
+	fmt.Fprintf(w, "Then watch the workflows in the Web UI (%s/namespaces/default/workflows) and the\n", i.WebUI)
+	fmt.Fprintf(w, "metrics (curl -s %s | grep ^holdfast_).\n\n", i.Metrics)
 	fmt.Fprintf(w, "Ctrl-C stops everything.\n")
 }

@@ -3,7 +3,9 @@ package dev
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,8 +52,6 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 		MetricsAddr: startertest.FreeAddress(t), PanelToken: "dev-token", TemporalBin: bin,
 		TemporalAddr: startertest.FreeAddress(t), UIPort: port(t, startertest.FreeAddress(t)),
 		LibvirtURI: file.NoLibvirt, OwnerTokens: map[string]string{}}
-	cooldown := time.Duration(0)
-	o.Cooldown = &cooldown
 	var out bytes.Buffer
 	o.Out = &out
 	ready := make(chan Info, 1)
@@ -74,15 +74,24 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 	require.NoError(t, err)
 	assert.Positive(t, st.Size())
 
-	env := func(k string) string {
-		return map[string]string{"HOLDFAST_API": info.APIURL, "HOLDFAST_TOKEN": info.PanelToken}[k]
-	}
-	for _, args := range [][]string{{"snapshot", SampleVolume, "--wait"}, {"backup", SampleVolume, "--wait"},
-		{"status", SampleVolume}} {
+	// The tour, exactly as printed: the export line gives the environment, every bin/holdfast line runs in
+	// order (with dev mode's own cooldown, not one the test picked), and each must succeed.
+	env, tour := printedTour(t, out.String())
+	require.Len(t, tour, 5, "the tour: snapshot, backup, restore, status, status")
+	for _, args := range tour {
 		var stdout, stderr bytes.Buffer
-		code := cli.Run(context.Background(), args, &stdout, &stderr, env)
+		code := cli.Run(context.Background(), args, &stdout, &stderr, func(k string) string { return env[k] })
 		require.Equal(t, 0, code, "holdfast %s: %s%s", strings.Join(args, " "), stdout.String(), stderr.String())
 	}
+	assert.Equal(t, info.APIURL, env["HOLDFAST_API"])
+	images, _ := filepath.Glob(filepath.Join(o.DataDir, "volumes", "[^.]*.qcow2"))
+	assert.Len(t, images, 2, "the tour restored the sample into a new volume beside it: %v", images)
+	// The metrics the tour points at serve Holdfast's own.
+	resp, err := http.Get(info.Metrics)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Contains(t, string(body), "holdfast_")
 	// Billing is wired: the hourly schedule exists on the server and writes to the dev ledger.
 	tc, err := client.Dial(client.Options{HostPort: o.TemporalAddr, Logger: startertest.QuietLogger{}})
 	require.NoError(t, err)
@@ -108,4 +117,28 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 		require.NoError(t, err, "%s still in use after stop", addr)
 		ln.Close()
 	}
+}
+
+// printedTour parses what dev printed after "Try, in another shell": the variables of its export line,
+// and the arguments of each bin/holdfast line (a trailing "# comment" dropped).
+func printedTour(t *testing.T, out string) (map[string]string, [][]string) {
+	t.Helper()
+	_, rest, ok := strings.Cut(out, "Try, in another shell")
+	require.True(t, ok, "no tour in %s", out)
+	env := map[string]string{}
+	var tour [][]string
+	for _, line := range strings.Split(rest, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		fields := strings.Fields(line)
+		switch {
+		case len(fields) > 1 && fields[0] == "export":
+			for _, kv := range fields[1:] {
+				k, v, _ := strings.Cut(kv, "=")
+				env[k] = v
+			}
+		case len(fields) > 1 && fields[0] == "bin/holdfast":
+			tour = append(tour, fields[1:])
+		}
+	}
+	return env, tour
 }
