@@ -23,16 +23,30 @@ BENCHES      :=
 
 include $(sort $(wildcard scripts/mk/*.mk))
 
-.PHONY: all build run test test-unit test-go lint vet fmt bench deps tools services-up services-down clean
+.PHONY: all build run test test-unit test-go lint vet fmt bench deps go-check tools services-up services-down clean
 all: build
 
 build:
 	$(GO) build -o bin/holdfast ./cmd/holdfast
 
-run: build temporal
+# run and test install what they need first, each step saying what it does: Debian packages (deps: a no-op
+# once present, root needed the first time), then tools built from source once per machine.
+run: go-check
+	@echo "make run: step 1/4: Debian packages (qemu-utils, librados headers, ...)"
+	@$(MAKE) --no-print-directory deps
+	@echo "make run: step 2/4: building bin/holdfast"
+	@$(MAKE) --no-print-directory build
+	@echo "make run: step 3/4: the Temporal CLI dev server (built from source the first time: ~10 minutes on 2 cores)"
+	@$(MAKE) --no-print-directory temporal
+	@echo "make run: step 4/4: bin/holdfast dev"
 	bin/holdfast dev
 
-## deps: install the Debian packages every area needs (CI and fresh machines).
+# go-check: the one thing neither target installs.
+go-check:
+	@command -v $(GO) >/dev/null || { echo "make: Go is not on PATH: install Go (go.mod says which) and" \
+		"export PATH=/usr/local/go/bin:\$$PATH" >&2; exit 1; }
+
+## deps: install the Debian packages every area needs (make run and make test call it; a no-op once done).
 deps:
 	@scripts/apt-install.sh $(sort $(APT_PACKAGES))
 
@@ -43,7 +57,9 @@ services-down: $(addprefix services-down-,$(SERVICES))
 
 ## test: lint (scripts/mk/lint.mk), build the tools, start every service, run all tests, stop the services
 ## (even on failure).
-test: lint tools
+test: go-check deps
+	@echo "make test: tools (built from source once per machine), lint, then every test against real services"
+	@$(MAKE) --no-print-directory lint tools
 	@scripts/with-services.sh $(MAKE) --no-print-directory test-go
 
 # The fault-injection suite (scripts/mk/faults.mk) runs on its own, after the rest: it loads the machine
