@@ -16,6 +16,7 @@ type AbandonReport struct {
 	DeletedChunks   int    `json:"deleted_chunks"`
 	DeletedBytes    int64  `json:"deleted_bytes"`
 	KeptChunks      int    `json:"kept_chunks"` // referenced by the volume's other backups or resume journals
+	TempFiles       int    `json:"temp_files"`  // chunks of a killed attempt never flushed (DeferredStore), removed
 }
 
 // Abandon is a failed or aborted backup's compensation: it removes, at once and not after a GC grace,
@@ -69,6 +70,14 @@ func (e *Engine) Abandon(ctx context.Context, volumeID, backupID string) (*Aband
 		rep.JournalSegments++
 	}
 
+	// What an attempt killed before it flushed left (DeferredStore): invisible to the sweep.
+	if d, ok := e.store.(DeferredStore); ok {
+		n, err := d.RemoveTemp(ctx, volumePrefix(volumeID), backupID)
+		if err != nil {
+			return fail(err)
+		}
+		rep.TempFiles = n
+	}
 	gc := &GCReport{VolumeID: volumeID}
 	if err := e.sweep(ctx, lock, gc, sweepPlan{}); err != nil {
 		return fail(err)

@@ -81,7 +81,9 @@ func (e *Engine) Backup(ctx context.Context, req BackupRequest) (*Manifest, erro
 	if err != nil {
 		return nil, err
 	}
-	if plan.batch = e.newBatch(); plan.batch != nil {
+	if plan.batch, err = e.newBatch(ctx, req); err != nil {
+		return nil, err
+	} else if plan.batch != nil {
 		defer plan.batch.Discard() // a failed backup leaves no chunk it did not flush
 	}
 	st, err := e.resumeBackup(ctx, req, plan.known)
@@ -442,12 +444,22 @@ func (e *Engine) storeChunk(ctx context.Context, batch PutBatch, volumeID string
 	return int64(len(obj)), nil
 }
 
-// newBatch returns a batch of deferred puts on a store that has them (DeferredStore), else nil.
-func (e *Engine) newBatch() PutBatch {
-	if d, ok := e.store.(DeferredStore); ok {
-		return d.Batch()
+// newBatch returns a batch of deferred puts for req's backup on a store that has them (DeferredStore), else
+// nil, after removing what an earlier attempt of the backup, killed before it flushed, left: this attempt
+// holds the backup's lock, so that one is dead or about to find its lock lost.
+func (e *Engine) newBatch(ctx context.Context, req BackupRequest) (PutBatch, error) {
+	d, ok := e.store.(DeferredStore)
+	if !ok {
+		return nil, nil
 	}
-	return nil
+	if n, err := d.RemoveTemp(ctx, volumePrefix(req.VolumeID), req.BackupID); err != nil {
+		return nil, fmt.Errorf("backup %s of volume %s: remove an earlier attempt's temporary files: %w",
+			req.BackupID, req.VolumeID, err)
+	} else if n > 0 {
+		e.opts.Logger.Info("backup: removed an earlier attempt's temporary files", "volume_id", req.VolumeID,
+			"backup_id", req.BackupID, "files", n)
+	}
+	return d.Batch(req.BackupID), nil
 }
 
 // flush makes batch's puts durable and visible; nothing to do without a batch.

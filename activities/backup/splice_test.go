@@ -365,7 +365,7 @@ func TestDeferredChunksAndTheJournal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dead.Batch().Put(ctx, "volumes/vol-j/chunks/ab/"+strings.Repeat("ab", 32), []byte("x")); err != nil {
+	if err := dead.Batch("b1").Put(ctx, "volumes/vol-j/chunks/ab/"+strings.Repeat("ab", 32), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	old := time.Now().Add(-time.Hour)
@@ -421,5 +421,39 @@ func TestReplicateSlicedBackup(t *testing.T) {
 	}
 	if got := restoreBytes(t, dst, "vol-rs", "b2", int64(len(img2))); !bytes.Equal(got, img2) {
 		t.Fatal("the replica of a sliced backup restores wrong bytes")
+	}
+}
+
+// TestKilledAttemptsTempFilesAreRemoved: what an attempt of a backup killed before it flushed left (another
+// Store on the same directory stands for the dead process) is removed by the backup's next attempt, and by
+// its abandon.
+func TestKilledAttemptsTempFilesAreRemoved(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, st, nil)
+	img := makeImage(41, testChunk, "R", 6*testChunk)
+	for _, id := range []string{"b1", "b2"} {
+		dead, err := fs.New(fs.Config{Path: root})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dead.Batch(id).Put(ctx, "volumes/vol-k/chunks/ab/"+strings.Repeat("ab", 32), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	doBackup(t, e, "vol-k", "b1", img, nil)
+	if left := tempFiles(t, root); len(left) != 1 {
+		t.Fatalf("after b1's next attempt: %v; want only b2's", left)
+	}
+	rep, err := e.Abandon(ctx, "vol-k", "b2")
+	if err != nil || rep.TempFiles != 1 {
+		t.Fatalf("abandon b2: %+v, %v", rep, err)
+	}
+	if left := tempFiles(t, root); len(left) != 0 {
+		t.Fatalf("after b2's abandon: %v", left)
 	}
 }

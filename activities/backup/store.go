@@ -57,11 +57,14 @@ type Store interface {
 // DeferredStore is a Store that can defer the durability of puts: on a local directory two fsyncs per
 // chunk object are most of an incremental backup's time. A backup puts its chunks through its own Batch and
 // flushes it before anything that names them is written (a journal segment, the manifest), so nothing that
-// names a chunk outlives it in a crash. RemoveStaleTemp removes, under prefix, what batches left when their
-// process died before flushing or discarding them, older than age (never a live batch's puts).
+// names a chunk outlives it in a crash. A batch is tagged with its backup's ID: what an attempt killed
+// before flushing left under prefix, RemoveTemp(prefix, tag) removes (the backup's next attempt, which holds
+// its lock, and its abandon do), and RemoveStaleTemp removes whatever is older than age (GC). Neither
+// touches a live batch of this process.
 type DeferredStore interface {
 	Store
-	Batch() PutBatch
+	Batch(tag string) PutBatch
+	RemoveTemp(ctx context.Context, prefix, tag string) (int, error)
 	RemoveStaleTemp(ctx context.Context, prefix string, age time.Duration) (int, error)
 }
 

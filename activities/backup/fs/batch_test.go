@@ -35,7 +35,7 @@ func TestBatchPutsAreInvisibleUntilFlushed(t *testing.T) {
 		t.Fatal(err)
 	}
 	var d backup.DeferredStore = st
-	b := d.Batch()
+	b := d.Batch("b1")
 	if err := b.Put(ctx, "volumes/v/chunks/ab/one", []byte("first")); err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +90,10 @@ func TestRemoveStaleTemp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := dead.Batch().Put(ctx, "volumes/v/chunks/ab/lost", []byte("x")); err != nil {
+	if err := dead.Batch("b1").Put(ctx, "volumes/v/chunks/ab/lost", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	mine := st.Batch()
+	mine := st.Batch("b1")
 	if err := mine.Put(ctx, "volumes/v/chunks/ab/live", []byte("y")); err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestBatchConcurrentPutsAndFlushes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := st.Batch()
+	b := st.Batch("b1")
 	const workers, each = 8, 50
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -177,5 +177,38 @@ func TestBatchConcurrentPutsAndFlushes(t *testing.T) {
 	}
 	if left := temps(t, root); len(left) != 0 {
 		t.Fatalf("left %d temporary files", len(left))
+	}
+}
+
+// TestRemoveTempByTag removes what a batch with the tag left, whatever its age, and nothing of another tag
+// (IDs may hold '-': "b1" is not "b1-2") or of a live batch.
+func TestRemoveTempByTag(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tag := range []string{"b1", "b1", "b1-2", "b10"} {
+		if err := dead.Batch(tag).Put(ctx, "volumes/v/chunks/ab/"+tag, []byte(tag)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	live := st.Batch("b1")
+	if err := live.Put(ctx, "volumes/v/chunks/cd/live", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.RemoveTemp(ctx, "volumes/v/", "b1"); err != nil || n != 2 {
+		t.Fatalf("removed %d, %v; want the dead b1 batch's 2", n, err)
+	}
+	if left := temps(t, root); len(left) != 3 {
+		t.Fatalf("left %v; want b1-2's, b10's and the live batch's", left)
+	}
+	if err := live.Flush(ctx); err != nil {
+		t.Fatalf("the live batch lost its put: %v", err)
 	}
 }

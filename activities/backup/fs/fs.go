@@ -65,7 +65,7 @@ func (s *Store) path(name string) (string, error) {
 // Put writes to a temp file beside the target, fsyncs it, renames it into place and fsyncs the directory:
 // the rename is the commit point, so readers never see a partial object.
 func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (err error) {
-	p, f, err := s.createTemp(ctx, name)
+	p, f, err := s.createTemp(ctx, name, "")
 	if err != nil {
 		return err
 	}
@@ -101,16 +101,17 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader, size int64) (
 // Batch starts a set of deferred puts (backup.DeferredStore): each is written to a temporary file beside
 // its object's (never listed) without syncing it; Flush syncs them together and renames them into place.
 // A crash before then leaves the temporary files, for RemoveStaleTemp.
-func (s *Store) Batch() backup.PutBatch { return &batch{s: s} }
+func (s *Store) Batch(tag string) backup.PutBatch { return &batch{s: s, tag: tag} }
 
 type batch struct {
 	s       *Store
+	tag     string     // in its files' names, for RemoveTemp
 	mu      sync.Mutex // Put runs from a backup's workers while its collector flushes
 	pending []deferred
 }
 
 func (b *batch) Put(ctx context.Context, name string, data []byte) (err error) {
-	p, f, err := b.s.createTemp(ctx, name)
+	p, f, err := b.s.createTemp(ctx, name, b.tag)
 	if err != nil {
 		return err
 	}
@@ -237,10 +238,28 @@ func (s *Store) track(tmp string, live bool) {
 // RemoveStaleTemp removes the temporary files under prefix older than age, but none of a live batch's
 // puts: what a process that died mid-put, or before flushing or discarding a batch, left behind.
 func (s *Store) RemoveStaleTemp(ctx context.Context, prefix string, age time.Duration) (int, error) {
+	cutoff := time.Now().Add(-age)
+	return s.removeTemp(ctx, prefix, func(_ string, info iofs.FileInfo) bool { return info.ModTime().Before(cutoff) })
+}
+
+// RemoveTemp removes the temporary files under prefix of batches tagged tag, but none of a live batch's
+// puts: what an attempt of that backup killed before it flushed left behind.
+func (s *Store) RemoveTemp(ctx context.Context, prefix, tag string) (int, error) {
+	if tag == "" {
+		return 0, errors.New("fs: RemoveTemp needs a tag")
+	}
+	return s.removeTemp(ctx, prefix, func(name string, _ iofs.FileInfo) bool {
+		// .tmp-TAG-<CreateTemp's digits>: the digits tell tag "b1" from "b1-2" (IDs may hold '-').
+		rest, ok := strings.CutPrefix(name, tmpPrefix+tag+"-")
+		return ok && rest != "" && strings.Trim(rest, "0123456789") == ""
+	})
+}
+
+// removeTemp removes the temporary files under prefix that match says to, never a live batch's.
+func (s *Store) removeTemp(ctx context.Context, prefix string, match func(name string, info iofs.FileInfo) bool) (int, error) {
 	if err := backup.ValidateName(strings.TrimSuffix(prefix, "/")); err != nil {
 		return 0, err
 	}
-	cutoff := time.Now().Add(-age)
 	removed := 0
 	start := filepath.Join(s.root, filepath.FromSlash(prefix))
 	err := filepath.WalkDir(start, func(p string, d iofs.DirEntry, err error) error {
@@ -260,8 +279,8 @@ func (s *Store) RemoveStaleTemp(ctx context.Context, prefix string, age time.Dur
 			return nil
 		}
 		info, err := d.Info()
-		if err != nil || !info.ModTime().Before(cutoff) {
-			return nil //nolint:nilerr // gone meanwhile, or young: not stale
+		if err != nil || !match(d.Name(), info) {
+			return nil //nolint:nilerr // gone meanwhile, or not one to remove
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 			return err
@@ -272,8 +291,9 @@ func (s *Store) RemoveStaleTemp(ctx context.Context, prefix string, age time.Dur
 	return removed, err
 }
 
-// createTemp creates the temporary file a put of name writes before renaming it to path.
-func (s *Store) createTemp(ctx context.Context, name string) (path string, f *os.File, err error) {
+// createTemp creates the temporary file a put of name writes before renaming it to path: .tmp-TAG-* for a
+// batch's put (tag a valid name component, see backup.ValidateName), .tmp-* for Put's.
+func (s *Store) createTemp(ctx context.Context, name, tag string) (path string, f *os.File, err error) {
 	if path, err = s.path(name); err != nil {
 		return "", nil, err
 	}
@@ -284,7 +304,14 @@ func (s *Store) createTemp(ctx context.Context, name string) (path string, f *os
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return "", nil, fmt.Errorf("fs put %s: %w", name, err)
 	}
-	if f, err = os.CreateTemp(dir, tmpPrefix+"*"); err != nil {
+	pattern := tmpPrefix + "*"
+	if tag != "" {
+		if err := backup.ValidateName(tag); err != nil || strings.Contains(tag, "/") {
+			return "", nil, fmt.Errorf("fs put %s: bad batch tag %q", name, tag)
+		}
+		pattern = tmpPrefix + tag + "-*"
+	}
+	if f, err = os.CreateTemp(dir, pattern); err != nil {
 		return "", nil, fmt.Errorf("fs put %s: %w", name, err)
 	}
 	return path, f, nil
