@@ -295,11 +295,20 @@ func TestResumeAfterCrash(t *testing.T) {
 
 	st := fsStore(t)
 	e := newEngine(t, st, opts)
-	crashing := &readCounter{r: bytes.NewReader(img), failAt: 25 * testChunk}
+	// The crash waits for a first checkpoint: with fast workers, the cells past it could otherwise all be read
+	// (and the crash happen) while the first cell's worker has yet to run, and there would be nothing to resume.
+	checkpointed := make(chan struct{})
+	var once sync.Once
+	crashing := &readCounter{r: bytes.NewReader(img), failAt: 25 * testChunk, failAfter: checkpointed}
 	var last backup.Progress
 	_, err := e.Backup(context.Background(), backup.BackupRequest{VolumeID: "vol-r", BackupID: "b1",
 		Source: crashing, Size: int64(len(img)), SourceType: "raw", Labels: map[string]string{"test": t.Name()},
-		Progress: func(p backup.Progress) { last = p }})
+		Progress: func(p backup.Progress) {
+			last = p
+			if p.NextOffset > 0 {
+				once.Do(func() { close(checkpointed) })
+			}
+		}})
 	if err == nil || !strings.Contains(err.Error(), "simulated crash") {
 		t.Fatalf("crashing backup: %v", err)
 	}

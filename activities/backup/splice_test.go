@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -330,9 +331,15 @@ func TestDeferredChunksAndTheJournal(t *testing.T) {
 	}
 	e := newEngine(t, st, func(o *backup.Options) { o.CheckpointEvery = 2 })
 	img := makeImage(21, testChunk, "R", 30*testChunk)
-	crashing := &readCounter{r: bytes.NewReader(img), failAt: 17 * testChunk}
+	checkpointed := make(chan struct{}) // the crash waits for a first checkpoint (see TestResumeAfterCrash)
+	var once sync.Once
+	crashing := &readCounter{r: bytes.NewReader(img), failAt: 17 * testChunk, failAfter: checkpointed}
 	if _, err := e.Backup(ctx, backup.BackupRequest{VolumeID: "vol-j", BackupID: "b1", Source: crashing,
-		Size: int64(len(img))}); err == nil {
+		Size: int64(len(img)), Progress: func(p backup.Progress) {
+			if p.NextOffset > 0 {
+				once.Do(func() { close(checkpointed) })
+			}
+		}}); err == nil {
 		t.Fatal("the crashing backup succeeded")
 	}
 	journalled := 0
