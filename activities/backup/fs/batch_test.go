@@ -29,11 +29,7 @@ func temps(t *testing.T, root string) []string {
 // is, with its bytes; Discard leaves nothing of the puts not flushed.
 func TestBatchPutsAreInvisibleUntilFlushed(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	st, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, st := newStore(t)
 	var d backup.DeferredStore = st
 	b := d.Batch("b1")
 	if err := b.Put(ctx, "volumes/v/chunks/ab/one", []byte("first")); err != nil {
@@ -81,15 +77,8 @@ func TestBatchPutsAreInvisibleUntilFlushed(t *testing.T) {
 // stands for it), once older than the age given, and never a live batch's puts.
 func TestRemoveStaleTemp(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	st, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, st := newStore(t)
+	dead := openStore(t, root) // another process's view of the same directory
 	if err := dead.Batch("b1").Put(ctx, "volumes/v/chunks/ab/lost", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -124,11 +113,7 @@ func TestRemoveStaleTemp(t *testing.T) {
 // visible after the last Flush, and nothing temporary is left.
 func TestBatchConcurrentPutsAndFlushes(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	st, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, st := newStore(t)
 	b := st.Batch("b1")
 	const workers, each = 8, 50
 	var wg sync.WaitGroup
@@ -184,15 +169,8 @@ func TestBatchConcurrentPutsAndFlushes(t *testing.T) {
 // (IDs may hold '-': "b1" is not "b1-2") or of a live batch.
 func TestRemoveTempByTag(t *testing.T) {
 	ctx := context.Background()
-	root := t.TempDir()
-	st, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, err := fs.New(fs.Config{Path: root})
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, st := newStore(t)
+	dead := openStore(t, root) // another process's view of the same directory
 	for _, tag := range []string{"b1", "b1", "b1-2", "b10"} {
 		if err := dead.Batch(tag).Put(ctx, "volumes/v/chunks/ab/"+tag, []byte(tag)); err != nil {
 			t.Fatal(err)
@@ -211,4 +189,21 @@ func TestRemoveTempByTag(t *testing.T) {
 	if err := live.Flush(ctx); err != nil {
 		t.Fatalf("the live batch lost its put: %v", err)
 	}
+}
+
+// newStore opens a store on a fresh directory.
+func newStore(t *testing.T) (string, *fs.Store) {
+	t.Helper()
+	root := t.TempDir()
+	return root, openStore(t, root)
+}
+
+// openStore opens a store on root.
+func openStore(t *testing.T, root string) *fs.Store {
+	t.Helper()
+	st, err := fs.New(fs.Config{Path: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
