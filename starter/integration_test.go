@@ -263,6 +263,8 @@ func TestIntegrationAbortReleasesTheLock(t *testing.T) {
 	assert.Equal(t, workflows.StatusAborted, final.Status)
 	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-abort")
 	recordHistory(t, c.hf, workflows.OperationWorkflowID(op.OperationID), "backup-aborted")
+	// The same, recorded after permit-activity (the owner asked through an activity, not a local one).
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("vol1"), "volume-abort-permit-activity")
 	_, err = c.hf.Abort(ctx, "vol1", "again")
 	assert.Equal(t, workflows.ErrNoActiveOperation, typeOf(err))
 	_, err = c.hf.Snapshot(ctx, "nope", "")

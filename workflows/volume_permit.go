@@ -10,6 +10,15 @@ import (
 // permitTimeout bounds the wait for an owner's permit: asking (AcquirePermitActivity) and then the answer.
 const permitTimeout = 20 * time.Second
 
+// permitActivityChange asks the owner through an activity, not a local activity. The answer comes by signal,
+// and the wait for it makes a timer only while no answer is buffered (ReceiveWithTimeout). A local
+// activity's result is not an event: when it outlasted a workflow-task heartbeat, the live worker applied it
+// before seeing the answer that had arrived meanwhile (timer made), while replay applies a task's local
+// activity markers after that task's new events (answer buffered, no timer) — a nondeterminism CI hit once
+// (TMPRL1100, "a matching Timer command was expected"). An activity's completion is an event, ordered with
+// the signal the same way live and on replay.
+const permitActivityChange = "permit-activity"
+
 // AcquirePermitActivity is the control-plane activity that delivers a volume's PermitRequest to its owner's
 // workflow, starting that workflow if it does not run (input AcquirePermitInput).
 const AcquirePermitActivity = "AcquirePermit"
@@ -32,15 +41,21 @@ func (v *volume) takePermit(ctx workflow.Context, req *OperationRequest) error {
 	started := workflow.Now(ctx)
 	ask := PermitRequest{LeaseID: req.OperationID, VolumeID: v.volumeID, Limit: v.st.Spec.OwnerLimit,
 		TTL: v.permitTTL(), Waiter: req.Waiter}
-	// A local activity: the control worker that runs this workflow task delivers the signal itself, without
-	// an activity task's round trip through the server (the request's answer waits on it).
-	lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-		ScheduleToCloseTimeout: permitTimeout,
-		StartToCloseTimeout:    permitTimeout / 2,
-		RetryPolicy:            &temporal.RetryPolicy{InitialInterval: 200 * time.Millisecond, MaximumInterval: 2 * time.Second},
-	})
-	err := workflow.ExecuteLocalActivity(lctx, AcquirePermitActivity,
-		AcquirePermitInput{OwnerID: v.st.Spec.OwnerID, Request: ask}).Get(ctx, nil)
+	in := AcquirePermitInput{OwnerID: v.st.Spec.OwnerID, Request: ask}
+	retry := &temporal.RetryPolicy{InitialInterval: 200 * time.Millisecond, MaximumInterval: 2 * time.Second}
+	var err error
+	if workflow.GetVersion(ctx, permitActivityChange, workflow.DefaultVersion, 1) == workflow.DefaultVersion {
+		// Recorded before permitActivityChange: a local activity.
+		lctx := workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+			ScheduleToCloseTimeout: permitTimeout, StartToCloseTimeout: permitTimeout / 2, RetryPolicy: retry,
+		})
+		err = workflow.ExecuteLocalActivity(lctx, AcquirePermitActivity, in).Get(ctx, nil)
+	} else {
+		actx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+			ScheduleToCloseTimeout: permitTimeout, StartToCloseTimeout: permitTimeout / 2, RetryPolicy: retry,
+		})
+		err = workflow.ExecuteActivity(actx, AcquirePermitActivity, in).Get(ctx, nil)
+	}
 	if err != nil {
 		workflow.GetLogger(ctx).Warn("owner permit not asked for in time", "volume_id", v.volumeID,
 			"operation_id", req.OperationID, "error", err)
