@@ -374,7 +374,7 @@ func (e *Engine) backupChunk(ctx context.Context, req BackupRequest, plan backup
 				res.refs, res.zeros = refs, zeros
 				return res, nil
 			}
-		} else if extentsLength(runs) <= length/2 {
+		} else if worthSplicing(extentsLength(runs), length) {
 			if r, ok, err := e.spliceRuns(ctx, req, plan, off, length, runs, b); err != nil || ok {
 				return r, err
 			}
@@ -431,16 +431,28 @@ func (e *Engine) storeChunk(ctx context.Context, batch PutBatch, volumeID string
 	} else if !errors.Is(err, ErrNotExist) {
 		return 0, err
 	}
+	size, err := e.putChunk(ctx, batch, volumeID, id, plain, sb)
+	if err != nil {
+		return 0, err
+	}
+	known.put(id, size)
+	return size, nil
+}
+
+// putChunk seals plain as chunk id and stores it, whatever is stored under its name already, and returns
+// the stored object's size. With a batch the put is deferred: durable and visible once the batch is flushed
+// (before a journal segment or the manifest names it).
+func (e *Engine) putChunk(ctx context.Context, batch PutBatch, volumeID, id string, plain []byte, sb *sealBufs) (int64, error) {
 	obj := e.codec.seal(id, plain, sb)
+	var err error
 	if batch != nil {
-		err = batch.Put(ctx, name, obj) // durable once flushed: before a journal or the manifest names it
+		err = batch.Put(ctx, chunkName(volumeID, id), obj)
 	} else {
-		err = PutBytes(ctx, e.store, name, obj)
+		err = PutBytes(ctx, e.store, chunkName(volumeID, id), obj)
 	}
 	if err != nil {
 		return 0, err
 	}
-	known.put(id, int64(len(obj)))
 	return int64(len(obj)), nil
 }
 

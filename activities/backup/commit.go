@@ -170,14 +170,13 @@ func (e *Engine) repairFromSource(req BackupRequest) repairFunc {
 				return nil, err
 			}
 			if id == c.ID {
-				var sb sealBufs
-				obj := e.codec.seal(id, plain, &sb)
-				if err := PutBytes(ctx, e.store, chunkName(req.VolumeID, id), obj); err != nil {
+				size, err := e.putChunk(ctx, nil, req.VolumeID, id, plain, &sealBufs{})
+				if err != nil {
 					return nil, err
 				}
 				out := slices.Clone(refs)
 				for i := range out {
-					out[i].StoredSize = int64(len(obj))
+					out[i].StoredSize = size
 				}
 				return out, nil
 			}
@@ -187,6 +186,9 @@ func (e *Engine) repairFromSource(req BackupRequest) repairFunc {
 		}
 		out := make([]ChunkRef, len(refs))
 		for i, r := range refs {
+			if err := e.throttle(ctx, r.Length); err != nil {
+				return nil, err
+			}
 			buf := make([]byte, r.Length)
 			if err := readFull(req.Source, buf, r.Offset); err != nil {
 				return nil, err
@@ -195,8 +197,7 @@ func (e *Engine) repairFromSource(req BackupRequest) repairFunc {
 			if err != nil {
 				return nil, err
 			}
-			var sb sealBufs
-			size, err := e.storeChunk(ctx, nil, req.VolumeID, &knownSet{m: map[string]int64{}}, id, buf, &sb)
+			size, err := e.putChunk(ctx, nil, req.VolumeID, id, buf, &sealBufs{})
 			if err != nil {
 				return nil, err
 			}

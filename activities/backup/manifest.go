@@ -75,10 +75,15 @@ func (c ChunkRef) slice(from, to int64) ChunkRef {
 	s.ChunkLength = c.PlainLength()
 	s.Skip = c.Skip + from - c.Offset
 	s.Offset, s.Length = from, to-from
-	if s.Skip == 0 && s.Length == s.ChunkLength {
-		s.ChunkLength = 0 // the whole chunk after all
+	return s.trimmed()
+}
+
+// trimmed is c without ChunkLength when c slices all of its chunk: a whole-chunk ref after all.
+func (c ChunkRef) trimmed() ChunkRef {
+	if c.Skip == 0 && c.Length == c.ChunkLength {
+		c.ChunkLength = 0
 	}
-	return s
+	return c
 }
 
 // Manifest describes one backup completely: with it and the chunks it names, the volume can be restored

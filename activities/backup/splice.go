@@ -68,18 +68,15 @@ const (
 	blockData                    // changed: stored in the cell's new chunk
 )
 
-// changedRuns clips the sorted extents to the cell [off, off+length), widens them to whole blocks of grain
-// (counted from the cell's start) and merges them.
-func changedRuns(sorted []Extent, off, length, grain int64) []Extent {
+// changedRuns clips the extents (from mergeExtents: sorted, non-empty, ends ascending) to the cell
+// [off, off+length), widens them to whole blocks of grain (counted from the cell's start) and merges them.
+func changedRuns(merged []Extent, off, length, grain int64) []Extent {
 	var runs []Extent
 	end := off + length
-	i := sort.Search(len(sorted), func(i int) bool { return sorted[i].End() > off })
-	for ; i < len(sorted) && sorted[i].Offset < end; i++ {
-		if sorted[i].Length <= 0 {
-			continue
-		}
-		from := off + (max(sorted[i].Offset, off)-off)/grain*grain
-		to := min(off+(min(sorted[i].End(), end)-off+grain-1)/grain*grain, end)
+	i := sort.Search(len(merged), func(i int) bool { return merged[i].End() > off })
+	for ; i < len(merged) && merged[i].Offset < end; i++ {
+		from := off + (max(merged[i].Offset, off)-off)/grain*grain
+		to := min(off+(min(merged[i].End(), end)-off+grain-1)/grain*grain, end)
 		if n := len(runs); n > 0 && runs[n-1].End() >= from {
 			runs[n-1].Length = max(runs[n-1].End(), to) - runs[n-1].Offset
 			continue
@@ -88,6 +85,10 @@ func changedRuns(sorted []Extent, off, length, grain int64) []Extent {
 	}
 	return runs
 }
+
+// worthSplicing says whether a cell of length with changed bytes changed is spliced, not stored whole: when
+// at most half of it changed.
+func worthSplicing(changed, length int64) bool { return changed <= length/2 }
 
 func extentsLength(es []Extent) int64 {
 	var n int64
@@ -157,7 +158,7 @@ func (e *Engine) spliceDiff(ctx context.Context, req BackupRequest, plan backupP
 			changed += to - from
 		}
 	}
-	if changed > length/2 {
+	if !worthSplicing(changed, length) {
 		return chunkResult{}, false, nil
 	}
 	plan.diffs.useful.Add(1)
@@ -252,9 +253,7 @@ func (e *Engine) splice(ctx context.Context, req BackupRequest, plan backupPlan,
 	for i := range res.refs {
 		if r := &res.refs[i]; r.ID == "" {
 			r.ID, r.StoredSize, r.ChunkLength = id, size, int64(len(pack))
-			if r.Skip == 0 && r.Length == r.ChunkLength {
-				r.ChunkLength = 0
-			}
+			*r = r.trimmed()
 		}
 	}
 	return res, true, nil

@@ -24,8 +24,12 @@ import (
 	"github.com/holdfast/holdfast/activities/backup"
 )
 
-// tmpPrefix marks in-flight writes; List skips them and a later GC-style cleanup may remove stale ones.
+// tmpPrefix marks in-flight writes and batches' unflushed puts: List skips them, RemoveTemp and
+// RemoveStaleTemp remove them.
 const tmpPrefix = ".tmp-"
+
+// isTemp reports whether d is a temporary file (tmpPrefix).
+func isTemp(d iofs.DirEntry) bool { return !d.IsDir() && strings.HasPrefix(d.Name(), tmpPrefix) }
 
 // Store keeps each object in a file named after it under Root.
 type Store struct {
@@ -275,7 +279,7 @@ func (s *Store) removeTemp(ctx context.Context, prefix string, match func(name s
 		s.mu.Lock()
 		live := s.live[p]
 		s.mu.Unlock()
-		if d.IsDir() || !strings.HasPrefix(d.Name(), tmpPrefix) || live {
+		if !isTemp(d) || live {
 			return nil
 		}
 		info, err := d.Info()
@@ -322,7 +326,7 @@ func (s *Store) createTemp(ctx context.Context, name, tag string) (path string, 
 func TempFiles(root string) ([]string, error) {
 	var out []string
 	err := filepath.WalkDir(root, func(p string, d iofs.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), tmpPrefix) {
+		if err == nil && isTemp(d) {
 			out = append(out, p)
 		}
 		return err
@@ -394,7 +398,7 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(backup.ObjectIn
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if d.IsDir() || strings.HasPrefix(d.Name(), tmpPrefix) {
+		if d.IsDir() || isTemp(d) {
 			return nil
 		}
 		rel, err := filepath.Rel(s.root, p)
