@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
@@ -37,6 +39,12 @@ type creation struct {
 }
 
 // isENOENT reports librbd's "does not exist" in either of the forms go-ceph returns it.
+// isErrno says whether err carries the (negative) errno code from librbd.
+func isErrno(err error, code int) bool {
+	var c interface{ ErrorCode() int }
+	return errors.As(err, &c) && c.ErrorCode() == code
+}
+
 func isENOENT(err error) bool {
 	return errors.Is(err, librbd.ErrNotFound) || errors.Is(err, librbd.ErrNotExist)
 }
@@ -187,17 +195,19 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 	}
 	defer img.Close()
 	snap := img.GetSnapshot(snapshot)
-	if err := d.createExclusive(dst, size, func(dstIO *rados.IOContext) error {
-		// Clone format 1 needs a protected parent snapshot; unprotected again once the clone is flattened.
-		if p, err := snap.IsProtected(); err == nil && !p {
-			if err := snap.Protect(); err != nil && !errors.Is(err, librbd.ErrExist) {
-				return fmt.Errorf("protect %s@%s: %w", src, snapshot, err)
-			}
-		}
-		opts := librbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
-	}); err != nil {
+	guard := &d.protection
+	err = d.createExclusive(dst, size, func(dstIO *rados.IOContext) error {
+		guard.Lock()
+		defer guard.Unlock()
+		return cloneProtected(snap, fmt.Sprintf("%s@%s", src, snapshot), func() error {
+			opts := librbd.NewRbdImageOptions()
+			defer opts.Destroy()
+			return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
+		})
+	})
+	if err != nil {
+		// A loser of a race for dst may have protected the snapshot after the winner unprotected it.
+		unprotect(guard, snap)
 		return err
 	}
 	clone, err := d.open(dst, "", false)
@@ -212,11 +222,56 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 		}
 	}
 	clone.Close()
+	unprotect(guard, snap)
+	return nil
+}
+
+// protection is what cloneProtected needs of a *librbd.Snapshot.
+type protection interface {
+	IsProtected() (bool, error)
+	Protect() error
+}
+
+// cloneAttempts bounds how often a clone is retried after its parent snapshot was unprotected between
+// protecting it and cloning it (by another host's restore from the same snapshot finishing then).
+const cloneAttempts = 5
+
+// cloneProtected protects snap (clone format 1 needs a protected parent) and runs clone. Protecting races
+// with other restores from the same snapshot: librbd answers EBUSY to a second protect, and an unprotect can
+// slip in before the clone (EINVAL); both are taken as "try again", a bounded number of times.
+func cloneProtected(snap protection, name string, clone func() error) error {
+	var err error
+	for range cloneAttempts {
+		if p, perr := snap.IsProtected(); perr != nil {
+			return fmt.Errorf("protect %s: %w", name, perr)
+		} else if !p {
+			if perr := snap.Protect(); perr != nil {
+				if p, _ := snap.IsProtected(); !p {
+					return fmt.Errorf("protect %s: %w", name, perr)
+				}
+			}
+		}
+		err = clone()
+		if !isErrno(err, -int(syscall.EINVAL)) {
+			return err
+		}
+		if p, _ := snap.IsProtected(); p {
+			return err // invalid for another reason than a lost protection
+		}
+	}
+	return err
+}
+
+// unprotect lifts the protection of a snapshot a restore-to-new protected, once its clone is flattened.
+// Other clones may still depend on it (EBUSY): then it stays protected until they are flattened and their
+// restores unprotect it. guard keeps this agent's own restores from the same snapshot from unprotecting it
+// between another's protect and clone.
+func unprotect(guard *sync.Mutex, snap *librbd.Snapshot) {
+	guard.Lock()
+	defer guard.Unlock()
 	if p, err := snap.IsProtected(); err == nil && p {
-		// Other clones may still depend on it (EBUSY): then it stays protected until they are flattened.
 		_ = snap.Unprotect()
 	}
-	return nil
 }
 
 // DeleteVolume removes the image and its snapshots. With vol.CreatedBy set (the compensation of the
