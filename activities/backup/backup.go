@@ -127,6 +127,8 @@ type backupPlan struct {
 	// batch defers the durability of the chunks the backup stores (DeferredStore), nil on other stores:
 	// it is flushed before each journal segment and before the commit, and discarded when the backup fails.
 	batch PutBatch
+	// prefetch reads the runs of sparse changed cells ahead of the workers (nil without changed extents).
+	prefetch *runPrefetcher
 }
 
 // planBackup reads req.Parent's manifest (a parent that cannot be read fails the backup, wrapped "parent:")
@@ -243,6 +245,12 @@ func (e *Engine) uploadChunks(ctx context.Context, req BackupRequest, plan backu
 	results chan<- chunkResult) error {
 	cs := e.opts.ChunkSize
 	bufs := make([]cellBufs, e.opts.Concurrency)
+	if plan.parent != nil && plan.changed != nil {
+		pctx, cancel := context.WithCancel(ctx)
+		plan.prefetch = e.startPrefetch(pctx, req, plan, start, nChunks)
+		defer plan.prefetch.wait() // runs after cancel: nothing reads the source once this returns
+		defer cancel()
+	}
 	return parallel(ctx, e.opts.Concurrency, nChunks, func(ctx context.Context, w, i int) error {
 		off := start + int64(i)*cs
 		r, err := e.backupChunk(ctx, req, plan, off, min(cs, req.Size-off), &bufs[w])

@@ -103,15 +103,23 @@ func extentsLength(es []Extent) int64 {
 // and stored whole (the parent does not cover it, or it would draw on too many chunks).
 func (e *Engine) spliceRuns(ctx context.Context, req BackupRequest, plan backupPlan, off, length int64,
 	runs []Extent, b *cellBufs) (chunkResult, bool, error) {
-	if err := e.throttle(ctx, extentsLength(runs)); err != nil {
+	buf := b.cell(e.opts.ChunkSize)[:length]
+	prefetched, err := plan.prefetch.take(ctx, off, runs, buf)
+	if err != nil {
 		return chunkResult{}, false, err
 	}
-	buf := b.cell(e.opts.ChunkSize)[:length]
+	if !prefetched {
+		if err := e.throttle(ctx, extentsLength(runs)); err != nil {
+			return chunkResult{}, false, err
+		}
+	}
 	g := int64(runAlign)
 	kinds := make([]blockKind, (length+g-1)/g)
 	for _, r := range runs {
-		if err := readFull(req.Source, buf[r.Offset-off:r.End()-off], r.Offset); err != nil {
-			return chunkResult{}, false, err
+		if !prefetched {
+			if err := readFull(req.Source, buf[r.Offset-off:r.End()-off], r.Offset); err != nil {
+				return chunkResult{}, false, err
+			}
 		}
 		for k := (r.Offset - off) / g; k*g < r.End()-off; k++ {
 			kinds[k] = blockData
