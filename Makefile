@@ -66,8 +66,9 @@ test: go-check deps
 # with dev servers, MinIOs and killed processes, which would only make the timing of the others noisy.
 test-go:
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -skip '^TestFault' ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -skip '^Test(Fault|Cluster)' ./...
 	$(MAKE) --no-print-directory test-faults
+	$(MAKE) --no-print-directory test-cluster
 
 ## test-unit: tests that need no service (the ones that do skip, naming their make target).
 test-unit:

@@ -37,8 +37,16 @@ func TestMain(m *testing.M) {
 		defer stop()
 		os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	for _, stop := range afterTests {
+		stop()
+	}
+	os.Exit(code)
 }
+
+// afterTests run once every test has ended: they stop what tests share across the run (the Temporal cluster
+// of cluster_test.go).
+var afterTests []func()
 
 func signalContext() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -50,7 +58,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 type e2e struct {
 	t      *testing.T
-	dev    *startertest.DevServer
+	dev    *startertest.DevServer // nil on a shared Temporal (e2eOptions.temporal)
 	dir    string
 	config string
 	api    string
@@ -61,8 +69,10 @@ type e2e struct {
 	procs map[string]*exec.Cmd
 	// metrics is each process's /metrics address.
 	metrics map[string]string
-	// temporal is a client of the dev server, dialled on first use.
-	temporal client.Client
+	// temporal is the frontend the processes use, and their namespace.
+	temporal temporalTarget
+	// temporalClient is a client of it, dialled on first use.
+	temporalClient client.Client
 }
 
 const panelToken = "panel-e2e"
@@ -80,6 +90,14 @@ type e2eOptions struct {
 	ledger bool
 	// hv1Hang lists driver calls hv1's agent hangs in forever (workers.HangEnv): a wedged hypervisor.
 	hv1Hang string
+	// temporal runs the processes on an existing Temporal (frontend address and namespace) instead of a dev
+	// server of the test's own.
+	temporal *temporalTarget
+}
+
+// temporalTarget is a Temporal frontend and the namespace Holdfast uses on it.
+type temporalTarget struct {
+	address, namespace string
 }
 
 // newE2E starts a dev server and real worker, agent (hv1, hv2) and API processes; hv1 is throttled to
@@ -89,9 +107,14 @@ func newE2E(t *testing.T, bandwidth int64) *e2e {
 }
 
 func startE2E(t *testing.T, o e2eOptions) *e2e {
-	dev := startertest.StartDevServer(t)
+	var dev *startertest.DevServer
+	target := o.temporal
+	if target == nil {
+		dev = startertest.StartDevServer(t)
+		target = &temporalTarget{address: dev.Address, namespace: "default"}
+	}
 	dir := t.TempDir()
-	e := &e2e{t: t, dev: dev, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
+	e := &e2e{t: t, dev: dev, temporal: *target, dir: dir, config: filepath.Join(dir, "holdfast.yaml"), api: startertest.FreeAddress(t),
 		procs: map[string]*exec.Cmd{}, metrics: map[string]string{}}
 	if o.limits == "" {
 		o.limits = "{cooldown: 1s}"
@@ -105,7 +128,7 @@ func startE2E(t *testing.T, o e2eOptions) *e2e {
 		billing = fmt.Sprintf("billing: {ledger_path: %q}", e.ledgerPath())
 	}
 	cfg := fmt.Sprintf(`
-temporal: {address: %q}
+temporal: {address: %q, namespace: %q}
 limits: %s
 backup_storages: {local: %s}
 hypervisor_groups: {g1: {backup_storage: local}}
@@ -113,7 +136,7 @@ hypervisors:
   hv1: {group: g1, libvirt_uri: %s, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
   hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
 %s
-`, dev.Address, o.limits, e.storageYAML(), hv1Libvirt(t), o.hv1Bandwidth, filepath.Join(dir, "volumes"),
+`, target.address, target.namespace, o.limits, e.storageYAML(), hv1Libvirt(t), o.hv1Bandwidth, filepath.Join(dir, "volumes"),
 		o.hv2Bandwidth, filepath.Join(dir, "volumes"), billing)
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
@@ -164,15 +187,16 @@ func (e *e2e) storageYAML() string {
 
 func (e *e2e) ledgerPath() string { return filepath.Join(e.dir, "billing.jsonl") }
 
-// client returns a Temporal client of the dev server (closed when the test ends).
+// client returns a Temporal client of the processes' Temporal and namespace (closed when the test ends).
 func (e *e2e) client() client.Client {
-	if e.temporal == nil {
-		c, err := client.Dial(client.Options{HostPort: e.dev.Address, Logger: startertest.QuietLogger{}})
+	if e.temporalClient == nil {
+		c, err := client.Dial(client.Options{HostPort: e.temporal.address, Namespace: e.temporal.namespace,
+			Logger: startertest.QuietLogger{}})
 		require.NoError(e.t, err)
 		e.t.Cleanup(c.Close)
-		e.temporal = c
+		e.temporalClient = c
 	}
-	return e.temporal
+	return e.temporalClient
 }
 
 func (e *e2e) start(name string, args ...string) { e.startWith(name, nil, args...) }
