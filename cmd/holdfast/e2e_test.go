@@ -24,6 +24,7 @@ import (
 	"github.com/holdfast/holdfast/activities/backup/fs"
 	"github.com/holdfast/holdfast/activities/backup/stores"
 	"github.com/holdfast/holdfast/activities/volume/volumetest"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/startertest"
 	"github.com/holdfast/holdfast/workers"
 	"github.com/holdfast/holdfast/workflows"
@@ -279,7 +280,8 @@ func (e *e2e) call(method, path, token string, body any) (int, map[string]any) {
 	req, err := http.NewRequest(method, "http://"+e.api+path, rd)
 	require.NoError(e.t, err)
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
+	// Every call is checked against docs/openapi.yaml: an answer it does not describe fails the test.
+	resp, err := (&http.Client{Transport: apitest.Transport(e.t, nil)}).Do(req)
 	require.NoError(e.t, err)
 	defer resp.Body.Close()
 	var out map[string]any

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/activities"
+	"github.com/holdfast/holdfast/docs"
 	"github.com/holdfast/holdfast/starter/api/apiv1"
 )
 
@@ -69,6 +70,7 @@ func New(backend Backend, tokens Tokens, health func(context.Context) error, log
 	}
 	s := &Server{backend: backend, tokens: tokens, health: health, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /v1/openapi.json", s.openAPI)
 	s.mux.HandleFunc("PUT /v1/volumes/{volume_id}", s.auth(s.putVolume))
 	s.mux.HandleFunc("GET /v1/volumes/{volume_id}", s.auth(s.getVolume))
 	s.mux.HandleFunc("DELETE /v1/volumes/{volume_id}", s.auth(s.deleteVolume))
@@ -141,4 +143,18 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, apiv1.Health{Status: "ok"})
+}
+
+// openAPI serves docs/openapi.yaml as JSON, to anyone: the API's description is public (docs/api.md says what
+// it holds, and it names no secret, host or owner), so a panel's tooling can read it before it has a token.
+func (s *Server) openAPI(w http.ResponseWriter, _ *http.Request) {
+	spec, err := docs.OpenAPIJSON()
+	if err != nil { // the embedded document is checked by the tests; this is a build that skipped them
+		s.log.Error("OpenAPI document does not convert to JSON", "error", err)
+		writeError(w, http.StatusInternalServerError, "Internal", "Internal error; see the API's logs.")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(spec)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/startertest"
 )
 
@@ -44,8 +44,7 @@ func newEnv(t *testing.T) *env {
 	srv := api.New(c.Client, api.Tokens{Panel: []string{"panel-secret"},
 		Owners: map[string]string{"alice-token": "alice", "bob-token": "bob"}},
 		func(ctx context.Context) error { _, err := c.Temporal.CheckHealth(ctx, nil); return err }, nil)
-	ts := httptest.NewServer(srv)
-	t.Cleanup(ts.Close)
+	ts := apitest.NewServer(t, srv)
 	return &env{t: t, cluster: c, url: ts.URL, hv1: hv1, hv2: hv2, client: ts.Client()}
 }
 
@@ -230,8 +229,7 @@ func TestAPIAttachedRunningAndSnapshotLimit(t *testing.T) {
 	hv.Attached = true
 	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
 		map[string]activities.Hypervisor{"hv1": hv})
-	ts := httptest.NewServer(api.New(c.Client, api.Tokens{Panel: []string{"p"}}, nil, nil))
-	t.Cleanup(ts.Close)
+	ts := apitest.NewServer(t, api.New(c.Client, api.Tokens{Panel: []string{"p"}}, nil, nil))
 	e := &env{t: t, url: ts.URL, client: ts.Client()}
 	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
 	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "p", map[string]any{"name": "s1"}).status)

@@ -17,6 +17,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/workflows"
 )
 
@@ -148,7 +149,7 @@ func callFake(t *testing.T, f *fakeBackend, method, target, token, body string) 
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+token)
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, req)
+	apitest.Handler(t, h).ServeHTTP(rec, req)
 	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"), "%s %s", method, target)
 	return fakeAnswer{status: rec.Code, header: rec.Header(), body: rec.Body.String()}
 }

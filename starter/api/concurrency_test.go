@@ -8,7 +8,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"slices"
 	"sort"
 	"strings"
@@ -24,6 +23,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/startertest"
 	"github.com/holdfast/holdfast/workflows"
 )
@@ -310,8 +310,7 @@ hypervisors: {hv1: {group: g1, volume_roots: [/vols]}}
 	}
 	hv := newRecordingHypervisor(volumeOwner)
 	c := startertest.NewCluster(t, config, map[string]activities.Hypervisor{"hv1": hv})
-	ts := httptest.NewServer(api.New(c.Client, tokens, nil, nil))
-	t.Cleanup(ts.Close)
+	ts := apitest.NewServer(t, api.New(c.Client, tokens, nil, nil))
 	transport := ts.Client().Transport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = requests
 	httpc := &http.Client{Transport: transport, Timeout: 30 * time.Second}

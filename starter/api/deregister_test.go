@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -10,6 +9,7 @@ import (
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/startertest"
 )
 
@@ -20,9 +20,8 @@ func TestAPIDeregisterVolume(t *testing.T) {
 	hv.Gate.Open()
 	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
 		map[string]activities.Hypervisor{"hv1": hv})
-	ts := httptest.NewServer(api.New(c.Client, api.Tokens{Panel: []string{"p"},
+	ts := apitest.NewServer(t, api.New(c.Client, api.Tokens{Panel: []string{"p"},
 		Owners: map[string]string{"alice-token": "alice"}}, nil, nil))
-	t.Cleanup(ts.Close)
 	e := &env{t: t, url: ts.URL, client: ts.Client()}
 	finished := func(r response) map[string]any {
 		t.Helper()

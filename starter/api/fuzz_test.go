@@ -26,6 +26,7 @@ import (
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/api/apiv1"
 	workerconfig "github.com/holdfast/holdfast/workers/config"
 	"github.com/holdfast/holdfast/workflows"
@@ -125,7 +126,7 @@ func serve(t *testing.T, method, target, token string, body []byte) (int, string
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	rec := httptest.NewRecorder()
-	newOfflineHandler(t).ServeHTTP(rec, req)
+	apitest.Handler(t, newOfflineHandler(t)).ServeHTTP(rec, req)
 	res := rec.Result()
 	raw, _ := io.ReadAll(res.Body)
 	what := method + " " + target + " → " + res.Status + " " + string(raw)

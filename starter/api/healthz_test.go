@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 )
 
 // /healthz answers anyone: when Temporal is unreachable it says so, without the dial error's addresses.
@@ -20,7 +21,7 @@ func TestAPIHealthzNamesNothingInternal(t *testing.T) {
 		return errors.New("dial tcp 10.20.30.40:7233: connect: connection refused")
 	}, slog.New(slog.DiscardHandler))
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	apitest.Handler(t, h).ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
 	require.Equal(t, http.StatusServiceUnavailable, rec.Code)
 	assert.NotContains(t, rec.Body.String(), "10.20.30.40")
 	assert.NotContains(t, rec.Body.String(), "dial tcp")

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/holdfast/holdfast/starter/api/apitest"
 )
 
 // answer is one response of the offline handler (fuzz_test.go): every check here is refused, or not, before
@@ -28,7 +30,7 @@ func offline(t *testing.T, method, target, token, body string) answer {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	rec := httptest.NewRecorder()
-	newOfflineHandler(t).ServeHTTP(rec, req)
+	apitest.Handler(t, newOfflineHandler(t)).ServeHTTP(rec, req)
 	a := answer{status: rec.Code, header: rec.Header(), raw: rec.Body.String()}
 	var e struct {
 		Error struct{ Type, Message string } `json:"error"`

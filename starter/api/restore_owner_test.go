@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 	"github.com/holdfast/holdfast/starter/startertest"
 )
 
@@ -58,9 +58,8 @@ func TestAPIOwnerRestoreLearnsTheNewVolumeID(t *testing.T) {
 	hv.Gate.Open()
 	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
 		map[string]activities.Hypervisor{"hv1": hv})
-	ts := httptest.NewServer(api.New(c.Client, api.Tokens{Panel: []string{"p"}, Owners: map[string]string{"alice-token": "alice"}},
+	ts := apitest.NewServer(t, api.New(c.Client, api.Tokens{Panel: []string{"p"}, Owners: map[string]string{"alice-token": "alice"}},
 		nil, nil))
-	t.Cleanup(ts.Close)
 	e := &env{t: t, url: ts.URL, client: ts.Client()}
 	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
 	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "alice-token", map[string]any{"name": "s1"}).status)

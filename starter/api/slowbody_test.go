@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/http/httptrace"
 	"os"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/holdfast/holdfast/starter/api"
+	"github.com/holdfast/holdfast/starter/api/apitest"
 )
 
 // slowBody sends a request whose body (bodyLen bytes announced) trickles in one byte every 50 ms, as a client
@@ -62,8 +62,7 @@ func slowBody(t *testing.T, addr, head string, bodyLen int, wait time.Duration) 
 func TestAPISlowBodyIsCutOff(t *testing.T) {
 	srv := api.New(nil, api.Tokens{Panel: []string{"panel-secret"}}, nil, slog.New(slog.DiscardHandler))
 	srv.BodyTimeout = 300 * time.Millisecond
-	ts := httptest.NewServer(srv)
-	t.Cleanup(ts.Close)
+	ts := apitest.NewServer(t, srv)
 	addr := strings.TrimPrefix(ts.URL, "http://")
 
 	for _, c := range []struct {
@@ -98,8 +97,7 @@ func TestAPIHTTPServerHasTimeouts(t *testing.T) {
 func TestAPIBodyTimeoutSparesKeptAliveConnections(t *testing.T) {
 	srv := api.New(nil, api.Tokens{Panel: []string{"panel-secret"}}, nil, slog.New(slog.DiscardHandler))
 	srv.BodyTimeout = 100 * time.Millisecond
-	ts := httptest.NewServer(srv)
-	t.Cleanup(ts.Close)
+	ts := apitest.NewServer(t, srv)
 	reused := 0
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
 		if i.Reused {
