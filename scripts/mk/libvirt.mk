@@ -1,6 +1,6 @@
 # libvirtd + virtlogd (QEMU under TCG, no systemd) for the file volume driver and attachment checks.
 APT_PACKAGES += libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
-                qemu-system-x86 qemu-utils qemu-block-extra pkg-config gcc
+                qemu-system-x86 qemu-utils qemu-block-extra pkg-config gcc libc6-dev
 SERVICES += libvirt
 BENCHES  += drivers
 # Tests and the bench read these; scripts/services/libvirt.sh starts the daemon at this URI.
