@@ -67,7 +67,8 @@ type Backup struct {
 // ItemDetails are a snapshot's or backup's fields beyond v1, each present only when set, so that a v1
 // panel sees exactly the v1 shape of every other item.
 type ItemDetails struct {
-	// Consistency is "application" (the guest's filesystems were frozen) or "crash".
+	// Consistency is "application" (the guest's filesystems were frozen), "crash" (a running guest, not frozen) or
+	// "offline" (no running guest used the volume).
 	Consistency string `json:"consistency,omitempty"`
 	// Error is why the item failed: for an owner token a plain sentence, never a hypervisor's or store's text.
 	Error string `json:"error,omitempty"`
