@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
@@ -55,6 +56,8 @@ type temporalCluster struct {
 	// each with its metrics address.
 	services map[string]*child
 	metrics  map[string]string
+	// shards is server.yaml's numHistoryShards.
+	shards int
 }
 
 // clusterBinaries are the programs the cluster runs, found before it starts.
@@ -244,6 +247,15 @@ func (c *temporalCluster) startServices() error {
 	if err != nil {
 		return err
 	}
+	serverYAML, err := os.ReadFile(filepath.Join(configDir, "server.yaml"))
+	if err != nil {
+		return err
+	}
+	m := regexp.MustCompile(`(?m)^\s*numHistoryShards:\s*(\d+)\s*$`).FindSubmatch(serverYAML)
+	if m == nil {
+		return errors.New("deploy/temporal/server.yaml sets no numHistoryShards")
+	}
+	c.shards, _ = strconv.Atoi(string(m[1]))
 	ports := map[string][3]int{} // grpc, membership, http
 	for _, s := range clusterServices {
 		var p [3]int

@@ -29,6 +29,11 @@ import (
 // heartbeat timeout, on a loaded 2-core machine.
 const clusterFaultLimit = 5 * time.Minute
 
+// pastCheckpoint is how far a backup gets before the fault: past its first checkpoint (workers.CheckpointEvery
+// chunks, 32 MiB), so that a retried attempt has one to resume from. While its shard moves, or the database
+// is down, the agent's heartbeats fail; the SDK then gives the attempt up, and the next one resumes.
+const pastCheckpoint = 40 << 20
+
 func TestClusterLifecycle(t *testing.T) {
 	c := clusterFor(t)
 	e := startE2E(t, e2eOptions{limits: noCooldown, temporal: c.target()})
@@ -65,19 +70,19 @@ func TestClusterHistoryHostKilledMidBackup(t *testing.T) {
 	e.register("hist", "bob", "hv1")
 
 	opID := e.begin("POST", "/v1/volumes/hist/backups", map[string]any{"name": "b"})
-	at := e.waitProgress(opID, 24<<20)
+	at := e.waitProgress(opID, pastCheckpoint)
 	owner, survivor := c.historyHostOf(t, e, workflows.OperationWorkflowID(opID))
 	killed := time.Now()
 	c.killService(owner)
 	require.NoError(t, waitUntil(survivor+" owning every shard", clusterFaultLimit, func() error {
 		n, err := c.ownedShards(survivor)
-		if err == nil && n != clusterShards {
-			err = fmt.Errorf("%d shards of %d", n, clusterShards)
+		if err == nil && n != c.shards {
+			err = fmt.Errorf("%d shards of %d", n, c.shards)
 		}
 		return err
 	}))
 	t.Logf("killed %s (owner of the operation's shard) past %.0f MiB; %s owned all %d shards %.1fs later",
-		owner, at/(1<<20), survivor, clusterShards, time.Since(killed).Seconds())
+		owner, at/(1<<20), survivor, c.shards, time.Since(killed).Seconds())
 	require.NoError(t, c.restartService(owner))
 	require.NoError(t, c.waitOwnsShards(owner))
 
@@ -93,7 +98,7 @@ func TestClusterPostgresRestartedMidBackup(t *testing.T) {
 	e.register("pg", "carol", "hv1")
 
 	opID := e.begin("POST", "/v1/volumes/pg/backups", map[string]any{"name": "b"})
-	e.waitProgress(opID, 24<<20)
+	e.waitProgress(opID, pastCheckpoint)
 	stopped := time.Now()
 	c.stopPostgres()
 	time.Sleep(5 * time.Second) // the outage itself (the fault under test), not a wait for an outcome
@@ -103,9 +108,6 @@ func TestClusterPostgresRestartedMidBackup(t *testing.T) {
 	e.assertBackupIntact(opID, "pg", "carol", original, stopped)
 }
 
-// clusterShards is deploy/temporal/server.yaml's numHistoryShards.
-const clusterShards = 16
-
 // assertBackupIntact waits for a backup hit by a fault (at fault) and checks the invariants: it completed,
 // left no snapshot, restores byte-identical, storage holds exactly it, and the volume's lock and its owner's
 // permit are back (the next operation is accepted at once).
@@ -114,9 +116,19 @@ func (e *e2e) assertBackupIntact(opID, volumeID, ownerID string, original []byte
 	op := e.waitWithin(opID, clusterFaultLimit)
 	require.Equal(e.t, "available", op["status"], "%v", op)
 	// What the fault did to the upload, for the record: a fault that the agent never noticed passes too.
-	e.t.Logf("backup ended %.1fs after the fault; hv1's agent logged %d failed and %d resumed uploads",
-		time.Since(fault).Seconds(), len(e.logged("agent-hv1", "upload failed")),
-		len(e.logged("agent-hv1", "resuming upload")))
+	var failures []any
+	for _, rec := range e.logged("agent-hv1", "upload failed") {
+		failures = append(failures, rec["error"])
+	}
+	var read float64
+	for _, rec := range e.logged("agent-hv1", "upload done") {
+		if v, ok := rec["read_bytes"].(float64); ok {
+			read = v
+		}
+	}
+	e.t.Logf("backup ended %.1fs after the fault; hv1's agent: %d upload attempts (%d resumed), the last read "+
+		"%.0f MiB; failures: %v", time.Since(fault).Seconds(), len(e.logged("agent-hv1", "upload started")),
+		len(e.logged("agent-hv1", "resuming upload")), read/(1<<20), failures)
 	backupID := op["item_id"].(string)
 	assertNoSnapshots(e.t, e.volumePath(volumeID))
 	e.assertRestoresIdentical(volumeID, backupID, original)
