@@ -62,8 +62,9 @@ test: go-check deps
 	@$(MAKE) --no-print-directory lint tools
 	@scripts/with-services.sh $(MAKE) --no-print-directory test-go
 
-# The fault-injection suite (scripts/mk/faults.mk) runs on its own, after the rest: it loads the machine
-# with dev servers, MinIOs and killed processes, which would only make the timing of the others noisy.
+# The fault-injection suite (scripts/mk/faults.mk) and the Temporal cluster suite (scripts/mk/cluster.mk) run
+# on their own, after the rest: they load the machine with servers, MinIOs and killed processes, which would
+# only make the timing of the others noisy.
 test-go:
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -skip '^Test(Fault|Cluster)' ./...
