@@ -204,3 +204,40 @@ func (r *BackupReader) readAhead(first, last int64) {
 }
 
 var errReaderClosed = errors.New("backup reader closed")
+
+// Run is a stretch of a backup read through a BackupReader: Zero when the backup records it as zeros (no
+// chunk holds it), which a copy may skip.
+type Run struct {
+	Length int64
+	Zero   bool
+}
+
+// Runs describes [off, off+length) in order from off, from the manifest alone (nothing is fetched):
+// adjacent pieces of one kind merged. Bytes the manifest covers with neither a chunk nor a zero range are
+// reported as data, which is always safe (they read as zeros).
+func (r *BackupReader) Runs(off, length int64) []Run {
+	end := min(off+length, r.m.Size)
+	if off < 0 || off >= end {
+		return nil
+	}
+	_, zeros, _ := r.m.piecesIn(off, end-off)
+	var out []Run
+	add := func(n int64, zero bool) {
+		if n <= 0 {
+			return
+		}
+		if k := len(out) - 1; k >= 0 && out[k].Zero == zero {
+			out[k].Length += n
+			return
+		}
+		out = append(out, Run{Length: n, Zero: zero})
+	}
+	pos := off
+	for _, z := range zeros {
+		add(z.Offset-pos, false)
+		add(z.Length, true)
+		pos = z.End()
+	}
+	add(end-pos, false)
+	return out
+}

@@ -102,3 +102,35 @@ func TestBackupReaderFailsOnDamage(t *testing.T) {
 		t.Fatalf("read of a healthy cell: %v", err)
 	}
 }
+
+// TestBackupReaderRuns: the manifest's zero ranges, cut to the range asked and merged, and nothing else.
+func TestBackupReaderRuns(t *testing.T) {
+	e := newEngine(t, fsStore(t), nil)
+	img := makeImage(25, testChunk, "RZZRZ", 5*testChunk-100)
+	doBackup(t, e, "vol-z", "b1", img, nil)
+	r, err := e.OpenBackup(context.Background(), "vol-z", "b1", backup.ReaderOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c := int64(testChunk)
+	for _, tc := range []struct {
+		off, length int64
+		want        []backup.Run
+	}{
+		{0, 5*c - 100, []backup.Run{{c, false}, {2 * c, true}, {c, false}, {c - 100, true}}},
+		{c / 2, 2 * c, []backup.Run{{c / 2, false}, {3 * c / 2, true}}},
+		{3*c + 1, 10 * c, []backup.Run{{c - 1, false}, {c - 100, true}}}, // cut at the size
+		{5 * c, c, nil},
+	} {
+		got := r.Runs(tc.off, tc.length)
+		if len(got) != len(tc.want) {
+			t.Fatalf("Runs(%d, %d) = %v, want %v", tc.off, tc.length, got, tc.want)
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Fatalf("Runs(%d, %d) = %v, want %v", tc.off, tc.length, got, tc.want)
+			}
+		}
+	}
+}
