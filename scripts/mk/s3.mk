@@ -31,3 +31,11 @@ services-down-s3:
 bench-backup: bin/minio bin/versitygw
 	@scripts/services/s3.sh up
 	$(GO) run ./activities/backup/bench -endpoint $(HOLDFAST_TEST_S3_MINIO) -dir $(HOLDFAST_RUN_DIR)/bench-backup
+
+BENCHES += instant
+.PHONY: bench-instant
+## bench-instant: instant restore (a backup in local MinIO served over NBD as a qcow2 overlay's backing): time to
+## the first read, cold vs hydrated 4 KiB read latency, hydration ÷ normal restore throughput (1 and 4 GiB).
+bench-instant: bin/minio bin/versitygw
+	@scripts/services/s3.sh up
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkInstantRestore -benchtime 1x -timeout 30m ./activities/export/
