@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -122,8 +121,8 @@ func instantRun(b *testing.B, size int64) instantResult {
 		b.Fatal(err)
 	}
 	go func() { _ = srv.Serve(sctx, l) }()
-	run(b, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "nbd+unix:///vol?socket="+sock, overlay)
-	run(b, "qemu-io", "-f", "qcow2", "-c", "read 0 4k", overlay)
+	qemu(b, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "nbd+unix:///vol?socket="+sock, overlay)
+	qemu(b, "qemu-io", "-f", "qcow2", "-c", "read 0 4k", overlay)
 	res.first = time.Since(t0)
 
 	// Random 4 KiB reads of regions no read has touched, then of the same regions hydrated.
@@ -132,11 +131,11 @@ func instantRun(b *testing.B, size int64) instantResult {
 	for range 200 {
 		cmds = append(cmds, "-c", fmt.Sprintf("read %d 4k", 4096*rng.Int64N(size/4096)))
 	}
-	res.cold = readTimes(b, run(b, append(append([]string{"qemu-io", "-f", "qcow2"}, cmds...), overlay)...))
+	res.cold = readTimes(b, qemu(b, append(append([]string{"qemu-io", "-f", "qcow2"}, cmds...), overlay)...))
 	t0 = time.Now()
-	run(b, "qemu-img", "rebase", "-f", "qcow2", "-b", "", overlay)
+	qemu(b, "qemu-img", "rebase", "-f", "qcow2", "-b", "", overlay)
 	res.hydrate = time.Since(t0)
-	res.warm = readTimes(b, run(b, append(append([]string{"qemu-io", "-f", "qcow2"}, cmds...), overlay)...))
+	res.warm = readTimes(b, qemu(b, append(append([]string{"qemu-io", "-f", "qcow2"}, cmds...), overlay)...))
 	return res
 }
 
@@ -164,14 +163,6 @@ func writeImage(b *testing.B, path string, size int64) {
 			b.Fatal(err)
 		}
 	}
-}
-
-func run(b *testing.B, args ...string) string {
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		b.Fatalf("%s: %v: %s", strings.Join(args[:min(len(args), 6)], " "), err, out)
-	}
-	return string(out)
 }
 
 // readTimes parses qemu-io's "… (x MiB/sec and y ops/sec)" per one-op read: the read took 1/y seconds

@@ -20,16 +20,18 @@ import (
 	"github.com/holdfast/holdfast/activities/export/nbd"
 )
 
-func qemu(t *testing.T, args ...string) string {
-	t.Helper()
+// qemu runs a QEMU tool and returns its output, failing tb when it fails. A missing tool skips tb locally and
+// fails it under CI=true.
+func qemu(tb testing.TB, args ...string) string {
+	tb.Helper()
 	if _, err := exec.LookPath(args[0]); err != nil {
 		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s unavailable (CI=true): %v", args[0], err)
+			tb.Fatalf("%s unavailable (CI=true): %v", args[0], err)
 		}
-		t.Skipf("%s not installed: make deps (qemu-utils) (%v)", args[0], err)
+		tb.Skipf("%s not installed: make deps (qemu-utils) (%v)", args[0], err)
 	}
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	require.NoError(t, err, "%v: %s", args, out)
+	require.NoError(tb, err, "%v: %s", args, out)
 	return string(out)
 }
 
