@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"syscall"
 
 	"github.com/ceph/go-ceph/rados"
@@ -189,25 +188,19 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 	if err != nil {
 		return err
 	}
-	img, err := d.open(src, "", false)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	snap := img.GetSnapshot(snapshot)
-	guard := &d.protection
+	name := fmt.Sprintf("%s@%s", src, snapshot)
 	err = d.createExclusive(dst, size, func(dstIO *rados.IOContext) error {
-		guard.Lock()
-		defer guard.Unlock()
-		return cloneProtected(snap, fmt.Sprintf("%s@%s", src, snapshot), func() error {
-			opts := librbd.NewRbdImageOptions()
-			defer opts.Destroy()
-			return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
+		return d.withSnapshot(src, snapshot, func(snap *librbd.Snapshot) error {
+			return cloneProtected(snap, name, func() error {
+				opts := librbd.NewRbdImageOptions()
+				defer opts.Destroy()
+				return librbd.CloneImage(srcIO, src.Image, snapshot, dstIO, dst.Image, opts)
+			})
 		})
 	})
 	if err != nil {
 		// A loser of a race for dst may have protected the snapshot after the winner unprotected it.
-		unprotect(guard, snap)
+		_ = d.withSnapshot(src, snapshot, unprotect)
 		return err
 	}
 	clone, err := d.open(dst, "", false)
@@ -222,8 +215,23 @@ func (d *Driver) CreateVolumeFromSnapshot(ctx context.Context, src volume.Ref, s
 		}
 	}
 	clone.Close()
-	unprotect(guard, snap)
-	return nil
+	return d.withSnapshot(src, snapshot, unprotect)
+}
+
+// withSnapshot runs fn on snapshot of src through a read-write handle of src that is open only meanwhile,
+// holding d.protection: this agent never has two handles of a restore's source open at once, nor protects,
+// clones or unprotects concurrently. (Restores racing on one source, each holding its own read-write handle
+// while protecting, cloning and flattening, aborted the process inside librbd now and then:
+// std::system_error, EINVAL, on a librados thread.) The flatten, the long part, runs outside it.
+func (d *Driver) withSnapshot(src volume.Ref, snapshot string, fn func(*librbd.Snapshot) error) error {
+	d.protection.Lock()
+	defer d.protection.Unlock()
+	img, err := d.open(src, "", false)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	return fn(img.GetSnapshot(snapshot))
 }
 
 // protection is what cloneProtected needs of a *librbd.Snapshot.
@@ -264,14 +272,13 @@ func cloneProtected(snap protection, name string, clone func() error) error {
 
 // unprotect lifts the protection of a snapshot a restore-to-new protected, once its clone is flattened.
 // Other clones may still depend on it (EBUSY): then it stays protected until they are flattened and their
-// restores unprotect it. guard keeps this agent's own restores from the same snapshot from unprotecting it
-// between another's protect and clone.
-func unprotect(guard *sync.Mutex, snap *librbd.Snapshot) {
-	guard.Lock()
-	defer guard.Unlock()
+// restores unprotect it. Run through withSnapshot, so that this agent never unprotects between another
+// restore's protect and clone.
+func unprotect(snap *librbd.Snapshot) error {
 	if p, err := snap.IsProtected(); err == nil && p {
 		_ = snap.Unprotect()
 	}
+	return nil
 }
 
 // DeleteVolume removes the image and its snapshots. With vol.CreatedBy set (the compensation of the

@@ -52,7 +52,7 @@ type Driver struct {
 	mu     sync.Mutex
 	ioctxs map[string]*rados.IOContext
 	// protection serialises this agent's protect-and-clone and unprotect of parent snapshots (see
-	// unprotect); a clone is a metadata operation, so restores wait on it only briefly.
+	// withSnapshot); a clone is a metadata operation, so restores wait on it only briefly.
 	protection sync.Mutex
 }
 
