@@ -37,13 +37,13 @@ type creation struct {
 	ImageID   string `json:"image_id"`
 }
 
-// isENOENT reports librbd's "does not exist" in either of the forms go-ceph returns it.
 // isErrno says whether err carries the (negative) errno code from librbd.
 func isErrno(err error, code int) bool {
 	var c interface{ ErrorCode() int }
 	return errors.As(err, &c) && c.ErrorCode() == code
 }
 
+// isENOENT reports librbd's "does not exist" in either of the forms go-ceph returns it.
 func isENOENT(err error) bool {
 	return errors.Is(err, librbd.ErrNotFound) || errors.Is(err, librbd.ErrNotExist)
 }
