@@ -16,6 +16,9 @@ const (
 	prefetchCellMax = 256 << 10 // memory: at most prefetchCells × prefetchCellMax, 8 MiB
 )
 
+// prefetchable says whether a cell spliceRuns reads with these runs is sparse enough to be prefetched.
+func prefetchable(runs []Extent) bool { return extentsLength(runs) <= prefetchCellMax }
+
 type runPrefetcher struct {
 	e      *Engine
 	source interface {
@@ -49,8 +52,8 @@ func (e *Engine) startPrefetch(ctx context.Context, req BackupRequest, plan back
 			off := start + int64(i)*cs
 			length := min(cs, req.Size-off)
 			runs := changedRuns(plan.changed, off, length, runAlign)
-			if n := extentsLength(runs); n == 0 || n > prefetchCellMax || !worthSplicing(n, length) {
-				continue
+			if n := extentsLength(runs); n == 0 || !worthSplicing(n, length) || !prefetchable(runs) {
+				continue // not a cell spliceRuns reads, or not a sparse one
 			}
 			select {
 			case p.slots <- struct{}{}:
@@ -104,7 +107,7 @@ func (p *runPrefetcher) read(ctx context.Context, c *prefetchedCell) error {
 // says false when the prefetcher has not started the cell (it never will now: the caller reads the runs,
 // throttled, itself). A nil prefetcher has nothing.
 func (p *runPrefetcher) take(ctx context.Context, off int64, runs []Extent, buf []byte) (bool, error) {
-	if p == nil || extentsLength(runs) > prefetchCellMax {
+	if p == nil || !prefetchable(runs) {
 		return false, nil // never a prefetched cell: nothing to claim
 	}
 	p.mu.Lock()

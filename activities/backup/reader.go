@@ -78,9 +78,6 @@ func (e *Engine) OpenBackup(ctx context.Context, volumeID, backupID string, opts
 		lru: list.New(), loading: map[int64]*cellLoad{}, lastCell: -2}, nil
 }
 
-// Manifest is the backup's manifest.
-func (r *BackupReader) Manifest() *Manifest { return r.m }
-
 // Size is the volume's size in bytes.
 func (r *BackupReader) Size() int64 { return r.m.Size }
 
