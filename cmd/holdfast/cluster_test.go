@@ -13,7 +13,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -47,16 +46,8 @@ func TestClusterLifecycle(t *testing.T) {
 	require.Equal(t, 200, status, "%v", copyVol)
 	assert.Equal(t, "hv2", copyVol["hypervisor_id"])
 
-	op := e.operation("DELETE", "/v1/volumes/life/snapshots/"+snapID+"?confirm=before", nil)
-	assert.Equal(t, "completed", op["status"], "%v", op)
-	op = e.operation("DELETE", "/v1/volumes/life/backups/"+backupID+"?confirm=nightly", nil)
-	assert.Equal(t, "completed", op["status"], "%v", op)
-	_, vol := e.call("GET", "/v1/volumes/life", panelToken, nil)
-	assert.Empty(t, vol["snapshots"])
-	assert.Empty(t, vol["backups"])
+	e.deleteSnapshotAndBackup("life", snapID, "before", backupID, "nightly")
 	assertNoSnapshots(t, e.volumePath("life"))
-	manifests, _ := filepath.Glob(filepath.Join(e.dir, "backups", "volumes", "life", "manifests", "*"))
-	assert.Empty(t, manifests, "the deleted backup's manifest is gone from storage")
 	e.assertUnlocked("life", "alice")
 }
 

@@ -393,6 +393,23 @@ func (e *e2e) logged(process, msg string) []map[string]any {
 	return out
 }
 
+// deleteSnapshotAndBackup deletes a snapshot and a backup of volumeID through the API, each confirmed by
+// its name, and checks that both operations completed, that the volume lists neither, and that the
+// backup's manifest is gone from storage (the fs store under e.dir).
+func (e *e2e) deleteSnapshotAndBackup(volumeID, snapID, snapName, backupID, backupName string) {
+	t := e.t
+	t.Helper()
+	op := e.operation("DELETE", "/v1/volumes/"+volumeID+"/snapshots/"+snapID+"?confirm="+snapName, nil)
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	op = e.operation("DELETE", "/v1/volumes/"+volumeID+"/backups/"+backupID+"?confirm="+backupName, nil)
+	assert.Equal(t, "completed", op["status"], "%v", op)
+	_, vol := e.call("GET", "/v1/volumes/"+volumeID, panelToken, nil)
+	assert.Empty(t, vol["snapshots"])
+	assert.Empty(t, vol["backups"])
+	manifests, _ := filepath.Glob(filepath.Join(e.dir, "backups", "volumes", volumeID, "manifests", "*"))
+	assert.Empty(t, manifests, "the deleted backup's manifest is gone from storage")
+}
+
 func (e *e2e) volumePath(name string) string { return filepath.Join(e.dir, "volumes", name+".img") }
 
 func (e *e2e) register(volumeID, owner, hypervisor string) {
@@ -475,15 +492,7 @@ func TestE2ELifecycleThroughHTTP(t *testing.T) {
 	assert.Equal(t, 200, status)
 
 	// Delete with confirmation.
-	op = e.operation("DELETE", "/v1/volumes/web/snapshots/"+snapID+"?confirm=before", nil)
-	assert.Equal(t, "completed", op["status"], "%v", op)
-	op = e.operation("DELETE", "/v1/volumes/web/backups/"+backupID+"?confirm=nightly", nil)
-	assert.Equal(t, "completed", op["status"], "%v", op)
-	_, vol := e.call("GET", "/v1/volumes/web", panelToken, nil)
-	assert.Empty(t, vol["snapshots"])
-	assert.Empty(t, vol["backups"])
-	manifests, _ := filepath.Glob(filepath.Join(e.dir, "backups", "volumes", "web", "manifests", "*"))
-	assert.Empty(t, manifests, "the deleted backup's manifest is gone from storage")
+	e.deleteSnapshotAndBackup("web", snapID, "before", backupID, "nightly")
 
 	// The volume holds the original bytes again and their chunks are still stored (no GC yet): a new
 	// backup uploads nothing, and the agent counts all 24 MiB of data as deduplicated.
