@@ -323,7 +323,27 @@ func (c *temporalCluster) startServices() error {
 			return err
 		}
 	}
-	return nil
+	// Each host owning some shards is not yet a settled ring: the first host to start took every shard and
+	// hands the second its share for a few seconds more, and a request meanwhile can meet a shard in
+	// handoff ("Shard is owned by ..."): a test's first registration failed so once. Settled: the hosts'
+	// shards add up to the cluster's, three polls in a row.
+	settled := 0
+	return waitUntil("history shards settled", clusterStartLimit, func() error {
+		n1, err1 := c.ownedShards("history-1")
+		n2, err2 := c.ownedShards("history-2")
+		if err := errors.Join(err1, err2); err != nil {
+			settled = 0
+			return err
+		}
+		if n1 == 0 || n2 == 0 || n1+n2 != c.shards {
+			settled = 0
+			return fmt.Errorf("history-1 owns %d shards, history-2 %d, of %d", n1, n2, c.shards)
+		}
+		if settled++; settled < 3 {
+			return fmt.Errorf("settled for %d polls", settled)
+		}
+		return nil
+	})
 }
 
 // waitOwnsShards waits until a history host owns shards: it has joined the ring and taken its share.
