@@ -9,6 +9,7 @@ import (
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/temporal"
 
@@ -291,11 +292,25 @@ func (c *Client) RequestScheduled(ctx context.Context, in workflows.ScheduledReq
 	return res, nil
 }
 
+// WaitIdle asks a volume to tell the scheduled run waiter its turn when the operation holding the volume
+// ends (workflows.SignalWaitIdle).
+func (c *Client) WaitIdle(ctx context.Context, volumeID, waiter string) error {
+	return c.temporal.SignalWorkflow(ctx, workflows.VolumeWorkflowID(volumeID), "", workflows.SignalWaitIdle, waiter)
+}
+
 // RequestScheduled is the activity (workflows.ScheduledRequestActivity) a ScheduledRunWorkflow sends its
 // request through. Idempotent: the operation id is the Update ID and the permit's lease id, so a retry
-// repeats the same request and gets the first answer.
+// repeats the same request and gets the first answer. A run refused VolumeBusy has the volume tell it its
+// turn when the volume is free (WaitIdle); best effort, since a run never told comes back after its back-off.
 func (a *ControlActivities) RequestScheduled(ctx context.Context, in workflows.ScheduledRequest) (workflows.ScheduledRunResult, error) {
-	return a.Client.RequestScheduled(ctx, in)
+	res, err := a.Client.RequestScheduled(ctx, in)
+	if err == nil && in.Waiter != "" && res.Rejection != nil && res.Rejection.Type == workflows.ErrVolumeBusy {
+		if err := a.Client.WaitIdle(ctx, in.VolumeID, in.Waiter); err != nil {
+			activity.GetLogger(ctx).Warn("volume not asked to tell the waiting run its turn",
+				"volume_id", in.VolumeID, "run", in.Waiter, "error", err)
+		}
+	}
+	return res, err
 }
 
 func validPolicyID(id string) bool { return activities.ValidID(id) }

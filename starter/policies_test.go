@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 
@@ -186,6 +187,58 @@ func TestIntegrationScheduledRunsWaitForTheOwnersPermits(t *testing.T) {
 	}
 	assert.True(t, told, "the owner told the waiting run its turn")
 	recordHistory(t, c.hf, "scheduled-run-"+waited, "scheduled-run-told-its-turn")
+}
+
+// A scheduled run refused VolumeBusy (a manual operation holds the volume) is told by the volume when that
+// operation ends (SignalTurn), instead of waiting out its back-off: the volume's history holds the signal.
+func TestIntegrationScheduledRunIsToldWhenTheVolumeIsFree(t *testing.T) {
+	c := newCluster(t) // gate closed: the manual snapshot holds the volume
+	ctx := context.Background()
+	c.register(t, "b1", "acct-b")
+	_, err := c.hf.PutPolicy(ctx, workflows.Policy{PolicyID: "nightly-b", Kind: workflows.KindBackup,
+		Window: windowAround(-time.Hour, time.Hour), KeepLast: 3})
+	require.NoError(t, err)
+	_, err = c.hf.AttachPolicy(ctx, "b1", "nightly-b")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.hf.DeleteSchedule(context.Background(), "nightly-b", "b1") })
+	_, err = c.hf.Request(ctx, "b1", workflows.OperationRequest{Kind: workflows.KindSnapshot, Name: "manual"})
+	require.NoError(t, err)
+	const runID = "scheduled-run-b1"
+	run, err := c.Temporal.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: runID,
+		TaskQueue: workflows.TaskQueue}, workflows.ScheduledRunWorkflow,
+		workflows.ScheduledRunInput{PolicyID: "nightly-b", VolumeID: "b1"})
+	require.NoError(t, err)
+	waitFor(t, "the run refused VolumeBusy and waiting", func() bool {
+		return historyHas(t, c, runID, func(ev *historypb.HistoryEvent) bool {
+			return ev.GetTimerStartedEventAttributes() != nil
+		})
+	})
+	c.hv.Gate.Open()
+	var res workflows.ScheduledRunResult
+	require.NoError(t, run.Get(ctx, &res))
+	require.True(t, res.Accepted, "%+v", res.Rejection)
+	assert.Equal(t, 2, res.Attempts, "refused once (VolumeBusy), accepted the second time")
+	assert.True(t, historyHas(t, c, workflows.VolumeWorkflowID("b1"), func(ev *historypb.HistoryEvent) bool {
+		a := ev.GetSignalExternalWorkflowExecutionInitiatedEventAttributes()
+		return a != nil && a.GetSignalName() == workflows.SignalTurn && a.GetWorkflowExecution().GetWorkflowId() == runID
+	}), "the volume told the waiting run its turn when the manual snapshot ended")
+	recordHistory(t, c.hf, workflows.VolumeWorkflowID("b1"), "volume-told-idle-waiter")
+	recordHistory(t, c.hf, runID, "scheduled-run-told-volume-free")
+}
+
+// historyHas says whether workflowID's history (latest run) has an event match accepts.
+func historyHas(t *testing.T, c *cluster, workflowID string, match func(*historypb.HistoryEvent) bool) bool {
+	t.Helper()
+	iter := c.Temporal.GetWorkflowHistory(context.Background(), workflowID, "", false,
+		enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for iter.HasNext() {
+		ev, err := iter.Next()
+		require.NoError(t, err)
+		if match(ev) {
+			return true
+		}
+	}
+	return false
 }
 
 // TestIntegrationEditedConfigPolicyRetimesAttachedSchedules: a config-file policy's schedules follow the file

@@ -30,8 +30,12 @@ const (
 	SignalPermitRequest = "permit-request"
 	SignalPermit        = "permit"
 	QueryPermits        = "permits"
-	// SignalTurn tells a scheduled run waiting for the owner's permit that one has been freed (no payload).
+	// SignalTurn tells a scheduled run waiting for the owner's permit that one has been freed, or for a
+	// volume that it is free (no payload).
 	SignalTurn = "turn"
+	// SignalWaitIdle asks a volume to tell a scheduled run refused VolumeBusy (payload: the run's workflow
+	// ID) its turn once the operation holding the volume ends.
+	SignalWaitIdle = "wait-idle"
 )
 
 // Search attributes kept current on volume and operation workflows (register them on the namespace).
@@ -265,6 +269,8 @@ type VolumeState struct {
 	PolicyID string `json:"policy_id,omitempty"`
 	// Base is the snapshot the last backup was read from, kept for the next one (nil: none kept).
 	Base *BackupBase `json:"base,omitempty"`
+	// IdleWaiters are the scheduled runs (workflow IDs) to tell their turn when the active operation ends.
+	IdleWaiters []string `json:"idle_waiters,omitempty"`
 	// CooldownRemainingSeconds is filled by the state query (never stored).
 	CooldownRemainingSeconds int64 `json:"cooldown_remaining_seconds"`
 }

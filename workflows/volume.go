@@ -107,6 +107,7 @@ func (v *volume) registerHandlers(ctx workflow.Context) error {
 	}); err != nil {
 		return err
 	}
+	v.receiveIdleWaiters(ctx)
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateRegister, v.register,
 		workflow.UpdateHandlerOptions{Validator: v.validateRegister}); err != nil {
 		return err

@@ -44,6 +44,7 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 		_ = workflow.Await(ctx, func() bool { return v.claiming == 0 })
 	}
 	v.signalOwner(ctx, SignalRelease, ReleaseSignal{LeaseID: req.OwnerLease}, req.OwnerLease)
+	v.tellIdleWaiters(ctx)
 	workflow.GetLogger(ctx).Info("operation finished", "volume_id", v.volumeID, "operation_id", op.OperationID,
 		"kind", op.Kind, "status", op.Status)
 }
