@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/holdfast/holdfast/activities/volume"
 	"github.com/holdfast/holdfast/activities/volume/file"
 	"github.com/holdfast/holdfast/activities/volume/volumetest"
@@ -48,4 +51,20 @@ func TestConformanceQCOW2NoLibvirt(t *testing.T) {
 }
 func TestConformanceRawNoLibvirt(t *testing.T) {
 	volumetest.Run(t, harness(t, volume.FormatRaw, file.NoLibvirt))
+}
+
+// Raw files have no change tracking (a backup reads them whole, reason "no change tracking on raw files"),
+// because the only cheap tracking for a running domain, libvirt's checkpoints (QEMU dirty bitmaps), needs
+// the bitmaps stored in a qcow2 image: libvirt refuses a checkpoint of a raw disk. This pins that fact on
+// the libvirt the tests run; should a libvirt accept it, this fails, and raw files can track changes.
+func TestLibvirtRefusesCheckpointsOfRawDisks(t *testing.T) {
+	uri := libvirtURI()
+	volumetest.RequireLibvirt(t, uri)
+	h := harness(t, volume.FormatRaw, uri)
+	vol := h.NewRef(t)
+	require.NoError(t, os.WriteFile(vol.Path, make([]byte, 1<<20), 0o600))
+	dom := volumetest.StartDomain(t, uri, h.DiskXML(vol, "vda"))
+	err := dom.Checkpoint("holdfast-probe")
+	require.Error(t, err, "libvirt checkpoints raw disks now: give raw files change tracking (dirty bitmaps)")
+	assert.Contains(t, err.Error(), "unsupported for storage type raw")
 }

@@ -550,6 +550,15 @@ func (d *Domain) Write(t *testing.T, dev string, off, n int64, value byte) {
 	require.NoError(t, err)
 }
 
+// Checkpoint asks libvirt for a checkpoint (a dirty bitmap per disk) named name of the running domain.
+func (d *Domain) Checkpoint(name string) error {
+	cp, err := d.dom.CreateCheckpointXML(fmt.Sprintf("<domaincheckpoint><name>%s</name></domaincheckpoint>", name), 0)
+	if err == nil {
+		_ = cp.Free()
+	}
+	return err
+}
+
 // Stop destroys the domain (idempotent).
 func (d *Domain) Stop(t *testing.T) {
 	if d.dom == nil {
