@@ -186,6 +186,15 @@ type RestoreResult struct {
 	BytesWritten int64 `json:"bytes_written"`
 }
 
+// InstantRestoreResult is what PrepareInstantRestore made: the new volume, readable and writable at once,
+// reading what it does not hold yet from the agent's export of the backup (Instant), or nothing, when the
+// target cannot be restored instantly (FallbackReason says why, in a short fixed phrase users read).
+type InstantRestoreResult struct {
+	SizeBytes      int64  `json:"size_bytes"`
+	Instant        bool   `json:"instant"`
+	FallbackReason string `json:"fallback_reason,omitempty"`
+}
+
 // CloneSnapshotInput creates Target as a new volume holding snapshot SnapshotID of Source.
 type CloneSnapshotInput struct {
 	SourceVolumeID string    `json:"source_volume_id"`
@@ -213,6 +222,9 @@ const (
 	CloneSnapshotName    = "CloneSnapshot"
 	DeleteVolumeName     = "DeleteVolume"
 	InspectVolumeName    = "InspectVolume"
+	// PrepareInstantRestoreName and HydrateVolumeName are an instant restore's two steps (RestoreBackupInput).
+	PrepareInstantRestoreName = "PrepareInstantRestore"
+	HydrateVolumeName         = "HydrateVolume"
 )
 
 // InspectResult is what a hypervisor found at a volume's location when it was registered.
@@ -237,6 +249,12 @@ type Hypervisor interface {
 	DeleteBackup(ctx context.Context, in BackupRef) error
 	// RestoreBackup writes a backup onto a volume; it heartbeats Progress.
 	RestoreBackup(ctx context.Context, in RestoreBackupInput) (RestoreResult, error)
+	// PrepareInstantRestore serves a backup as a read-only export on the target's host and creates the new
+	// volume over it (Create is implied), or reports why the target cannot be restored instantly.
+	PrepareInstantRestore(ctx context.Context, in RestoreBackupInput) (InstantRestoreResult, error)
+	// HydrateVolume copies the export's data into the volume PrepareInstantRestore made until it stands
+	// alone, then ends the export; it heartbeats Progress and resumes with what is still missing.
+	HydrateVolume(ctx context.Context, in RestoreBackupInput) (RestoreResult, error)
 	// CloneSnapshot creates a new volume from a snapshot.
 	CloneSnapshot(ctx context.Context, in CloneSnapshotInput) (RestoreResult, error)
 	// DeleteVolume removes a volume (idempotent).

@@ -39,6 +39,12 @@ func (fakeHypervisor) DeleteBackup(context.Context, activities.BackupRef) error 
 func (fakeHypervisor) RestoreBackup(context.Context, activities.RestoreBackupInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }
+func (fakeHypervisor) PrepareInstantRestore(context.Context, activities.RestoreBackupInput) (activities.InstantRestoreResult, error) {
+	panic("mock me")
+}
+func (fakeHypervisor) HydrateVolume(context.Context, activities.RestoreBackupInput) (activities.RestoreResult, error) {
+	panic("mock me")
+}
 func (fakeHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }

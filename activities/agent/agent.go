@@ -4,8 +4,9 @@
 // progress, and resumes an interrupted upload from its last checkpoint. Every hypervisor call heartbeats and
 // ends within seconds of an abort or deadline, even one that hangs (heartbeat.go).
 //
-// It owns no state between calls: every activity answers from the drivers and stores, which is what makes
-// Temporal's retries safe (every activity is idempotent). It must never be imported by workflows/ (it links
+// It owns no state between calls but the exports of instant restores (instant.go): every activity answers
+// from the drivers and stores, which is what makes Temporal's retries safe (every activity is idempotent),
+// and an export lost with the process is served again by the retried activity that needs it. It must never be imported by workflows/ (it links
 // cgo drivers), never decide policy (retention, limits, who may restore what: the workflows do), and never
 // log secrets (engines hold keys; only storage names are logged).
 package agent
@@ -46,6 +47,9 @@ type Config struct {
 	// again before any driver touches a path or an image, and refuses links below a root.
 	VolumeRoots []string
 	RBDPools    []string
+	// ExportDir is where instant restores' exports listen (UNIX sockets); empty: instant restores fall back
+	// to full ones. It must be this process's, writable by no one else (checked before the first export).
+	ExportDir string
 }
 
 // Activities is the hypervisor agent's activity set. Register it with worker.RegisterActivity: every exported
@@ -57,6 +61,8 @@ type Activities struct {
 	engines      map[string]*backup.Engine
 	log          *slog.Logger
 	metrics      *metrics.Metrics
+	// exports are the instant restores' exports this agent serves (the only state it holds between calls).
+	exports *exports
 }
 
 var _ activities.Hypervisor = (*Activities)(nil)
@@ -72,8 +78,10 @@ func New(cfg Config) *Activities {
 		roots:        cfg.VolumeRoots,
 		pools:        cfg.RBDPools,
 	}
+	a.exports = &exports{dir: cfg.ExportDir, log: a.log}
 	if a.log == nil {
 		a.log = slog.Default()
+		a.exports.log = a.log
 	}
 	for k, v := range cfg.Drivers {
 		a.drivers[k] = v

@@ -220,6 +220,8 @@ func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolum
 		log.Error("delete volume failed", "error", err)
 		return classify(ctx, activities.DeleteVolumeName, err)
 	}
+	a.exports.end(in.VolumeID) // an instant restore's export, if this volume was one being hydrated
+	a.metrics.InstantExports(a.hypervisorID, a.exports.count())
 	log.Info("volume deleted")
 	return nil
 }

@@ -32,6 +32,8 @@ type Metrics struct {
 	throttleWait       *prometheus.CounterVec
 	replicatedBytes    *prometheus.CounterVec
 	scrubDamaged       *prometheus.CounterVec
+	instantExports     *prometheus.GaugeVec
+	hydrations         *prometheus.GaugeVec
 }
 
 // New registers Holdfast's agent and API metrics in reg. Calling it twice on
@@ -60,6 +62,34 @@ func New(reg prometheus.Registerer) *Metrics {
 			"Stored bytes replication copied into a backup storage, by destination storage.", labelStorage),
 		scrubDamaged: counterVec(reg, scrubDamagedName,
 			"Damaged backups (chunks missing or corrupt, manifest unusable) found by scrubs, by storage.", labelStorage),
+		instantExports: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: InstantExportsName,
+			Help: "Backups an agent serves as the backing of instantly restored volumes, by hypervisor.",
+		}, []string{labelHypervisor})),
+		hydrations: register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: HydrationsName,
+			Help: "Instantly restored volumes being hydrated now, by hypervisor.",
+		}, []string{labelHypervisor})),
+	}
+}
+
+// Instant restore gauges (dashboards/holdfast.json reads them).
+const (
+	InstantExportsName = "holdfast_instant_exports"
+	HydrationsName     = "holdfast_hydrations_in_flight"
+)
+
+// InstantExports sets the number of backups hypervisor's agent serves to instantly restored volumes.
+func (m *Metrics) InstantExports(hypervisor string, n int) {
+	if m != nil {
+		m.instantExports.WithLabelValues(hypervisor).Set(float64(n))
+	}
+}
+
+// Hydrations adds delta to the hydrations in flight on hypervisor.
+func (m *Metrics) Hydrations(hypervisor string, delta int) {
+	if m != nil {
+		m.hydrations.WithLabelValues(hypervisor).Add(float64(delta))
 	}
 }
 

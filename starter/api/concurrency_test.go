@@ -184,6 +184,18 @@ func (h *recordingHypervisor) RestoreBackup(_ context.Context, in activities.Res
 	return activities.RestoreResult{}, nil
 }
 
+// PrepareInstantRestore is not expected.
+func (h *recordingHypervisor) PrepareInstantRestore(_ context.Context, in activities.RestoreBackupInput) (activities.InstantRestoreResult, error) {
+	h.note(fmt.Sprintf("PrepareInstantRestore %+v", in))
+	return activities.InstantRestoreResult{}, nil
+}
+
+// HydrateVolume is not expected.
+func (h *recordingHypervisor) HydrateVolume(_ context.Context, in activities.RestoreBackupInput) (activities.RestoreResult, error) {
+	h.note(fmt.Sprintf("HydrateVolume %+v", in))
+	return activities.RestoreResult{}, nil
+}
+
 // CloneSnapshot is not expected.
 func (h *recordingHypervisor) CloneSnapshot(_ context.Context, in activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	h.note(fmt.Sprintf("CloneSnapshot %+v", in))

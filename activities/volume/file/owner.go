@@ -155,6 +155,13 @@ func removeClaim(path, op string) error {
 // create makes a new image of size bytes at path, exclusively (see the steps above), owned by op when op is
 // not empty. It returns an error wrapping ErrExists when anything appeared at path meanwhile.
 func create(ctx context.Context, vol volume.Ref, path string, format volume.Format, size int64) error {
+	return createWith(ctx, vol, path, func(ctx context.Context, claim string) error {
+		return makeImage(ctx, claim, format, size)
+	})
+}
+
+// createWith is create with the image made by makeImg (at the claim name it is given).
+func createWith(ctx context.Context, vol volume.Ref, path string, makeImg func(context.Context, string) error) error {
 	op := vol.CreatedBy
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -170,7 +177,7 @@ func create(ctx context.Context, vol volume.Ref, path string, format volume.Form
 			os.Remove(claim)
 		}
 	}()
-	if err := makeImage(ctx, claim, format, size); err != nil {
+	if err := makeImg(ctx, claim); err != nil {
 		return err
 	}
 	st, err := os.Lstat(claim)
