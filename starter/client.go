@@ -352,6 +352,8 @@ type RestoreRequest struct {
 	Plan          string                `json:"plan,omitempty"`
 	HypervisorID  string                `json:"hypervisor_id,omitempty"`
 	Storage       *activities.VolumeRef `json:"storage,omitempty"`
+	// Instant makes a restore of a backup to a new volume usable at once (workflows.OperationRequest.Instant).
+	Instant bool `json:"instant,omitempty"`
 }
 
 // Restore requests a restore. A restore to a new volume first reserves the new volume's ID and claims its
@@ -359,7 +361,7 @@ type RestoreRequest struct {
 // once; both are given back when the request is refused, and by the restore's compensation when it fails.
 func (c *Client) Restore(ctx context.Context, volumeID string, req RestoreRequest) (*workflows.Operation, error) {
 	op := workflows.OperationRequest{Kind: workflows.KindRestore, SnapshotID: req.SnapshotID, BackupID: req.BackupID,
-		Mode: req.Mode, Confirm: req.Confirm}
+		Mode: req.Mode, Confirm: req.Confirm, Instant: req.Instant}
 	if req.Mode != workflows.ModeNewVolume {
 		return c.Request(ctx, volumeID, op)
 	}

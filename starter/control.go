@@ -27,6 +27,21 @@ func (a *ControlActivities) RegisterVolume(ctx context.Context, spec workflows.V
 	return err
 }
 
+// EndHydration ends an instantly restored volume's hydration, done or abandoned (activity
+// workflows.EndHydrationActivity). Idempotent; a volume workflow that does not exist has nothing to end.
+func (a *ControlActivities) EndHydration(ctx context.Context, e workflows.HydrationEnd) error {
+	err := a.Client.update(ctx, workflows.VolumeWorkflowID(e.VolumeID), workflows.UpdateHydration, "", e, nil)
+	if isNotFound(err) {
+		return nil
+	}
+	err = typed(err)
+	var te *Error
+	if errors.As(err, &te) && te.Type == workflows.ErrInvalidArgument {
+		return temporal.NewNonRetryableApplicationError(te.Message, te.Type, err)
+	}
+	return err
+}
+
 // ReleasePlacement gives back the ID and location a failed restore to a new volume reserved (activity
 // workflows.ReleasePlacementActivity). Idempotent; a volume the restore did register keeps both.
 func (a *ControlActivities) ReleasePlacement(ctx context.Context, in workflows.ReleasePlacementInput) error {

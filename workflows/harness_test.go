@@ -121,6 +121,8 @@ func newHarness(t *testing.T, setup ...func(*testsuite.WorkflowTestSuite)) *harn
 		activity.RegisterOptions{Name: RegisterVolumeActivity})
 	env.RegisterActivityWithOptions(func(context.Context, ReleasePlacementInput) error { return nil },
 		activity.RegisterOptions{Name: ReleasePlacementActivity})
+	env.RegisterActivityWithOptions(func(context.Context, HydrationEnd) error { return nil },
+		activity.RegisterOptions{Name: EndHydrationActivity})
 	h := &harness{t: t, env: env}
 	// The owner's workflow, played by the harness: it grants up to the request's limit and answers by signal.
 	env.RegisterActivityWithOptions(func(_ context.Context, in AcquirePermitInput) error {

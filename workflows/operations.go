@@ -643,6 +643,14 @@ func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationRe
 	// The driver deletes the new volume only if this operation created it (target.Storage.CreatedBy).
 	s.add("delete new volume "+target.VolumeID, cleanupStep(target.HypervisorID, activities.DeleteVolumeName,
 		activities.DeleteVolumeInput{VolumeID: target.VolumeID, Volume: target.Storage}))
+	var fallback string
+	if in.Request.Instant && in.Request.ItemKind() == KindBackup {
+		res, instant, err := restoreInstant(ctx, s, in)
+		if instant || err != nil {
+			return res, err
+		}
+		fallback = res.InstantFallback
+	}
 	s.doing("restore on hypervisor " + target.HypervisorID)
 	var r activities.RestoreResult
 	var err error
@@ -661,12 +669,58 @@ func restoreToNew(ctx workflow.Context, s *saga, in OperationInput) (OperationRe
 		return OperationResult{}, err
 	}
 	target.SizeBytes = r.SizeBytes
-	rctx := workflow.WithActivityOptions(ctx, workflow.ActivityOptions{TaskQueue: TaskQueue,
-		StartToCloseTimeout: time.Minute, RetryPolicy: retryPolicy()})
-	if err := workflow.ExecuteActivity(rctx, RegisterVolumeActivity, target).Get(ctx, nil); err != nil {
+	if err := workflow.ExecuteActivity(controlContext(ctx), RegisterVolumeActivity, target).Get(ctx, nil); err != nil {
 		return OperationResult{}, err
 	}
-	return OperationResult{SizeBytes: r.SizeBytes}, nil
+	return OperationResult{SizeBytes: r.SizeBytes, InstantFallback: fallback}, nil
+}
+
+// controlContext runs a short control activity (registration, hydration's end).
+func controlContext(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{TaskQueue: TaskQueue,
+		StartToCloseTimeout: time.Minute, RetryPolicy: retryPolicy()})
+}
+
+// restoreInstant makes the new volume usable at once (activities.PrepareInstantRestore: over the target
+// agent's export of the backup), registers it marked Hydrating, hydrates it (the operation's long phase,
+// heartbeating progress "hydrating", under the operation's deadline) and ends the mark. Compensation, newest
+// first: the volume is unregistered, then deleted (restoreToNew's step; the agent ends its export with it),
+// then its ID and location given back. When the target cannot be restored instantly, nothing was made and
+// instant is false: the caller restores in full, and says why (OperationResult.InstantFallback).
+func restoreInstant(ctx workflow.Context, s *saga, in OperationInput) (res OperationResult, instant bool, err error) {
+	target := *in.Request.NewVolume
+	input := activities.RestoreBackupInput{SourceVolumeID: in.Volume.VolumeID, BackupID: in.Item.ItemID,
+		Storage: in.Item.Storage, TargetVolumeID: target.VolumeID, Target: target.Storage, Create: true}
+	s.doing("instant restore on hypervisor " + target.HypervisorID)
+	var ready activities.InstantRestoreResult
+	if err := workflow.ExecuteActivity(onHypervisor(ctx, target.HypervisorID), activities.PrepareInstantRestoreName,
+		input).Get(ctx, &ready); err != nil {
+		return res, false, err
+	}
+	if !ready.Instant {
+		workflow.GetLogger(ctx).Info("instant restore not possible; restoring in full", "volume_id",
+			target.VolumeID, "reason", ready.FallbackReason)
+		return OperationResult{InstantFallback: ready.FallbackReason}, false, nil
+	}
+	target.SizeBytes = ready.SizeBytes
+	target.Hydrating = in.Request.OperationID
+	s.add("unregister new volume "+target.VolumeID, cleanupOn(TaskQueue, EndHydrationActivity,
+		HydrationEnd{VolumeID: target.VolumeID, OperationID: in.Request.OperationID, Abandon: true},
+		placementReleaseTimeout))
+	if err := workflow.ExecuteActivity(controlContext(ctx), RegisterVolumeActivity, target).Get(ctx, nil); err != nil {
+		return res, true, err
+	}
+	s.doing("hydrate on hypervisor " + target.HypervisorID)
+	var r activities.RestoreResult
+	if err := workflow.ExecuteActivity(streaming(ctx, target.HypervisorID, in.Volume.Deadline),
+		activities.HydrateVolumeName, input).Get(ctx, &r); err != nil {
+		return res, true, err
+	}
+	if err := workflow.ExecuteActivity(controlContext(ctx), EndHydrationActivity,
+		HydrationEnd{VolumeID: target.VolumeID, OperationID: in.Request.OperationID}).Get(ctx, nil); err != nil {
+		return res, true, err
+	}
+	return OperationResult{SizeBytes: r.SizeBytes}, true, nil
 }
 
 // DeleteWorkflow removes a snapshot from the volume's storage or a backup's manifest from backup storage

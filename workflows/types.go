@@ -124,6 +124,9 @@ type VolumeSpec struct {
 	OwnerLimit int           `json:"owner_limit"`
 	Cooldown   time.Duration `json:"cooldown"`
 	Deadline   time.Duration `json:"deadline"`
+	// Hydrating is the instant restore (operation ID) whose new volume this is, while it hydrates: the
+	// volume is usable by its domain, and refuses every request (VolumeBusy, restore) until it stands alone.
+	Hydrating string `json:"hydrating,omitempty"`
 }
 
 // Item is a snapshot or a backup of a volume.
@@ -198,6 +201,9 @@ type OperationRequest struct {
 	// Waiter, with a scheduled request, is its run's workflow ID: refused at the owner's limit, the run is
 	// queued at the owner and told when a permit frees (PermitRequest.Waiter).
 	Waiter string `json:"waiter,omitempty"`
+	// Instant, with a restore of a backup to a new volume, makes the new volume usable at once: created over
+	// the target agent's export of the backup and registered while it hydrates (VolumeSpec.Hydrating).
+	Instant bool `json:"instant,omitempty"`
 	// KeepBackupsFor, with a deregistration, keeps the volume's backups (restorable by the panel, their ID
 	// reserved) for this long before they are deleted; 0 deletes them with the volume.
 	KeepBackupsFor time.Duration `json:"keep_backups_for,omitempty"`
@@ -234,6 +240,9 @@ type Operation struct {
 	Scheduled   bool                 `json:"scheduled,omitempty"`
 	// NewVolumeID is the volume a restore to a new volume creates (chosen by Holdfast for owner tokens).
 	NewVolumeID string `json:"new_volume_id,omitempty"`
+	// InstantFallback says why an instant restore was made as a full one instead ("": it was instant, or
+	// none was asked).
+	InstantFallback string `json:"instant_fallback,omitempty"`
 }
 
 // ErrorInfo is a typed error as users see it.
@@ -328,6 +337,8 @@ type OperationResult struct {
 	Incremental    bool        `json:"incremental,omitempty"`
 	FullReadReason string      `json:"full_read_reason,omitempty"`
 	Base           *BackupBase `json:"base,omitempty"`
+	// InstantFallback: an instant restore made as a full one, and why.
+	InstantFallback string `json:"instant_fallback,omitempty"`
 }
 
 // AcquireRequest asks an owner's workflow for a permit.

@@ -131,6 +131,10 @@ func (v *volume) registerHandlers(ctx workflow.Context) error {
 		workflow.UpdateHandlerOptions{Validator: v.validateSetPolicy}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateHydration, v.endHydration,
+		workflow.UpdateHandlerOptions{Validator: v.validateHydration}); err != nil {
+		return err
+	}
 	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateAbort, v.abort,
 		workflow.UpdateHandlerOptions{Validator: v.validateAbort})
 }

@@ -16,6 +16,7 @@ func (v *volume) finish(ctx workflow.Context, req OperationRequest, res Operatio
 	op.FinishedAt = &now
 	status, info := outcome(err)
 	op.Error = info
+	op.InstantFallback = res.InstantFallback
 	switch {
 	case err == nil && (req.Kind == KindSnapshot || req.Kind == KindBackup):
 		op.Status = StatusAvailable

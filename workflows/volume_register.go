@@ -26,6 +26,9 @@ func (v *volume) validateRegister(ctx workflow.Context, spec VolumeSpec) error {
 	if v.st.Active != nil {
 		return errVolumeBusy(v.st.Active.Kind)
 	}
+	if v.st.Registered && v.st.Spec.Hydrating != "" && spec.Hydrating != v.st.Spec.Hydrating {
+		return errVolumeBusy(KindRestore) // only its instant restore registers it (again) while it hydrates
+	}
 	return nil
 }
 
@@ -53,6 +56,9 @@ func ValidateSpec(spec VolumeSpec) error {
 	}
 	if spec.SizeBytes < 0 {
 		return errInvalid("size_bytes: must not be negative")
+	}
+	if spec.Hydrating != "" && spec.Hydrating != spec.Storage.CreatedBy {
+		return errInvalid("hydrating: only the restore that created the volume hydrates it")
 	}
 	if spec.Storage.CreatedBy != "" && !activities.ValidID(spec.Storage.CreatedBy) {
 		return errInvalid("storage.created_by: must match %s", activities.IDPattern)

@@ -56,6 +56,9 @@ func (v *volume) precheck(req OperationRequest) error {
 	if v.st.Active != nil {
 		return errVolumeBusy(v.st.Active.Kind)
 	}
+	if v.st.Spec.Hydrating != "" {
+		return errVolumeBusy(KindRestore) // its own instant restore still copies into it
+	}
 	return nil
 }
 
@@ -135,6 +138,9 @@ func validateRequest(req OperationRequest, volumeID string) error {
 	}
 	if req.Scheduled && req.Kind != KindSnapshot && req.Kind != KindBackup {
 		return errInvalid("kind: only snapshots and backups are scheduled")
+	}
+	if req.Instant && (req.Kind != KindRestore || req.Mode != ModeNewVolume || req.BackupID == "") {
+		return errInvalid("instant: only a restore of a backup to a new volume is instant")
 	}
 	if req.KeepBackupsFor != 0 && req.Kind != KindDeregister {
 		return errInvalid("keep_backups_for: only a deregistration keeps backups")

@@ -356,3 +356,55 @@ func TestAPIControlPlaneTooBusyIsUnavailableNotInternal(t *testing.T) {
 	r = e.do("GET", "/v1/volumes/v1", "alice-token", nil)
 	require.Equal(t, 200, r.status, r.raw)
 }
+
+// An owner's instant restore (beyond v1, backward compatible: an optional key): refused for a snapshot,
+// naming the field; for a backup, the new volume shows "hydrating": true while the operation's progress
+// phase is "hydrating", and neither once it completed. Every answer passes the OpenAPI document.
+func TestAPIInstantRestore(t *testing.T) {
+	hv := startertest.NewGatedHypervisor()
+	hv.Gate.Open()
+	hv.Hydrate = startertest.NewGate()
+	c := startertest.NewCluster(t, strings.Replace(config, "cooldown: 5m", "cooldown: 0s", 1),
+		map[string]activities.Hypervisor{"hv1": hv})
+	ts := apitest.NewServer(t, api.New(c.Client, api.Tokens{Panel: []string{"p"},
+		Owners: map[string]string{"alice-token": "alice"}}, nil, nil))
+	e := &env{t: t, url: ts.URL, client: ts.Client()}
+	require.Equal(t, 200, e.do("PUT", "/v1/volumes/v1", "p", volumeBody("alice", "hv1")).status)
+	require.Equal(t, 202, e.do("POST", "/v1/volumes/v1/snapshots", "alice-token", nil).status)
+	snapID := e.availableSnapshot("v1", "alice-token")
+	requireError(t, e.do("POST", "/v1/volumes/v1/restore", "alice-token", map[string]any{"snapshot_id": snapID,
+		"mode": "new_volume", "instant": true}), 400, "InvalidArgument",
+		"instant: only a restore of a backup to a new volume is instant")
+	bk := e.do("POST", "/v1/volumes/v1/backups", "alice-token", nil)
+	require.Equal(t, 202, bk.status, bk.raw)
+	backupID, _ := bk.body["item_id"].(string)
+	startertest.WaitFor(t, "backup", func() bool {
+		return e.do("GET", "/v1/operations/"+bk.body["operation_id"].(string), "alice-token", nil).body["status"] == "available"
+	})
+
+	r := e.do("POST", "/v1/volumes/v1/restore", "alice-token", map[string]any{"backup_id": backupID,
+		"mode": "new_volume", "instant": true})
+	require.Equal(t, 202, r.status, r.raw)
+	newID, _ := r.body["new_volume_id"].(string)
+	opID, _ := r.body["operation_id"].(string)
+	startertest.WaitFor(t, "hydrating", func() bool {
+		op := e.do("GET", "/v1/operations/"+opID, "alice-token", nil).body
+		p, _ := op["progress"].(map[string]any)
+		return p != nil && p["phase"] == "hydrating"
+	})
+	nv := e.do("GET", "/v1/volumes/"+newID, "alice-token", nil)
+	require.Equal(t, 200, nv.status, nv.raw)
+	assert.Equal(t, true, nv.body["hydrating"])
+	requireError(t, e.do("POST", "/v1/volumes/"+newID+"/snapshots", "alice-token", nil), 409, "VolumeBusy",
+		"Volume is busy with operation: restore")
+
+	hv.Hydrate.Open()
+	startertest.WaitFor(t, "restore to end", func() bool {
+		return e.do("GET", "/v1/operations/"+opID, "alice-token", nil).body["status"] == "completed"
+	})
+	nv = e.do("GET", "/v1/volumes/"+newID, "alice-token", nil)
+	_, shown := nv.body["hydrating"]
+	assert.False(t, shown, "hydrated: the key is gone")
+	_, shown = e.do("GET", "/v1/operations/"+opID, "alice-token", nil).body["instant_fallback"]
+	assert.False(t, shown, "it was instant")
+}

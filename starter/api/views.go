@@ -19,6 +19,7 @@ func volumeView(v *starter.Volume) apiv1.Volume {
 	view := apiv1.Volume{VolumeID: spec.VolumeID, Name: spec.Name, OwnerID: spec.OwnerID,
 		HypervisorID: spec.HypervisorID, Plan: spec.Plan.PlanID, Storage: apiv1.Storage(spec.Storage),
 		SizeBytes: spec.SizeBytes, CooldownRemainingSeconds: v.CooldownRemainingSeconds, PolicyID: v.PolicyID,
+		Hydrating: spec.Hydrating != "",
 		Snapshots: make([]apiv1.Snapshot, 0, len(v.Snapshots)), Backups: make([]apiv1.Backup, 0, len(v.Backups))}
 	if op := v.Active; op != nil {
 		view.ActiveOperation = &apiv1.ActiveOperation{OperationID: op.OperationID, Kind: string(op.Kind),
@@ -70,7 +71,7 @@ func acceptedView(op *workflows.Operation) apiv1.Accepted {
 func operationView(op *workflows.Operation) apiv1.Operation {
 	view := apiv1.Operation{OperationID: op.OperationID, VolumeID: op.VolumeID, Kind: string(op.Kind),
 		ItemID: op.ItemID, Status: string(op.Status), Progress: progress(op.Progress), StartedAt: op.StartedAt,
-		FinishedAt: op.FinishedAt, NewVolumeID: op.NewVolumeID}
+		FinishedAt: op.FinishedAt, NewVolumeID: op.NewVolumeID, InstantFallback: op.InstantFallback}
 	if op.Error != nil {
 		e := apiv1.Error(*op.Error)
 		view.Error = &e
@@ -119,7 +120,8 @@ func registerRequestOf(b apiv1.RegisterVolumeRequest) starter.RegisterRequest {
 
 func restoreRequestOf(b apiv1.RestoreRequest) starter.RestoreRequest {
 	req := starter.RestoreRequest{SnapshotID: b.SnapshotID, BackupID: b.BackupID, Mode: b.Mode, Confirm: b.Confirm,
-		NewVolumeID: b.NewVolumeID, NewVolumeName: b.NewVolumeName, Plan: b.Plan, HypervisorID: b.HypervisorID}
+		NewVolumeID: b.NewVolumeID, NewVolumeName: b.NewVolumeName, Plan: b.Plan, HypervisorID: b.HypervisorID,
+		Instant: b.Instant}
 	if b.Storage != nil {
 		ref := activities.VolumeRef(*b.Storage)
 		req.Storage = &ref

@@ -306,6 +306,11 @@ func (g *Gate) Open() { g.once.Do(func() { close(g.ch) }) }
 // Its exported methods are exactly the activities (workers register every exported method).
 type GatedHypervisor struct {
 	Gate *Gate
+	// Hydrate, when set, holds hydrations instead of Gate (so a test can back up, then hold an instant
+	// restore's hydration).
+	Hydrate *Gate
+	// Deleted records the volumes DeleteVolume was asked to delete.
+	Deleted sync.Map
 	// Attached makes the volume look attached to a running instance.
 	Attached bool
 }
@@ -314,7 +319,7 @@ var _ activities.Hypervisor = (*GatedHypervisor)(nil)
 
 // NewGatedHypervisor returns an agent with a closed gate.
 func NewGatedHypervisor() *GatedHypervisor {
-	return &GatedHypervisor{Gate: &Gate{ch: make(chan struct{})}}
+	return &GatedHypervisor{Gate: NewGate()}
 }
 
 func (g *GatedHypervisor) wait(ctx context.Context) error {
@@ -387,14 +392,21 @@ func (g *GatedHypervisor) PrepareInstantRestore(_ context.Context, in activities
 	return activities.InstantRestoreResult{SizeBytes: 64 << 20, Instant: true}, nil
 }
 
-// HydrateVolume heartbeats progress until the gate opens (or the context ends).
+// NewGate returns a closed gate.
+func NewGate() *Gate { return &Gate{ch: make(chan struct{})} }
+
+// HydrateVolume heartbeats progress until the Hydrate gate (else Gate) opens, or the context ends.
 func (g *GatedHypervisor) HydrateVolume(ctx context.Context, _ activities.RestoreBackupInput) (activities.RestoreResult, error) {
+	gate := g.Gate
+	if g.Hydrate != nil {
+		gate = g.Hydrate
+	}
 	const total = int64(64 << 20)
 	for done := int64(4 << 20); ; done = min(done+(4<<20), total/2) {
 		activity.RecordHeartbeat(ctx, activities.Progress{Phase: "hydrating", BytesDone: done, BytesTotal: total,
 			BytesPerSecond: 4 << 20})
 		select {
-		case <-g.Gate.ch:
+		case <-gate.ch:
 			return activities.RestoreResult{SizeBytes: total, BytesWritten: total}, nil
 		case <-ctx.Done():
 			return activities.RestoreResult{}, ctx.Err()
@@ -408,8 +420,9 @@ func (g *GatedHypervisor) CloneSnapshot(context.Context, activities.CloneSnapsho
 	return activities.RestoreResult{SizeBytes: 1 << 20}, nil
 }
 
-// DeleteVolume implements activities.Hypervisor.
-func (g *GatedHypervisor) DeleteVolume(context.Context, activities.DeleteVolumeInput) error {
+// DeleteVolume implements activities.Hypervisor (and records the volume in Deleted).
+func (g *GatedHypervisor) DeleteVolume(_ context.Context, in activities.DeleteVolumeInput) error {
+	g.Deleted.Store(in.VolumeID, true)
 	return nil
 }
 

@@ -66,11 +66,12 @@ var commands = []*command{
 		name: "restore",
 		synopsis: []string{
 			"restore VOLUME (--snapshot ID | --backup ID | --latest-backup) --in-place --confirm VOLUME_NAME",
-			"restore VOLUME (--snapshot ID | --backup ID | --latest-backup) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H] [--path P | --pool P]",
+			"restore VOLUME (--snapshot ID | --backup ID | --latest-backup) --new-volume NEW_ID [--new-name N] [--plan P] [--hypervisor H] [--path P | --pool P] [--instant]",
 		},
 		summary: "restore over VOLUME (confirm with its name), or into a new volume NEW_ID beside it\n" +
 			"(named NEW_ID unless --new-name; plan and hypervisor default to the source's);\n" +
-			"--latest-backup is VOLUME's newest available backup",
+			"--latest-backup is VOLUME's newest available backup; --instant makes the new volume\n" +
+			"usable at once from a backup, hydrating behind",
 		mutating: true, minArgs: 1, maxArgs: 1, flags: restoreFlags, run: runRestore,
 	},
 	{
@@ -123,7 +124,7 @@ type options struct {
 	snapshotID, backupID string
 	latestBackup         bool
 	confirm              string
-	inPlace              bool
+	inPlace, instant     bool
 	newVolume, newName   string
 	plan, hypervisor     string
 	path, pool           string
@@ -149,6 +150,7 @@ func restoreFlags(fs *flag.FlagSet, o *options) {
 	fs.StringVar(&o.hypervisor, "hypervisor", "", "`HYPERVISOR` of the new volume (default: the source's)")
 	fs.StringVar(&o.path, "path", "", "put the new volume at this file `PATH` on its hypervisor (default: beside the source)")
 	fs.StringVar(&o.pool, "pool", "", "put the new volume in this Ceph `POOL` (image: the new volume's ID)")
+	fs.BoolVar(&o.instant, "instant", false, "with a backup and --new-volume: the new volume is usable at once, and hydrates behind")
 }
 
 func deleteFlags(fs *flag.FlagSet, o *options) {

@@ -196,6 +196,12 @@ func TestRestore(t *testing.T) {
 			body: `{"backup_id":"back-1","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2",` +
 				`"storage":{"type":"rbd","pool":"rbd-b","image":"vol2"}}`, code: ExitOK, requests: 1,
 		},
+		{
+			name: "instant", args: []string{"restore", "vol1", "--backup", "back-1", "--new-volume", "vol2", "--instant"},
+			body: `{"backup_id":"back-1","mode":"new_volume","new_volume_id":"vol2","new_volume_name":"vol2","instant":true}`,
+			code: ExitOK, requests: 1,
+		},
+		{name: "instant in place", args: []string{"restore", "vol1", "--backup", "b", "--in-place", "--confirm", "x", "--instant"}, code: ExitUsage},
 		{name: "path and pool", args: []string{"restore", "vol1", "--backup", "b", "--new-volume", "v2", "--path", "/x", "--pool", "p"}, code: ExitUsage},
 		{name: "path in place", args: []string{"restore", "vol1", "--backup", "b", "--in-place", "--confirm", "x", "--path", "/x"}, code: ExitUsage},
 		{

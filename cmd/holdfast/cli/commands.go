@@ -53,6 +53,9 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 	case o.inPlace && o.newVolume != "":
 		return usagef("restore: --in-place and --new-volume exclude each other")
 	case o.inPlace:
+		if o.instant {
+			return usagef("restore: --instant applies only to --new-volume")
+		}
 		if o.newName != "" || o.plan != "" || o.hypervisor != "" || o.path != "" || o.pool != "" {
 			return usagef("restore: --new-name, --plan, --hypervisor, --path and --pool apply only to --new-volume")
 		}
@@ -73,7 +76,7 @@ func runRestore(ctx context.Context, inv *invocation, args []string) error {
 			name = o.newVolume
 		}
 		req.Mode, req.NewVolumeID, req.NewVolumeName = apiv1.ModeNewVolume, o.newVolume, name
-		req.Plan, req.HypervisorID = o.plan, o.hypervisor
+		req.Plan, req.HypervisorID, req.Instant = o.plan, o.hypervisor, o.instant
 		switch {
 		case o.path != "" && o.pool != "":
 			return usagef("restore: --path and --pool exclude each other")

@@ -27,6 +27,9 @@ type RestoreRequest struct {
 	Plan          string   `json:"plan,omitempty"`
 	HypervisorID  string   `json:"hypervisor_id,omitempty"`
 	Storage       *Storage `json:"storage,omitempty"`
+	// Instant (beyond v1, optional) makes a restore of a backup to a new volume usable at once: the new
+	// volume is registered, hydrating, as soon as it reads the backup through the target agent.
+	Instant bool `json:"instant,omitempty"`
 }
 
 // Accepted is the 202 answer to every request that starts an operation.
@@ -58,6 +61,8 @@ type Operation struct {
 	// FinishedAt is null while the operation runs.
 	FinishedAt  *time.Time `json:"finished_at"`
 	NewVolumeID string     `json:"new_volume_id,omitempty"`
+	// InstantFallback (beyond v1) says why an instant restore was made as a full one.
+	InstantFallback string `json:"instant_fallback,omitempty"`
 }
 
 // Progress is a running operation's live progress.

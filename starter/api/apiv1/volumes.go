@@ -28,6 +28,9 @@ type Volume struct {
 	CooldownRemainingSeconds int64            `json:"cooldown_remaining_seconds"`
 	// PolicyID is the policy the volume is attached to (beyond v1: present only when attached).
 	PolicyID string `json:"policy_id,omitempty"`
+	// Hydrating (beyond v1: present only then) marks a volume an instant restore made that still reads part
+	// of its data from the backup: usable, but refusing requests until the restore ends.
+	Hydrating bool `json:"hydrating,omitempty"`
 	// Snapshots and Backups are [] when there are none, never null.
 	Snapshots []Snapshot `json:"snapshots"`
 	Backups   []Backup   `json:"backups"`
