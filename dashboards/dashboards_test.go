@@ -149,6 +149,8 @@ func TestDashboard(t *testing.T) {
 		{"rejections", "holdfast_guard_rail_rejections_total"},
 		{"retained", "holdfast_retained_bytes"},
 		{"last successful backup age", "time() - max by (volume) (holdfast_last_successful_backup_timestamp_seconds)"},
+		{"instant restores", "holdfast_instant_exports"},
+		{"instant restores", "holdfast_hydrations_in_flight"},
 	} {
 		found := false
 		for title, exprs := range byTitle {

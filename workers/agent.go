@@ -128,8 +128,12 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 		a.Close()
 		return nil, err
 	}
+	exportDir := h.ExportDir
+	if exportDir == "" {
+		exportDir = config.DefaultExportDir(hypervisorID)
+	}
 	ac := agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log, Metrics: m,
-		VolumeRoots: h.VolumeRoots, RBDPools: h.RBDPools}
+		VolumeRoots: h.VolumeRoots, RBDPools: h.RBDPools, ExportDir: exportDir}
 	a.Activities, a.Storage = agent.New(ac), agent.NewStorage(ac)
 	return a, nil
 }

@@ -130,11 +130,24 @@ func (x *exports) count() int {
 	return len(x.live)
 }
 
+// ready checks that exports can be served.
+func (x *exports) ready() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.prepareDir()
+}
+
+// maxSocketPath is the longest UNIX socket path Linux takes (sun_path, less its terminating NUL).
+const maxSocketPath = 107
+
 // prepareDir makes the export directory, or checks the one there: a directory (not a link) of this process's
 // user that no one else may write, so that nobody can put a socket of theirs where a volume's backing points.
 func (x *exports) prepareDir() error {
 	if x.dir == "" {
 		return errors.New("instant restore: no export directory configured")
+	}
+	if len(x.backing("x").Socket) > maxSocketPath {
+		return fmt.Errorf("export directory %s: too long for a UNIX socket path", x.dir)
 	}
 	if err := os.MkdirAll(x.dir, 0o711); err != nil {
 		return err
@@ -219,7 +232,8 @@ func (a *Activities) PrepareInstantRestore(ctx context.Context, in activities.Re
 		res.FallbackReason = fallbackNotQCOW2
 		return res, nil
 	}
-	if a.exports.dir == "" {
+	if err := a.exports.ready(); err != nil {
+		log.Error("instant restore unavailable on this hypervisor; restoring in full", "error", err)
 		res.FallbackReason = fallbackNoExport
 		return res, nil
 	}

@@ -134,11 +134,12 @@ limits: %s
 backup_storages: {local: %s}
 hypervisor_groups: {g1: {backup_storage: local}}
 hypervisors:
-  hv1: {group: g1, libvirt_uri: %s, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
-  hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q]}
+  hv1: {group: g1, libvirt_uri: %s, bandwidth_bytes_per_second: %d, volume_roots: [%q], export_dir: %q}
+  hv2: {group: g1, libvirt_uri: none, bandwidth_bytes_per_second: %d, volume_roots: [%q], export_dir: %q}
 %s
 `, target.address, target.namespace, o.limits, e.storageYAML(), hv1Libvirt(t), o.hv1Bandwidth, filepath.Join(dir, "volumes"),
-		o.hv2Bandwidth, filepath.Join(dir, "volumes"), billing)
+		filepath.Join(dir, "exports-hv1"), o.hv2Bandwidth, filepath.Join(dir, "volumes"), filepath.Join(dir, "exports-hv2"),
+		billing)
 	require.NoError(t, os.WriteFile(e.config, []byte(cfg), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "volumes"), 0o755))
 	e.start("worker", "worker", "--config", e.config)
@@ -359,6 +360,17 @@ func (e *e2e) waitProgress(operationID string, bytes float64) float64 {
 		return done >= bytes
 	})
 	return done
+}
+
+// waitPhase waits until an operation's progress is in phase past bytes.
+func (e *e2e) waitPhase(operationID, phase string, bytes float64) {
+	e.t.Helper()
+	startertest.WaitFor(e.t, fmt.Sprintf("operation %s %s past %.0f bytes", operationID, phase, bytes), func() bool {
+		_, op := e.call("GET", "/v1/operations/"+operationID, panelToken, nil)
+		require.Nil(e.t, op["finished_at"], "operation %s ended before the fault: %v", operationID, op)
+		p, ok := op["progress"].(map[string]any)
+		return ok && p["phase"] == phase && p["bytes_done"].(float64) >= bytes
+	})
 }
 
 func (e *e2e) scrape(process string) string {

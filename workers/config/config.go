@@ -141,6 +141,15 @@ type Hypervisor struct {
 	// RBDPools are the Ceph pools RBD volumes may live in; a restore creates new images in the first one.
 	// None: no RBD volumes.
 	RBDPools []string `yaml:"rbd_pools"`
+	// ExportDir is where the agent serves instant restores' backups to QEMU (UNIX sockets; default
+	// /run/holdfast/exports/<hypervisor id>). It must be the agent's own and writable by no one else;
+	// where it cannot be, instant restores are made in full (and say so).
+	ExportDir string `yaml:"export_dir"`
+}
+
+// DefaultExportDir is a hypervisor's ExportDir when the config names none.
+func DefaultExportDir(hypervisorID string) string {
+	return filepath.Join("/run/holdfast/exports", hypervisorID)
 }
 
 // Storage is a backup storage: the store's configuration (stores.Config: its type, that type's settings and

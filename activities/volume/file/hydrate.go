@@ -33,11 +33,23 @@ import (
 // ranges the overlay does not hold yet, and copies up to hydrateSliceBytes bytes of the export's data into them
 // from the source read in-process; between slices the lock is released, and a domain that started in between
 // takes the hydration over: QEMU's own block-stream through libvirt, which copies under the running guest.
+// A slice lasts at most hydrateSliceTime, and while the volume is attached to a domain that is not running
+// (defined, about to be started) the driver keeps off it for up to hydrateAttachedGrace, so that the
+// domain's start is not refused the lock.
 // Once nothing is missing, the backing is dropped (a metadata-only rebase). Ranges the export reports as
 // zeros are never copied: the overlay reads them as zeros once it stands alone.
 
-// hydrateSliceBytes bounds the bytes one slice copies holding the image's lock.
-var hydrateSliceBytes int64 = 256 << 20
+// hydrateSliceBytes and hydrateSliceTime bound one slice (the time the image's lock is held: a domain
+// started meanwhile fails to open it).
+var (
+	hydrateSliceBytes int64 = 256 << 20
+	hydrateSliceTime        = 2 * time.Second
+)
+
+// hydrateAttachedGrace is how long a hydration leaves alone a volume attached to a domain that is not
+// running (it is likely about to start it, and QEMU must then get the image's lock) before it copies offline
+// anyway.
+var hydrateAttachedGrace = 5 * time.Minute
 
 // hydratePoll is how often a block-stream's progress is read.
 const hydratePoll = time.Second
@@ -187,6 +199,7 @@ func (d *Driver) Hydrate(ctx context.Context, vol volume.Ref, b volume.NBDBackin
 	for _, e := range data {
 		total += e.Length
 	}
+	var attachedSince time.Time // when the volume was first seen attached to a stopped domain
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -220,6 +233,19 @@ func (d *Driver) Hydrate(ctx context.Context, vol volume.Ref, b volume.NBDBackin
 			return fmt.Errorf("%s: block pull in %s ended before the volume stood alone", vol, found.Domain)
 		}
 		closeConn(conn)
+		if found.Attached {
+			if attachedSince.IsZero() {
+				attachedSince = time.Now()
+			}
+			if time.Since(attachedSince) < hydrateAttachedGrace {
+				if err := sleep(ctx, hydratePoll); err != nil {
+					return err
+				}
+				continue
+			}
+		} else {
+			attachedSince = time.Time{}
+		}
 		done, err := d.hydrateOffline(ctx, vol, path, data, src, total, report)
 		if err != nil {
 			if errors.Is(err, errLocked) {
@@ -289,8 +315,10 @@ func (d *Driver) hydrateOffline(ctx context.Context, vol volume.Ref, path string
 	tctx := d.throttled(ctx)
 	buf := make([]byte, min(4<<20, hydrateSliceBytes))
 	var copied int64
+	start := time.Now()
+	more := func() bool { return copied < hydrateSliceBytes && time.Since(start) < hydrateSliceTime }
 	for _, e := range todo {
-		for off := e.Offset; off < e.End() && copied < hydrateSliceBytes; {
+		for off := e.Offset; off < e.End() && more(); {
 			n := min(int64(len(buf)), e.End()-off)
 			if err := throttle(tctx, n); err != nil {
 				return false, err

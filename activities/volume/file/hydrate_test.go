@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -246,4 +247,38 @@ func TestHydrateUnderARunningDomain(t *testing.T) {
 	f.stop()
 	dom.Stop(t)
 	requireEqualBytes(t, want, contents(t, vol.Path), "hydrated under the domain")
+}
+
+// A volume attached to a domain that is not running yet (a panel attached it to a stopped VM) is left alone
+// while the domain may start: the domain starts (it gets the image's lock), and the hydration is then the
+// domain's block-stream.
+func TestHydrationLeavesAnAttachedDomainFreeToStart(t *testing.T) {
+	uri := os.Getenv("HOLDFAST_LIBVIRT_URI")
+	volumetest.RequireLibvirt(t, uri)
+	const size = 16 * hMiB
+	f := newHydrationFixture(t, size, volume.Extent{Offset: 0, Length: 8 * hMiB})
+	d := New(uri)
+	vol := volume.Ref{Type: volume.TypeFile, Path: filepath.Join(t.TempDir(), "attached.qcow2"), CreatedBy: "op-1"}
+	ctx := context.Background()
+	require.NoError(t, d.CreateOverlay(ctx, vol, size, f.backing))
+	dom := volumetest.DefineDomain(t, uri, fmt.Sprintf(`<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='%s'/><target dev='vda' bus='virtio'/></disk>`, vol.Path))
+
+	hydrated := make(chan error, 1)
+	var reports atomic.Int64
+	go func() {
+		hydrated <- d.Hydrate(ctx, vol, f.backing, f, func(int64, int64) { reports.Add(1) })
+	}()
+	time.Sleep(3 * hydratePoll) // several looks at the attachment
+	assert.Zero(t, reports.Load(), "nothing copied while the domain may start")
+	dom.Start(t) // fails if the hydration holds the image's lock
+	select {
+	case err := <-hydrated:
+		require.NoError(t, err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("hydration under the started domain did not end")
+	}
+	dom.Stop(t)
+	f.stop()
+	requireEqualBytes(t, f.data, contents(t, vol.Path), "hydrated by the domain")
 }

@@ -519,8 +519,44 @@ func StartDomain(t *testing.T, uri, disk string) *Domain {
 	t.Helper()
 	conn, err := domains.Open(uri)
 	RequireService(t, err, "libvirtd", "services-up-libvirt")
-	name := fmt.Sprintf("holdfast-test-%d-%d", os.Getpid(), rand.Uint32())
-	xml := fmt.Sprintf(`<domain type='qemu'>
+	name, xml := domainXML(disk)
+	dom, err := conn.DomainCreateXML(xml, 0)
+	require.NoError(t, err, "start domain:\n%s", xml)
+	d := &Domain{Name: name, uri: uri, dom: dom, conn: conn}
+	t.Cleanup(func() { d.Stop(t); conn.Close() })
+	return d
+}
+
+// DefineDomain defines (without starting) a persistent domain with disk, as a panel attaching a volume to a
+// stopped VM does; Start starts it. It is stopped and undefined when the test ends.
+func DefineDomain(t *testing.T, uri, disk string) *Domain {
+	t.Helper()
+	conn, err := domains.Open(uri)
+	RequireService(t, err, "libvirtd", "services-up-libvirt")
+	name, xml := domainXML(disk)
+	dom, err := conn.DomainDefineXML(xml)
+	require.NoError(t, err, "define domain:\n%s", xml)
+	d := &Domain{Name: name, uri: uri, dom: dom, conn: conn}
+	t.Cleanup(func() {
+		d.Stop(t)
+		if def, err := conn.LookupDomainByName(name); err == nil {
+			_ = def.Undefine()
+			def.Free()
+		}
+		conn.Close()
+	})
+	return d
+}
+
+// Start starts a defined domain.
+func (d *Domain) Start(t *testing.T) {
+	t.Helper()
+	require.NoError(t, d.dom.Create(), "start domain %s", d.Name)
+}
+
+func domainXML(disk string) (name, xml string) {
+	name = fmt.Sprintf("holdfast-test-%d-%d", os.Getpid(), rand.Uint32())
+	return name, fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
   <devices>
@@ -529,11 +565,6 @@ func StartDomain(t *testing.T, uri, disk string) *Domain {
     <controller type='usb' model='none'/><memballoon model='none'/>
   </devices>
 </domain>`, name, disk)
-	dom, err := conn.DomainCreateXML(xml, 0)
-	require.NoError(t, err, "start domain:\n%s", xml)
-	d := &Domain{Name: name, uri: uri, dom: dom, conn: conn}
-	t.Cleanup(func() { d.Stop(t); conn.Close() })
-	return d
 }
 
 // Write makes the running guest's disk dev (target name) see len bytes of value at off, through QEMU's own

@@ -129,11 +129,12 @@ temporal: {address: %q}
 limits: {%s}
 backup_storages: {%s: {type: fs, path: %q}}
 hypervisor_groups: {local-group: {backup_storage: %s}}
-hypervisors: {%s: {group: local-group, libvirt_uri: %q, volume_roots: [%q]}}
+hypervisors: {%s: {group: local-group, libvirt_uri: %q, volume_roots: [%q], export_dir: %q}}
 plans: {standard: {}}
 billing: {ledger_path: %q}
 `, o.TemporalAddr, strings.Join(limits, ", "), StorageName, filepath.Join(dataDir, "backups"), StorageName,
-		HypervisorID, libvirtURI, filepath.Join(dataDir, "volumes"), filepath.Join(dataDir, "billing.jsonl")), nil
+		HypervisorID, libvirtURI, filepath.Join(dataDir, "volumes"), filepath.Join(dataDir, "exports"),
+		filepath.Join(dataDir, "billing.jsonl")), nil
 }
 
 // Run runs everything until ctx ends, then stops it all (the dev server last).
