@@ -75,7 +75,7 @@ func (x *exports) ensure(e *backup.Engine, in activities.RestoreBackupInput) (*l
 		return nil, err
 	}
 	b := x.backing(in.TargetVolumeID)
-	r, err := e.OpenBackup(context.Background(), in.SourceVolumeID, in.BackupID, backup.ReaderOptions{})
+	r, err := e.OpenBackup(context.Background(), in.SourceVolumeID, in.BackupID, backup.ReaderOptions{ReadAhead: 8, CacheCells: 32})
 	if err != nil {
 		return nil, err
 	}

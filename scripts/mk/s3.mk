@@ -38,4 +38,4 @@ BENCHES += instant
 ## the first read, cold vs hydrated 4 KiB read latency, hydration ÷ normal restore throughput (1 and 4 GiB).
 bench-instant: bin/minio bin/versitygw
 	@scripts/services/s3.sh up
-	$(GO) test -count=1 -run '^$$' -bench BenchmarkInstantRestore -benchtime 1x -timeout 30m ./activities/export/
+	$(GO) test -count=1 -run '^$$' -bench BenchmarkInstantRestore -benchtime 1x -timeout 30m ./activities/agent/

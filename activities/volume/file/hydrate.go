@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"time"
 
@@ -42,7 +43,7 @@ import (
 // hydrateSliceBytes and hydrateSliceTime bound one slice (the time the image's lock is held: a domain
 // started meanwhile fails to open it).
 var (
-	hydrateSliceBytes int64 = 256 << 20
+	hydrateSliceBytes int64 = 1 << 30
 	hydrateSliceTime        = 2 * time.Second
 )
 
@@ -312,30 +313,99 @@ func (d *Driver) hydrateOffline(ctx context.Context, vol volume.Ref, path string
 		closed = true
 		return true, w.Close()
 	}
-	tctx := d.throttled(ctx)
-	buf := make([]byte, min(4<<20, hydrateSliceBytes))
-	var copied int64
-	start := time.Now()
-	more := func() bool { return copied < hydrateSliceBytes && time.Since(start) < hydrateSliceTime }
-	for _, e := range todo {
-		for off := e.Offset; off < e.End() && more(); {
-			n := min(int64(len(buf)), e.End()-off)
-			if err := throttle(tctx, n); err != nil {
-				return false, err
-			}
-			if _, err := src.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
-				return false, fmt.Errorf("read the backup at %d: %w", off, err)
-			}
-			if _, err := w.WriteAt(buf[:n], off); err != nil {
-				return false, fmt.Errorf("%s: %w", vol, err)
-			}
-			off += n
-			copied += n
-			report(total-left+copied, total)
-		}
+	if err := copyPieces(d.throttled(ctx), w, src, todo, func(n int64) { report(total-left+n, total) }); err != nil {
+		return false, fmt.Errorf("%s: %w", vol, err)
 	}
 	closed = true
 	return false, w.Close()
+}
+
+// hydrateReaders is how many pieces of the backup are read at once (fetched, decrypted, verified) while
+// one is written: a hydration keeps pace with a restore, which works on several chunks at a time.
+const hydrateReaders = 4
+
+// hydratePiece is the size of one read and write.
+const hydratePiece = 4 << 20
+
+type piece struct {
+	off int64
+	buf []byte
+	err error
+}
+
+// copyPieces copies the extents todo from src to w, for at most hydrateSliceBytes or hydrateSliceTime,
+// reading up to hydrateReaders pieces ahead of the writes (each read throttled by ctx's limiter); progress
+// reports the bytes written so far.
+func copyPieces(ctx context.Context, w volume.Writer, src io.ReaderAt, todo []volume.Extent,
+	progress func(int64)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	free := make(chan []byte, hydrateReaders+1)
+	for range hydrateReaders + 1 {
+		free <- make([]byte, hydratePiece)
+	}
+	work := make(chan piece)
+	filled := make(chan piece, hydrateReaders)
+	go func() { // hands out pieces while the slice lasts
+		defer close(work)
+		start := time.Now()
+		var issued int64
+		for _, e := range todo {
+			for off := e.Offset; off < e.End(); {
+				if issued >= hydrateSliceBytes || time.Since(start) >= hydrateSliceTime {
+					return
+				}
+				n := min(int64(hydratePiece), e.End()-off)
+				var buf []byte
+				select {
+				case buf = <-free:
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case work <- piece{off: off, buf: buf[:n]}:
+				case <-ctx.Done():
+					return
+				}
+				off += n
+				issued += n
+			}
+		}
+	}()
+	var readers sync.WaitGroup
+	for range hydrateReaders {
+		readers.Go(func() {
+			for p := range work {
+				if p.err = throttle(ctx, int64(len(p.buf))); p.err == nil {
+					if _, err := src.ReadAt(p.buf, p.off); err != nil && !errors.Is(err, io.EOF) {
+						p.err = fmt.Errorf("read the backup at %d: %w", p.off, err)
+					}
+				}
+				filled <- p
+			}
+		})
+	}
+	go func() { readers.Wait(); close(filled) }()
+	var copied int64
+	var firstErr error
+	for p := range filled {
+		if firstErr == nil && p.err != nil {
+			firstErr = p.err
+		}
+		if firstErr == nil {
+			if _, err := w.WriteAt(p.buf, p.off); err != nil {
+				firstErr = err
+			} else {
+				copied += int64(len(p.buf))
+				progress(copied)
+			}
+		}
+		if firstErr != nil {
+			cancel() // the rest is drained, not written
+		}
+		free <- p.buf[:cap(p.buf)]
+	}
+	return firstErr
 }
 
 // unallocated lists the ranges of the overlay at path that it does not hold itself (they read through to
