@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -285,7 +286,15 @@ func isLockError(err error) bool {
 // qemu-nbd; done when nothing was missing.
 func (d *Driver) hydrateOffline(ctx context.Context, vol volume.Ref, path string, data []volume.Extent,
 	src io.ReaderAt, total int64, report func(done, total int64)) (bool, error) {
-	w, err := startQemuNBD(ctx, path, string(volume.FormatQCOW2))
+	// cache=none: each data write reaches the disk before the qcow2 metadata naming it can (QEMU writes
+	// its L2 tables from its own cache, later). After a host crash a cluster the map shows allocated
+	// therefore holds its data, so resuming from the map never skips a cluster that did not make it.
+	w, err := startQemuNBDCache(ctx, path, string(volume.FormatQCOW2), "none")
+	if err != nil && strings.Contains(err.Error(), "Invalid argument") {
+		// A filesystem without O_DIRECT: writethrough (each write synced before it completes) keeps the
+		// same order, slower.
+		w, err = startQemuNBDCache(ctx, path, string(volume.FormatQCOW2), "writethrough")
+	}
 	if err != nil {
 		if isLockError(err) {
 			return false, errLocked

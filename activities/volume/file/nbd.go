@@ -39,8 +39,15 @@ type nbdWriter struct {
 	dir    string
 }
 
-// startQemuNBD exports path (format fmt) read-write on a private UNIX socket and connects to it.
+// startQemuNBD exports path (format fmt) read-write on a private UNIX socket and connects to it, with
+// QEMU's writeback cache: writes are durable once flushed (Flush, Close).
 func startQemuNBD(ctx context.Context, path, format string) (*nbdWriter, error) {
+	return startQemuNBDCache(ctx, path, format, "writeback")
+}
+
+// startQemuNBDCache is startQemuNBD with QEMU's cache mode cache ("none": O_DIRECT data writes, so a data
+// cluster is on disk before any metadata naming it can be).
+func startQemuNBDCache(ctx context.Context, path, format, cache string) (*nbdWriter, error) {
 	dir, err := os.MkdirTemp("", "holdfast-nbd-")
 	if err != nil {
 		return nil, err
@@ -48,7 +55,7 @@ func startQemuNBD(ctx context.Context, path, format string) (*nbdWriter, error) 
 	sock := filepath.Join(dir, "nbd.sock")
 	// --cache=writeback + flush on Close keeps writes fast and durable at the end of a restore.
 	cmd := exec.Command("qemu-nbd", "--format", format, "--socket", sock, "--shared=1",
-		"--cache=writeback", "--discard=unmap", path)
+		"--cache="+cache, "--discard=unmap", path)
 	var stderr tailBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
