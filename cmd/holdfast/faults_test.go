@@ -514,6 +514,7 @@ func TestFaultAgentKilledMidHydration(t *testing.T) {
 	status, nv = e.call("GET", "/v1/volumes/db-instant", panelToken, nil)
 	require.Equal(t, 200, status)
 	assert.Nil(t, nv["hydrating"])
+	assertNoSnapshots(t, e.volumePath("db"), target)
 	e.assertUnlocked("db", "alice")
 	e.assertUnlocked("db-instant", "alice")
 }

@@ -44,8 +44,10 @@ const (
 	SampleVolume = "sample"
 	SampleOwner  = "demo"
 	SampleSize   = 256 << 20
-	// SampleCopy is the volume the printed tour restores the sample's backup into.
-	SampleCopy = "sample-copy"
+	// SampleCopy is the volume the printed tour restores the sample's backup into; SampleInstant the one it
+	// restores instantly.
+	SampleCopy    = "sample-copy"
+	SampleInstant = "sample-now"
 )
 
 // DevCooldown is dev mode's cooldown between two operations on a volume, unless Options.Cooldown says
@@ -435,8 +437,11 @@ func printInfo(w io.Writer, i Info, owners map[string]string) {
 	fmt.Fprintf(w, "  bin/holdfast snapshot %s --wait\n", SampleVolume)
 	fmt.Fprintf(w, "  bin/holdfast backup %s --wait                                   # live progress: phase, %%, MB/s, ETA\n", SampleVolume)
 	fmt.Fprintf(w, "  bin/holdfast restore %s --latest-backup --new-volume %s --wait\n", SampleVolume, SampleCopy)
+	fmt.Fprintf(w, "  bin/holdfast restore %s --latest-backup --new-volume %s --instant --wait   # usable at once, hydrates behind\n",
+		SampleVolume, SampleInstant)
 	fmt.Fprintf(w, "  bin/holdfast status %s\n", SampleVolume)
-	fmt.Fprintf(w, "  bin/holdfast status %s\n\n", SampleCopy)
+	fmt.Fprintf(w, "  bin/holdfast status %s\n", SampleCopy)
+	fmt.Fprintf(w, "  bin/holdfast status %s\n\n", SampleInstant)
 	fmt.Fprintf(w, "Then watch the workflows in the Web UI (%s/namespaces/default/workflows) and the\n", i.WebUI)
 	fmt.Fprintf(w, "metrics (curl -s %s | grep ^holdfast_).\n\n", i.Metrics)
 	fmt.Fprintf(w, "Ctrl-C stops everything.\n")

@@ -3,10 +3,12 @@ package dev
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -77,7 +79,7 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 	// The tour, exactly as printed: the export line gives the environment, every bin/holdfast line runs in
 	// order (with dev mode's own cooldown, not one the test picked), and each must succeed.
 	env, tour := printedTour(t, out.String())
-	require.Len(t, tour, 5, "the tour: snapshot, backup, restore, status, status")
+	require.Len(t, tour, 7, "the tour: snapshot, backup, restore, instant restore, status ×3")
 	for _, args := range tour {
 		var stdout, stderr bytes.Buffer
 		code := cli.Run(context.Background(), args, &stdout, &stderr, func(k string) string { return env[k] })
@@ -85,7 +87,16 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 	}
 	assert.Equal(t, info.APIURL, env["HOLDFAST_API"])
 	images, _ := filepath.Glob(filepath.Join(o.DataDir, "volumes", "[^.]*.qcow2"))
-	assert.Len(t, images, 2, "the tour restored the sample into a new volume beside it: %v", images)
+	assert.Len(t, images, 3, "the tour restored the sample into two new volumes beside it: %v", images)
+	// The instant restore stands alone once its operation completed (--wait), and served nothing after.
+	instant := apiVolume(t, env, SampleInstant)
+	assert.NotContains(t, instant, "hydrating")
+	info2, err := exec.Command("qemu-img", "info", "--output=json", "-f", "qcow2",
+		instant["storage"].(map[string]any)["path"].(string)).CombinedOutput()
+	require.NoError(t, err, "%s", info2)
+	assert.NotContains(t, string(info2), "backing-filename")
+	sockets, _ := filepath.Glob(filepath.Join(o.DataDir, "exports", "*.sock"))
+	assert.Empty(t, sockets, "no export left")
 	// The metrics the tour points at serve Holdfast's own.
 	resp, err := http.Get(info.Metrics)
 	require.NoError(t, err)
@@ -117,6 +128,21 @@ func TestDevRunsTheProductAndStopsCleanly(t *testing.T) {
 		require.NoError(t, err, "%s still in use after stop", addr)
 		ln.Close()
 	}
+}
+
+// apiVolume is GET /v1/volumes/{id} with the tour's environment.
+func apiVolume(t *testing.T, env map[string]string, id string) map[string]any {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, env["HOLDFAST_API"]+"/v1/volumes/"+id, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+env["HOLDFAST_TOKEN"])
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var v map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
+	return v
 }
 
 // printedTour parses what dev printed after "Try, in another shell": the variables of its export line,
