@@ -225,6 +225,7 @@ const (
 	// PrepareInstantRestoreName and HydrateVolumeName are an instant restore's two steps (RestoreBackupInput).
 	PrepareInstantRestoreName = "PrepareInstantRestore"
 	HydrateVolumeName         = "HydrateVolume"
+	AbandonInstantRestoreName = "AbandonInstantRestore"
 )
 
 // InspectResult is what a hypervisor found at a volume's location when it was registered.
@@ -255,6 +256,10 @@ type Hypervisor interface {
 	// HydrateVolume copies the export's data into the volume PrepareInstantRestore made until it stands
 	// alone, then ends the export; it heartbeats Progress and resumes with what is still missing.
 	HydrateVolume(ctx context.Context, in RestoreBackupInput) (RestoreResult, error)
+	// AbandonInstantRestore deletes the volume PrepareInstantRestore made (as DeleteVolume, serving the
+	// backup meanwhile where the volume reads through it even to be deleted: an RBD import) and ends its
+	// export (a compensation; idempotent).
+	AbandonInstantRestore(ctx context.Context, in RestoreBackupInput) error
 	// CloneSnapshot creates a new volume from a snapshot.
 	CloneSnapshot(ctx context.Context, in CloneSnapshotInput) (RestoreResult, error)
 	// DeleteVolume removes a volume (idempotent).

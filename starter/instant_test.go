@@ -109,7 +109,7 @@ func TestIntegrationInstantRestoreAbortedAndFallback(t *testing.T) {
 	require.NoError(t, err)
 	done := c.finished(t, op.OperationID)
 	assert.Equal(t, workflows.StatusCompleted, done.Status, "%+v", done.Error)
-	assert.Equal(t, "instant restore needs a qcow2 file volume; restored in full", done.InstantFallback)
+	assert.Equal(t, "instant restore needs a qcow2 file volume or an RBD image; restored in full", done.InstantFallback)
 	v, err := c.hf.Volume(ctx, "raw-copy")
 	require.NoError(t, err)
 	assert.Empty(t, v.Spec.Hydrating)

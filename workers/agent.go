@@ -132,8 +132,13 @@ func NewAgent(ctx context.Context, cfg *config.Config, hypervisorID string, m *m
 	if exportDir == "" {
 		exportDir = config.DefaultExportDir(hypervisorID)
 	}
+	exportHTTP := h.ExportHTTP
+	if exportHTTP == "" {
+		exportHTTP = config.DefaultExportHTTP
+	}
 	ac := agent.Config{HypervisorID: hypervisorID, Drivers: drivers, Engines: engines, Logger: log, Metrics: m,
-		VolumeRoots: h.VolumeRoots, RBDPools: h.RBDPools, ExportDir: exportDir}
+		VolumeRoots: h.VolumeRoots, RBDPools: h.RBDPools, ExportDir: exportDir, ExportHTTP: exportHTTP,
+		Limiter: limiter}
 	a.Activities, a.Storage = agent.New(ac), agent.NewStorage(ac)
 	return a, nil
 }

@@ -45,6 +45,9 @@ func (fakeHypervisor) PrepareInstantRestore(context.Context, activities.RestoreB
 func (fakeHypervisor) HydrateVolume(context.Context, activities.RestoreBackupInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }
+func (fakeHypervisor) AbandonInstantRestore(context.Context, activities.RestoreBackupInput) error {
+	panic("mock me")
+}
 func (fakeHypervisor) CloneSnapshot(context.Context, activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	panic("mock me")
 }

@@ -22,7 +22,8 @@ func instantTarget(id, op, path string) VolumeSpec {
 
 // An instant restore: the new volume is made over the export, registered marked Hydrating by this restore
 // before the hydration starts, hydrated, and the mark ended; a hydration that fails unregisters the volume,
-// then deletes it, then gives its ID and location back (in that order); a target the agent cannot restore
+// then deletes it (with its source, then plainly), then gives its ID and location back (in that order); a
+// target the agent cannot restore
 // instantly is restored in full, and the operation says why.
 func TestInstantRestoreRegistersFirstAndCleansUpInOrder(t *testing.T) {
 	h := newHarness(t)
@@ -30,7 +31,7 @@ func TestInstantRestoreRegistersFirstAndCleansUpInOrder(t *testing.T) {
 	note := func(what string) func(mock.Arguments) { return func(mock.Arguments) { order = append(order, what) } }
 	h.env.OnActivity(activities.PrepareInstantRestoreName, mock.Anything, mock.MatchedBy(func(in activities.RestoreBackupInput) bool {
 		return in.TargetVolumeID == "full"
-	})).Return(activities.InstantRestoreResult{FallbackReason: "instant restore needs a qcow2 file volume; restored in full"}, nil)
+	})).Return(activities.InstantRestoreResult{FallbackReason: "instant restore needs a qcow2 file volume or an RBD image; restored in full"}, nil)
 	h.env.OnActivity(activities.PrepareInstantRestoreName, mock.Anything, mock.Anything).
 		Return(activities.InstantRestoreResult{SizeBytes: 1 << 30, Instant: true}, nil)
 	h.env.OnActivity(RegisterVolumeActivity, mock.Anything, mock.Anything).Run(func(args mock.Arguments) {
@@ -49,6 +50,9 @@ func TestInstantRestoreRegistersFirstAndCleansUpInOrder(t *testing.T) {
 		} else {
 			order = append(order, "hydrated "+e.VolumeID)
 		}
+	}).Return(nil)
+	h.env.OnActivity(activities.AbandonInstantRestoreName, mock.Anything, mock.Anything).Run(func(args mock.Arguments) {
+		order = append(order, "abandon on hypervisor "+args.Get(1).(activities.RestoreBackupInput).TargetVolumeID)
 	}).Return(nil)
 	h.env.OnActivity(activities.DeleteVolumeName, mock.Anything, mock.Anything).Run(func(args mock.Arguments) {
 		order = append(order, "delete "+args.Get(1).(activities.DeleteVolumeInput).VolumeID)
@@ -79,7 +83,8 @@ func TestInstantRestoreRegistersFirstAndCleansUpInOrder(t *testing.T) {
 	requireAccepted(t, full)
 	assert.Equal(t, []string{
 		"register copy hydrating=op-copy", "hydrate", "hydrated copy",
-		"--", "register broken hydrating=op-broken", "hydrate broken", "abandon broken", "delete broken", "release broken",
+		"--", "register broken hydrating=op-broken", "hydrate broken", "abandon broken", "abandon on hypervisor broken", "delete broken",
+		"release broken",
 		"--", "register full hydrating=",
 	}, order)
 	h.env.AssertActivityCalled(t, activities.RestoreBackupName, mock.Anything, mock.MatchedBy(func(in activities.RestoreBackupInput) bool {
@@ -93,7 +98,7 @@ func TestInstantRestoreRegistersFirstAndCleansUpInOrder(t *testing.T) {
 	assert.Empty(t, ops["op-copy"].InstantFallback)
 	assert.Equal(t, StatusFailed, ops["op-broken"].Status)
 	assert.Equal(t, StatusCompleted, ops["op-full"].Status)
-	assert.Equal(t, "instant restore needs a qcow2 file volume; restored in full", ops["op-full"].InstantFallback)
+	assert.Equal(t, "instant restore needs a qcow2 file volume or an RBD image; restored in full", ops["op-full"].InstantFallback)
 }
 
 // What may be instant: only a restore of a backup to a new volume.

@@ -684,8 +684,9 @@ func controlContext(ctx workflow.Context) workflow.Context {
 // restoreInstant makes the new volume usable at once (activities.PrepareInstantRestore: over the target
 // agent's export of the backup), registers it marked Hydrating, hydrates it (the operation's long phase,
 // heartbeating progress "hydrating", under the operation's deadline) and ends the mark. Compensation, newest
-// first: the volume is unregistered, then deleted (restoreToNew's step; the agent ends its export with it),
-// then its ID and location given back. When the target cannot be restored instantly, nothing was made and
+// first: the volume is unregistered, then deleted with its source served where needed
+// (AbandonInstantRestore; the agent ends its export with it; restoreToNew's plain delete then finds
+// nothing), then its ID and location given back. When the target cannot be restored instantly, nothing was made and
 // instant is false: the caller restores in full, and says why (OperationResult.InstantFallback).
 func restoreInstant(ctx workflow.Context, s *saga, in OperationInput) (res OperationResult, instant bool, err error) {
 	target := *in.Request.NewVolume
@@ -704,6 +705,10 @@ func restoreInstant(ctx workflow.Context, s *saga, in OperationInput) (res Opera
 	}
 	target.SizeBytes = ready.SizeBytes
 	target.Hydrating = in.Request.OperationID
+	// Before the plain delete (added earlier, so it runs later): an RBD import is deleted only with its
+	// source served, which a restarted agent does for this step.
+	s.add("abandon new volume "+target.VolumeID, cleanupStep(target.HypervisorID,
+		activities.AbandonInstantRestoreName, input))
 	s.add("unregister new volume "+target.VolumeID, cleanupOn(TaskQueue, EndHydrationActivity,
 		HydrationEnd{VolumeID: target.VolumeID, OperationID: in.Request.OperationID, Abandon: true},
 		placementReleaseTimeout))

@@ -21,6 +21,7 @@ import (
 
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
+	"golang.org/x/time/rate"
 
 	"github.com/holdfast/holdfast/activities"
 	"github.com/holdfast/holdfast/activities/backup"
@@ -50,6 +51,11 @@ type Config struct {
 	// ExportDir is where instant restores' exports listen (UNIX sockets); empty: instant restores fall back
 	// to full ones. It must be this process's, writable by no one else (checked before the first export).
 	ExportDir string
+	// ExportHTTP is the loopback address instant restores onto RBD are served from (raw HTTP streams for
+	// Ceph's import-only migration); empty: they fall back to full ones.
+	ExportHTTP string
+	// Limiter is the hypervisor's bandwidth limit (nil: none); the HTTP exports are read through it.
+	Limiter *rate.Limiter
 }
 
 // Activities is the hypervisor agent's activity set. Register it with worker.RegisterActivity: every exported
@@ -61,8 +67,10 @@ type Activities struct {
 	engines      map[string]*backup.Engine
 	log          *slog.Logger
 	metrics      *metrics.Metrics
-	// exports are the instant restores' exports this agent serves (the only state it holds between calls).
+	// exports and http are the instant restores' exports this agent serves (the only state it holds
+	// between calls): NBD for qcow2 volumes, HTTP for RBD images.
 	exports *exports
+	http    *httpExports
 }
 
 var _ activities.Hypervisor = (*Activities)(nil)
@@ -79,9 +87,10 @@ func New(cfg Config) *Activities {
 		pools:        cfg.RBDPools,
 	}
 	a.exports = &exports{dir: cfg.ExportDir, log: a.log}
+	a.http = &httpExports{addr: cfg.ExportHTTP, log: a.log, limiter: cfg.Limiter}
 	if a.log == nil {
 		a.log = slog.Default()
-		a.exports.log = a.log
+		a.exports.log, a.http.log = a.log, a.log
 	}
 	for k, v := range cfg.Drivers {
 		a.drivers[k] = v

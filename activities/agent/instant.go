@@ -217,7 +217,7 @@ func (s hydrationSource) Data() []volume.Extent {
 
 // Fallback reasons (users read them on the operation).
 const (
-	fallbackNotQCOW2 = "instant restore needs a qcow2 file volume; restored in full"
+	fallbackNotQCOW2 = "instant restore needs a qcow2 file volume or an RBD image; restored in full"
 	fallbackNoExport = "instant restore is not set up on this hypervisor; restored in full"
 )
 
@@ -227,6 +227,9 @@ func (a *Activities) PrepareInstantRestore(ctx context.Context, in activities.Re
 	h, ref, e, log, err := a.instantTarget(ctx, in)
 	if err != nil {
 		return res, err
+	}
+	if imp, ok := a.drivers[in.Target.Type].(volume.Importer); ok {
+		return a.prepareImport(ctx, imp, ref, e, in, log)
 	}
 	if h == nil || sourceType(ref) != string(volume.FormatQCOW2) {
 		res.FallbackReason = fallbackNotQCOW2
@@ -255,7 +258,7 @@ func (a *Activities) PrepareInstantRestore(ctx context.Context, in activities.Re
 		}
 		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
 	}
-	a.metrics.InstantExports(a.hypervisorID, a.exports.count())
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
 	log.Info("instant restore volume ready", "size_bytes", m.Size, "socket", l.backing.Socket)
 	return activities.InstantRestoreResult{SizeBytes: m.Size, Instant: true}, nil
 }
@@ -265,6 +268,9 @@ func (a *Activities) HydrateVolume(ctx context.Context, in activities.RestoreBac
 	h, ref, e, log, err := a.instantTarget(ctx, in)
 	if err != nil {
 		return activities.RestoreResult{}, err
+	}
+	if imp, ok := a.drivers[in.Target.Type].(volume.Importer); ok {
+		return a.hydrateImport(ctx, imp, ref, e, in, log)
 	}
 	if h == nil {
 		return activities.RestoreResult{}, invalid("target: volume type cannot hydrate")
@@ -284,7 +290,7 @@ func (a *Activities) HydrateVolume(ctx context.Context, in activities.RestoreBac
 		log.Error("serve backup failed", "error", err)
 		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
 	}
-	a.metrics.InstantExports(a.hypervisorID, a.exports.count())
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
 	a.metrics.Hydrations(a.hypervisorID, 1)
 	defer a.metrics.Hydrations(a.hypervisorID, -1)
 	hb := startHeartbeats(ctx, 0)
@@ -309,7 +315,7 @@ func (a *Activities) HydrateVolume(ctx context.Context, in activities.RestoreBac
 		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
 	}
 	a.exports.end(in.TargetVolumeID)
-	a.metrics.InstantExports(a.hypervisorID, a.exports.count())
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
 	took := time.Since(start)
 	log.Info("hydration done", "size_bytes", l.reader.Size(), "bytes_hydrated", last-max(first, 0),
 		"duration", took.Round(time.Millisecond))
@@ -340,4 +346,131 @@ func (a *Activities) instantTarget(ctx context.Context, in activities.RestoreBac
 		"storage", in.Storage)
 	h, _ := d.(volume.Hydrator)
 	return h, ref, e, log, nil
+}
+
+// exportCount is the number of exports this agent serves.
+func (a *Activities) exportCount() int { return a.exports.count() + a.http.count() }
+
+// prepareImport creates an RBD volume as an import of the backup's HTTP export (PrepareInstantRestore).
+func (a *Activities) prepareImport(ctx context.Context, imp volume.Importer, ref volume.Ref, e *backup.Engine,
+	in activities.RestoreBackupInput, log *slog.Logger) (activities.InstantRestoreResult, error) {
+	var res activities.InstantRestoreResult
+	if err := a.http.ready(); err != nil {
+		log.Error("instant restore unavailable on this hypervisor; restoring in full", "error", err)
+		res.FallbackReason = fallbackNoExport
+		return res, nil
+	}
+	m, err := e.Manifest(ctx, in.SourceVolumeID, in.BackupID)
+	if err != nil {
+		log.Error("read manifest failed", "error", err)
+		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
+	}
+	l, err := a.http.ensure(e, in)
+	if err != nil {
+		log.Error("serve backup failed", "error", err)
+		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
+	}
+	err = hypervisorDo(ctx, log, "import", a.drivers[in.Target.Type], func(ctx context.Context) error {
+		return imp.CreateImport(ctx, ref, m.Size, l.url)
+	})
+	if err != nil {
+		log.Error("create volume as an import of the export failed", "error", err)
+		if errors.Is(err, volume.ErrExists) {
+			a.http.end(in.TargetVolumeID)
+		}
+		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
+	}
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
+	log.Info("instant restore volume ready", "size_bytes", m.Size, "url", l.url)
+	return activities.InstantRestoreResult{SizeBytes: m.Size, Instant: true}, nil
+}
+
+// hydrateImport completes an RBD volume's import (HydrateVolume): Ceph copies from the export, whose bytes
+// served are the progress.
+func (a *Activities) hydrateImport(ctx context.Context, imp volume.Importer, ref volume.Ref, e *backup.Engine,
+	in activities.RestoreBackupInput, log *slog.Logger) (activities.RestoreResult, error) {
+	// Served first (again, after an agent restart, at the URL Ceph recorded): librbd reads even the
+	// migration's status through its source.
+	l, err := a.http.ensure(e, in)
+	if err != nil {
+		log.Error("serve backup failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	}
+	done, err := imp.Imported(ctx, ref)
+	if err != nil {
+		log.Error("read volume failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	}
+	if done {
+		a.http.end(in.TargetVolumeID)
+		size, err := a.drivers[in.Target.Type].Size(ctx, ref)
+		return activities.RestoreResult{SizeBytes: size}, classify(ctx, activities.HydrateVolumeName, err)
+	}
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
+	a.metrics.Hydrations(a.hypervisorID, 1)
+	defer a.metrics.Hydrations(a.hypervisorID, -1)
+	size := l.reader.Size()
+	hb := startHeartbeats(ctx, 0)
+	start, first := time.Now(), l.served.Load()
+	stop := make(chan struct{})
+	ticked := make(chan struct{})
+	go func() { // progress: what Ceph (and any guest) read from the export
+		defer close(ticked)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			n := min(l.served.Load(), size)
+			p := backup.Progress{Phase: PhaseHydrating, BytesDone: n, BytesTotal: size}
+			if s := time.Since(start).Seconds(); s > 0 && n > first {
+				p.BytesPerSecond = float64(n-first) / s
+			}
+			hb.report(p)
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	log.Info("hydration started", "size_bytes", size, "url", l.url)
+	err = imp.Import(ctx, ref)
+	close(stop)
+	<-ticked
+	hb.close()
+	if err != nil {
+		if ctx.Err() != nil {
+			// Given up (abort, deadline): the volume is deleted next; without its source, Ceph's copy ends.
+			a.http.end(in.TargetVolumeID)
+		}
+		log.Error("hydration failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	}
+	a.http.end(in.TargetVolumeID)
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
+	served := l.served.Load() - first
+	log.Info("hydration done", "size_bytes", size, "bytes_hydrated", served, "duration",
+		time.Since(start).Round(time.Millisecond))
+	a.metrics.RestoreWritten(a.hypervisorID, served)
+	return activities.RestoreResult{SizeBytes: size, BytesWritten: served}, nil
+}
+
+// AbandonInstantRestore deletes an instant restore's new volume and ends its export (activities.Hypervisor).
+// An RBD import is opened through its source even to be deleted, and its source is this agent's export,
+// which a restarted agent no longer serves: it is served again for the delete.
+func (a *Activities) AbandonInstantRestore(ctx context.Context, in activities.RestoreBackupInput) error {
+	_, ref, e, log, err := a.instantTarget(ctx, in)
+	if err != nil {
+		return err
+	}
+	if _, ok := a.drivers[in.Target.Type].(volume.Importer); ok {
+		if _, err := a.http.ensure(e, in); err != nil {
+			log.Error("serve backup failed", "error", err)
+			return classify(ctx, activities.AbandonInstantRestoreName, err)
+		}
+	}
+	// DeleteVolume ends the exports once the volume is gone; while a running domain still uses it, it
+	// refuses and the export stays for that domain.
+	return a.DeleteVolume(ctx, activities.DeleteVolumeInput{VolumeID: in.TargetVolumeID,
+		Volume: activities.VolumeRef{Type: string(ref.Type), Path: ref.Path, Format: string(ref.Format),
+			Pool: ref.Pool, Image: ref.Image, CreatedBy: ref.CreatedBy}})
 }

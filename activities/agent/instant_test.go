@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -121,7 +123,7 @@ func TestInstantRestoreGivenUpAndFallback(t *testing.T) {
 	in.TargetVolumeID, in.Target = "vol-raw", raw
 	require.NoError(t, runActivity(context.Background(), a, f.hb, activities.PrepareInstantRestoreName, in, &ready, nil))
 	assert.False(t, ready.Instant)
-	assert.Equal(t, "instant restore needs a qcow2 file volume; restored in full", ready.FallbackReason)
+	assert.Equal(t, "instant restore needs a qcow2 file volume or an RBD image; restored in full", ready.FallbackReason)
 	_, err := os.Lstat(raw.Path)
 	assert.True(t, errors.Is(err, os.ErrNotExist), "nothing made")
 	assert.Empty(t, socketsIn(t, exportDir))
@@ -146,4 +148,81 @@ func socketIn(t *testing.T, dir string) string {
 	m := socketsIn(t, dir)
 	require.Len(t, m, 1)
 	return m[0]
+}
+
+// An instant restore onto RBD through the agent: the new image is an import of the agent's HTTP export of
+// an encrypted backup (Ceph's import-only live migration), readable at once by any client of the cluster;
+// a restarted agent serves the export again at the same URL, and HydrateVolume has Ceph copy the rest and
+// commit: the image stands alone, byte-identical, and the export is gone. Abandoned mid-import, the image
+// is removed by the compensation's delete.
+func TestInstantRestoreOntoRBD(t *testing.T) {
+	const size = 24 * MiB
+	f := newFixture(t, backup.Options{Concurrency: 2, Key: bytes.Repeat([]byte{9}, 32)})
+	c := &chain{f: f, acts: f.acts, drv: f.driver, vol: f.ref("src.qcow2")}
+	model := c.create(t, size, volume.Extent{Offset: 0, Length: 10 * MiB}, volume.Extent{Offset: 16 * MiB, Length: 4 * MiB})
+	c.backup(t, "b00", "")
+	d, pool := cephDriver(t)
+	addr := freeAddress(t)
+	rbdAgent := func() *agent.Activities {
+		return agent.New(agent.Config{HypervisorID: "hv-ceph", RBDPools: []string{pool}, ExportHTTP: addr,
+			Drivers: map[string]volume.Driver{"rbd": d}, Engines: map[string]*backup.Engine{storage: f.engine}})
+	}
+	image := fmt.Sprintf("instant-%d-%d", os.Getpid(), rand.Uint32())
+	target := activities.VolumeRef{Type: "rbd", Pool: pool, Image: image, CreatedBy: "op-instant"}
+	t.Cleanup(func() {
+		_ = d.DeleteVolume(context.Background(), volume.Ref{Type: volume.TypeRBD, Pool: pool, Image: image})
+	})
+	in := activities.RestoreBackupInput{SourceVolumeID: "vol1", BackupID: "b00", Storage: storage,
+		TargetVolumeID: "vol-rbd", Target: target, Create: true}
+	first := rbdAgent()
+	var ready activities.InstantRestoreResult
+	require.NoError(t, runActivity(context.Background(), first, f.hb, activities.PrepareInstantRestoreName, in, &ready, nil))
+	require.True(t, ready.Instant, ready.FallbackReason)
+	conf := os.Getenv("HOLDFAST_CEPH_CONF")
+	read := func() []byte {
+		out, err := exec.Command("rbd", "-c", conf, "export", pool+"/"+image, "-").Output()
+		require.NoError(t, err)
+		return out
+	}
+	requireSame(t, model, read(), "the new image, before any hydration")
+
+	agent.StopExports(first) // the agent died: its HTTP export went with it
+	second := rbdAgent()
+	var res activities.RestoreResult
+	require.NoError(t, runActivity(context.Background(), second, f.hb, activities.HydrateVolumeName, in, &res, nil))
+	assert.Equal(t, size, res.SizeBytes)
+	agent.StopExports(second)
+	requireSame(t, model, read(), "hydrated, standing alone")
+	done, err := d.Imported(context.Background(), volume.Ref{Type: volume.TypeRBD, Pool: pool, Image: image})
+	require.NoError(t, err)
+	assert.True(t, done)
+
+	// Abandoned mid-import by a restarted agent (the export died with the first): the compensation serves
+	// the backup again, for librbd opens the image through it even to delete it, and removes the image.
+	gone := target
+	gone.Image, gone.CreatedBy = image+"-gone", "op-gone"
+	in2 := in
+	in2.TargetVolumeID, in2.Target = "vol-gone", gone
+	a := rbdAgent()
+	require.NoError(t, runActivity(context.Background(), a, f.hb, activities.PrepareInstantRestoreName, in2, &ready, nil))
+	require.True(t, ready.Instant)
+	agent.StopExports(a)
+	b := rbdAgent()
+	require.Error(t, runActivity(context.Background(), b, f.hb, activities.DeleteVolumeName,
+		activities.DeleteVolumeInput{VolumeID: "vol-gone", Volume: gone}, nil, nil),
+		"a plain delete cannot open it without its source")
+	require.NoError(t, runActivity(context.Background(), b, f.hb, activities.AbandonInstantRestoreName, in2, nil, nil))
+	_, err = d.Size(context.Background(), volume.Ref{Type: volume.TypeRBD, Pool: pool, Image: gone.Image})
+	assert.True(t, errors.Is(err, volume.ErrNotFound), "removed: %v", err)
+	assert.Zero(t, agent.ExportCount(b), "the export served for the delete ended with it")
+	agent.StopExports(b)
+}
+
+// freeAddress is a loopback address no one listens on now.
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
 }

@@ -221,7 +221,8 @@ func (a *Activities) DeleteVolume(ctx context.Context, in activities.DeleteVolum
 		return classify(ctx, activities.DeleteVolumeName, err)
 	}
 	a.exports.end(in.VolumeID) // an instant restore's export, if this volume was one being hydrated
-	a.metrics.InstantExports(a.hypervisorID, a.exports.count())
+	a.http.end(in.VolumeID)
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
 	log.Info("volume deleted")
 	return nil
 }

@@ -41,3 +41,17 @@ type Hydrator interface {
 	// Hydrated says whether vol stands alone (no backing left).
 	Hydrated(ctx context.Context, vol Ref) (bool, error)
 }
+
+// Importer is a driver that can create a volume as an import of a raw HTTP stream, usable at once (what is
+// not imported yet is read from the stream) and imported in the background (RBD: Ceph's import-only live
+// migration, which every librbd client of the image follows).
+type Importer interface {
+	// CreateImport creates vol (exclusively, on behalf of vol.CreatedBy) as an import of the raw stream at
+	// url, of size bytes. A retry of the same operation finds its own import and succeeds.
+	CreateImport(ctx context.Context, vol Ref, size int64, url string) error
+	// Import copies what is left of the stream into vol and makes vol stand alone (execute and commit).
+	// Idempotent; a cancelled ctx returns at once (the copy itself stops when the stream goes away).
+	Import(ctx context.Context, vol Ref) error
+	// Imported says whether vol stands alone (no import in progress).
+	Imported(ctx context.Context, vol Ref) (bool, error)
+}

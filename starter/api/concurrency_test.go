@@ -196,6 +196,12 @@ func (h *recordingHypervisor) HydrateVolume(_ context.Context, in activities.Res
 	return activities.RestoreResult{}, nil
 }
 
+// AbandonInstantRestore is not expected.
+func (h *recordingHypervisor) AbandonInstantRestore(_ context.Context, in activities.RestoreBackupInput) error {
+	h.note(fmt.Sprintf("AbandonInstantRestore %+v", in))
+	return nil
+}
+
 // CloneSnapshot is not expected.
 func (h *recordingHypervisor) CloneSnapshot(_ context.Context, in activities.CloneSnapshotInput) (activities.RestoreResult, error) {
 	h.note(fmt.Sprintf("CloneSnapshot %+v", in))

@@ -387,9 +387,15 @@ func (g *GatedHypervisor) RestoreBackup(context.Context, activities.RestoreBacku
 // back, as the agent's does.
 func (g *GatedHypervisor) PrepareInstantRestore(_ context.Context, in activities.RestoreBackupInput) (activities.InstantRestoreResult, error) {
 	if in.Target.Format != "qcow2" && !strings.HasSuffix(in.Target.Path, ".qcow2") {
-		return activities.InstantRestoreResult{FallbackReason: "instant restore needs a qcow2 file volume; restored in full"}, nil
+		return activities.InstantRestoreResult{FallbackReason: "instant restore needs a qcow2 file volume or an RBD image; restored in full"}, nil
 	}
 	return activities.InstantRestoreResult{SizeBytes: 64 << 20, Instant: true}, nil
+}
+
+// AbandonInstantRestore implements activities.Hypervisor (and records the volume in Deleted).
+func (g *GatedHypervisor) AbandonInstantRestore(_ context.Context, in activities.RestoreBackupInput) error {
+	g.Deleted.Store(in.TargetVolumeID, true)
+	return nil
 }
 
 // NewGate returns a closed gate.

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -145,7 +146,14 @@ type Hypervisor struct {
 	// /run/holdfast/exports/<hypervisor id>). It must be the agent's own and writable by no one else;
 	// where it cannot be, instant restores are made in full (and say so).
 	ExportDir string `yaml:"export_dir"`
+	// ExportHTTP is the loopback address (host:port) the agent serves instant restores onto RBD from: raw
+	// HTTP streams Ceph's import-only live migration reads (default 127.0.0.1:9470; the migrating image's
+	// clients, QEMU on this host and the agent, read it there).
+	ExportHTTP string `yaml:"export_http"`
 }
+
+// DefaultExportHTTP is a hypervisor's ExportHTTP when the config names none.
+const DefaultExportHTTP = "127.0.0.1:9470"
 
 // DefaultExportDir is a hypervisor's ExportDir when the config names none.
 func DefaultExportDir(hypervisorID string) string {
@@ -358,6 +366,15 @@ func (c *Config) Validate() error {
 		for i, pool := range h.RBDPools {
 			if !activities.ValidID(pool) {
 				bad(fmt.Sprintf("%s.rbd_pools[%d]", f, i), "must match %s, got %q", activities.IDPattern, pool)
+			}
+		}
+		if d := h.ExportDir; d != "" && (!filepath.IsAbs(d) || filepath.Clean(d) != d || d == "/") {
+			bad(f+".export_dir", "must be a clean absolute directory other than /, got %q", d)
+		}
+		if a := h.ExportHTTP; a != "" {
+			host, _, err := net.SplitHostPort(a)
+			if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+				bad(f+".export_http", "must be a loopback host:port (e.g. 127.0.0.1:9470), got %q", a)
 			}
 		}
 	}

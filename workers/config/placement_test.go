@@ -91,11 +91,13 @@ func TestNewVolumeRefIsHoldfastsChoice(t *testing.T) {
 
 func TestVolumeRootsAndPoolsAreValidated(t *testing.T) {
 	for yaml, want := range map[string]string{
-		"hypervisors: {hv1: {volume_roots: [relative]}}": "hypervisors.hv1.volume_roots[0]: must be a clean absolute directory",
-		"hypervisors: {hv1: {volume_roots: [/]}}":        "hypervisors.hv1.volume_roots[0]: must be a clean absolute directory other than /",
-		"hypervisors: {hv1: {volume_roots: [/a/../b]}}":  "hypervisors.hv1.volume_roots[0]",
-		"hypervisors: {hv1: {volume_roots: [/a, /b/]}}":  "hypervisors.hv1.volume_roots[1]",
-		"hypervisors: {hv1: {rbd_pools: [\"../x\"]}}":    "hypervisors.hv1.rbd_pools[0]: must match",
+		"hypervisors: {hv1: {volume_roots: [relative]}}":  "hypervisors.hv1.volume_roots[0]: must be a clean absolute directory",
+		"hypervisors: {hv1: {volume_roots: [/]}}":         "hypervisors.hv1.volume_roots[0]: must be a clean absolute directory other than /",
+		"hypervisors: {hv1: {volume_roots: [/a/../b]}}":   "hypervisors.hv1.volume_roots[0]",
+		"hypervisors: {hv1: {export_dir: run/x}}":         "hypervisors.hv1.export_dir: must be a clean absolute directory",
+		"hypervisors: {hv1: {export_http: 0.0.0.0:9470}}": "hypervisors.hv1.export_http: must be a loopback host:port",
+		"hypervisors: {hv1: {volume_roots: [/a, /b/]}}":   "hypervisors.hv1.volume_roots[1]",
+		"hypervisors: {hv1: {rbd_pools: [\"../x\"]}}":     "hypervisors.hv1.rbd_pools[0]: must match",
 	} {
 		_, err := Parse(strings.NewReader(yaml))
 		assert.ErrorContains(t, err, want, yaml)

@@ -307,6 +307,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, vol volume.Ref) error {
 	if err != nil {
 		return err
 	}
+	// An instant restore's image still importing is removed by aborting the import (librbd refuses to
+	// remove an image being migrated).
+	if aborted, err := d.abortImport(vol); aborted || err != nil {
+		return err
+	}
 	return removeImage(io, vol.Image)
 }
 
