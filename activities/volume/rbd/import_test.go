@@ -140,3 +140,37 @@ func TestInstantImportUnderARunningDomain(t *testing.T) {
 	srv.Close()
 	assert.Equal(t, want, c.exported(t, vol))
 }
+
+// An import whose execute was killed (kill -9 of the process running it) is completed by Import: a retried
+// hydration after an agent's death.
+func TestInstantImportResumesAfterAKilledExecute(t *testing.T) {
+	c := connect(t)
+	ctx := context.Background()
+	const size = 32 << 20
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(5, 5))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond) // slow enough to be killed mid-way
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	vol := c.ref()
+	vol.CreatedBy = "op-1"
+	require.NoError(t, c.driver.CreateImport(ctx, vol, size, srv.URL+"/backup.raw"))
+	t.Cleanup(func() { _ = c.driver.DeleteVolume(context.Background(), vol) })
+	execute := exec.Command("rbd", "-c", c.conf, "migration", "execute", vol.Pool+"/"+vol.Image)
+	require.NoError(t, execute.Start())
+	time.Sleep(time.Second)
+	require.NoError(t, execute.Process.Kill())
+	_ = execute.Wait()
+	status, err := exec.Command("rbd", "-c", c.conf, "status", vol.Pool+"/"+vol.Image).CombinedOutput()
+	require.NoError(t, err, "%s", status)
+	require.Contains(t, string(status), "state: executing", "killed mid-way")
+
+	require.NoError(t, c.driver.Import(ctx, vol))
+	srv.Close()
+	assert.Equal(t, data, c.exported(t, vol))
+}
