@@ -228,14 +228,17 @@ func (a *Activities) PrepareInstantRestore(ctx context.Context, in activities.Re
 	if err != nil {
 		return res, err
 	}
-	if imp, ok := a.drivers[in.Target.Type].(volume.Importer); ok {
-		return a.prepareImport(ctx, imp, ref, e, in, log)
-	}
-	if h == nil || sourceType(ref) != string(volume.FormatQCOW2) {
+	// An RBD image imports an HTTP stream (Ceph's migration); a qcow2 file reads through an NBD socket.
+	imp, importing := a.drivers[in.Target.Type].(volume.Importer)
+	ready, end := a.exports.ready, a.exports.end
+	switch {
+	case importing:
+		ready, end = a.http.ready, a.http.end
+	case h == nil || sourceType(ref) != string(volume.FormatQCOW2):
 		res.FallbackReason = fallbackNotQCOW2
 		return res, nil
 	}
-	if err := a.exports.ready(); err != nil {
+	if err := ready(); err != nil {
 		log.Error("instant restore unavailable on this hypervisor; restoring in full", "error", err)
 		res.FallbackReason = fallbackNoExport
 		return res, nil
@@ -246,20 +249,34 @@ func (a *Activities) PrepareInstantRestore(ctx context.Context, in activities.Re
 		log.Error("read manifest failed", "error", err)
 		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
 	}
-	l, err := a.exports.ensure(e, in)
+	var create func(context.Context) error
+	var where string
+	if importing {
+		var l *httpExport
+		if l, err = a.http.ensure(e, in); err == nil {
+			where = l.url
+			create = func(ctx context.Context) error { return imp.CreateImport(ctx, ref, m.Size, l.url) }
+		}
+	} else {
+		var l *liveExport
+		if l, err = a.exports.ensure(e, in); err == nil {
+			where = l.backing.Socket
+			create = func(ctx context.Context) error { return h.CreateOverlay(ctx, ref, m.Size, l.backing) }
+		}
+	}
 	if err != nil {
 		log.Error("serve backup failed", "error", err)
 		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
 	}
-	if err := h.CreateOverlay(ctx, ref, m.Size, l.backing); err != nil {
+	if err := hypervisorDo(ctx, log, "create", a.drivers[in.Target.Type], create); err != nil {
 		log.Error("create volume over the export failed", "error", err)
 		if errors.Is(err, volume.ErrExists) {
-			a.exports.end(in.TargetVolumeID) // nothing of this restore's reads it
+			end(in.TargetVolumeID) // nothing of this restore's reads it
 		}
 		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
 	}
 	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	log.Info("instant restore volume ready", "size_bytes", m.Size, "socket", l.backing.Socket)
+	log.Info("instant restore volume ready", "size_bytes", m.Size, "export", where)
 	return activities.InstantRestoreResult{SizeBytes: m.Size, Instant: true}, nil
 }
 
@@ -350,40 +367,6 @@ func (a *Activities) instantTarget(ctx context.Context, in activities.RestoreBac
 
 // exportCount is the number of exports this agent serves.
 func (a *Activities) exportCount() int { return a.exports.count() + a.http.count() }
-
-// prepareImport creates an RBD volume as an import of the backup's HTTP export (PrepareInstantRestore).
-func (a *Activities) prepareImport(ctx context.Context, imp volume.Importer, ref volume.Ref, e *backup.Engine,
-	in activities.RestoreBackupInput, log *slog.Logger) (activities.InstantRestoreResult, error) {
-	var res activities.InstantRestoreResult
-	if err := a.http.ready(); err != nil {
-		log.Error("instant restore unavailable on this hypervisor; restoring in full", "error", err)
-		res.FallbackReason = fallbackNoExport
-		return res, nil
-	}
-	m, err := e.Manifest(ctx, in.SourceVolumeID, in.BackupID)
-	if err != nil {
-		log.Error("read manifest failed", "error", err)
-		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
-	}
-	l, err := a.http.ensure(e, in)
-	if err != nil {
-		log.Error("serve backup failed", "error", err)
-		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
-	}
-	err = hypervisorDo(ctx, log, "import", a.drivers[in.Target.Type], func(ctx context.Context) error {
-		return imp.CreateImport(ctx, ref, m.Size, l.url)
-	})
-	if err != nil {
-		log.Error("create volume as an import of the export failed", "error", err)
-		if errors.Is(err, volume.ErrExists) {
-			a.http.end(in.TargetVolumeID)
-		}
-		return res, classify(ctx, activities.PrepareInstantRestoreName, err)
-	}
-	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	log.Info("instant restore volume ready", "size_bytes", m.Size, "url", l.url)
-	return activities.InstantRestoreResult{SizeBytes: m.Size, Instant: true}, nil
-}
 
 // hydrateImport completes an RBD volume's import (HydrateVolume): Ceph copies from the export, whose bytes
 // served are the progress.

@@ -33,6 +33,26 @@ func (c *cluster) exported(t *testing.T, vol volume.Ref) []byte {
 	return out
 }
 
+// stream serves data over HTTP (Range reads, as the agent's export does), each request after delay.
+func stream(t *testing.T, data []byte, delay time.Duration) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(delay)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// randomPrefix is size bytes, random in the first n, zeros after.
+func randomPrefix(size, n int, seed uint64) []byte {
+	data := make([]byte, size)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for i := range data[:n] {
+		data[i] = byte(rng.Uint32())
+	}
+	return data
+}
+
 // An RBD volume restored instantly: created as an import of a raw HTTP stream (as the agent serves a
 // backup), it reads the stream's bytes at once through any client and takes writes; Import copies the rest
 // and commits, after which it stands alone (the stream gone) with the stream's bytes plus the write. Only
@@ -41,15 +61,8 @@ func TestInstantImport(t *testing.T) {
 	c := connect(t)
 	ctx := context.Background()
 	const size = 24 << 20
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(3, 3))
-	for i := range data[:16<<20] {
-		data[i] = byte(rng.Uint32())
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
-	defer srv.Close()
+	data := randomPrefix(size, 16<<20, 3)
+	srv := stream(t, data, 0)
 
 	vol := c.ref()
 	vol.CreatedBy = "op-1"
@@ -84,10 +97,7 @@ func TestInstantImport(t *testing.T) {
 
 	// Given up mid-import: the compensation's delete removes it; another operation's does not. (librbd opens
 	// an image being imported through its source, even to delete it: the agent serves it for that.)
-	srv2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
-	defer srv2.Close()
+	srv2 := stream(t, data, 0)
 	gone := c.ref()
 	gone.CreatedBy = "op-3"
 	require.NoError(t, c.driver.CreateImport(ctx, gone, size, srv2.URL+"/backup.raw"))
@@ -110,15 +120,8 @@ func TestInstantImportUnderARunningDomain(t *testing.T) {
 	volumetest.RequireLibvirt(t, c.uri)
 	ctx := context.Background()
 	const size = 24 << 20
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(4, 4))
-	for i := range data[:12<<20] {
-		data[i] = byte(rng.Uint32())
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
-	defer srv.Close()
+	data := randomPrefix(size, 12<<20, 4)
+	srv := stream(t, data, 0)
 	vol := c.ref()
 	vol.CreatedBy = "op-1"
 	require.NoError(t, c.driver.CreateImport(ctx, vol, size, srv.URL+"/backup.raw"))
@@ -147,16 +150,8 @@ func TestInstantImportResumesAfterAKilledExecute(t *testing.T) {
 	c := connect(t)
 	ctx := context.Background()
 	const size = 32 << 20
-	data := make([]byte, size)
-	rng := rand.New(rand.NewPCG(5, 5))
-	for i := range data {
-		data[i] = byte(rng.Uint32())
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(300 * time.Millisecond) // slow enough to be killed mid-way
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(data))
-	}))
-	defer srv.Close()
+	data := randomPrefix(size, size, 5)
+	srv := stream(t, data, 300*time.Millisecond) // slow enough to be killed mid-way
 	vol := c.ref()
 	vol.CreatedBy = "op-1"
 	require.NoError(t, c.driver.CreateImport(ctx, vol, size, srv.URL+"/backup.raw"))
