@@ -61,15 +61,21 @@ func exportSource(in activities.RestoreBackupInput) string {
 	return in.Storage + "/" + in.SourceVolumeID + "/" + in.BackupID
 }
 
+// sameSource refuses to serve a new volume a second backup: an export, once its volume reads through it,
+// serves only the backup it was made for.
+func sameSource(served string, in activities.RestoreBackupInput) error {
+	if served != exportSource(in) {
+		return fmt.Errorf("volume %s is served another backup (%s)", in.TargetVolumeID, served)
+	}
+	return nil
+}
+
 // ensure serves the backup in names to target's volume, unless it already is.
 func (x *exports) ensure(e *backup.Engine, in activities.RestoreBackupInput) (*liveExport, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if l := x.live[in.TargetVolumeID]; l != nil {
-		if l.source != exportSource(in) {
-			return nil, fmt.Errorf("volume %s is served another backup (%s)", in.TargetVolumeID, l.source)
-		}
-		return l, nil
+		return l, sameSource(l.source, in)
 	}
 	if err := x.prepareDir(); err != nil {
 		return nil, err

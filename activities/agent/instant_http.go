@@ -90,10 +90,7 @@ func (x *httpExports) ensure(e *backup.Engine, in activities.RestoreBackupInput)
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if l := x.live[in.TargetVolumeID]; l != nil {
-		if l.source != exportSource(in) {
-			return nil, fmt.Errorf("volume %s is served another backup (%s)", in.TargetVolumeID, l.source)
-		}
-		return l, nil
+		return l, sameSource(l.source, in)
 	}
 	if err := x.startLocked(); err != nil {
 		return nil, err
