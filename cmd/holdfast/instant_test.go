@@ -77,3 +77,39 @@ func TestE2EInstantRestoreUnderARunningDomain(t *testing.T) {
 	e.assertUnlocked("db", "alice")
 	e.assertUnlocked("db-live", "alice")
 }
+
+// An instant restore aborted while it hydrates, through real processes: the operation ends aborted within
+// the abort's bound, the new volume is unregistered and its file deleted, the export is gone, and both
+// volumes' locks and the owner's permit are released.
+func TestE2EInstantRestoreAborted(t *testing.T) {
+	e := startE2E(t, e2eOptions{limits: noCooldown, hv2Bandwidth: slow})
+	makeVolume(t, e.volumePath("db"), volumeSize, volumeSize)
+	e.register("db", "alice", "hv1")
+	backupID := itemID(t, e.operation("POST", "/v1/volumes/db/backups", map[string]any{"name": "b"}))
+	target := filepath.Join(e.dir, "volumes", "db-gone.qcow2")
+	opID := e.begin("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID, "mode": "new_volume",
+		"new_volume_id": "db-gone", "hypervisor_id": "hv2", "instant": true,
+		"storage": map[string]any{"type": "file", "path": target}})
+	e.waitPhase(opID, "hydrating", 16<<20)
+	status, out := e.call("POST", "/v1/volumes/db/abort", panelToken, nil)
+	require.Equal(t, 202, status, "%v", out)
+	aborted := time.Now()
+	op := e.waitWithin(opID, time.Minute)
+	require.Equal(t, "aborted", op["status"], "%v", op)
+	t.Logf("aborted %.1f s after the request", time.Since(aborted).Seconds())
+	status, _ = e.call("GET", "/v1/volumes/db-gone", panelToken, nil)
+	assert.Equal(t, 404, status, "unregistered")
+	_, err := os.Stat(target)
+	assert.True(t, os.IsNotExist(err), "the new volume's file is deleted: %v", err)
+	sockets, err := filepath.Glob(filepath.Join(e.dir, "exports-hv2", "*.sock"))
+	require.NoError(t, err)
+	assert.Empty(t, sockets, "no export left")
+	e.assertUnlocked("db", "alice")
+	// Its ID and location are free again: a panel registers a volume of its own there.
+	out2, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", target, "16M").CombinedOutput()
+	require.NoError(t, err, "%s", out2)
+	status, out = e.call("PUT", "/v1/volumes/db-gone", panelToken, map[string]any{"name": "db-gone",
+		"owner_id": "alice", "hypervisor_id": "hv2", "plan": "standard",
+		"storage": map[string]any{"type": "file", "path": target}})
+	require.Equal(t, 200, status, "%v", out)
+}
