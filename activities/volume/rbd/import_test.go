@@ -149,21 +149,24 @@ func TestInstantImportUnderARunningDomain(t *testing.T) {
 func TestInstantImportResumesAfterAKilledExecute(t *testing.T) {
 	c := connect(t)
 	ctx := context.Background()
-	const size = 32 << 20
+	const size = 64 << 20 // 16 objects: librbd copies them ~10 at a time, each read taking a second
 	data := randomPrefix(size, size, 5)
-	srv := stream(t, data, 300*time.Millisecond) // slow enough to be killed mid-way
+	srv := stream(t, data, time.Second)
 	vol := c.ref()
 	vol.CreatedBy = "op-1"
 	require.NoError(t, c.driver.CreateImport(ctx, vol, size, srv.URL+"/backup.raw"))
 	t.Cleanup(func() { _ = c.driver.DeleteVolume(context.Background(), vol) })
 	execute := exec.Command("rbd", "-c", c.conf, "migration", "execute", vol.Pool+"/"+vol.Image)
 	require.NoError(t, execute.Start())
-	time.Sleep(time.Second)
+	executing := func() bool {
+		status, err := exec.Command("rbd", "-c", c.conf, "status", vol.Pool+"/"+vol.Image).CombinedOutput()
+		require.NoError(t, err, "%s", status)
+		return bytes.Contains(status, []byte("state: executing"))
+	}
+	require.Eventually(t, executing, time.Minute, 100*time.Millisecond, "the execute started")
 	require.NoError(t, execute.Process.Kill())
 	_ = execute.Wait()
-	status, err := exec.Command("rbd", "-c", c.conf, "status", vol.Pool+"/"+vol.Image).CombinedOutput()
-	require.NoError(t, err, "%s", status)
-	require.Contains(t, string(status), "state: executing", "killed mid-way")
+	require.True(t, executing(), "killed mid-way")
 
 	require.NoError(t, c.driver.Import(ctx, vol))
 	srv.Close()
