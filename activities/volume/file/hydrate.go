@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -104,11 +103,7 @@ func (d *Driver) CreateOverlay(ctx context.Context, vol volume.Ref, size int64, 
 	}
 	return createWith(ctx, vol, path, func(ctx context.Context, claim string) error {
 		// -u: the export is not opened to make the image (its size is given).
-		if err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", "-F", "raw", "-b", spec, "-u",
-			claim, fmt.Sprint(size)); err != nil {
-			return err
-		}
-		return syncFile(claim)
+		return makeImage(ctx, claim, volume.FormatQCOW2, size, "-F", "raw", "-b", spec, "-u")
 	})
 }
 
@@ -249,28 +244,17 @@ func (d *Driver) Hydrate(ctx context.Context, vol volume.Ref, b volume.NBDBackin
 			attachedSince = time.Time{}
 		}
 		done, err := d.hydrateOffline(ctx, vol, path, data, src, total, report)
-		if err != nil {
-			if errors.Is(err, errLocked) {
-				// A domain started meanwhile: it takes the hydration over (looked up again after a pause, in
-				// case libvirt does not list it yet).
-				if err := sleep(ctx, hydratePoll); err != nil {
-					return err
-				}
-				continue
-			}
-			return err
-		}
-		if done {
+		if err == nil && done {
 			// Nothing left to copy: the overlay holds every byte of data (zeros are zeros without a backing).
-			if err := qemuImg(ctx, "rebase", "-u", "-q", "-f", "qcow2", "-b", "", path); err != nil {
-				if isLockError(err) {
-					if err := sleep(ctx, hydratePoll); err != nil {
-						return err
-					}
-					continue
-				}
-				return err
-			}
+			err = lockedAs(qemuImg(ctx, "rebase", "-u", "-q", "-f", "qcow2", "-b", "", path))
+		}
+		if errors.Is(err, errLocked) {
+			// A domain started meanwhile: it takes the hydration over (looked up again after a pause, in case
+			// libvirt does not list it yet).
+			err = sleep(ctx, hydratePoll)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }
@@ -278,8 +262,12 @@ func (d *Driver) Hydrate(ctx context.Context, vol volume.Ref, b volume.NBDBackin
 // errLocked: another process (a domain's QEMU) holds the image.
 var errLocked = errors.New("image in use by another process")
 
-func isLockError(err error) bool {
-	return err != nil && bytes.Contains([]byte(err.Error()), []byte("get \"write\" lock"))
+// lockedAs is err, or errLocked when a qemu tool failed on the image's lock.
+func lockedAs(err error) error {
+	if err != nil && strings.Contains(err.Error(), `get "write" lock`) {
+		return errLocked
+	}
+	return err
 }
 
 // hydrateOffline copies up to hydrateSliceBytes bytes of what vol still lacks, holding the image through
@@ -296,10 +284,7 @@ func (d *Driver) hydrateOffline(ctx context.Context, vol volume.Ref, path string
 		w, err = startQemuNBDCache(ctx, path, string(volume.FormatQCOW2), "writethrough")
 	}
 	if err != nil {
-		if isLockError(err) {
-			return false, errLocked
-		}
-		return false, err
+		return false, lockedAs(err)
 	}
 	closed := false
 	defer func() {
@@ -518,19 +503,6 @@ func (d *Driver) stream(ctx context.Context, conn *libvirt.Connect, domain, targ
 		case <-t.C:
 		}
 	}
-}
-
-// syncFile makes a file's contents durable.
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -246,12 +246,14 @@ func newClaim(path, op string) (string, error) {
 }
 
 // makeImage turns the empty file at path into an image of format and size reading as zeros, and syncs it.
-func makeImage(ctx context.Context, path string, format volume.Format, size int64) error {
+// qcow2Args are more options of qemu-img create (an instant restore's backing).
+func makeImage(ctx context.Context, path string, format volume.Format, size int64, qcow2Args ...string) error {
 	switch format {
 	case volume.FormatQCOW2:
 		// compat=1.1: persistent dirty bitmaps and zero clusters need qcow2 v3. qemu-img keeps the inode of
 		// the (empty) file it is given.
-		if err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-o", "compat=1.1", path, fmt.Sprint(size)); err != nil {
+		args := append([]string{"create", "-q", "-f", "qcow2", "-o", "compat=1.1"}, qcow2Args...)
+		if err := qemuImg(ctx, append(args, path, fmt.Sprint(size))...); err != nil {
 			return err
 		}
 	case volume.FormatRaw:
