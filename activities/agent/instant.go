@@ -51,10 +51,16 @@ type liveExport struct {
 	done    chan struct{}
 }
 
+// exportName is the file or URL path name of the new volume target's export: derived from its ID, so that
+// a restarted agent serves it where the volume (or Ceph) looks for it.
+func exportName(target string) string {
+	sum := sha256.Sum256([]byte(target))
+	return hex.EncodeToString(sum[:12])
+}
+
 // backing is where the export of the new volume target is served.
 func (x *exports) backing(target string) volume.NBDBacking {
-	sum := sha256.Sum256([]byte(target))
-	return volume.NBDBacking{Socket: filepath.Join(x.dir, hex.EncodeToString(sum[:12])+".sock"), Export: target}
+	return volume.NBDBacking{Socket: filepath.Join(x.dir, exportName(target)+".sock"), Export: target}
 }
 
 func exportSource(in activities.RestoreBackupInput) string {
@@ -299,51 +305,81 @@ func (a *Activities) HydrateVolume(ctx context.Context, in activities.RestoreBac
 		return activities.RestoreResult{}, invalid("target: volume type cannot hydrate")
 	}
 	done, err := h.Hydrated(ctx, ref)
-	if err != nil {
-		log.Error("read volume failed", "error", err)
-		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
-	}
-	if done { // an earlier attempt finished
-		a.exports.end(in.TargetVolumeID)
-		size, err := a.drivers[in.Target.Type].Size(ctx, ref)
-		return activities.RestoreResult{SizeBytes: size}, classify(ctx, activities.HydrateVolumeName, err)
+	if err != nil || done { // done: an earlier attempt finished
+		return a.hydratedEarlier(ctx, ref, in, log, a.exports.end, err)
 	}
 	l, err := a.exports.ensure(e, in) // served again after an agent restart
 	if err != nil {
 		log.Error("serve backup failed", "error", err)
 		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
 	}
-	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	a.metrics.Hydrations(a.hypervisorID, 1)
-	defer a.metrics.Hydrations(a.hypervisorID, -1)
-	hb := startHeartbeats(ctx, 0)
-	start, first := time.Now(), int64(-1)
-	var last int64
-	report := func(done, total int64) {
+	m := a.startHydration(ctx, log, l.reader.Size())
+	first, last := int64(-1), int64(0)
+	err = h.Hydrate(ctx, ref, l.backing, hydrationSource{l.reader}, func(done, total int64) {
 		if first < 0 {
 			first = done
 		}
 		last = done
-		p := backup.Progress{Phase: PhaseHydrating, BytesDone: done, BytesTotal: total}
-		if s := time.Since(start).Seconds(); s > 0 && done > first {
-			p.BytesPerSecond = float64(done-first) / s
-		}
-		hb.report(p)
-	}
-	log.Info("hydration started", "size_bytes", l.reader.Size())
-	err = h.Hydrate(ctx, ref, l.backing, hydrationSource{l.reader}, report)
-	hb.close()
+		m.report(done, total, first)
+	})
+	return m.end(ctx, err, in.TargetVolumeID, a.exports.end, last-max(first, 0))
+}
+
+// hydratedEarlier answers a hydration whose volume already stands alone (err nil), or whose state could not
+// be read (err).
+func (a *Activities) hydratedEarlier(ctx context.Context, ref volume.Ref, in activities.RestoreBackupInput,
+	log *slog.Logger, end func(string), err error) (activities.RestoreResult, error) {
 	if err != nil {
-		log.Error("hydration failed", "error", err)
+		log.Error("read volume failed", "error", err)
 		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
 	}
-	a.exports.end(in.TargetVolumeID)
+	end(in.TargetVolumeID)
+	size, err := a.drivers[in.Target.Type].Size(ctx, ref)
+	return activities.RestoreResult{SizeBytes: size}, classify(ctx, activities.HydrateVolumeName, err)
+}
+
+// hydration is one HydrateVolume's heartbeats, metrics and log, whichever way it hydrates.
+type hydration struct {
+	a     *Activities
+	log   *slog.Logger
+	hb    *heartbeater
+	start time.Time
+	size  int64
+}
+
+func (a *Activities) startHydration(ctx context.Context, log *slog.Logger, size int64) *hydration {
 	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	took := time.Since(start)
-	log.Info("hydration done", "size_bytes", l.reader.Size(), "bytes_hydrated", last-max(first, 0),
-		"duration", took.Round(time.Millisecond))
-	a.metrics.RestoreWritten(a.hypervisorID, last-max(first, 0))
-	return activities.RestoreResult{SizeBytes: l.reader.Size(), BytesWritten: last - max(first, 0)}, nil
+	a.metrics.Hydrations(a.hypervisorID, 1)
+	log.Info("hydration started", "size_bytes", size)
+	return &hydration{a: a, log: log, hb: startHeartbeats(ctx, 0), start: time.Now(), size: size}
+}
+
+// report heartbeats done of total bytes hydrated, at the rate since the start counted from first.
+func (h *hydration) report(done, total, first int64) {
+	p := backup.Progress{Phase: PhaseHydrating, BytesDone: done, BytesTotal: total}
+	if s := time.Since(h.start).Seconds(); s > 0 && done > first {
+		p.BytesPerSecond = float64(done-first) / s
+	}
+	h.hb.report(p)
+}
+
+// end closes the hydration: on success the export ends (end) and hydrated bytes are counted; an error is
+// classified.
+func (h *hydration) end(ctx context.Context, err error, target string, end func(string),
+	hydrated int64) (activities.RestoreResult, error) {
+	a := h.a
+	h.hb.close()
+	a.metrics.Hydrations(a.hypervisorID, -1)
+	if err != nil {
+		h.log.Error("hydration failed", "error", err)
+		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	}
+	end(target)
+	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
+	h.log.Info("hydration done", "size_bytes", h.size, "bytes_hydrated", hydrated,
+		"duration", time.Since(h.start).Round(time.Millisecond))
+	a.metrics.RestoreWritten(a.hypervisorID, hydrated)
+	return activities.RestoreResult{SizeBytes: h.size, BytesWritten: hydrated}, nil
 }
 
 // instantTarget checks an instant restore's input and returns its target's hydrator (nil: the driver has
@@ -386,21 +422,12 @@ func (a *Activities) hydrateImport(ctx context.Context, imp volume.Importer, ref
 		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
 	}
 	done, err := imp.Imported(ctx, ref)
-	if err != nil {
-		log.Error("read volume failed", "error", err)
-		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	if err != nil || done {
+		return a.hydratedEarlier(ctx, ref, in, log, a.http.end, err)
 	}
-	if done {
-		a.http.end(in.TargetVolumeID)
-		size, err := a.drivers[in.Target.Type].Size(ctx, ref)
-		return activities.RestoreResult{SizeBytes: size}, classify(ctx, activities.HydrateVolumeName, err)
-	}
-	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	a.metrics.Hydrations(a.hypervisorID, 1)
-	defer a.metrics.Hydrations(a.hypervisorID, -1)
 	size := l.reader.Size()
-	hb := startHeartbeats(ctx, 0)
-	start, first := time.Now(), l.served.Load()
+	m := a.startHydration(ctx, log.With("url", l.url), size)
+	first := l.served.Load()
 	stop := make(chan struct{})
 	ticked := make(chan struct{})
 	go func() { // progress: what Ceph (and any guest) read from the export
@@ -408,12 +435,7 @@ func (a *Activities) hydrateImport(ctx context.Context, imp volume.Importer, ref
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
-			n := min(l.served.Load(), size)
-			p := backup.Progress{Phase: PhaseHydrating, BytesDone: n, BytesTotal: size}
-			if s := time.Since(start).Seconds(); s > 0 && n > first {
-				p.BytesPerSecond = float64(n-first) / s
-			}
-			hb.report(p)
+			m.report(min(l.served.Load(), size), size, first)
 			select {
 			case <-stop:
 				return
@@ -421,33 +443,21 @@ func (a *Activities) hydrateImport(ctx context.Context, imp volume.Importer, ref
 			}
 		}
 	}()
-	log.Info("hydration started", "size_bytes", size, "url", l.url)
 	err = imp.Import(ctx, ref)
 	close(stop)
 	<-ticked
-	hb.close()
-	if err != nil {
-		if ctx.Err() != nil {
-			// Given up (abort, deadline): the volume is deleted next; without its source, Ceph's copy ends.
-			a.http.end(in.TargetVolumeID)
-		}
-		log.Error("hydration failed", "error", err)
-		return activities.RestoreResult{}, classify(ctx, activities.HydrateVolumeName, err)
+	if err != nil && ctx.Err() != nil {
+		// Given up (abort, deadline): the volume is deleted next; without its source, Ceph's copy ends.
+		a.http.end(in.TargetVolumeID)
 	}
-	a.http.end(in.TargetVolumeID)
-	a.metrics.InstantExports(a.hypervisorID, a.exportCount())
-	served := l.served.Load() - first
-	log.Info("hydration done", "size_bytes", size, "bytes_hydrated", served, "duration",
-		time.Since(start).Round(time.Millisecond))
-	a.metrics.RestoreWritten(a.hypervisorID, served)
-	return activities.RestoreResult{SizeBytes: size, BytesWritten: served}, nil
+	return m.end(ctx, err, in.TargetVolumeID, a.http.end, l.served.Load()-first)
 }
 
 // AbandonInstantRestore deletes an instant restore's new volume and ends its export (activities.Hypervisor).
 // An RBD import is opened through its source even to be deleted, and its source is this agent's export,
 // which a restarted agent no longer serves: it is served again for the delete.
 func (a *Activities) AbandonInstantRestore(ctx context.Context, in activities.RestoreBackupInput) error {
-	_, ref, e, log, err := a.instantTarget(ctx, in)
+	_, _, e, log, err := a.instantTarget(ctx, in)
 	if err != nil {
 		return err
 	}
@@ -459,7 +469,5 @@ func (a *Activities) AbandonInstantRestore(ctx context.Context, in activities.Re
 	}
 	// DeleteVolume ends the exports once the volume is gone; while a running domain still uses it, it
 	// refuses and the export stays for that domain.
-	return a.DeleteVolume(ctx, activities.DeleteVolumeInput{VolumeID: in.TargetVolumeID,
-		Volume: activities.VolumeRef{Type: string(ref.Type), Path: ref.Path, Format: string(ref.Format),
-			Pool: ref.Pool, Image: ref.Image, CreatedBy: ref.CreatedBy}})
+	return a.DeleteVolume(ctx, activities.DeleteVolumeInput{VolumeID: in.TargetVolumeID, Volume: in.Target})
 }

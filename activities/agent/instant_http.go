@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -79,11 +77,8 @@ func (x *httpExports) startLocked() error {
 	return nil
 }
 
-// url is where target's backup is served.
-func (x *httpExports) path(target string) string {
-	sum := sha256.Sum256([]byte(target))
-	return "/" + hex.EncodeToString(sum[:12]) + ".raw"
-}
+// path is where target's backup is served.
+func (x *httpExports) path(target string) string { return "/" + exportName(target) + ".raw" }
 
 // ensure serves the backup in to its new volume, unless it already is.
 func (x *httpExports) ensure(e *backup.Engine, in activities.RestoreBackupInput) (*httpExport, error) {
