@@ -20,11 +20,7 @@ type ControlActivities struct {
 // Idempotent: registering the same spec again is an update to the same state.
 func (a *ControlActivities) RegisterVolume(ctx context.Context, spec workflows.VolumeSpec) error {
 	_, err := a.Client.register(ctx, spec)
-	var e *Error
-	if errors.As(err, &e) && e.Type == workflows.ErrInvalidArgument {
-		return temporal.NewNonRetryableApplicationError(e.Message, e.Type, err)
-	}
-	return err
+	return finalIfInvalid(err)
 }
 
 // EndHydration ends an instantly restored volume's hydration, done or abandoned (activity
@@ -34,10 +30,14 @@ func (a *ControlActivities) EndHydration(ctx context.Context, e workflows.Hydrat
 	if isNotFound(err) {
 		return nil
 	}
-	err = typed(err)
-	var te *Error
-	if errors.As(err, &te) && te.Type == workflows.ErrInvalidArgument {
-		return temporal.NewNonRetryableApplicationError(te.Message, te.Type, err)
+	return finalIfInvalid(typed(err))
+}
+
+// finalIfInvalid makes an InvalidArgument answer non-retryable: the same request would be refused again.
+func finalIfInvalid(err error) error {
+	var e *Error
+	if errors.As(err, &e) && e.Type == workflows.ErrInvalidArgument {
+		return temporal.NewNonRetryableApplicationError(e.Message, e.Type, err)
 	}
 	return err
 }
