@@ -481,14 +481,8 @@ func TestFaultAgentKilledMidHydration(t *testing.T) {
 	backupID := itemID(t, e.operation("POST", "/v1/volumes/db/backups", map[string]any{"name": "b"}))
 
 	target := filepath.Join(e.dir, "volumes", "db-instant.qcow2")
-	opID := e.begin("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID, "mode": "new_volume",
-		"new_volume_id": "db-instant", "hypervisor_id": "hv2", "instant": true,
-		"storage": map[string]any{"type": "file", "path": target}})
-	status, nv := e.call("GET", "/v1/volumes/db-instant", panelToken, nil)
-	for status != 200 { // registered as soon as it is usable, long before it is hydrated
-		time.Sleep(100 * time.Millisecond)
-		status, nv = e.call("GET", "/v1/volumes/db-instant", panelToken, nil)
-	}
+	opID := e.beginInstantRestore("db", backupID, "db-instant", "hv2", target)
+	nv := e.waitRegistered("db-instant") // as soon as it is usable, long before it is hydrated
 	assert.Equal(t, true, nv["hydrating"], "%v", nv)
 	e.waitPhase(opID, "hydrating", 32<<20)
 	e.kill("agent-hv2")
@@ -496,22 +490,14 @@ func TestFaultAgentKilledMidHydration(t *testing.T) {
 	op := e.waitWithin(opID, 3*time.Minute)
 	require.Equal(t, "completed", op["status"], "%v", op)
 
-	raw := filepath.Join(t.TempDir(), "db-instant.raw")
-	out, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", target, raw).CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assertIdentical(t, original, raw)
-	info, err := exec.Command("qemu-img", "info", "--output=json", "-f", "qcow2", target).Output()
-	require.NoError(t, err)
-	assert.NotContains(t, string(info), "backing-filename", "the volume stands alone")
+	assertHydrated(t, original, target)
 	done := e.logged("agent-hv2b", "hydration done")
 	require.Len(t, done, 1)
 	hydrated, _ := done[0]["bytes_hydrated"].(float64)
 	t.Logf("the restarted agent hydrated %.0f MiB of %d", hydrated/(1<<20), volumeSize>>20)
 	assert.LessOrEqual(t, hydrated, float64(volumeSize-32<<20), "the restarted agent hydrated only what was missing")
-	sockets, err := filepath.Glob(filepath.Join(e.dir, "exports-hv2", "*.sock"))
-	require.NoError(t, err)
-	assert.Empty(t, sockets, "no export left")
-	status, nv = e.call("GET", "/v1/volumes/db-instant", panelToken, nil)
+	e.assertNoExports("hv2")
+	status, nv := e.call("GET", "/v1/volumes/db-instant", panelToken, nil)
 	require.Equal(t, 200, status)
 	assert.Nil(t, nv["hydrating"])
 	assertNoSnapshots(t, e.volumePath("db"), target)

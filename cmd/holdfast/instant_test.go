@@ -37,19 +37,8 @@ func TestE2EInstantRestoreUnderARunningDomain(t *testing.T) {
 	dom := volumetest.DefineDomain(t, uri, fmt.Sprintf(`<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
       <source file='%s'/><target dev='vda' bus='virtio'/></disk>`, target))
 	requested := time.Now()
-	opID := e.begin("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID, "mode": "new_volume",
-		"new_volume_id": "db-live", "hypervisor_id": "hv1", "instant": true,
-		"storage": map[string]any{"type": "file", "path": target}})
-	var nv map[string]any
-	for {
-		var status int
-		status, nv = e.call("GET", "/v1/volumes/db-live", panelToken, nil)
-		if status == 200 {
-			break
-		}
-		require.Less(t, time.Since(requested), time.Minute, "the new volume is registered")
-		time.Sleep(50 * time.Millisecond)
-	}
+	opID := e.beginInstantRestore("db", backupID, "db-live", "hv1", target)
+	nv := e.waitRegistered("db-live")
 	t.Logf("usable %.2f s after the request", time.Since(requested).Seconds())
 	assert.Equal(t, true, nv["hydrating"])
 	dom.Start(t)
@@ -64,16 +53,8 @@ func TestE2EInstantRestoreUnderARunningDomain(t *testing.T) {
 	op = e.waitWithin(opID, 3*time.Minute)
 	require.Equal(t, "completed", op["status"], "%v", op)
 	dom.Stop(t)
-	info, err := exec.Command("qemu-img", "info", "--output=json", "-f", "qcow2", target).Output()
-	require.NoError(t, err)
-	assert.NotContains(t, string(info), "backing-filename", "the volume stands alone")
-	raw := filepath.Join(t.TempDir(), "db-live.raw")
-	out, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", target, raw).CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	assertIdentical(t, want, raw)
-	sockets, err := filepath.Glob(filepath.Join(e.dir, "exports-hv1", "*.sock"))
-	require.NoError(t, err)
-	assert.Empty(t, sockets, "no export left")
+	assertHydrated(t, want, target)
+	e.assertNoExports("hv1")
 	e.assertUnlocked("db", "alice")
 	e.assertUnlocked("db-live", "alice")
 }
@@ -87,9 +68,7 @@ func TestE2EInstantRestoreAborted(t *testing.T) {
 	e.register("db", "alice", "hv1")
 	backupID := itemID(t, e.operation("POST", "/v1/volumes/db/backups", map[string]any{"name": "b"}))
 	target := filepath.Join(e.dir, "volumes", "db-gone.qcow2")
-	opID := e.begin("POST", "/v1/volumes/db/restore", map[string]any{"backup_id": backupID, "mode": "new_volume",
-		"new_volume_id": "db-gone", "hypervisor_id": "hv2", "instant": true,
-		"storage": map[string]any{"type": "file", "path": target}})
+	opID := e.beginInstantRestore("db", backupID, "db-gone", "hv2", target)
 	e.waitPhase(opID, "hydrating", 16<<20)
 	status, out := e.call("POST", "/v1/volumes/db/abort", panelToken, nil)
 	require.Equal(t, 202, status, "%v", out)
@@ -101,9 +80,7 @@ func TestE2EInstantRestoreAborted(t *testing.T) {
 	assert.Equal(t, 404, status, "unregistered")
 	_, err := os.Stat(target)
 	assert.True(t, os.IsNotExist(err), "the new volume's file is deleted: %v", err)
-	sockets, err := filepath.Glob(filepath.Join(e.dir, "exports-hv2", "*.sock"))
-	require.NoError(t, err)
-	assert.Empty(t, sockets, "no export left")
+	e.assertNoExports("hv2")
 	e.assertUnlocked("db", "alice")
 	// Its ID and location are free again: a panel registers a volume of its own there.
 	out2, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", target, "16M").CombinedOutput()
@@ -112,4 +89,44 @@ func TestE2EInstantRestoreAborted(t *testing.T) {
 		"owner_id": "alice", "hypervisor_id": "hv2", "plan": "standard",
 		"storage": map[string]any{"type": "file", "path": target}})
 	require.Equal(t, 200, status, "%v", out)
+}
+
+// beginInstantRestore starts an instant restore of a backup to a new file volume at target on hypervisorID.
+func (e *e2e) beginInstantRestore(volumeID, backupID, newVolumeID, hypervisorID, target string) string {
+	return e.begin("POST", "/v1/volumes/"+volumeID+"/restore", map[string]any{"backup_id": backupID,
+		"mode": "new_volume", "new_volume_id": newVolumeID, "hypervisor_id": hypervisorID, "instant": true,
+		"storage": map[string]any{"type": "file", "path": target}})
+}
+
+// waitRegistered polls GET /v1/volumes/{id} every 50 ms (the callers time it) until it answers 200, for at
+// most a minute, and returns the volume.
+func (e *e2e) waitRegistered(volumeID string) map[string]any {
+	e.t.Helper()
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		status, v := e.call("GET", "/v1/volumes/"+volumeID, panelToken, nil)
+		if status == 200 {
+			return v
+		}
+		require.Less(e.t, time.Since(start), time.Minute, "volume %s registered", volumeID)
+	}
+}
+
+// assertHydrated checks that a qcow2 volume stands alone (no backing) and holds want, read by qemu-img.
+func assertHydrated(t *testing.T, want []byte, path string) {
+	t.Helper()
+	info, err := exec.Command("qemu-img", "info", "--output=json", "-f", "qcow2", path).Output()
+	require.NoError(t, err)
+	assert.NotContains(t, string(info), "backing-filename", "the volume stands alone")
+	raw := filepath.Join(t.TempDir(), filepath.Base(path)+".raw")
+	out, err := exec.Command("qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, raw).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assertIdentical(t, want, raw)
+}
+
+// assertNoExports checks that hypervisorID's agent serves no instant restore's export any more.
+func (e *e2e) assertNoExports(hypervisorID string) {
+	e.t.Helper()
+	sockets, err := filepath.Glob(filepath.Join(e.dir, "exports-"+hypervisorID, "*.sock"))
+	require.NoError(e.t, err)
+	assert.Empty(e.t, sockets, "no export left")
 }
