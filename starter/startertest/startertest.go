@@ -354,22 +354,36 @@ func (g *GatedHypervisor) RollbackSnapshot(context.Context, activities.SnapshotR
 
 // UploadBackup heartbeats progress until the gate opens (or the context ends).
 func (g *GatedHypervisor) UploadBackup(ctx context.Context, in activities.UploadBackupInput) (activities.UploadBackupResult, error) {
-	const total = int64(64 << 20)
-	for done := int64(4 << 20); ; done = min(done+(4<<20), total/2) {
-		activity.RecordHeartbeat(ctx, activities.Progress{Phase: "uploading", BytesDone: done, BytesTotal: total,
-			NextOffset: done, BytesPerSecond: 4 << 20})
+	if err := heartbeatUntil(ctx, g.Gate, "uploading", true); err != nil {
+		return activities.UploadBackupResult{}, err
+	}
+	// As the agent answers for a qcow2 volume (the cluster's): the snapshot is kept as the next base, and a
+	// base given is diffed against.
+	res := activities.UploadBackupResult{SizeBytes: gatedTotal, StoredBytes: gatedTotal / 4, ReadBytes: gatedTotal,
+		FullReadReason: in.FullReadReason, KeepSnapshot: true}
+	if in.BaseSnapshotID != "" {
+		res.ReadBytes, res.Incremental = 4<<20, true
+	}
+	return res, nil
+}
+
+// gatedTotal is the size of every gated copy.
+const gatedTotal = int64(64 << 20)
+
+// heartbeatUntil heartbeats a copy's progress in phase (with resume offsets when resumable) every 200 ms,
+// 4 MiB more each time up to half of gatedTotal, until gate opens (nil) or ctx ends (its error).
+func heartbeatUntil(ctx context.Context, gate *Gate, phase string, resumable bool) error {
+	for done := int64(4 << 20); ; done = min(done+(4<<20), gatedTotal/2) {
+		p := activities.Progress{Phase: phase, BytesDone: done, BytesTotal: gatedTotal, BytesPerSecond: 4 << 20}
+		if resumable {
+			p.NextOffset = done
+		}
+		activity.RecordHeartbeat(ctx, p)
 		select {
-		case <-g.Gate.ch:
-			// As the agent answers for a qcow2 volume (the cluster's): the snapshot is kept as the next
-			// base, and a base given is diffed against.
-			res := activities.UploadBackupResult{SizeBytes: total, StoredBytes: total / 4, ReadBytes: total,
-				FullReadReason: in.FullReadReason, KeepSnapshot: true}
-			if in.BaseSnapshotID != "" {
-				res.ReadBytes, res.Incremental = 4<<20, true
-			}
-			return res, nil
+		case <-gate.ch:
+			return nil
 		case <-ctx.Done():
-			return activities.UploadBackupResult{}, ctx.Err()
+			return ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -407,18 +421,10 @@ func (g *GatedHypervisor) HydrateVolume(ctx context.Context, _ activities.Restor
 	if g.Hydrate != nil {
 		gate = g.Hydrate
 	}
-	const total = int64(64 << 20)
-	for done := int64(4 << 20); ; done = min(done+(4<<20), total/2) {
-		activity.RecordHeartbeat(ctx, activities.Progress{Phase: "hydrating", BytesDone: done, BytesTotal: total,
-			BytesPerSecond: 4 << 20})
-		select {
-		case <-gate.ch:
-			return activities.RestoreResult{SizeBytes: total, BytesWritten: total}, nil
-		case <-ctx.Done():
-			return activities.RestoreResult{}, ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	if err := heartbeatUntil(ctx, gate, "hydrating", false); err != nil {
+		return activities.RestoreResult{}, err
 	}
+	return activities.RestoreResult{SizeBytes: gatedTotal, BytesWritten: gatedTotal}, nil
 }
 
 // CloneSnapshot implements activities.Hypervisor.
