@@ -516,17 +516,36 @@ func (c *Client) DeleteBackup(ctx context.Context, volumeID, backupID, confirm s
 // permit itself, so a rejection always names its true cause. req.OperationID may be set by the caller to make
 // a retried request idempotent (it is also the Update ID).
 func (c *Client) Request(ctx context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error) {
+	return c.request(ctx, volumeID, nil, req)
+}
+
+// RequestRead is Request for a volume the caller has just read (v, from Volume, as the API does to check
+// who owns it): the first attempt checks v instead of reading the volume's state a second time. Under a
+// burst that second read cost every request a round trip to the volume's worker, and a replay of its
+// workflow when it had left the worker's cache.
+func (c *Client) RequestRead(ctx context.Context, v *Volume, req workflows.OperationRequest) (*workflows.Operation, error) {
+	return c.request(ctx, v.Spec.VolumeID, &v.VolumeState, req)
+}
+
+// request sends req to the volume, checking first the state read (nil: read it now).
+func (c *Client) request(ctx context.Context, volumeID string, read *workflows.VolumeState, req workflows.OperationRequest) (*workflows.Operation, error) {
 	if req.OperationID == "" {
 		req.OperationID = NewOperationID()
 	}
 	var op workflows.Operation
-	// Every attempt reads the volume's state first and answers at once what its first checks would refuse
+	// Every attempt checks the volume's state first and answers at once what its first checks would refuse
 	// (workflows.Precheck): once one request of a burst is taken, the others are answered VolumeBusy from
 	// the state instead of each costing the workflow a task, again and again while the server pushes back.
+	// The first attempt may use the state the caller read; a retry reads it again (an earlier attempt may
+	// have been taken though its answer was lost).
 	err := retryTransient(ctx, func() error {
-		st, err := c.state(ctx, volumeID)
-		if err != nil {
-			return err
+		st := read
+		read = nil
+		if st == nil {
+			var err error
+			if st, err = c.state(ctx, volumeID); err != nil {
+				return err
+			}
 		}
 		if taken := takenOperation(st, req.OperationID); taken != nil {
 			op = *taken // an earlier attempt was taken, though its answer was lost

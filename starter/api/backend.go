@@ -18,8 +18,9 @@ type Backend interface {
 	RegisterVolume(ctx context.Context, req starter.RegisterRequest) (*starter.Volume, error)
 	Volume(ctx context.Context, volumeID string) (*starter.Volume, error)
 	Deregister(ctx context.Context, volumeID, confirm string, keepBackupsFor time.Duration) (*workflows.Operation, error)
-	// Request asks a volume for a snapshot, a backup or a delete (a restore goes through Restore).
-	Request(ctx context.Context, volumeID string, req workflows.OperationRequest) (*workflows.Operation, error)
+	// RequestRead asks a volume, as just read by Volume, for a snapshot, a backup or a delete (a restore goes
+	// through Restore).
+	RequestRead(ctx context.Context, v *starter.Volume, req workflows.OperationRequest) (*workflows.Operation, error)
 	Restore(ctx context.Context, volumeID string, req starter.RestoreRequest) (*workflows.Operation, error)
 	Abort(ctx context.Context, volumeID, reason string) (*workflows.Operation, error)
 	Operation(ctx context.Context, operationID string) (*workflows.Operation, error)

@@ -61,9 +61,9 @@ func (f *fakeBackend) start(volumeID string, kind workflows.Kind, itemID string)
 		ItemID: itemID, Status: workflows.StatusPending, StartedAt: fakeNow}, nil
 }
 
-func (f *fakeBackend) Request(_ context.Context, volumeID string, req workflows.OperationRequest) (
+func (f *fakeBackend) RequestRead(_ context.Context, v *starter.Volume, req workflows.OperationRequest) (
 	*workflows.Operation, error) {
-	return f.start(volumeID, req.Kind, req.ItemID())
+	return f.start(v.Spec.VolumeID, req.Kind, req.ItemID())
 }
 
 func (f *fakeBackend) Restore(_ context.Context, volumeID string, req starter.RestoreRequest) (

@@ -27,7 +27,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, c caller, kind w
 	if !ok {
 		return
 	}
-	s.request(w, r, v.Spec.VolumeID, workflows.OperationRequest{Kind: kind, Name: b.Name})
+	s.request(w, r, v, workflows.OperationRequest{Kind: kind, Name: b.Name})
 }
 
 func (s *Server) postRestore(w http.ResponseWriter, r *http.Request, c caller) {
@@ -94,11 +94,13 @@ func (s *Server) deleteItem(w http.ResponseWriter, r *http.Request, c caller, fi
 	} else {
 		req.BackupID = itemID
 	}
-	s.request(w, r, v.Spec.VolumeID, req)
+	s.request(w, r, v, req)
 }
 
-func (s *Server) request(w http.ResponseWriter, r *http.Request, volumeID string, req workflows.OperationRequest) {
-	op, err := s.backend.Request(r.Context(), volumeID, req)
+// request sends req to the volume v, as just read to check its owner (the request's first checks use that
+// read: no second one).
+func (s *Server) request(w http.ResponseWriter, r *http.Request, v *starter.Volume, req workflows.OperationRequest) {
+	op, err := s.backend.RequestRead(r.Context(), v, req)
 	s.accepted(w, op, err)
 }
 
