@@ -353,3 +353,29 @@ func TestOwnerContinueAsNewKeepsItsWaiters(t *testing.T) {
 	h.env.ExecuteWorkflow(OwnerWorkflow, next)
 	assert.Equal(t, []string{"run-b", "run-c"}, turns, "run-b does not ask: after turnTTL it is run-c's turn")
 }
+
+// A volume continues-as-new at its own bound on history length, far below the server's suggestion (4 Ki
+// events): a volume pushed out of the worker's cache is replayed from its whole history at its next task, and
+// in a fleet larger than the cache most volumes are. It still waits for the running operation to end.
+func TestVolumeBoundsItsHistoryItself(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(activities.CreateSnapshotName, mock.Anything, mock.Anything).After(time.Minute).
+		Return(activities.SnapshotResult{SizeBytes: 1}, nil).Once()
+	h.mockHypervisor()
+	var o *reply
+	var during VolumeState
+	h.at(time.Second, func() { h.register(testSpec()) })
+	h.at(2*time.Second, func() { o = h.request(OperationRequest{Kind: KindSnapshot, Name: "before"}) })
+	h.at(30*time.Second, func() { h.env.SetCurrentHistoryLength(volumeHistoryBound) })
+	h.at(40*time.Second, func() { during = h.state() })
+	h.at(time.Hour, func() { h.env.CancelWorkflow() }) // what a volume that never continues-as-new gets
+	h.env.ExecuteWorkflow(VolumeWorkflow, VolumeInput{VolumeID: "vol1"})
+	require.True(t, h.env.IsWorkflowCompleted())
+	requireAccepted(t, o)
+	require.NotNil(t, during.Active, "still running past the bound")
+	var next VolumeInput
+	continueAsNewInput(t, h.env.GetWorkflowError(), &next)
+	require.NotNil(t, next.State)
+	assert.Nil(t, next.State.Active)
+	assert.Equal(t, StatusAvailable, findItem(next.State.Snapshots, o.op.ItemID).Status)
+}

@@ -34,7 +34,16 @@ const (
 	// volumePermitChange has the volume take the owner's permit itself, after its own checks, for requests
 	// that come without a lease (clients of this version).
 	volumePermitChange = "volume-permit"
+	// historyBoundChange has the volume continue-as-new at volumeHistoryBound events, not only when the
+	// server suggests it. Decided once per run, at its start.
+	historyBoundChange = "history-bound"
 )
+
+// volumeHistoryBound is the history length at which an idle volume continues-as-new by itself (about 25
+// operations' worth; the server suggests it only at 4 Ki events). A volume that has left the worker's cache
+// is replayed from its whole history at its next task, and in a fleet larger than the cache most have: the
+// bound keeps that replay, and the history read for it, small.
+const volumeHistoryBound = 1_000
 
 type volume struct {
 	volumeID string
@@ -50,17 +59,21 @@ type volume struct {
 	running bool
 	// claiming counts permit claims not yet delivered to the owner's workflow.
 	claiming int
+	// bounded is true for runs that continue-as-new at volumeHistoryBound (historyBoundChange).
+	bounded bool
 }
 
 // VolumeWorkflow is one volume's entity and mutex (ID volume/<volume_id>). Requests arrive as Updates whose
 // validators reject synchronously with the spec's messages; an accepted request runs as a child workflow, one
-// at a time. It continues-as-new when the server suggests it (history size or length), between
-// operations and after handlers drain, carrying its state and any accepted-but-unstarted request.
+// at a time. It continues-as-new at volumeHistoryBound events or when the server suggests it (history size
+// or length), between operations and after handlers drain, carrying its state and any accepted-but-unstarted
+// request.
 func VolumeWorkflow(ctx workflow.Context, in VolumeInput) error {
 	v := &volume{volumeID: in.VolumeID}
 	if in.State != nil {
 		v.st = *in.State
 	}
+	v.bounded = workflow.GetVersion(ctx, historyBoundChange, workflow.DefaultVersion, 1) == 1
 	if err := v.registerHandlers(ctx); err != nil {
 		return err
 	}
@@ -143,7 +156,8 @@ func (v *volume) shouldContinueAsNew(ctx workflow.Context) bool {
 	if v.st.Active != nil && v.st.Queued == nil {
 		return false // an operation's child is running: it cannot be carried across runs
 	}
-	return workflow.GetInfo(ctx).GetContinueAsNewSuggested()
+	info := workflow.GetInfo(ctx)
+	return info.GetContinueAsNewSuggested() || (v.bounded && info.GetCurrentHistoryLength() >= volumeHistoryBound)
 }
 
 func (v *volume) cooldownRemaining(ctx workflow.Context) time.Duration {
